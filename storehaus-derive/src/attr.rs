@@ -1,0 +1,475 @@
+//! Reading `#[cache(...)]`, and the keys of sqlx's `#[sqlx(...)]` that decide
+//! column names.
+//!
+//! This module checks syntax only: which keys exist, that each appears once
+//! and that its value has the right form. Whether the values make sense
+//! together (one id, a valid prefix, a TTL in range) is `check.rs`'s job.
+
+use std::fmt::{self, Display};
+
+use proc_macro2::TokenStream;
+use quote::{quote, ToTokens};
+use syn::meta::ParseNestedMeta;
+use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Meta, Path, Token, UnOp};
+
+use crate::case::RenameRule;
+use crate::ctxt::Ctxt;
+
+/// An attribute or key name (serde_derive's `Symbol`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Symbol(&'static str);
+
+/// `#[cache(...)]`, this derive's attribute.
+pub const CACHE: Symbol = Symbol("cache");
+/// `#[cache(table = "...")]` on the struct.
+pub const TABLE: Symbol = Symbol("table");
+/// `#[cache(prefix = "...")]` on the struct.
+pub const PREFIX: Symbol = Symbol("prefix");
+/// `#[cache(ttl = N)]` on the struct.
+pub const TTL: Symbol = Symbol("ttl");
+/// `#[cache(id)]` on the primary-key field.
+pub const ID: Symbol = Symbol("id");
+
+/// `#[sqlx(...)]`, read for column names only.
+pub const SQLX: Symbol = Symbol("sqlx");
+/// `#[sqlx(rename = "...")]` on a field.
+pub const RENAME: Symbol = Symbol("rename");
+/// `#[sqlx(rename_all = "...")]` on the struct.
+pub const RENAME_ALL: Symbol = Symbol("rename_all");
+/// `#[sqlx(skip)]` on a field: not a column.
+pub const SKIP: Symbol = Symbol("skip");
+/// `#[sqlx(flatten)]` on a field: rejected, a record maps to one table.
+pub const FLATTEN: Symbol = Symbol("flatten");
+
+/// `#[serde(...)]`: hashed into the fingerprint, never interpreted.
+pub const SERDE: Symbol = Symbol("serde");
+
+/// The keys `#[cache(...)]` accepts on the struct.
+pub const CONTAINER_KEYS: &[Symbol] = &[TABLE, PREFIX, TTL];
+/// The keys `#[cache(...)]` accepts on a field.
+pub const FIELD_KEYS: &[Symbol] = &[ID];
+
+impl Symbol {
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl PartialEq<Symbol> for Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl PartialEq<Symbol> for &Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl Display for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str(self.0)
+    }
+}
+
+/// One key's value, remembering where it was set so a second occurrence can
+/// be reported as a duplicate.
+struct Attr<'c, T> {
+    cx: &'c Ctxt,
+    name: Symbol,
+    value: Option<T>,
+}
+
+impl<'c, T> Attr<'c, T> {
+    fn none(cx: &'c Ctxt, name: Symbol) -> Self {
+        Attr {
+            cx,
+            name,
+            value: None,
+        }
+    }
+
+    fn set<A: ToTokens>(&mut self, obj: A, value: T) {
+        if self.value.is_some() {
+            self.cx.error_spanned_by(
+                obj,
+                format!("duplicate key `{}`: keep only one", self.name),
+            );
+        } else {
+            self.value = Some(value);
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.value
+    }
+}
+
+/// A `ttl = N` as written.
+pub struct Ttl {
+    /// The seconds; `u128::MAX` when the literal does not even fit in that.
+    pub seconds: u128,
+    /// The literal, for spans.
+    pub tokens: TokenStream,
+}
+
+/// The struct-level keys.
+pub struct Container {
+    pub table: Option<LitStr>,
+    pub prefix: Option<LitStr>,
+    pub ttl: Option<Ttl>,
+    /// sqlx's `rename_all`, applied to fields without `rename`.
+    pub rename_all: Option<RenameRule>,
+}
+
+impl Container {
+    /// Reads `#[cache(...)]` and `#[sqlx(rename_all = "...")]` on the struct.
+    pub fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut table = Attr::none(cx, TABLE);
+        let mut prefix = Attr::none(cx, PREFIX);
+        let mut ttl = Attr::none(cx, TTL);
+        let mut rename_all = None;
+
+        for attr in attrs {
+            if attr.path() == CACHE {
+                if !is_list(cx, attr, CONTAINER_EXAMPLE) {
+                    continue;
+                }
+                let parsed = attr.parse_nested_meta(|meta| {
+                    if meta.path == TABLE {
+                        if let Some(s) = parse_lit_str(cx, &meta, TABLE, "users")? {
+                            table.set(&meta.path, s);
+                        }
+                    } else if meta.path == PREFIX {
+                        if let Some(s) = parse_lit_str(cx, &meta, PREFIX, "users")? {
+                            prefix.set(&meta.path, s);
+                        }
+                    } else if meta.path == TTL {
+                        if let Some(t) = parse_ttl(cx, &meta)? {
+                            ttl.set(&meta.path, t);
+                        }
+                    } else if meta.path == ID {
+                        cx.error_spanned_by(
+                            &meta.path,
+                            "`id` is a field key: put #[cache(id)] on the primary-key field, not on the struct",
+                        );
+                        skip_value(&meta)?;
+                    } else {
+                        unknown_key(cx, &meta.path, Place::Struct);
+                        skip_value(&meta)?;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = parsed {
+                    cx.syn_error(err);
+                }
+            } else if attr.path() == SQLX {
+                // sqlx reports its own syntax errors; read leniently.
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path == RENAME_ALL {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        rename_all = RenameRule::from_str(&lit.value());
+                    } else {
+                        skip_value(&meta)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+
+        Container {
+            table: table.get(),
+            prefix: prefix.get(),
+            ttl: ttl.get(),
+            rename_all,
+        }
+    }
+}
+
+/// The field-level keys.
+pub struct Field {
+    /// The `id` of `#[cache(id)]`, for spans.
+    pub id: Option<Path>,
+    /// sqlx's `rename = "..."`.
+    pub rename: Option<String>,
+    /// sqlx's `skip`, for spans.
+    pub skip: Option<Path>,
+    /// sqlx's `flatten`, for spans.
+    pub flatten: Option<Path>,
+}
+
+impl Field {
+    /// Reads `#[cache(...)]` and the column keys of `#[sqlx(...)]` on a field.
+    pub fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut id = Attr::none(cx, ID);
+        let mut rename = None;
+        let mut skip = None;
+        let mut flatten = None;
+
+        for attr in attrs {
+            if attr.path() == CACHE {
+                if !is_list(cx, attr, FIELD_EXAMPLE) {
+                    continue;
+                }
+                let parsed = attr.parse_nested_meta(|meta| {
+                    if meta.path == ID {
+                        if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                            id.set(&meta.path, meta.path.clone());
+                        } else {
+                            let value = skip_value(&meta)?;
+                            let path = &meta.path;
+                            cx.error_spanned_by(
+                                quote!(#path #value),
+                                "`id` takes no value: write #[cache(id)]",
+                            );
+                        }
+                    } else if CONTAINER_KEYS.iter().any(|key| meta.path == *key) {
+                        let key = path_to_string(&meta.path);
+                        cx.error_spanned_by(
+                            &meta.path,
+                            format!(
+                                "`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"
+                            ),
+                        );
+                        skip_value(&meta)?;
+                    } else {
+                        unknown_key(cx, &meta.path, Place::Field);
+                        skip_value(&meta)?;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = parsed {
+                    cx.syn_error(err);
+                }
+            } else if attr.path() == SQLX {
+                // sqlx reports its own syntax errors; read leniently.
+                let _ = attr.parse_nested_meta(|meta| {
+                    if meta.path == RENAME {
+                        let lit: LitStr = meta.value()?.parse()?;
+                        rename = Some(lit.value());
+                    } else if meta.path == SKIP {
+                        skip = Some(meta.path.clone());
+                    } else if meta.path == FLATTEN {
+                        flatten = Some(meta.path.clone());
+                    } else {
+                        skip_value(&meta)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+
+        Field {
+            id: id.get(),
+            rename,
+            skip,
+            flatten,
+        }
+    }
+}
+
+const CONTAINER_EXAMPLE: &str =
+    "write #[cache(table = \"users\", prefix = \"users\", ttl = 3600)] with the keys you need";
+const FIELD_EXAMPLE: &str = "write #[cache(id)] to mark the primary key";
+
+/// Rejects `#[cache]` and `#[cache = ...]`; an empty `#[cache()]` is allowed.
+fn is_list(cx: &Ctxt, attr: &Attribute, example: &str) -> bool {
+    match &attr.meta {
+        Meta::List(_) => true,
+        Meta::Path(path) => {
+            cx.error_spanned_by(path, format!("#[cache] needs a list of keys: {example}"));
+            false
+        }
+        Meta::NameValue(nv) => {
+            cx.error_spanned_by(nv, format!("#[cache] needs a list of keys: {example}"));
+            false
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Place {
+    Struct,
+    Field,
+}
+
+/// Reports an unknown key, with a suggestion when one is close.
+fn unknown_key(cx: &Ctxt, path: &Path, place: Place) {
+    let key = path_to_string(path);
+    let (valid, place_name, listing) = match place {
+        Place::Struct => (
+            CONTAINER_KEYS,
+            "a struct",
+            "the struct keys are `table = \"...\"`, `prefix = \"...\"` and `ttl = N`",
+        ),
+        Place::Field => (FIELD_KEYS, "a field", "the only field key is `id`"),
+    };
+    let mut message = format!("unknown key `{key}` in #[cache(...)] on {place_name}");
+    if let Some(suggestion) = did_you_mean(&key, valid) {
+        message.push_str(&format!("; did you mean `{suggestion}`?"));
+    }
+    message.push_str(&format!(" ({listing})"));
+    cx.error_spanned_by(path, message);
+}
+
+/// The valid key closest to `key`, if it is a likely typo (or a common
+/// synonym of `id`).
+fn did_you_mean(key: &str, valid: &[Symbol]) -> Option<&'static str> {
+    const ID_SYNONYMS: &[&str] = &["primary_key", "primary", "pk", "key", "id_column"];
+    let lower = key.to_ascii_lowercase();
+    if valid.contains(&ID) && ID_SYNONYMS.contains(&lower.as_str()) {
+        return Some(ID.as_str());
+    }
+    valid
+        .iter()
+        .map(|sym| (edit_distance(&lower, sym.as_str()), sym.as_str()))
+        .filter(|(d, s)| *d <= 2 && *d < s.len())
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, s)| s)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn path_to_string(path: &Path) -> String {
+    path.to_token_stream().to_string().replace(' ', "")
+}
+
+/// Consumes the value of a key whatever its form (`= expr`, `(...)` or
+/// nothing) so parsing goes on with the next key. Returns the tokens read.
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<TokenStream> {
+    if meta.input.peek(Token![=]) {
+        let eq: Token![=] = meta.input.parse()?;
+        let expr: Expr = meta.input.parse()?;
+        Ok(quote!(#eq #expr))
+    } else if meta.input.peek(syn::token::Paren) {
+        let group: proc_macro2::TokenTree = meta.input.parse()?;
+        Ok(group.into_token_stream())
+    } else {
+        Ok(TokenStream::new())
+    }
+}
+
+/// Reads the `= expr` of a key, reporting a missing `=` as a mistake of this
+/// key (and going on) rather than as a syntax error.
+fn parse_value(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol, example: &str) -> syn::Result<Option<Expr>> {
+    if !meta.input.peek(Token![=]) {
+        skip_value(meta)?;
+        cx.error_spanned_by(&meta.path, format!("`{key}` needs a value: write {example}"));
+        return Ok(None);
+    }
+    let expr: Expr = meta.value()?.parse()?;
+    Ok(Some(unwrap_group(expr)))
+}
+
+/// `$value:expr` from a `macro_rules!` arrives wrapped in an invisible group.
+fn unwrap_group(expr: Expr) -> Expr {
+    match expr {
+        Expr::Group(group) => unwrap_group(*group.expr),
+        other => other,
+    }
+}
+
+/// `key = "..."`: a string literal.
+fn parse_lit_str(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    key: Symbol,
+    sample: &str,
+) -> syn::Result<Option<LitStr>> {
+    let example = format!("{key} = \"{sample}\"");
+    let Some(expr) = parse_value(cx, meta, key, &example)? else {
+        return Ok(None);
+    };
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(Some(s)),
+        other => {
+            cx.error_spanned_by(
+                other,
+                format!("`{key}` takes a string literal: write {example}"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// `ttl = N`: an integer literal (any suffix), range-checked in `check.rs`.
+fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
+    const RANGE: &str = "a whole number of seconds from 1 to 31_536_000 (one year)";
+    let Some(expr) = parse_value(cx, meta, TTL, "ttl = 3600")? else {
+        return Ok(None);
+    };
+    let message = match &expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => {
+            let seconds = int.base10_parse::<u128>().unwrap_or(u128::MAX);
+            return Ok(Some(Ttl {
+                seconds,
+                tokens: expr.into_token_stream(),
+            }));
+        }
+        Expr::Unary(ExprUnary {
+            op: UnOp::Neg(_), ..
+        }) => format!("`ttl` cannot be negative: write {RANGE}, e.g. ttl = 3600"),
+        Expr::Lit(ExprLit {
+            lit: Lit::Float(float),
+            ..
+        }) => {
+            let suggestion = match float.base10_parse::<f64>() {
+                Ok(f) if f >= 1.0 && f.fract() == 0.0 && f <= 31_536_000.0 => format!("ttl = {f}"),
+                _ => "ttl = 60".to_owned(),
+            };
+            format!("`ttl` takes whole seconds, not a float: write {suggestion}")
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
+            let suggestion = match s.value().trim().parse::<u64>() {
+                Ok(n) => format!("ttl = {n}"),
+                Err(_) => "ttl = 3600".to_owned(),
+            };
+            format!("`ttl` takes an integer literal, not a string: write {suggestion}")
+        }
+        _ => format!("`ttl` takes an integer literal ({RANGE}): write e.g. ttl = 3600"),
+    };
+    cx.error_spanned_by(expr, message);
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_catch_typos_and_id_synonyms() {
+        assert_eq!(did_you_mean("tabel", CONTAINER_KEYS), Some("table"));
+        assert_eq!(did_you_mean("tll", CONTAINER_KEYS), Some("ttl"));
+        assert_eq!(did_you_mean("prefx", CONTAINER_KEYS), Some("prefix"));
+        assert_eq!(did_you_mean("expire", CONTAINER_KEYS), None);
+        assert_eq!(did_you_mean("primary_key", FIELD_KEYS), Some("id"));
+        assert_eq!(did_you_mean("unique", FIELD_KEYS), None);
+    }
+
+    #[test]
+    fn edit_distance_counts_single_edits() {
+        assert_eq!(edit_distance("table", "table"), 0);
+        assert_eq!(edit_distance("tabel", "table"), 2);
+        assert_eq!(edit_distance("prefixx", "prefix"), 1);
+    }
+}

@@ -1,0 +1,150 @@
+//! A lock-free circuit breaker.
+//!
+//! Closed: every cache call goes through. After `threshold` consecutive
+//! failures it opens: calls are skipped without touching the network. Once
+//! `cooldown` has passed it lets exactly one call through as a probe
+//! (half-open); the probe's success closes it, its failure re-opens it for
+//! another cooldown. A probe whose caller vanished (a cancelled future) is
+//! presumed lost after one more cooldown, so the breaker can never stick.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Open {
+    pub failures: u32,
+    pub retry_in_ms: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown_ms: u64,
+    base: Instant,
+    failures: AtomicU32,
+    /// Milliseconds since `base` (+1) when the breaker opened; 0 = closed.
+    opened_at: AtomicU64,
+    /// Milliseconds since `base` (+1) when the current probe started; 0 = none.
+    probe_at: AtomicU64,
+}
+
+/// What a state change means, for the caller to log and count.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, cooldown_ms: u64) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown_ms,
+            base: Instant::now(),
+            failures: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            probe_at: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Whether the breaker is open now (a probe may still be allowed).
+    pub fn is_open(&self) -> bool {
+        self.opened_at.load(Ordering::Acquire) != 0
+    }
+
+    /// Asks to make a call. Closed: one atomic load.
+    pub fn allow(&self) -> Result<(), Open> {
+        let opened = self.opened_at.load(Ordering::Acquire);
+        if opened == 0 {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let refuse = |until: u64| Open {
+            failures: self.failures.load(Ordering::Relaxed),
+            retry_in_ms: until.saturating_sub(now),
+        };
+        if now < opened + self.cooldown_ms {
+            return Err(refuse(opened + self.cooldown_ms));
+        }
+        let probe = self.probe_at.load(Ordering::Acquire);
+        if probe != 0 && now < probe + self.cooldown_ms {
+            return Err(refuse(probe + self.cooldown_ms));
+        }
+        match self.probe_at.compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(refuse(now + self.cooldown_ms)),
+        }
+    }
+
+    /// Records a successful call.
+    pub fn success(&self) -> Transition {
+        if self.failures.load(Ordering::Relaxed) == 0 && self.opened_at.load(Ordering::Relaxed) == 0 {
+            return Transition::None;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        self.probe_at.store(0, Ordering::Release);
+        if self.opened_at.swap(0, Ordering::AcqRel) != 0 {
+            Transition::Closed
+        } else {
+            Transition::None
+        }
+    }
+
+    /// Records a failed call.
+    pub fn failure(&self) -> Transition {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let now = self.now_ms();
+        if self.opened_at.load(Ordering::Acquire) != 0 {
+            // A failed probe: stay open for another cooldown.
+            self.opened_at.store(now, Ordering::Release);
+            self.probe_at.store(0, Ordering::Release);
+            return Transition::None;
+        }
+        if failures >= self.threshold
+            && self.opened_at.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            return Transition::Opened;
+        }
+        Transition::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_cooldown() {
+        let b = Breaker::new(3, 30);
+        assert!(b.allow().is_ok());
+        assert_eq!(b.failure(), Transition::None);
+        assert_eq!(b.failure(), Transition::None);
+        assert_eq!(b.failure(), Transition::Opened);
+        assert!(b.allow().is_err());
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(b.allow().is_ok(), "one probe after the cooldown");
+        assert!(b.allow().is_err(), "only one probe at a time");
+        assert_eq!(b.failure(), Transition::None);
+        assert!(b.allow().is_err(), "a failed probe re-opens");
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(b.allow().is_ok());
+        assert_eq!(b.success(), Transition::Closed);
+        assert!(b.allow().is_ok());
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn success_resets_the_run() {
+        let b = Breaker::new(2, 1000);
+        b.failure();
+        b.success();
+        assert_eq!(b.failure(), Transition::None);
+        assert_eq!(b.failure(), Transition::Opened);
+    }
+}

@@ -1,0 +1,202 @@
+//! [`CacheConfig`]: where the cache lives and how patient to be with it.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Global cache settings, shared by every store of one
+/// [`CacheManager`](crate::CacheManager).
+///
+/// ```
+/// use storehaus_runtime::CacheConfig;
+///
+/// let config = CacheConfig::new("redis://127.0.0.1:6379", 3600, "myapp")
+///     .with_pool_size(10)     // connections
+///     .with_timeout(2000)     // ms, the cache's budget per store operation
+///     .with_retry_attempts(3) // extra tries on connection errors
+///     .with_retry_delay(100); // ms, base of a jittered exponential backoff
+/// assert_eq!(config.timeout().as_millis(), 2000);
+/// ```
+///
+/// Nothing is validated or connected here: [`CacheManager::new`](crate::CacheManager::new)
+/// validates. `Debug` never shows the password of the URL.
+#[derive(Clone)]
+pub struct CacheConfig {
+    pub(crate) url: String,
+    pub(crate) default_ttl: u64,
+    pub(crate) global_prefix: String,
+    pub(crate) pool_size: usize,
+    pub(crate) timeout_ms: u64,
+    pub(crate) retry_attempts: u32,
+    pub(crate) retry_delay_ms: u64,
+    pub(crate) lease_ms: u64,
+    pub(crate) lease_wait_ms: u64,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown_ms: u64,
+}
+
+impl CacheConfig {
+    /// Default number of connections.
+    pub const DEFAULT_POOL_SIZE: usize = 10;
+    /// Default budget of the cache's share of one store operation, in ms.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 500;
+    /// Default extra tries after a connection-level failure.
+    pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
+    /// Default base delay of the retry backoff, in ms.
+    pub const DEFAULT_RETRY_DELAY_MS: u64 = 50;
+
+    /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
+    /// the default TTL in seconds and the global key prefix.
+    pub fn new(url: impl Into<String>, default_ttl: u64, global_prefix: impl Into<String>) -> Self {
+        CacheConfig {
+            url: url.into(),
+            default_ttl,
+            global_prefix: global_prefix.into(),
+            pool_size: Self::DEFAULT_POOL_SIZE,
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            retry_attempts: Self::DEFAULT_RETRY_ATTEMPTS,
+            retry_delay_ms: Self::DEFAULT_RETRY_DELAY_MS,
+            lease_ms: 2_000,
+            lease_wait_ms: 200,
+            breaker_threshold: 5,
+            breaker_cooldown_ms: 1_000,
+        }
+    }
+
+    /// Number of Redis connections (multiplexed; default 10, must be ≥ 1).
+    pub fn with_pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// The cache's time budget for one store operation, in milliseconds
+    /// (default 500). However many commands an operation sends, retries
+    /// included, the cache never delays it by more than this.
+    pub fn with_timeout(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    /// Extra tries after a connection-level failure (default 2). Retries run
+    /// inside the [`with_timeout`](Self::with_timeout) budget.
+    pub fn with_retry_attempts(mut self, attempts: u32) -> Self {
+        self.retry_attempts = attempts;
+        self
+    }
+
+    /// Base delay of the jittered exponential retry backoff, in ms (default 50).
+    pub fn with_retry_delay(mut self, delay_ms: u64) -> Self {
+        self.retry_delay_ms = delay_ms;
+        self
+    }
+
+    /// How long a reader's fill lease lives, in ms (default 2000). A reader
+    /// that took a lease and died frees the key after this long.
+    pub fn with_lease_ttl(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self
+    }
+
+    /// How long a reader that finds another process's lease waits for its
+    /// fill before going to the database itself, in ms (default 200).
+    pub fn with_lease_wait(mut self, wait_ms: u64) -> Self {
+        self.lease_wait_ms = wait_ms;
+        self
+    }
+
+    /// Consecutive failures that open the circuit breaker (default 5) and
+    /// how long it stays open before one probe is allowed, in ms (default 1000).
+    pub fn with_circuit_breaker(mut self, threshold: u32, cooldown_ms: u64) -> Self {
+        self.breaker_threshold = threshold;
+        self.breaker_cooldown_ms = cooldown_ms;
+        self
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+
+    /// The default TTL in seconds.
+    pub fn default_ttl(&self) -> u64 {
+        self.default_ttl
+    }
+
+    /// The global key prefix.
+    pub fn global_prefix(&self) -> &str {
+        &self.global_prefix
+    }
+
+    /// The number of connections.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// The per-operation budget.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Extra tries after a connection-level failure.
+    pub fn retry_attempts(&self) -> u32 {
+        self.retry_attempts
+    }
+
+    /// Base delay of the retry backoff.
+    pub fn retry_delay(&self) -> Duration {
+        Duration::from_millis(self.retry_delay_ms)
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &self.redacted_url())
+            .field("default_ttl", &self.default_ttl)
+            .field("global_prefix", &self.global_prefix)
+            .field("pool_size", &self.pool_size)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("retry_attempts", &self.retry_attempts)
+            .field("retry_delay_ms", &self.retry_delay_ms)
+            .field("lease_ms", &self.lease_ms)
+            .field("lease_wait_ms", &self.lease_wait_ms)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
+            .finish()
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    let userinfo = &authority[..at];
+    let redacted = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        // `redis://password@host` is how some clients pass a bare password.
+        None => "***".to_string(),
+    };
+    format!("{}://{}@{}", &url[..scheme_end], redacted, &rest[at + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://u:s3cret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("rediss://:s3cret@h"), "rediss://:***@h");
+        assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
+        let dbg = format!("{:?}", CacheConfig::new("redis://u:s3cret@h", 1, "p"));
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Cache key grammar: `{global_prefix}:{store_prefix}:{id}`.
+//!
+//! Prefixes are restricted to `[A-Za-z0-9_.-]` (checked by the derive and by
+//! [`CacheManager::new`](crate::CacheManager::new)). Ids are rendered with
+//! `Display`; every byte outside that safe set (and `%` itself) is
+//! percent-encoded, so two different ids never share a key and an id can never
+//! reach into another namespace (`:` `*` `?` `[` `]` `\` and whitespace are all
+//! escaped). Ids made only of safe characters, every integer and UUID, appear
+//! verbatim.
+
+use std::fmt::{Display, Write};
+
+use crate::error::CacheError;
+
+/// Whether `b` may appear unescaped in a key segment.
+#[inline]
+fn is_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Checks a global or store prefix: non-empty, only `[A-Za-z0-9_.-]`, and not
+/// starting with `__` (reserved for StoreHaus' own keys).
+///
+/// # Errors
+/// [`CacheError::InvalidConfig`] naming `what` and the offending value.
+pub fn validate_prefix(what: &str, prefix: &str) -> Result<(), CacheError> {
+    if prefix.is_empty() {
+        return Err(CacheError::InvalidConfig(format!("{what} must not be empty")));
+    }
+    if let Some(bad) = prefix.bytes().find(|b| !is_safe(*b)) {
+        return Err(CacheError::InvalidConfig(format!(
+            "{what} {prefix:?} holds {:?}; use only letters, digits, '_', '.' and '-'",
+            bad as char
+        )));
+    }
+    if prefix.starts_with("__") {
+        return Err(CacheError::InvalidConfig(format!(
+            "{what} {prefix:?} starts with \"__\", which StoreHaus reserves for its own keys"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends `segment` to `out`, percent-encoding every unsafe byte.
+pub fn push_escaped(out: &mut String, segment: &str) {
+    if segment.bytes().all(is_safe) {
+        out.push_str(segment);
+        return;
+    }
+    for b in segment.bytes() {
+        if is_safe(b) {
+            out.push(b as char);
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Builds a record key: `{global}:{prefix}:{escaped id}`.
+///
+/// The id is rendered once into the key buffer; ids that need no escaping
+/// are not copied twice.
+pub fn record_key<I: Display + ?Sized>(global_prefix: &str, prefix: &str, id: &I) -> String {
+    let mut out = String::with_capacity(global_prefix.len() + prefix.len() + 40);
+    out.push_str(global_prefix);
+    out.push(':');
+    out.push_str(prefix);
+    out.push(':');
+    let start = out.len();
+    let _ = write!(out, "{id}");
+    if !out.as_bytes()[start..].iter().all(|b| is_safe(*b)) {
+        let raw = out.split_off(start);
+        push_escaped(&mut out, &raw);
+    }
+    out
+}
+
+/// Builds the key of a manual record operation, where the id is a `&str`.
+pub fn str_key(global_prefix: &str, prefix: &str, id: &str) -> String {
+    record_key(global_prefix, prefix, id)
+}
+
+/// The namespace of cached query results of one store: `{global}:{prefix}:query:`.
+pub fn query_namespace(global_prefix: &str, prefix: &str) -> String {
+    format!("{global_prefix}:{prefix}:query:")
+}
+
+/// The query-generation counter of one store. It lives in the query
+/// namespace under a name no hex hash can take.
+pub fn generation_key(global_prefix: &str, prefix: &str) -> String {
+    format!("{global_prefix}:{prefix}:query:gen")
+}
+
+/// The set of keys carrying `tag`: `{global}:__tag:{escaped tag}`.
+pub fn tag_key(global_prefix: &str, tag: &str) -> String {
+    let mut out = format!("{global_prefix}:__tag:");
+    push_escaped(&mut out, tag);
+    out
+}
+
+/// Confines a user pattern to the global prefix: `{global}:{pattern}`.
+///
+/// The pattern is used as a Redis glob below `{global}:`; because the result
+/// always starts with the literal `{global}:`, no pattern (`*`, `../*`,
+/// `[a-z]*`) can match a key outside it. A leading `{global}:` that the user
+/// repeated is not stripped: the pattern is always relative.
+pub fn confined_pattern(global_prefix: &str, pattern: &str) -> String {
+    let mut out = String::with_capacity(global_prefix.len() + 1 + pattern.len());
+    for b in global_prefix.bytes() {
+        // Prefixes hold only safe bytes, which are never glob metacharacters.
+        out.push(b as char);
+    }
+    out.push(':');
+    out.push_str(pattern);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_ids_are_verbatim() {
+        assert_eq!(record_key("app", "users", &42i64), "app:users:42");
+        assert_eq!(
+            record_key("app", "users", "123e4567-e89b-12d3-a456-426614174000"),
+            "app:users:123e4567-e89b-12d3-a456-426614174000"
+        );
+    }
+
+    #[test]
+    fn unsafe_ids_are_escaped_injectively() {
+        assert_eq!(record_key("a", "p", "x:y"), "a:p:x%3Ay");
+        assert_eq!(record_key("a", "p", "x%3Ay"), "a:p:x%253Ay");
+        assert_eq!(record_key("a", "p", "*"), "a:p:%2A");
+        assert_eq!(record_key("a", "p", "a b"), "a:p:a%20b");
+        assert_eq!(record_key("a", "p", "é"), "a:p:%C3%A9");
+        assert_ne!(record_key("a", "p", "x:y"), record_key("a", "p:x", "y"));
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(validate_prefix("prefix", "users_v2.x-y").is_ok());
+        assert!(validate_prefix("prefix", "").is_err());
+        assert!(validate_prefix("prefix", "a:b").is_err());
+        assert!(validate_prefix("prefix", "a*").is_err());
+        assert!(validate_prefix("prefix", "__tag").is_err());
+    }
+
+    #[test]
+    fn patterns_stay_inside_the_global_prefix() {
+        assert_eq!(confined_pattern("app", "*"), "app:*");
+        assert_eq!(confined_pattern("app", "../*"), "app:../*");
+    }
+}

@@ -1,0 +1,209 @@
+//! The read-through protocol: fill leases, guarded fills and single-flight.
+//!
+//! The classic cache-aside race: reader A misses and reads row v1 from the
+//! database; writer B commits v2 and deletes the key; A then writes v1 into
+//! the cache, where it is served until the TTL runs out. StoreHaus closes it
+//! the way memcache leases do:
+//!
+//! 1. A miss takes a **lease** on the key in the same command that reads it:
+//!    `SET key <lease> NX PX <lease_ttl> GET` returns the current value (a
+//!    hit), or nothing, in which case the key now holds this reader's unique
+//!    lease token. A lease starts with the byte `0xC1`, which MessagePack
+//!    never uses, so it can't be mistaken for a value.
+//! 2. The lease holder reads the database.
+//! 3. It **fills** with a compare-and-set Lua script (EVALSHA, loaded once,
+//!    re-loaded on NOSCRIPT): the value is written only if the key still
+//!    holds *its* lease.
+//! 4. Every committed write deletes the key, and with it any lease. A reader
+//!    that read the database before the write therefore finds its lease gone
+//!    and its fill is dropped (`fills_rejected` in the stats).
+//!
+//! Readers that find someone else's lease don't go to the database: within
+//! the process they join the lease holder's load (single-flight,
+//! `coalesced`); across processes they poll the key for a bounded time
+//! (`CacheConfig::with_lease_wait`, `lease_waits`) and fall back to the
+//! database without filling if no value appears. A leaseholder that dies
+//! frees the key when the lease expires (`CacheConfig::with_lease_ttl`).
+//!
+//! Fills run in a background task, so a miss costs one cache round trip plus
+//! the database query; the load stays joinable until the fill has landed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, Entry};
+use crate::error::{CacheError, Result};
+use crate::flight::{follow, Lead};
+use crate::manager::CacheManager;
+use crate::stats::Counters;
+
+/// A fresh lease token: `0xC1` and 16 random bytes.
+pub(crate) fn new_lease() -> [u8; 17] {
+    let mut lease = [0u8; 17];
+    lease[0] = codec::LEASE_TAG;
+    lease[1..].copy_from_slice(&rand::random::<u128>().to_le_bytes());
+    lease
+}
+
+/// What a cache lookup decided.
+enum Step<V> {
+    /// Answered from the cache (`None`: a cached "no such row").
+    Hit(Option<V>),
+    /// The lease is ours: load and fill.
+    Lead,
+    /// Someone else holds the lease.
+    Busy,
+    /// The entry was corrupt and has been removed: look again.
+    Retry,
+    /// The cache could not answer: go to the database, don't fill.
+    Bypass,
+}
+
+/// Reads `key` through the cache: a hit is decoded and returned; a miss runs
+/// `load` (the database) and fills the cache behind a lease.
+pub(crate) async fn read_through<V, F, Fut>(mgr: &Arc<CacheManager>, key: String, fingerprint: u64, ttl_secs: u64, load: F) -> Result<Option<V>>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        Counters::bump(&mgr.counters.misses);
+        return load().await;
+    }
+    let lease = new_lease();
+    let mut retried = false;
+    loop {
+        let step = lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await;
+        match step {
+            Step::Hit(v) => {
+                Counters::bump(&mgr.counters.hits);
+                return Ok(v);
+            }
+            Step::Lead => {
+                Counters::bump(&mgr.counters.misses);
+                let lead = mgr.flights.lead(&key);
+                let value = load().await?;
+                lead.publish(value.clone());
+                spawn_fill(mgr.clone(), key, lease, fingerprint, ttl_secs, value.as_ref(), lead);
+                return Ok(value);
+            }
+            Step::Busy => {
+                if let Some(rx) = mgr.flights.join(&key) {
+                    if let Some(v) = follow::<Option<V>>(rx).await {
+                        Counters::bump(&mgr.counters.coalesced);
+                        Counters::bump(&mgr.counters.hits);
+                        return Ok(v);
+                    }
+                } else if let Some(v) = wait_for_fill::<V>(mgr, &key, fingerprint, deadline).await {
+                    Counters::bump(&mgr.counters.lease_waits);
+                    Counters::bump(&mgr.counters.hits);
+                    return Ok(v);
+                }
+                Counters::bump(&mgr.counters.misses);
+                return load().await;
+            }
+            Step::Retry if !retried => retried = true,
+            Step::Retry | Step::Bypass => {
+                Counters::bump(&mgr.counters.misses);
+                return load().await;
+            }
+        }
+    }
+}
+
+async fn lookup<V: DeserializeOwned>(
+    mgr: &CacheManager,
+    key: &str,
+    fingerprint: u64,
+    lease: &[u8],
+    deadline: tokio::time::Instant,
+) -> Step<V> {
+    let found = mgr
+        .guarded(deadline, "get", || mgr.backend.get_or_lease(key, lease, mgr.lease_ms()))
+        .await;
+    match found {
+        Ok(None) => Step::Lead,
+        Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy,
+        Ok(Some(bytes)) => match codec::decode::<V>(fingerprint, &bytes) {
+            Ok(Entry::Record(v)) => Step::Hit(Some(v)),
+            Ok(Entry::Absent) => Step::Hit(None),
+            Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
+        },
+        Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
+        Err(_) => Step::Bypass,
+    }
+}
+
+fn is_wrong_type(e: &CacheError) -> bool {
+    matches!(e, CacheError::Command(m) if m.contains("WRONGTYPE"))
+}
+
+/// Counts a corrupt entry, removes it, and asks for another look.
+async fn discard_corrupt<V>(mgr: &CacheManager, key: &str, err: &CacheError, deadline: tokio::time::Instant) -> Step<V> {
+    Counters::bump(&mgr.counters.serialization_errors);
+    mgr.warn("decode", err);
+    let keys = [key.to_string()];
+    match mgr.guarded(deadline, "discard", || mgr.backend.invalidate(&keys, &[])).await {
+        Ok(_) => Step::Retry,
+        Err(_) => Step::Bypass,
+    }
+}
+
+/// Polls `key` until another process's fill lands, its lease disappears, or
+/// the lease wait (bounded by the budget) runs out.
+async fn wait_for_fill<V: DeserializeOwned>(mgr: &CacheManager, key: &str, fingerprint: u64, deadline: tokio::time::Instant) -> Option<Option<V>> {
+    let until = (tokio::time::Instant::now() + mgr.lease_wait()).min(deadline);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if tokio::time::Instant::now() + pause >= until {
+            return None;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(16));
+        match mgr.guarded(until, "lease_wait", || mgr.backend.get(key)).await {
+            Ok(Some(bytes)) if codec::is_lease(&bytes) => continue,
+            Ok(Some(bytes)) => {
+                return match codec::decode::<V>(fingerprint, &bytes) {
+                    Ok(Entry::Record(v)) => Some(Some(v)),
+                    Ok(Entry::Absent) => Some(None),
+                    Err(_) => None,
+                }
+            }
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Encodes the loaded value now and writes it in the background, keeping the
+/// load joinable until the fill has landed.
+fn spawn_fill<V: Serialize>(mgr: Arc<CacheManager>, key: String, lease: [u8; 17], fingerprint: u64, ttl_secs: u64, value: Option<&V>, lead: Lead) {
+    let bytes = match codec::encode(fingerprint, value) {
+        Ok(b) => b,
+        Err(e) => {
+            Counters::bump(&mgr.counters.serialization_errors);
+            mgr.warn("encode", &e);
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        let deadline = mgr.deadline();
+        let ttl_ms = ttl_secs.saturating_mul(1000);
+        let keys = [key.as_str()];
+        let values = [bytes.as_slice()];
+        let filled = mgr
+            .guarded(deadline, "fill", || mgr.backend.fill(&keys, &values, &lease, ttl_ms))
+            .await;
+        match filled {
+            Ok(1) => Counters::bump(&mgr.counters.fills),
+            Ok(_) => Counters::bump(&mgr.counters.fills_rejected),
+            Err(_) => {}
+        }
+        drop(lead);
+    });
+}

@@ -1,0 +1,40 @@
+//! Runtime of StoreHaus: the cache manager, the MessagePack codec, the cache
+//! backends and [`GenericStore`], the typed store that `#[derive(Cached)]`
+//! records plug into.
+//!
+//! Users depend on the `storehaus` facade crate, which re-exports everything
+//! here together with the derive.
+#![warn(missing_docs)]
+
+mod assert;
+mod backend;
+mod batch;
+mod breaker;
+mod cached;
+pub mod codec;
+mod config;
+mod dialect;
+mod error;
+mod flight;
+pub mod key;
+pub mod lease;
+mod manager;
+mod pool;
+mod redis_backend;
+mod signals;
+mod stats;
+mod store;
+
+#[doc(hidden)]
+pub use assert::{AssertClone, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds};
+#[cfg(feature = "sqlite")]
+pub use cached::SqliteQuery;
+pub use cached::{CacheId, Cached, PgQuery, Statements};
+pub use config::CacheConfig;
+pub use dialect::*;
+pub use error::{CacheError, CacheResult, Result, StorehausError};
+pub use manager::{CacheManager, MAX_TTL_SECS};
+pub use pool::DbPool;
+pub use signals::{ChangeEvent, ChangeOp, SignalManager};
+pub use stats::CacheStats;
+pub use store::{CacheParams, GenericStore};

@@ -1,0 +1,428 @@
+//! [`CacheManager`]: one per cache server, shared by every store.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::timeout_at;
+
+use crate::backend::Backend;
+use crate::breaker::{Breaker, Transition};
+use crate::codec::{self, Entry, ANY_FINGERPRINT};
+use crate::config::CacheConfig;
+use crate::error::{CacheError, CacheResult};
+use crate::flight::Flights;
+use crate::key;
+use crate::stats::{CacheStats, Counters};
+
+/// The largest TTL accepted anywhere: one year, in seconds.
+pub const MAX_TTL_SECS: u64 = 31_536_000;
+
+/// Invalidations that could not reach the cache yet.
+#[derive(Debug, Default)]
+struct Pending {
+    keys: HashSet<String>,
+    counters: HashSet<String>,
+}
+
+/// Talks to the cache for every store built on it: holds the connections,
+/// the counters, the circuit breaker, the in-process single-flight table and
+/// the invalidations still to be replayed.
+///
+/// Build one per cache server and share it in an `Arc`:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use storehaus_runtime::{CacheConfig, CacheManager};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = CacheConfig::new("redis://127.0.0.1:6379", 3600, "myapp");
+/// let cache_manager = Arc::new(CacheManager::new(config)?);
+/// cache_manager.health_check().await?;
+/// let stats = cache_manager.get_stats().await?;
+/// println!("hit rate {:.1}%", stats.hit_rate() * 100.0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct CacheManager {
+    config: CacheConfig,
+    pub(crate) backend: Backend,
+    pub(crate) counters: Counters,
+    breaker: Breaker,
+    pending: Mutex<Pending>,
+    has_pending: AtomicBool,
+    pub(crate) flights: Flights,
+    last_warning_ms: AtomicU64,
+    suppressed_warnings: AtomicU64,
+    started: Instant,
+    timeout: Duration,
+}
+
+impl CacheManager {
+    /// Validates the configuration and prepares the connections. Nothing is
+    /// connected yet: the first cache operation connects, within its budget.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidConfig`] for a URL that does not parse or has an
+    /// unsupported scheme, a pool size of 0, a timeout of 0, a default TTL
+    /// outside 1..=31 536 000 s, or a global prefix that is empty, starts with
+    /// `__` or holds characters outside `[A-Za-z0-9_.-]`.
+    pub fn new(config: CacheConfig) -> CacheResult<Self> {
+        key::validate_prefix("global prefix", &config.global_prefix)?;
+        if config.pool_size == 0 || config.pool_size > 1024 {
+            return Err(CacheError::InvalidConfig(format!(
+                "pool size must be between 1 and 1024, got {}",
+                config.pool_size
+            )));
+        }
+        if config.timeout_ms == 0 {
+            return Err(CacheError::InvalidConfig("timeout must be at least 1 ms".into()));
+        }
+        if !(1..=MAX_TTL_SECS).contains(&config.default_ttl) {
+            return Err(CacheError::InvalidConfig(format!(
+                "default TTL must be between 1 and {MAX_TTL_SECS} seconds, got {}",
+                config.default_ttl
+            )));
+        }
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let backend = Backend::open(&config.url, config.pool_size, timeout)?;
+        tracing::debug!(url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
+        Ok(CacheManager {
+            breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
+            config,
+            backend,
+            counters: Counters::default(),
+            pending: Mutex::new(Pending::default()),
+            has_pending: AtomicBool::new(false),
+            flights: Flights::default(),
+            last_warning_ms: AtomicU64::new(0),
+            suppressed_warnings: AtomicU64::new(0),
+            started: Instant::now(),
+            timeout,
+        })
+    }
+
+    /// The configuration this manager was built with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// The global key prefix.
+    pub fn global_prefix(&self) -> &str {
+        &self.config.global_prefix
+    }
+
+    /// A snapshot of the counters. `hit_rate()` on it is a fraction 0.0..=1.0.
+    ///
+    /// # Errors
+    /// None today; the `Result` leaves room for backends that keep stats remotely.
+    pub async fn get_stats(&self) -> CacheResult<CacheStats> {
+        let pending = self
+            .pending
+            .lock()
+            .map(|p| (p.keys.len() + p.counters.len()) as u64)
+            .unwrap_or(0);
+        Ok(self.counters.snapshot(pending, self.breaker.is_open()))
+    }
+
+    /// Pings the cache within the configured timeout.
+    ///
+    /// # Errors
+    /// [`CacheError::CircuitOpen`] while the breaker is open (and no probe is
+    /// due), [`CacheError::ConnectionError`] or [`CacheError::Timeout`] when
+    /// the server cannot be reached in time.
+    #[tracing::instrument(skip(self))]
+    pub async fn health_check(&self) -> CacheResult<()> {
+        self.guarded(self.deadline(), "ping", || self.backend.ping()).await
+    }
+
+    /// Stores `value` under `{global}:{prefix}:{id}` for `ttl` seconds.
+    /// A store of the same prefix reads it back as a cached record.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidInput`] for a bad prefix or a TTL outside
+    /// 1..=31 536 000; [`CacheError::SerializationError`] when the value
+    /// cannot be encoded; connection errors and timeouts as they happen.
+    #[tracing::instrument(skip(self, value))]
+    pub async fn set_record<T: Serialize + ?Sized>(&self, prefix: &str, id: &str, value: &T, ttl: u64) -> CacheResult<()> {
+        let key = self.manual_key(prefix, id)?;
+        if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            return Err(CacheError::InvalidInput(format!(
+                "ttl must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+            )));
+        }
+        let bytes = codec::encode(ANY_FINGERPRINT, Some(value))?;
+        self.guarded(self.deadline(), "set_record", || self.backend.set_ex(&key, &bytes, ttl))
+            .await
+    }
+
+    /// Reads `{global}:{prefix}:{id}`. Counts a hit or a miss like a store read.
+    ///
+    /// # Errors
+    /// [`CacheError::SerializationError`] when the entry does not decode as
+    /// `T` (it is left in place); [`CacheError::InvalidInput`] for a bad
+    /// prefix; connection errors and timeouts as they happen.
+    #[tracing::instrument(skip(self))]
+    pub async fn get_record<T: DeserializeOwned>(&self, prefix: &str, id: &str) -> CacheResult<Option<T>> {
+        let key = self.manual_key(prefix, id)?;
+        let found = self.guarded(self.deadline(), "get_record", || self.backend.get(&key)).await;
+        let bytes = match found {
+            Ok(Some(bytes)) if !codec::is_lease(&bytes) => bytes,
+            Ok(_) => {
+                Counters::bump(&self.counters.misses);
+                return Ok(None);
+            }
+            Err(e) => {
+                Counters::bump(&self.counters.misses);
+                return Err(e);
+            }
+        };
+        match codec::decode::<T>(ANY_FINGERPRINT, &bytes) {
+            Ok(Entry::Record(v)) => {
+                Counters::bump(&self.counters.hits);
+                Ok(Some(v))
+            }
+            Ok(Entry::Absent) => {
+                Counters::bump(&self.counters.hits);
+                Ok(None)
+            }
+            Err(e) => {
+                Counters::bump(&self.counters.misses);
+                Counters::bump(&self.counters.serialization_errors);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `{global}:{prefix}:{id}`; `true` when a key existed.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
+    /// timeouts as they happen.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_record(&self, prefix: &str, id: &str) -> CacheResult<bool> {
+        let key = self.manual_key(prefix, id)?;
+        let keys = [key];
+        self.flights.detach(&keys);
+        let n = self
+            .guarded(self.deadline(), "delete_record", || self.backend.invalidate(&keys, &[]))
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Makes every cached query result of `prefix` unreachable in O(1): bumps
+    /// the prefix's query generation (one `INCR`, no scan).
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
+    /// timeouts as they happen.
+    #[tracing::instrument(skip(self))]
+    pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
+        key::validate_prefix("prefix", prefix).map_err(into_input)?;
+        let gen = key::generation_key(self.global_prefix(), prefix);
+        self.guarded(self.deadline(), "invalidate_queries", || self.backend.incr(&gen))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes every key matching the glob `{global}:{pattern}` with SCAN and
+    /// UNLINK in batches (never KEYS); returns how many keys it removed. The
+    /// pattern is always relative to the global prefix, so `"*"` removes this
+    /// application's keys and nothing else. Runs under ten times the
+    /// configured timeout.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidInput`] for an empty pattern; connection errors
+    /// and timeouts as they happen.
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_pattern(&self, pattern: &str) -> CacheResult<u64> {
+        if pattern.is_empty() {
+            return Err(CacheError::InvalidInput("pattern must not be empty".into()));
+        }
+        let glob = key::confined_pattern(self.global_prefix(), pattern);
+        let deadline = tokio::time::Instant::now() + self.timeout * 10;
+        self.guarded(deadline, "delete_pattern", || self.backend.scan_unlink(&glob))
+            .await
+    }
+
+    fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {
+        key::validate_prefix("prefix", prefix).map_err(into_input)?;
+        Ok(key::str_key(self.global_prefix(), prefix, id))
+    }
+
+    // ----- crate-internal machinery used by the stores -----
+
+    /// The deadline of one operation's cache budget.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
+    pub(crate) fn lease_ms(&self) -> u64 {
+        self.config.lease_ms
+    }
+
+    pub(crate) fn lease_wait(&self) -> Duration {
+        Duration::from_millis(self.config.lease_wait_ms)
+    }
+
+    /// Runs one cache primitive through the breaker, with retries of
+    /// connection-level failures (jittered exponential backoff), all inside
+    /// `deadline`. Counts and logs failures.
+    pub(crate) async fn guarded<R, F, Fut>(&self, deadline: tokio::time::Instant, op: &'static str, call: F) -> CacheResult<R>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = CacheResult<R>>,
+    {
+        if let Err(open) = self.breaker.allow() {
+            Counters::bump(&self.counters.breaker_skips);
+            return Err(CacheError::CircuitOpen {
+                failures: open.failures,
+                retry_in_ms: open.retry_in_ms,
+            });
+        }
+        let mut attempt = 0u32;
+        loop {
+            let err = match timeout_at(deadline, call()).await {
+                Ok(Ok(v)) => {
+                    if self.breaker.success() == Transition::Closed {
+                        tracing::info!("cache reachable again: circuit breaker closed");
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e @ CacheError::ConnectionError(_))) => {
+                    Counters::bump(&self.counters.connection_errors);
+                    e
+                }
+                Ok(Err(e)) => {
+                    // The server answered: it is alive, the command was refused.
+                    Counters::bump(&self.counters.command_errors);
+                    self.breaker.success();
+                    self.warn(op, &e);
+                    return Err(e);
+                }
+                Err(_elapsed) => {
+                    Counters::bump(&self.counters.timeouts);
+                    CacheError::Timeout {
+                        budget_ms: self.config.timeout_ms,
+                    }
+                }
+            };
+            if matches!(err, CacheError::ConnectionError(_)) && attempt < self.config.retry_attempts {
+                let backoff = self.backoff(attempt);
+                if tokio::time::Instant::now() + backoff < deadline {
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            if self.breaker.failure() == Transition::Opened {
+                Counters::bump(&self.counters.breaker_opened);
+                tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
+            }
+            self.warn(op, &err);
+            return Err(err);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.config.retry_delay_ms.max(1) << attempt.min(10);
+        // Full jitter between half and all of the exponential delay.
+        let jittered = base / 2 + rand::random_range(0..=base / 2);
+        Duration::from_millis(jittered)
+    }
+
+    /// Logs a cache failure at WARN at most once every 5 s (with a count of
+    /// the suppressed ones), at DEBUG otherwise.
+    pub(crate) fn warn(&self, op: &str, err: &CacheError) {
+        let now = self.started.elapsed().as_millis() as u64 + 5_001;
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now >= last + 5_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed_warnings.swap(0, Ordering::Relaxed);
+            tracing::warn!(op, error = %err, suppressed, "cache operation failed; falling back to the database");
+        } else {
+            self.suppressed_warnings.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(op, error = %err, "cache operation failed");
+        }
+    }
+
+    /// Whether cached reads may proceed: no invalidation is waiting for
+    /// replay, or the replay succeeded now.
+    pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
+        if !self.has_pending.load(Ordering::Acquire) {
+            return true;
+        }
+        self.replay(deadline).await
+    }
+
+    async fn replay(&self, deadline: tokio::time::Instant) -> bool {
+        let (keys, counters): (Vec<String>, Vec<String>) = match self.pending.lock() {
+            Ok(p) => (p.keys.iter().cloned().collect(), p.counters.iter().cloned().collect()),
+            Err(_) => return false,
+        };
+        if keys.is_empty() && counters.is_empty() {
+            return true;
+        }
+        match self
+            .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&keys, &counters))
+            .await
+        {
+            Ok(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    for k in &keys {
+                        p.keys.remove(k);
+                    }
+                    for c in &counters {
+                        p.counters.remove(c);
+                    }
+                    if p.keys.is_empty() && p.counters.is_empty() {
+                        self.has_pending.store(false, Ordering::Release);
+                    }
+                }
+                Counters::add(&self.counters.invalidations, keys.len() as u64);
+                tracing::info!(keys = keys.len(), "replayed invalidations that failed during a cache outage");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Invalidates `keys` and bumps `counters` after a committed write, in
+    /// one round trip. Detaches in-flight loads first. What cannot reach the
+    /// cache is remembered and replayed before cached reads resume.
+    pub(crate) async fn invalidate_committed(&self, keys: Vec<String>, counters: Vec<String>) {
+        self.flights.detach(&keys);
+        if keys.is_empty() && counters.is_empty() {
+            return;
+        }
+        let deadline = self.deadline();
+        match self
+            .guarded(deadline, "invalidate", || self.backend.invalidate(&keys, &counters))
+            .await
+        {
+            Ok(_) => Counters::add(&self.counters.invalidations, keys.len() as u64),
+            Err(_) => {
+                if let Ok(mut p) = self.pending.lock() {
+                    p.keys.extend(keys);
+                    p.counters.extend(counters);
+                    self.has_pending.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+fn into_input(e: CacheError) -> CacheError {
+    match e {
+        CacheError::InvalidConfig(m) => CacheError::InvalidInput(m),
+        other => other,
+    }
+}

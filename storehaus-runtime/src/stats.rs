@@ -1,0 +1,107 @@
+//! Counters of cache behaviour, read with
+//! [`CacheManager::get_stats`](crate::CacheManager::get_stats).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a [`CacheManager`](crate::CacheManager)'s counters since it
+/// was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Reads answered from the cache (records and cached "no such row").
+    pub hits: u64,
+    /// Reads the cache could not answer (absent, corrupt, unreachable, bypassed).
+    pub misses: u64,
+    /// Connection-level failures (refused, dropped, auth).
+    pub connection_errors: u64,
+    /// Entries that failed to decode or carried another schema fingerprint;
+    /// each was removed and refilled.
+    pub serialization_errors: u64,
+    /// Cache operations that ran out of their time budget.
+    pub timeouts: u64,
+    /// Commands the server rejected (out of memory, wrong type, ...).
+    pub command_errors: u64,
+    /// Values written to the cache by reads.
+    pub fills: u64,
+    /// Fills dropped because a write invalidated the key while the reader
+    /// was at the database (the stale-set race, prevented).
+    pub fills_rejected: u64,
+    /// Reads that joined another task's in-flight database load.
+    pub coalesced: u64,
+    /// Reads that waited for another process's fill lease.
+    pub lease_waits: u64,
+    /// Keys invalidated by writes.
+    pub invalidations: u64,
+    /// Invalidations that could not reach the cache yet and are remembered
+    /// for replay (reads bypass the cache until they are replayed).
+    pub pending_invalidations: u64,
+    /// Cache operations skipped because the circuit breaker was open.
+    pub breaker_skips: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Whether the circuit breaker is open now.
+    pub breaker_open: bool,
+}
+
+impl CacheStats {
+    /// Hits as a fraction of all reads, from 0.0 to 1.0 (0.0 before any read).
+    /// Multiply by 100 for a percentage.
+    pub fn hit_rate(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub connection_errors: AtomicU64,
+    pub serialization_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub command_errors: AtomicU64,
+    pub fills: AtomicU64,
+    pub fills_rejected: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub lease_waits: AtomicU64,
+    pub invalidations: AtomicU64,
+    pub breaker_skips: AtomicU64,
+    pub breaker_opened: AtomicU64,
+}
+
+impl Counters {
+    #[inline]
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, pending_invalidations: u64, breaker_open: bool) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            connection_errors: self.connection_errors.load(Relaxed),
+            serialization_errors: self.serialization_errors.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            command_errors: self.command_errors.load(Relaxed),
+            fills: self.fills.load(Relaxed),
+            fills_rejected: self.fills_rejected.load(Relaxed),
+            coalesced: self.coalesced.load(Relaxed),
+            lease_waits: self.lease_waits.load(Relaxed),
+            invalidations: self.invalidations.load(Relaxed),
+            pending_invalidations,
+            breaker_skips: self.breaker_skips.load(Relaxed),
+            breaker_opened: self.breaker_opened.load(Relaxed),
+            breaker_open,
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! [`GenericStore`]: typed CRUD over one table, cached.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cached::Cached;
+use crate::error::{Result, StorehausError};
+use crate::key;
+use crate::lease::read_through;
+use crate::manager::{CacheManager, MAX_TTL_SECS};
+use crate::pool::DbPool;
+use crate::signals::{ChangeEvent, ChangeOp, SignalManager};
+
+/// Per-store cache settings: which [`CacheManager`], and optionally a TTL and
+/// a prefix that override the record type's `#[cache(...)]` values.
+///
+/// TTL precedence: [`with_ttl`](Self::with_ttl) > `#[cache(ttl)]` >
+/// [`CacheConfig`](crate::CacheConfig)'s default. Prefix precedence:
+/// [`with_prefix`](Self::with_prefix) > `#[cache(prefix)]` > the table name.
+#[derive(Debug, Clone)]
+pub struct CacheParams {
+    manager: Arc<CacheManager>,
+    ttl: Option<u64>,
+    prefix: Option<String>,
+}
+
+impl CacheParams {
+    /// Cache through `manager` with the record type's own TTL and prefix.
+    pub fn new(manager: Arc<CacheManager>) -> Self {
+        CacheParams {
+            manager,
+            ttl: None,
+            prefix: None,
+        }
+    }
+
+    /// TTL in seconds for this store (clamped to 1..=31 536 000).
+    pub fn with_ttl(mut self, ttl: u64) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Key prefix for this store. Characters outside `[A-Za-z0-9_.-]` are
+    /// percent-escaped in keys (use [`GenericStore::try_new`] to reject them).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+}
+
+/// The resolved cache settings of one store.
+#[derive(Debug, Clone)]
+struct StoreCache {
+    manager: Arc<CacheManager>,
+    prefix: String,
+    ttl: u64,
+    generation_key: String,
+}
+
+/// Typed, cached access to the table of `T`.
+///
+/// ```ignore
+/// let store = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager)));
+/// let user = store.get_by_id(&id).await?;      // miss: database, then cached
+/// let same = store.get_by_id(&id).await?;      // hit
+/// store.update(&id, changed, None).await?;     // invalidated after commit
+/// ```
+///
+/// Reads go through the cache when one is configured and fall back to the
+/// database whenever the cache is slow, down or returns garbage. Writes run
+/// on the database and invalidate after commit. No cache failure is ever
+/// returned from a store operation.
+#[derive(Debug, Clone)]
+pub struct GenericStore<T: Cached> {
+    pool: DbPool,
+    signals: Option<Arc<SignalManager>>,
+    cache: Option<StoreCache>,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Runs `$body` with the pool, the dialect's statements and the dialect's
+/// value binder, for whichever database the store holds.
+macro_rules! with_db {
+    ($pool:expr, |$p:ident, $sql:ident, $bind:ident| $body:expr) => {
+        match $pool {
+            DbPool::Postgres($p) => {
+                let $sql = &T::PG;
+                let $bind = <T as Cached>::bind_values;
+                $body
+            }
+            #[cfg(feature = "sqlite")]
+            DbPool::Sqlite($p) => {
+                let $sql = &T::SQLITE;
+                let $bind = <T as crate::dialect::BindSqlite>::bind_values_sqlite;
+                $body
+            }
+        }
+    };
+}
+
+fn from_row<T, R>(row: R) -> std::result::Result<T, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, R>,
+    R: sqlx::Row,
+{
+    T::from_row(&row)
+}
+
+impl<T: Cached> GenericStore<T> {
+    /// A store over `pool` (a `sqlx::PgPool` or `sqlx::SqlitePool`), with
+    /// optional change signals and optional caching.
+    ///
+    /// Never fails: a store prefix with forbidden characters is escaped in
+    /// keys and a TTL outside 1..=31 536 000 is clamped. Use
+    /// [`try_new`](Self::try_new) to have them rejected instead.
+    pub fn new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Self {
+        let cache = cache.map(|params| {
+            let prefix = params.prefix.unwrap_or_else(|| T::PREFIX.to_string());
+            let mut escaped = String::with_capacity(prefix.len());
+            key::push_escaped(&mut escaped, &prefix);
+            if escaped != prefix {
+                tracing::warn!(prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-]; they are escaped in keys");
+            }
+            let ttl = params
+                .ttl
+                .or(T::TTL)
+                .unwrap_or(params.manager.config().default_ttl)
+                .clamp(1, MAX_TTL_SECS);
+            let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
+            StoreCache {
+                manager: params.manager,
+                prefix: escaped,
+                ttl,
+                generation_key,
+            }
+        });
+        GenericStore {
+            pool: pool.into(),
+            signals,
+            cache,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// Like [`new`](Self::new), but rejects a bad store prefix or TTL.
+    ///
+    /// # Errors
+    /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
+    /// for a prefix that is empty, starts with `__` or holds characters outside
+    /// `[A-Za-z0-9_.-]`, or a TTL outside 1..=31 536 000.
+    pub fn try_new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Result<Self> {
+        if let Some(params) = &cache {
+            if let Some(prefix) = &params.prefix {
+                key::validate_prefix("store prefix", prefix)?;
+            }
+            if let Some(ttl) = params.ttl {
+                if !(1..=MAX_TTL_SECS).contains(&ttl) {
+                    return Err(crate::CacheError::InvalidConfig(format!(
+                        "store TTL must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Self::new(pool, signals, cache))
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// The cache manager of this store.
+    ///
+    /// # Errors
+    /// [`StorehausError::CacheDisabled`] when the store was built without
+    /// [`CacheParams`].
+    pub fn cache_manager(&self) -> Result<Arc<CacheManager>> {
+        self.cache
+            .as_ref()
+            .map(|c| c.manager.clone())
+            .ok_or(StorehausError::CacheDisabled)
+    }
+
+    /// The effective store prefix (as used in keys), if caching is enabled.
+    pub fn cache_prefix(&self) -> Option<&str> {
+        self.cache.as_ref().map(|c| c.prefix.as_str())
+    }
+
+    /// The effective TTL in seconds, if caching is enabled.
+    pub fn cache_ttl(&self) -> Option<u64> {
+        self.cache.as_ref().map(|c| c.ttl)
+    }
+
+    /// The cache key of `id`: `{global}:{prefix}:{id}`. Without caching, the
+    /// key the record type would use with an empty global prefix.
+    pub fn cache_key(&self, id: &T::Id) -> String {
+        match &self.cache {
+            Some(c) => key::record_key(c.manager.global_prefix(), &c.prefix, id),
+            None => key::record_key("", T::PREFIX, id),
+        }
+    }
+
+    /// Inserts `record`. Does not fill the cache (reads do); clears any
+    /// cached "no such row" for its id after commit. `tags` travel with the
+    /// change event.
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the insert fails (a duplicate id,
+    /// a constraint, the connection).
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
+        let created: T = with_db!(&self.pool, |p, sql, bind| {
+            bind(&record, sqlx::query(sql.insert).bind(record.id()))
+                .try_map(from_row::<T, _>)
+                .fetch_one(p)
+                .await?
+        });
+        let ids = [created.id().clone()];
+        self.after_commit(ChangeOp::Create, &ids, tags).await;
+        Ok(created)
+    }
+
+    /// The record with `id`, from the cache when it holds it, else from the
+    /// database (and then cached, "no such row" included).
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails. Cache failures
+    /// are never returned: the database answers instead.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn get_by_id(&self, id: &T::Id) -> Result<Option<T>> {
+        let Some(cache) = &self.cache else {
+            return self.load_one(id).await;
+        };
+        let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+    }
+
+    async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
+        Ok(with_db!(&self.pool, |p, sql, _bind| {
+            sqlx::query(sql.select_by_id)
+                .bind(id)
+                .try_map(from_row::<T, _>)
+                .fetch_optional(p)
+                .await?
+        }))
+    }
+
+    /// The records of `ids`, in the same order (`None` where no row exists).
+    /// Hits come from one MGET; the misses from one database query, and are
+    /// then cached behind leases.
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = ids.len()))]
+    pub async fn get_many(&self, ids: &[T::Id]) -> Result<Vec<Option<T>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(cache) = &self.cache else {
+            let mut rows = self.load_many(ids).await?;
+            return Ok(ids.iter().map(|id| rows.remove(id)).collect());
+        };
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
+            .collect();
+        crate::batch::read_many(&cache.manager, &keys, ids, T::FINGERPRINT, cache.ttl, |missing| async move {
+            self.load_many(&missing).await
+        })
+        .await
+    }
+
+    /// One query for many ids: `= ANY($1)` on PostgreSQL, `IN (...)` on SQLite.
+    async fn load_many(&self, ids: &[T::Id]) -> Result<HashMap<T::Id, T>> {
+        let mut out = HashMap::with_capacity(ids.len());
+        match &self.pool {
+            DbPool::Postgres(p) => {
+                let rows = sqlx::query(T::PG.select_many)
+                    .bind(ids)
+                    .try_map(from_row::<T, _>)
+                    .fetch_all(p)
+                    .await?;
+                out.extend(rows.into_iter().map(|r| (r.id().clone(), r)));
+            }
+            #[cfg(feature = "sqlite")]
+            DbPool::Sqlite(p) => {
+                for chunk in ids.chunks(SQLITE_CHUNK) {
+                    let sql = in_list(T::SQLITE.select_many, chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    let rows = q.try_map(from_row::<T, _>).fetch_all(p).await?;
+                    out.extend(rows.into_iter().map(|r| (r.id().clone(), r)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the row `id` with `record`; invalidates its cache entry after
+    /// commit. Returns the row as stored.
+    ///
+    /// # Errors
+    /// [`StorehausError::IdMismatch`] when `record.id() != id` (nothing is
+    /// written); [`StorehausError::NotFound`] when no row has `id`;
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
+        check_id::<T>(id, &record)?;
+        let updated: Option<T> = with_db!(&self.pool, |p, sql, bind| {
+            bind(&record, sqlx::query(sql.update))
+                .bind(id)
+                .try_map(from_row::<T, _>)
+                .fetch_optional(p)
+                .await?
+        });
+        let updated = updated.ok_or_else(|| not_found::<T>(id))?;
+        self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags).await;
+        Ok(updated)
+    }
+
+    /// Updates many rows in one transaction: all or nothing. Every key is
+    /// invalidated in one round trip after commit.
+    ///
+    /// # Errors
+    /// [`StorehausError::IdMismatch`] or [`StorehausError::NotFound`] for the
+    /// first pair that fails (the transaction is rolled back);
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = updates.len()))]
+    pub async fn update_many(&self, updates: Vec<(T::Id, T)>) -> Result<Vec<T>> {
+        for (id, record) in &updates {
+            check_id::<T>(id, record)?;
+        }
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(updates.len());
+        with_db!(&self.pool, |p, sql, bind| {
+            let mut tx = p.begin().await?;
+            for (id, record) in &updates {
+                let row = bind(record, sqlx::query(sql.update))
+                    .bind(id)
+                    .try_map(from_row::<T, _>)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match row {
+                    Some(r) => out.push(r),
+                    None => {
+                        tx.rollback().await?;
+                        return Err(not_found::<T>(id));
+                    }
+                }
+            }
+            tx.commit().await?;
+        });
+        let ids: Vec<T::Id> = updates.into_iter().map(|(id, _)| id).collect();
+        self.after_commit(ChangeOp::Update, &ids, None).await;
+        Ok(out)
+    }
+
+    /// Deletes the row `id`; `true` when a row was deleted. Its cache entry is
+    /// invalidated after commit.
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn delete(&self, id: &T::Id) -> Result<bool> {
+        let affected = with_db!(&self.pool, |p, sql, _bind| {
+            sqlx::query(sql.delete).bind(id).execute(p).await?.rows_affected()
+        });
+        self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None).await;
+        Ok(affected > 0)
+    }
+
+    /// Deletes the rows of `ids` in one statement; returns how many were
+    /// deleted. Every key is invalidated in one round trip after commit.
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = ids.len()))]
+    pub async fn delete_many(&self, ids: &[T::Id]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let affected = match &self.pool {
+            DbPool::Postgres(p) => sqlx::query(T::PG.delete_many).bind(ids).execute(p).await?.rows_affected(),
+            #[cfg(feature = "sqlite")]
+            DbPool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let mut n = 0;
+                for chunk in ids.chunks(SQLITE_CHUNK) {
+                    let sql = in_list(T::SQLITE.delete_many, chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    n += q.execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                n
+            }
+        };
+        self.after_commit(ChangeOp::Delete, ids, None).await;
+        Ok(affected)
+    }
+
+    /// Invalidates the written ids (and the store's cached queries), then
+    /// publishes the change event.
+    async fn after_commit(&self, op: ChangeOp, ids: &[T::Id], tags: Option<Vec<String>>) {
+        if let Some(cache) = &self.cache {
+            let keys = ids
+                .iter()
+                .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
+                .collect();
+            cache
+                .manager
+                .invalidate_committed(keys, vec![cache.generation_key.clone()])
+                .await;
+        }
+        if let Some(signals) = &self.signals {
+            signals.publish(ChangeEvent {
+                table: T::TABLE,
+                op,
+                ids: ids.iter().map(|id| id.to_string()).collect(),
+                tags: tags.unwrap_or_default(),
+            });
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+const SQLITE_CHUNK: usize = 500;
+
+/// Completes an `... IN (` prefix with `n` placeholders `?1, ?2, ...`.
+#[cfg(feature = "sqlite")]
+fn in_list(prefix: &str, n: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(prefix.len() + n * 5 + 1);
+    sql.push_str(prefix);
+    for i in 1..=n {
+        if i > 1 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "?{i}");
+    }
+    sql.push(')');
+    sql
+}
+
+fn check_id<T: Cached>(id: &T::Id, record: &T) -> Result<()> {
+    if record.id() != id {
+        return Err(StorehausError::IdMismatch {
+            expected: id.to_string(),
+            found: record.id().to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn not_found<T: Cached>(id: &T::Id) -> StorehausError {
+    StorehausError::NotFound {
+        table: T::TABLE,
+        id: id.to_string(),
+    }
+}
