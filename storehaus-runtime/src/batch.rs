@@ -102,6 +102,9 @@ where
     if !fill_keys.is_empty() {
         let mgr = mgr.clone();
         tokio::spawn(async move {
+            for key in &fill_keys {
+                mgr.hooks.before_fill(key).await;
+            }
             let deadline = mgr.deadline();
             let key_refs: Vec<&str> = fill_keys.iter().map(String::as_str).collect();
             let value_refs: Vec<&[u8]> = fill_values.iter().map(Vec::as_slice).collect();

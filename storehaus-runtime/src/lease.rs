@@ -192,6 +192,7 @@ fn spawn_fill<V: Serialize>(mgr: Arc<CacheManager>, key: String, lease: [u8; 17]
         }
     };
     tokio::spawn(async move {
+        mgr.hooks.before_fill(&key).await;
         let deadline = mgr.deadline();
         let ttl_ms = ttl_secs.saturating_mul(1000);
         let keys = [key.as_str()];

@@ -16,6 +16,7 @@ mod config;
 mod dialect;
 mod error;
 mod flight;
+mod hooks;
 pub mod key;
 pub mod lease;
 mod manager;
@@ -24,6 +25,7 @@ mod redis_backend;
 mod signals;
 mod stats;
 mod store;
+mod transaction;
 
 #[doc(hidden)]
 pub use assert::{AssertClone, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds};
@@ -32,9 +34,12 @@ pub use cached::SqliteQuery;
 pub use cached::{CacheId, Cached, PgQuery, Statements};
 pub use config::CacheConfig;
 pub use dialect::*;
+#[doc(hidden)]
+pub use hooks::{FillPause, TestHooks};
 pub use error::{CacheError, CacheResult, Result, StorehausError};
 pub use manager::{CacheManager, MAX_TTL_SECS};
 pub use pool::DbPool;
 pub use signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use stats::CacheStats;
 pub use store::{CacheParams, GenericStore};
+pub use transaction::StoreTransaction;

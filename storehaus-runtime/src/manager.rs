@@ -16,6 +16,7 @@ use crate::codec::{self, Entry, ANY_FINGERPRINT};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
 use crate::flight::Flights;
+use crate::hooks::TestHooks;
 use crate::key;
 use crate::stats::{CacheStats, Counters};
 
@@ -60,6 +61,7 @@ pub struct CacheManager {
     suppressed_warnings: AtomicU64,
     started: Instant,
     timeout: Duration,
+    pub(crate) hooks: TestHooks,
 }
 
 impl CacheManager {
@@ -103,6 +105,7 @@ impl CacheManager {
             suppressed_warnings: AtomicU64::new(0),
             started: Instant::now(),
             timeout,
+            hooks: TestHooks::default(),
         })
     }
 
@@ -247,6 +250,12 @@ impl CacheManager {
         let deadline = tokio::time::Instant::now() + self.timeout * 10;
         self.guarded(deadline, "delete_pattern", || self.backend.scan_unlink(&glob))
             .await
+    }
+
+    /// Test hooks (pause points in the read path). Not public API.
+    #[doc(hidden)]
+    pub fn test_hooks(&self) -> &TestHooks {
+        &self.hooks
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {

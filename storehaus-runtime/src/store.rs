@@ -98,7 +98,47 @@ macro_rules! with_db {
     };
 }
 
-fn from_row<T, R>(row: R) -> std::result::Result<T, sqlx::Error>
+/// The SQL of each single-row write, against any executor of the dialect
+/// (a pool, or a transaction's connection). Shared by the store and
+/// [`StoreTransaction`](crate::StoreTransaction).
+macro_rules! insert_row {
+    ($exec:expr, $sql:ident, $bind:ident, $record:expr) => {
+        $bind($record, sqlx::query($sql.insert).bind($record.id()))
+            .try_map(from_row::<T, _>)
+            .fetch_one($exec)
+            .await?
+    };
+}
+
+macro_rules! update_row {
+    ($exec:expr, $sql:ident, $bind:ident, $id:expr, $record:expr) => {
+        $bind($record, sqlx::query($sql.update))
+            .bind($id)
+            .try_map(from_row::<T, _>)
+            .fetch_optional($exec)
+            .await?
+    };
+}
+
+macro_rules! delete_row {
+    ($exec:expr, $sql:ident, $id:expr) => {
+        sqlx::query($sql.delete).bind($id).execute($exec).await?.rows_affected()
+    };
+}
+
+macro_rules! select_row {
+    ($exec:expr, $sql:ident, $id:expr) => {
+        sqlx::query($sql.select_by_id)
+            .bind($id)
+            .try_map(from_row::<T, _>)
+            .fetch_optional($exec)
+            .await?
+    };
+}
+
+pub(crate) use {delete_row, insert_row, select_row, update_row};
+
+pub(crate) fn from_row<T, R>(row: R) -> std::result::Result<T, sqlx::Error>
 where
     T: for<'r> sqlx::FromRow<'r, R>,
     R: sqlx::Row,
@@ -210,12 +250,7 @@ impl<T: Cached> GenericStore<T> {
     /// a constraint, the connection).
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
-        let created: T = with_db!(&self.pool, |p, sql, bind| {
-            bind(&record, sqlx::query(sql.insert).bind(record.id()))
-                .try_map(from_row::<T, _>)
-                .fetch_one(p)
-                .await?
-        });
+        let created: T = with_db!(&self.pool, |p, sql, bind| insert_row!(p, sql, bind, &record));
         let ids = [created.id().clone()];
         self.after_commit(ChangeOp::Create, &ids, tags).await;
         Ok(created)
@@ -237,13 +272,7 @@ impl<T: Cached> GenericStore<T> {
     }
 
     async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
-        Ok(with_db!(&self.pool, |p, sql, _bind| {
-            sqlx::query(sql.select_by_id)
-                .bind(id)
-                .try_map(from_row::<T, _>)
-                .fetch_optional(p)
-                .await?
-        }))
+        Ok(with_db!(&self.pool, |p, sql, _bind| select_row!(p, sql, id)))
     }
 
     /// The records of `ids`, in the same order (`None` where no row exists).
@@ -309,13 +338,7 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
-        let updated: Option<T> = with_db!(&self.pool, |p, sql, bind| {
-            bind(&record, sqlx::query(sql.update))
-                .bind(id)
-                .try_map(from_row::<T, _>)
-                .fetch_optional(p)
-                .await?
-        });
+        let updated: Option<T> = with_db!(&self.pool, |p, sql, bind| update_row!(p, sql, bind, id, &record));
         let updated = updated.ok_or_else(|| not_found::<T>(id))?;
         self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags).await;
         Ok(updated)
@@ -340,11 +363,7 @@ impl<T: Cached> GenericStore<T> {
         with_db!(&self.pool, |p, sql, bind| {
             let mut tx = p.begin().await?;
             for (id, record) in &updates {
-                let row = bind(record, sqlx::query(sql.update))
-                    .bind(id)
-                    .try_map(from_row::<T, _>)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row = update_row!(&mut *tx, sql, bind, id, record);
                 match row {
                     Some(r) => out.push(r),
                     None => {
@@ -367,9 +386,7 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::Database`] when the database fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&self, id: &T::Id) -> Result<bool> {
-        let affected = with_db!(&self.pool, |p, sql, _bind| {
-            sqlx::query(sql.delete).bind(id).execute(p).await?.rows_affected()
-        });
+        let affected = with_db!(&self.pool, |p, sql, _bind| delete_row!(p, sql, id));
         self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None).await;
         Ok(affected > 0)
     }
@@ -409,9 +426,24 @@ impl<T: Cached> GenericStore<T> {
     /// Invalidates the written ids (and the store's cached queries), then
     /// publishes the change event.
     async fn after_commit(&self, op: ChangeOp, ids: &[T::Id], tags: Option<Vec<String>>) {
+        let change = Change {
+            op,
+            ids: ids.to_vec(),
+            tags: tags.unwrap_or_default(),
+        };
+        self.after_commit_all(std::slice::from_ref(&change)).await;
+    }
+
+    /// Invalidates every key the committed changes wrote (and the store's
+    /// cached queries) in one round trip, then publishes one event per change.
+    pub(crate) async fn after_commit_all(&self, changes: &[Change<T::Id>]) {
+        if changes.is_empty() {
+            return;
+        }
         if let Some(cache) = &self.cache {
-            let keys = ids
+            let keys = changes
                 .iter()
+                .flat_map(|c| c.ids.iter())
                 .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
                 .collect();
             cache
@@ -420,14 +452,24 @@ impl<T: Cached> GenericStore<T> {
                 .await;
         }
         if let Some(signals) = &self.signals {
-            signals.publish(ChangeEvent {
-                table: T::TABLE,
-                op,
-                ids: ids.iter().map(|id| id.to_string()).collect(),
-                tags: tags.unwrap_or_default(),
-            });
+            for c in changes {
+                signals.publish(ChangeEvent {
+                    table: T::TABLE,
+                    op: c.op,
+                    ids: c.ids.iter().map(|id| id.to_string()).collect(),
+                    tags: c.tags.clone(),
+                });
+            }
         }
     }
+}
+
+/// One committed write, waiting for its invalidation and event.
+#[derive(Debug, Clone)]
+pub(crate) struct Change<Id> {
+    pub op: ChangeOp,
+    pub ids: Vec<Id>,
+    pub tags: Vec<String>,
 }
 
 #[cfg(feature = "sqlite")]
@@ -449,7 +491,7 @@ fn in_list(prefix: &str, n: usize) -> String {
     sql
 }
 
-fn check_id<T: Cached>(id: &T::Id, record: &T) -> Result<()> {
+pub(crate) fn check_id<T: Cached>(id: &T::Id, record: &T) -> Result<()> {
     if record.id() != id {
         return Err(StorehausError::IdMismatch {
             expected: id.to_string(),
@@ -459,7 +501,7 @@ fn check_id<T: Cached>(id: &T::Id, record: &T) -> Result<()> {
     Ok(())
 }
 
-fn not_found<T: Cached>(id: &T::Id) -> StorehausError {
+pub(crate) fn not_found<T: Cached>(id: &T::Id) -> StorehausError {
     StorehausError::NotFound {
         table: T::TABLE,
         id: id.to_string(),

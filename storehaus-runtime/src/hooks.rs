@@ -1,0 +1,88 @@
+//! Test hooks: pause points inside the read path, so tests can hold a reader
+//! between its database read and its cache fill and prove the fill guard
+//! works. Not public API; inactive hooks cost one relaxed atomic load.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// A fill held at the pause point: the test waits for [`reached`](Self::reached),
+/// does its writes, then calls [`release`](Self::release).
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct FillPause {
+    key: String,
+    reached: Arc<Notify>,
+    release: Arc<Notify>,
+}
+
+impl FillPause {
+    /// Waits until a reader of the paused key has read the database and is
+    /// about to fill.
+    pub async fn reached(&self) {
+        self.reached.notified().await;
+    }
+
+    /// Lets the held fill go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    active: AtomicBool,
+    fill_delay_us: AtomicU64,
+    pause: Mutex<Option<FillPause>>,
+}
+
+impl TestHooks {
+    /// Delays every fill by `delay` (a slow reader), or stops delaying with zero.
+    pub fn set_fill_delay(&self, delay: Duration) {
+        self.fill_delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    /// Holds the next fill of `key` until the returned pause is released.
+    pub fn pause_fill(&self, key: &str) -> FillPause {
+        let pause = FillPause {
+            key: key.to_string(),
+            reached: Arc::new(Notify::new()),
+            release: Arc::new(Notify::new()),
+        };
+        if let Ok(mut p) = self.pause.lock() {
+            *p = Some(pause.clone());
+        }
+        self.refresh();
+        pause
+    }
+
+    fn refresh(&self) {
+        let paused = self.pause.lock().map(|p| p.is_some()).unwrap_or(false);
+        let delayed = self.fill_delay_us.load(Ordering::Relaxed) > 0;
+        self.active.store(paused || delayed, Ordering::Release);
+    }
+
+    /// Called by the read path between the database read and the fill.
+    pub(crate) async fn before_fill(&self, key: &str) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let delay = self.fill_delay_us.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+        }
+        let pause = match self.pause.lock() {
+            Ok(mut p) if p.as_ref().is_some_and(|p| p.key == key) => p.take(),
+            _ => None,
+        };
+        if let Some(pause) = pause {
+            self.refresh();
+            pause.reached.notify_one();
+            pause.release.notified().await;
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Never serve stale data: guarded fills, single-flight, transactions,
+//! replayed invalidations and read-your-writes, against real PostgreSQL and
+//! Redis.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde::{Deserialize, Serialize};
+use storehaus::prelude::*;
+use storehaus::{CacheParams, ChangeOp, GenericStore, SignalManager};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
+#[cache(table = "counters", prefix = "counters")]
+pub struct Counter {
+    pub id: i32,
+    pub version: i64,
+}
+
+/// Reads go through a view whose function counts every database scan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
+#[cache(table = "herd")]
+pub struct HerdRow {
+    pub id: i64,
+    pub body: String,
+}
+
+async fn counters_db(rows: i32) -> Db {
+    let db = Db::with_max_connections(10).await;
+    db.exec("CREATE TABLE counters (id integer PRIMARY KEY, version bigint NOT NULL)")
+        .await;
+    db.exec(&format!(
+        "INSERT INTO counters SELECT g, 1 FROM generate_series(1, {rows}) g"
+    ))
+    .await;
+    db
+}
+
+async fn herd_db() -> Db {
+    let db = Db::with_max_connections(10).await;
+    db.exec("CREATE TABLE herd_rows (id bigint PRIMARY KEY, body text NOT NULL)").await;
+    db.exec("CREATE TABLE herd_loads (n bigint NOT NULL)").await;
+    db.exec("INSERT INTO herd_loads VALUES (0)").await;
+    db.exec("INSERT INTO herd_rows VALUES (1, 'one')").await;
+    db.exec(
+        "CREATE FUNCTION herd_scan() RETURNS SETOF herd_rows LANGUAGE plpgsql VOLATILE AS $$ \
+         BEGIN UPDATE herd_loads SET n = n + 1; RETURN QUERY SELECT * FROM herd_rows; END $$",
+    )
+    .await;
+    db.exec("CREATE VIEW herd AS SELECT * FROM herd_scan()").await;
+    db
+}
+
+async fn herd_loads(db: &Db) -> i64 {
+    sqlx::query_scalar("SELECT n FROM herd_loads")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+fn decode_version(bytes: &[u8]) -> i64 {
+    let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+    value.as_array().unwrap()[2].as_array().unwrap()[1].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn guarded_fill_never_puts_an_old_row_back() {
+    let db = counters_db(1).await;
+    let manager = manager();
+    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+    let key = store.cache_key(&1);
+    let mut redis = raw_redis(&redis_url()).await;
+
+    // Reader A reads v1 from the database; its fill is held.
+    let pause = manager.test_hooks().pause_fill(&key);
+    let a = store.get_by_id(&1).await.unwrap().unwrap();
+    assert_eq!(a.version, 1);
+    pause.reached().await;
+    // Writer B commits v2 (and invalidates) while A's fill is held.
+    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
+    pause.release();
+    eventually("A's fill ran", || async {
+        let s = manager.get_stats().await.unwrap();
+        s.fills + s.fills_rejected == 1
+    })
+    .await;
+    assert_eq!(manager.get_stats().await.unwrap().fills_rejected, 1);
+    match raw_get(&mut redis, &key).await {
+        None => {}
+        Some(bytes) => assert_eq!(decode_version(&bytes), 2, "the cache holds v2 or nothing"),
+    }
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+
+    // The same interleaving with plain GET/SET cache-aside puts v1 back:
+    // the test above would see it.
+    let naive_key = format!("{}:naive:1", manager.global_prefix());
+    let v1: i64 = sqlx::query_scalar("SELECT version FROM counters WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE counters SET version = 3 WHERE id = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(&naive_key).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("SET").arg(&naive_key).arg(v1).query_async(&mut redis).await.unwrap();
+    let cached: i64 = redis::cmd("GET").arg(&naive_key).query_async(&mut redis).await.unwrap();
+    assert_eq!(cached, 2, "plain cache-aside serves the old row after the write");
+    clear_prefix(&manager).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn read_your_writes_holds_while_an_older_load_is_in_flight() {
+    let db = counters_db(1).await;
+    let manager = manager();
+    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+    let key = store.cache_key(&1);
+
+    let pause = manager.test_hooks().pause_fill(&key);
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
+    pause.reached().await;
+    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
+    // The load that began before the write is still in flight: a read that
+    // starts now must not join it.
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    pause.release();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    clear_prefix(&manager).await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_cold_reads_cause_one_database_query() {
+    let db = herd_db().await;
+    let manager = manager_on(&redis_url(), |c| c.with_lease_wait(5_000).with_timeout(10_000));
+    let store = Arc::new(GenericStore::<HerdRow>::new(
+        db.pool.clone(),
+        None,
+        Some(CacheParams::new(manager.clone())),
+    ));
+    let gate = Arc::new(tokio::sync::Barrier::new(1000));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let store = store.clone();
+        let gate = gate.clone();
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            store.get_by_id(&1).await
+        }));
+    }
+    for t in tasks {
+        let row = t.await.unwrap().unwrap().unwrap();
+        assert_eq!(row.body, "one");
+    }
+    assert_eq!(herd_loads(&db).await, 1, "one database query for 1000 cold reads");
+    let stats = manager.get_stats().await.unwrap();
+    assert_eq!(stats.misses, 1, "{stats:?}");
+    assert_eq!(stats.hits, 999, "every other read was answered without the database: {stats:?}");
+    assert!(stats.coalesced > 0, "{stats:?}");
+    clear_prefix(&manager).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn another_process_waits_for_the_lease_instead_of_querying() {
+    let db = herd_db().await;
+    let prefix = random_name("t");
+    let make = || {
+        Arc::new(
+            storehaus::CacheManager::new(
+                storehaus::CacheConfig::new(redis_url(), 600, prefix.clone()).with_lease_wait(3_000),
+            )
+            .unwrap(),
+        )
+    };
+    let (ma, mb) = (make(), make());
+    let a = GenericStore::<HerdRow>::new(db.pool.clone(), None, Some(CacheParams::new(ma.clone())));
+    let b = GenericStore::<HerdRow>::new(db.pool.clone(), None, Some(CacheParams::new(mb.clone())));
+    let key = a.cache_key(&1);
+
+    let pause = ma.test_hooks().pause_fill(&key);
+    assert_eq!(a.get_by_id(&1).await.unwrap().unwrap().body, "one");
+    pause.reached().await;
+    let reader_b = tokio::spawn(async move { b.get_by_id(&1).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    pause.release();
+    assert_eq!(reader_b.await.unwrap().unwrap().unwrap().body, "one");
+    assert_eq!(herd_loads(&db).await, 1, "process B did not query the database");
+    let stats = mb.get_stats().await.unwrap();
+    assert_eq!((stats.lease_waits, stats.hits), (1, 1), "{stats:?}");
+    clear_prefix(&ma).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn transaction_invalidates_after_commit_and_never_on_rollback() {
+    let db = counters_db(3).await;
+    let manager = manager();
+    let signals = Arc::new(SignalManager::new(64));
+    let mut events = signals.subscribe();
+    let store = GenericStore::<Counter>::new(
+        db.pool.clone(),
+        Some(signals.clone()),
+        Some(CacheParams::new(manager.clone())),
+    );
+    let mut redis = raw_redis(&redis_url()).await;
+    for id in 1..=3 {
+        store.get_by_id(&id).await.unwrap();
+        wait_for_value(&mut redis, &store.cache_key(&id)).await;
+    }
+
+    let mut tx = store.begin().await.unwrap();
+    tx.update(&1, Counter { id: 1, version: 10 }, Some(vec!["t".into()]))
+        .await
+        .unwrap();
+    assert!(tx.delete(&2).await.unwrap());
+    assert_eq!(tx.get_by_id(&1).await.unwrap().unwrap().version, 10, "sees its own write");
+    assert!(raw_get(&mut redis, &store.cache_key(&1)).await.is_some(), "nothing invalidated before commit");
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1, "others see the committed row");
+    tx.commit().await.unwrap();
+    assert_eq!(raw_get(&mut redis, &store.cache_key(&1)).await, None);
+    assert_eq!(raw_get(&mut redis, &store.cache_key(&2)).await, None);
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 10);
+    assert_eq!(store.get_by_id(&2).await.unwrap(), None);
+    let first = events.try_recv().unwrap();
+    assert_eq!((first.op, first.ids.clone(), first.tags.clone()), (ChangeOp::Update, vec!["1".to_string()], vec!["t".to_string()]));
+    assert_eq!(events.try_recv().unwrap().op, ChangeOp::Delete);
+
+    // Rollback and drop: the database and the cache are untouched.
+    let cached3 = wait_for_value(&mut redis, &store.cache_key(&3)).await;
+    let mut tx = store.begin().await.unwrap();
+    tx.update(&3, Counter { id: 3, version: 30 }, None).await.unwrap();
+    tx.rollback().await.unwrap();
+    {
+        let mut tx = store.begin().await.unwrap();
+        tx.update(&3, Counter { id: 3, version: 31 }, None).await.unwrap();
+    }
+    assert_eq!(raw_get(&mut redis, &store.cache_key(&3)).await, Some(cached3));
+    assert_eq!(store.get_by_id(&3).await.unwrap().unwrap().version, 1);
+    assert!(events.try_recv().is_err(), "no event after rollback");
+    clear_prefix(&manager).await;
+    db.cleanup().await;
+}
+
+#[tokio::test]
+async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume() {
+    let dir = std::env::temp_dir().join(random_name("redis"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_s = dir.to_string_lossy().to_string();
+    let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
+    let db = counters_db(1).await;
+    let manager = manager_on(&server.url(), |c| c.with_timeout(300).with_retry_delay(5).with_circuit_breaker(100, 50));
+    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+    let key = store.cache_key(&1);
+
+    // v1 is cached, and saved to disk with the rest of the dataset.
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
+    let mut redis = raw_redis(&server.url()).await;
+    wait_for_value(&mut redis, &key).await;
+    let _: () = redis::cmd("SAVE").query_async(&mut redis).await.unwrap();
+
+    // Redis dies; the update commits; its invalidation cannot be delivered.
+    server.kill();
+    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
+    assert!(manager.get_stats().await.unwrap().pending_invalidations >= 1);
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2, "bypasses the cache meanwhile");
+
+    // Redis comes back with the old dataset, v1 included.
+    server.restart().await;
+    let mut redis = raw_redis(&server.url()).await;
+    assert!(raw_get(&mut redis, &key).await.is_some(), "the stale entry is back on the server");
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2, "never the old row");
+    assert_eq!(manager.get_stats().await.unwrap().pending_invalidations, 0);
+    wait_for_value(&mut redis, &key).await;
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    db.cleanup().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The stale-read workload: writers bump versions of a few rows, readers read
+/// them, and a read is stale when it returns a version older than one whose
+/// write had returned before the read began.
+struct Workload {
+    rows: i32,
+    writers: usize,
+    readers: usize,
+    writes_per_writer: usize,
+    reads_per_reader: usize,
+}
+
+struct Outcome {
+    reads: u64,
+    writes: u64,
+    stale: u64,
+}
+
+async fn run_workload<R, RF, W, WF>(w: &Workload, read: R, write: W) -> Outcome
+where
+    R: Fn(i32) -> RF + Send + Sync + 'static,
+    RF: std::future::Future<Output = i64> + Send,
+    W: Fn(i32, i64) -> WF + Send + Sync + 'static,
+    WF: std::future::Future<Output = ()> + Send,
+{
+    let committed: Arc<Vec<AtomicI64>> = Arc::new((0..=w.rows).map(|_| AtomicI64::new(1)).collect());
+    let locks: Arc<Vec<tokio::sync::Mutex<()>>> = Arc::new((0..=w.rows).map(|_| tokio::sync::Mutex::new(())).collect());
+    let stale = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+    let writes = Arc::new(AtomicU64::new(0));
+    let read = Arc::new(read);
+    let write = Arc::new(write);
+    let mut tasks = Vec::new();
+    for _ in 0..w.writers {
+        let (committed, locks, write, writes) = (committed.clone(), locks.clone(), write.clone(), writes.clone());
+        let (rows, n) = (w.rows, w.writes_per_writer);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let r = rand::random_range(1..=rows);
+                let _guard = locks[r as usize].lock().await;
+                let v = committed[r as usize].load(Ordering::SeqCst) + 1;
+                write(r, v).await;
+                committed[r as usize].store(v, Ordering::SeqCst);
+                writes.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for _ in 0..w.readers {
+        let (committed, read, stale, reads) = (committed.clone(), read.clone(), stale.clone(), reads.clone());
+        let (rows, n) = (w.rows, w.reads_per_reader);
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n {
+                let r = rand::random_range(1..=rows);
+                let floor = committed[r as usize].load(Ordering::SeqCst);
+                let got = read(r).await;
+                if got < floor {
+                    stale.fetch_add(1, Ordering::Relaxed);
+                }
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Outcome {
+        reads: reads.load(Ordering::Relaxed),
+        writes: writes.load(Ordering::Relaxed),
+        stale: stale.load(Ordering::Relaxed),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torture_no_stale_reads_while_plain_cache_aside_has_them() {
+    let workload = Workload {
+        rows: 4,
+        writers: 4,
+        readers: 12,
+        writes_per_writer: 60,
+        reads_per_reader: 150,
+    };
+    let slow_fill = Duration::from_millis(2);
+
+    // StoreHaus, with every fill delayed like a slow reader.
+    let db = counters_db(workload.rows).await;
+    let manager = manager();
+    manager.test_hooks().set_fill_delay(slow_fill);
+    let store = Arc::new(GenericStore::<Counter>::new(
+        db.pool.clone(),
+        None,
+        Some(CacheParams::new(manager.clone())),
+    ));
+    let (rs, ws) = (store.clone(), store.clone());
+    let ours = run_workload(
+        &workload,
+        move |r| {
+            let s = rs.clone();
+            async move { s.get_by_id(&r).await.unwrap().unwrap().version }
+        },
+        move |r, v| {
+            let s = ws.clone();
+            async move {
+                s.update(&r, Counter { id: r, version: v }, None).await.unwrap();
+            }
+        },
+    )
+    .await;
+    println!(
+        "storehaus: {} reads, {} writes, {} stale",
+        ours.reads, ours.writes, ours.stale
+    );
+    assert_eq!(ours.stale, 0);
+    // After the writers stop, every cached entry equals its row.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut redis = raw_redis(&redis_url()).await;
+    let rows: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>("SELECT id, version FROM counters")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    for (id, version) in &rows {
+        if let Some(bytes) = raw_get(&mut redis, &store.cache_key(id)).await {
+            if bytes[0] != 0xC1 {
+                assert_eq!(decode_version(&bytes), *version, "cached row {id} equals the database");
+            }
+        }
+    }
+    let stats = manager.get_stats().await.unwrap();
+    println!("storehaus stats: {stats:?}");
+    clear_prefix(&manager).await;
+    db.cleanup().await;
+
+    // The same workload through plain GET / SET cache-aside.
+    let db = counters_db(workload.rows).await;
+    let prefix = random_name("naive");
+    let conn = raw_redis(&redis_url()).await;
+    let (rp, rc, pool_r) = (prefix.clone(), conn.clone(), db.pool.clone());
+    let (wp, wc, pool_w) = (prefix.clone(), conn.clone(), db.pool.clone());
+    let naive = run_workload(
+        &workload,
+        move |r| {
+            let (key, mut conn, pool) = (format!("{rp}:{r}"), rc.clone(), pool_r.clone());
+            async move {
+                let hit: Option<i64> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+                if let Some(v) = hit {
+                    return v;
+                }
+                let v: i64 = sqlx::query_scalar("SELECT version FROM counters WHERE id = $1")
+                    .bind(r)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                tokio::time::sleep(slow_fill).await;
+                let _: () = redis::cmd("SET").arg(&key).arg(v).query_async(&mut conn).await.unwrap();
+                v
+            }
+        },
+        move |r, v| {
+            let (key, mut conn, pool) = (format!("{wp}:{r}"), wc.clone(), pool_w.clone());
+            async move {
+                sqlx::query("UPDATE counters SET version = $1 WHERE id = $2")
+                    .bind(v)
+                    .bind(r)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+            }
+        },
+    )
+    .await;
+    println!(
+        "plain cache-aside: {} reads, {} writes, {} stale",
+        naive.reads, naive.writes, naive.stale
+    );
+    assert!(naive.stale > 0, "the workload is known to expose the stale-set race");
+    let mut conn = raw_redis(&redis_url()).await;
+    for r in 1..=workload.rows {
+        let _: () = redis::cmd("DEL").arg(format!("{prefix}:{r}")).query_async(&mut conn).await.unwrap();
+    }
+    db.cleanup().await;
+}
