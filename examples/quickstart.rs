@@ -1,14 +1,17 @@
 //! The seed's flow, end to end: create, miss, hit, update + invalidation,
 //! stats. Run it with `cargo run --example quickstart`.
 //!
-//! Uses `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
-//! and `REDIS_URL` (default `redis://127.0.0.1:6379`); `scripts/services.sh`
-//! starts both.
+//! Runs anywhere: without `DATABASE_URL` it uses a private in-memory SQLite
+//! database, without `REDIS_URL` the in-process cache (`memory://`).
+//! `DATABASE_URL` may name PostgreSQL (`postgres://...`) or SQLite
+//! (`sqlite:...`); `REDIS_URL` may be `redis://`, `rediss://` or `memory://`.
+//! `scripts/services.sh` starts a local PostgreSQL and Redis.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqlitePoolOptions;
 use storehaus::prelude::*;
 use uuid::Uuid;
 
@@ -21,25 +24,64 @@ pub struct User {
     pub email: String,
 }
 
+/// `CREATE TABLE` for [`User`]; `{uuid}` is the dialect's column type for a uuid.
+const CREATE_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS quickstart_users (id {uuid} PRIMARY KEY, name text NOT NULL, email text NOT NULL)";
+
+/// Opens `DATABASE_URL`, or else a private in-memory SQLite database, and
+/// creates the table. Returns the pool and a description to print (never
+/// the URL itself, which may hold a password).
+async fn open_database() -> Result<(DbPool, &'static str), Box<dyn std::error::Error>> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("sqlite:") => {
+            let pool = sqlx::SqlitePool::connect(&url).await?;
+            // sqlx stores a uuid in SQLite as a 16-byte BLOB.
+            sqlx::query(&CREATE_TABLE.replace("{uuid}", "blob"))
+                .execute(&pool)
+                .await?;
+            Ok((pool.into(), "SQLite (DATABASE_URL)"))
+        }
+        Ok(url) => {
+            let pool = sqlx::PgPool::connect(&url).await?;
+            sqlx::query(&CREATE_TABLE.replace("{uuid}", "uuid"))
+                .execute(&pool)
+                .await?;
+            Ok((pool.into(), "PostgreSQL (DATABASE_URL)"))
+        }
+        Err(_) => {
+            // One connection that never closes: an in-memory database lives
+            // as long as its connection.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect("sqlite::memory:")
+                .await?;
+            sqlx::query(&CREATE_TABLE.replace("{uuid}", "blob"))
+                .execute(&pool)
+                .await?;
+            Ok((pool.into(), "SQLite in memory (DATABASE_URL is not set)"))
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let database_url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-
-    let db_pool = sqlx::PgPool::connect(&database_url).await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS quickstart_users (id uuid PRIMARY KEY, name text NOT NULL, email text NOT NULL)",
-    )
-    .execute(&db_pool)
-    .await?;
+    let (db_pool, database) = open_database().await?;
+    let (cache_url, cache_source) = match std::env::var("REDIS_URL") {
+        Ok(url) => (url, "REDIS_URL"),
+        Err(_) => ("memory://".to_string(), "in-process; REDIS_URL is not set"),
+    };
 
     // Configure the cache and build a cached store.
-    let cache_config = CacheConfig::new(redis_url.clone(), 3600, "quickstart");
+    let cache_config = CacheConfig::new(cache_url, 3600, "quickstart");
     let cache_manager = Arc::new(CacheManager::new(cache_config)?);
     let cache_params = CacheParams::new(cache_manager.clone());
     let user_store = GenericStore::<User>::new(db_pool.clone(), None, Some(cache_params));
-    println!("database: {database_url}\ncache:    {}", cache_manager.config().redacted_url());
+    println!(
+        "database: {database}\ncache:    {} ({cache_source})",
+        cache_manager.config().redacted_url()
+    );
 
     let user = User {
         id: Uuid::new_v4(),
@@ -52,7 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let t = Instant::now();
     let first = user_store.get_by_id(&user_id).await?;
-    println!("miss      {:?} in {:?} (database, then cached)", first.map(|u| u.name), t.elapsed());
+    println!(
+        "miss      {:?} in {:?} (database, then cached)",
+        first.map(|u| u.name),
+        t.elapsed()
+    );
 
     // Let the background fill land, then read again.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -68,7 +114,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     user_store.update(&user_id, renamed, None).await?;
     println!("updated   cache entry invalidated after commit");
     let fresh = user_store.get_by_id(&user_id).await?;
-    println!("re-read   {:?} (database: the write is visible at once)", fresh.map(|u| u.name));
+    println!(
+        "re-read   {:?} (database: the write is visible at once)",
+        fresh.map(|u| u.name)
+    );
 
     let stats = cache_manager.get_stats().await?;
     println!(

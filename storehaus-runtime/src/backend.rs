@@ -1,14 +1,24 @@
 //! The cache backends behind one enum: the URL scheme picks one.
+//!
+//! Both speak the same primitives with the same semantics (see
+//! [`crate::lease`] for the protocol built on them): `redis://` /
+//! `rediss://` talk to a Redis server, `memory://` keeps everything in this
+//! process ([`crate::memory_backend`]).
 
 use std::time::Duration;
 
 use crate::error::{CacheError, CacheResult};
+use crate::memory_backend::MemoryBackend;
 use crate::redis_backend::RedisBackend;
 
 /// A cache backend.
+// One per `CacheManager`, built once and never moved: its size is
+// irrelevant, and boxing would add an indirection to every command.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Backend {
     Redis(RedisBackend),
+    Memory(MemoryBackend),
 }
 
 /// Delegates a method to the active backend.
@@ -18,6 +28,7 @@ macro_rules! delegate {
             pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match self {
                     Backend::Redis(b) => b.$name($($arg),*).await,
+                    Backend::Memory(b) => b.$name($($arg),*).await,
                 }
             }
         )*
@@ -29,7 +40,10 @@ impl Backend {
     pub fn open(url: &str, pool_size: usize, timeout: Duration) -> CacheResult<Self> {
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
-            "redis" | "rediss" | "redis+unix" | "unix" => Ok(Backend::Redis(RedisBackend::new(url, pool_size, timeout)?)),
+            "redis" | "rediss" | "redis+unix" | "unix" => {
+                Ok(Backend::Redis(RedisBackend::new(url, pool_size, timeout)?))
+            }
+            "memory" => Ok(Backend::Memory(MemoryBackend::open(url)?)),
             "" => Err(CacheError::InvalidConfig(format!(
                 "cache URL {:?} has no scheme; use redis://host:port, rediss://host:port or memory://",
                 crate::config::redact_url(url)
@@ -51,5 +65,34 @@ impl Backend {
         pub async fn incr(&self, key: &str) -> CacheResult<u64>;
         pub async fn ping(&self) -> CacheResult<()>;
         pub async fn scan_unlink(&self, pattern: &str) -> CacheResult<u64>;
+        pub async fn init_counter(&self, key: &str, start: u64) -> CacheResult<()>;
+        pub async fn fill_if_counter(&self, key: &str, value: &[u8], ttl_ms: u64, counter: &str, expected: u64) -> CacheResult<bool>;
+        pub async fn add_to_sets(&self, members_by_set: &[(String, Vec<String>)]) -> CacheResult<()>;
+        pub async fn unlink_set_members(&self, set: &str) -> CacheResult<u64>;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheme_picks_the_backend() {
+        let t = Duration::from_millis(100);
+        assert!(matches!(Backend::open("memory://", 1, t), Ok(Backend::Memory(_))));
+        assert!(matches!(
+            Backend::open("memory://?max_capacity=5", 1, t),
+            Ok(Backend::Memory(_))
+        ));
+        assert!(matches!(
+            Backend::open("redis://127.0.0.1:1", 1, t),
+            Ok(Backend::Redis(_))
+        ));
+        for bad in ["memory", "memory:", "http://x", "", "memory://x"] {
+            assert!(
+                matches!(Backend::open(bad, 1, t), Err(CacheError::InvalidConfig(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -76,7 +76,10 @@ impl Breaker {
         if probe != 0 && now < probe + self.cooldown_ms {
             return Err(refuse(probe + self.cooldown_ms));
         }
-        match self.probe_at.compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire) {
+        match self
+            .probe_at
+            .compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => Ok(()),
             Err(_) => Err(refuse(now + self.cooldown_ms)),
         }
@@ -100,14 +103,25 @@ impl Breaker {
     pub fn failure(&self) -> Transition {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let now = self.now_ms();
-        if self.opened_at.load(Ordering::Acquire) != 0 {
-            // A failed probe: stay open for another cooldown.
-            self.opened_at.store(now, Ordering::Release);
-            self.probe_at.store(0, Ordering::Release);
+        let opened = self.opened_at.load(Ordering::Acquire);
+        if opened != 0 {
+            // A failed probe: stay open for another cooldown. Compare-and-set,
+            // so that a failure racing with the success that just closed the
+            // breaker cannot re-open it unseen (uncounted, unlogged).
+            if self
+                .opened_at
+                .compare_exchange(opened, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.probe_at.store(0, Ordering::Release);
+            }
             return Transition::None;
         }
         if failures >= self.threshold
-            && self.opened_at.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && self
+                .opened_at
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             return Transition::Opened;
         }
@@ -137,6 +151,18 @@ mod tests {
         assert_eq!(b.success(), Transition::Closed);
         assert!(b.allow().is_ok());
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn only_a_transition_opens_or_closes() {
+        let b = Breaker::new(1, 60_000);
+        assert_eq!(b.failure(), Transition::Opened);
+        assert_eq!(b.failure(), Transition::None, "already open");
+        assert!(b.is_open());
+        assert_eq!(b.success(), Transition::Closed);
+        assert_eq!(b.success(), Transition::None);
+        assert!(!b.is_open());
+        assert_eq!(b.failure(), Transition::Opened, "re-opening is a transition again");
     }
 
     #[test]

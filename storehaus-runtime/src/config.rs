@@ -165,25 +165,59 @@ impl fmt::Debug for CacheConfig {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host` with `***`.
+/// Replaces every password in a cache URL with `***`: the password of
+/// `scheme://user:password@host` (also without a scheme, and even when the
+/// password holds unescaped `/`, `?`, `#` or `@`: everything up to the last
+/// `@` is user info) and the `pass` / `password` query parameters of
+/// `redis+unix://` URLs. A bare `scheme://secret@host` is redacted whole.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    let after = match rest.rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None if userinfo.is_empty() => {}
+                // `redis://password@host` is how some clients pass a bare password.
+                None => out.push_str("***"),
+            }
+            out.push('@');
+            &rest[at + 1..]
+        }
+        None => rest,
     };
-    let userinfo = &authority[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        // `redis://password@host` is how some clients pass a bare password.
-        None => "***".to_string(),
+    let Some(q) = after.find('?') else {
+        out.push_str(after);
+        return out;
     };
-    format!("{}://{}@{}", &url[..scheme_end], redacted, &rest[at + 1..])
+    out.push_str(&after[..=q]);
+    let query = &after[q + 1..];
+    let (query, fragment) = match query.find('#') {
+        Some(h) => query.split_at(h),
+        None => (query, ""),
+    };
+    for (n, pair) in query.split('&').enumerate() {
+        if n > 0 {
+            out.push('&');
+        }
+        let name = pair.split('=').next().unwrap_or("");
+        if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") {
+            out.push_str(name);
+            out.push_str("=***");
+        } else {
+            out.push_str(pair);
+        }
+    }
+    out.push_str(fragment);
+    out
 }
 
 #[cfg(test)]
@@ -196,6 +230,17 @@ mod tests {
         assert_eq!(redact_url("redis://u:s3cret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact_url("rediss://:s3cret@h"), "rediss://:***@h");
         assert_eq!(redact_url("redis://s3cret@h"), "redis://***@h");
+        assert_eq!(redact_url("u:s3cret@h:1"), "u:***@h:1");
+        assert_eq!(redact_url("redis://u:s3/c?r#e@t@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(redact_url("rediss://h:1/#insecure"), "rediss://h:1/#insecure");
+        assert_eq!(
+            redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret&user=u#x"),
+            "redis+unix:///run/r.sock?db=1&pass=***&user=u#x"
+        );
+        assert_eq!(
+            redact_url("unix:///r.sock?PASSWORD=s3cret"),
+            "unix:///r.sock?PASSWORD=***"
+        );
         let dbg = format!("{:?}", CacheConfig::new("redis://u:s3cret@h", 1, "p"));
         assert!(!dbg.contains("s3cret"), "{dbg}");
     }

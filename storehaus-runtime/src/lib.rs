@@ -15,12 +15,15 @@ pub mod codec;
 mod config;
 mod dialect;
 mod error;
+mod find;
 mod flight;
 mod hooks;
 pub mod key;
 pub mod lease;
 mod manager;
+mod memory_backend;
 mod pool;
+pub mod query;
 mod redis_backend;
 mod signals;
 mod stats;
@@ -28,7 +31,10 @@ mod store;
 mod transaction;
 
 #[doc(hidden)]
-pub use assert::{AssertClone, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds};
+pub use assert::{
+    AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize,
+    CachedBounds, ColumnBounds,
+};
 #[cfg(feature = "sqlite")]
 pub use cached::SqliteQuery;
 pub use cached::{CacheId, Cached, PgQuery, Statements};
@@ -39,6 +45,7 @@ pub use hooks::{FillPause, TestHooks};
 pub use error::{CacheError, CacheResult, Result, StorehausError};
 pub use manager::{CacheManager, MAX_TTL_SECS};
 pub use pool::DbPool;
+pub use query::{Column, Filter, Order, Query, SqlValue};
 pub use signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use stats::CacheStats;
 pub use store::{CacheParams, GenericStore};

@@ -258,6 +258,45 @@ impl CacheManager {
         &self.hooks
     }
 
+    /// Removes every cached entry written with `tag` (see
+    /// [`GenericStore::create`](crate::GenericStore::create) and
+    /// [`update`](crate::GenericStore::update)) and returns how many entries it
+    /// removed. The tag's set lives at `{global}:__tag:{tag}`; its members are
+    /// read with SSCAN and removed with UNLINK in batches (never KEYS), so a
+    /// tag can only reach keys inside this manager's global prefix.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidInput`] for an empty tag; connection errors and
+    /// timeouts as they happen (under ten times the configured timeout).
+    #[tracing::instrument(skip(self))]
+    pub async fn invalidate_tag(&self, tag: &str) -> CacheResult<u64> {
+        if tag.is_empty() {
+            return Err(CacheError::InvalidInput("tag must not be empty".into()));
+        }
+        let set = key::tag_key(self.global_prefix(), tag);
+        let deadline = tokio::time::Instant::now() + self.timeout * 10;
+        let removed = self
+            .guarded(deadline, "invalidate_tag", || self.backend.unlink_set_members(&set))
+            .await?;
+        Counters::add(&self.counters.invalidations, removed);
+        Ok(removed)
+    }
+
+    /// Records `keys` under each of `tags` (after a committed write).
+    pub(crate) async fn tag_keys(&self, tags: &[String], keys: &[String]) {
+        if tags.is_empty() || keys.is_empty() {
+            return;
+        }
+        let sets: Vec<(String, Vec<String>)> = tags
+            .iter()
+            .filter(|t| !t.is_empty())
+            .map(|t| (key::tag_key(self.global_prefix(), t), keys.to_vec()))
+            .collect();
+        let _ = self
+            .guarded(self.deadline(), "tag", || self.backend.add_to_sets(&sets))
+            .await;
+    }
+
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
         Ok(key::str_key(self.global_prefix(), prefix, id))

@@ -1,18 +1,27 @@
 //! The Redis backend: a fixed set of multiplexed connections, the Lua scripts
 //! of the fill protocol, and one function per cache primitive.
 //!
-//! Connections are created lazily, on first use, inside the caller's time
-//! budget. A connection that fails at the connection level is dropped from its
-//! slot and re-created by the next caller that lands on that slot. Picking a
-//! connection is one atomic increment and one uncontended read lock: there is
-//! no global lock on the hot path.
+//! Connections are created lazily, on first use. A connect runs in its own
+//! task, bounded by its own timeout (the operation budget, at least 1 s):
+//! callers wait for it only until their own deadline, and a slow handshake
+//! (TLS, AUTH) still completes for the callers that come after. Concurrent
+//! callers of one slot share one connect attempt.
+//!
+//! A connection is dropped from its slot, and re-created by the next caller
+//! that lands on it, when a command on it fails at the connection level, or
+//! when a caller gave up waiting on it (its budget ran out) and nothing at all
+//! came back on that connection since the command was sent: a stalled or
+//! half-open connection is not kept forever. Picking a connection is one
+//! atomic increment and one uncontended read lock: there is no global lock
+//! on the hot path.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
+use tokio::sync::watch;
 
 use crate::config::redact_url;
 use crate::error::{CacheError, CacheResult};
@@ -33,22 +42,61 @@ end
 return filled
 ";
 
+/// MGET that tells a key holding another type (a hash, a list, ...) from an
+/// absent key: such a key reads as an empty string, which is never a valid
+/// envelope, so the reader counts it as a corrupt entry and replaces it. A
+/// plain MGET answers nil for both, and the bad key would stay forever.
+/// Read-only, and without a shebang so that Redis 6 runs it too.
+const MGET_SCRIPT: &str = r"
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' then v = '' end
+  out[i] = v
+end
+return out
+";
+
+/// The least time a background connect is given, whatever the budget.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a finished connect attempt left for its waiters.
+type Connected = Option<CacheResult<(u64, MultiplexedConnection)>>;
+
+#[derive(Default)]
 struct Slot {
-    conn: RwLock<Option<MultiplexedConnection>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The live connection and its generation (which connect made it).
+    conn: RwLock<Option<(u64, MultiplexedConnection)>>,
+    /// The connect attempt in flight, if any.
+    connecting: Mutex<Option<watch::Receiver<Connected>>>,
+    /// Generation of the last connection made in this slot.
+    generation: AtomicU64,
+    /// When the current connection last delivered a reply (ms since the
+    /// backend's epoch).
+    last_reply_ms: AtomicU64,
+}
+
+impl Slot {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.conn.read().ok().and_then(|g| g.clone())
+    }
 }
 
 pub(crate) struct RedisBackend {
     client: Client,
-    slots: Box<[Slot]>,
+    slots: Arc<[Slot]>,
     next: AtomicUsize,
     connection_config: AsyncConnectionConfig,
+    epoch: Instant,
     fill: Script,
+    mget: Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBackend").field("connections", &self.slots.len()).finish()
+        f.debug_struct("RedisBackend")
+            .field("connections", &self.slots.len())
+            .finish()
     }
 }
 
@@ -69,50 +117,135 @@ pub(crate) fn map_err(err: RedisError) -> CacheError {
     }
 }
 
+/// rustls needs a process-wide CryptoProvider. Applications that chose one
+/// (ring, aws-lc-rs, ...) keep theirs; otherwise ring's is installed, so that
+/// `rediss://` works even when several providers are compiled in (where
+/// rustls cannot pick one by itself and would panic).
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Marks a command in flight on one connection; if the caller drops it
+/// before the reply (its budget ran out) and the connection has delivered
+/// nothing since, the connection is presumed stalled and dropped.
+struct InFlight<'a> {
+    backend: &'a RedisBackend,
+    slot: usize,
+    generation: u64,
+    sent_ms: u64,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let slot = &self.backend.slots[self.slot];
+        if slot.last_reply_ms.load(Ordering::Relaxed) < self.sent_ms {
+            tracing::debug!(
+                slot = self.slot,
+                "abandoned command on a silent connection: dropping it"
+            );
+            self.backend.reset_generation(self.slot, self.generation);
+        }
+    }
+}
+
 impl RedisBackend {
-    pub fn new(url: &str, pool_size: usize, connect_timeout: Duration) -> CacheResult<Self> {
-        let client = Client::open(url).map_err(|e| {
-            CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e))
-        })?;
-        let slots = (0..pool_size)
-            .map(|_| Slot {
-                conn: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            })
-            .collect();
+    pub fn new(url: &str, pool_size: usize, timeout: Duration) -> CacheResult<Self> {
+        #[cfg(feature = "tls")]
+        if url.starts_with("rediss://") {
+            install_crypto_provider();
+        }
+        let client = Client::open(url)
+            .map_err(|e| CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e)))?;
+        let slots = (0..pool_size).map(|_| Slot::default()).collect();
         let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
+            .set_connection_timeout(Some(timeout.max(MIN_CONNECT_TIMEOUT)))
             .set_response_timeout(None);
         Ok(RedisBackend {
             client,
             slots,
             next: AtomicUsize::new(0),
             connection_config,
+            epoch: Instant::now(),
             fill: Script::new(FILL_SCRIPT),
+            mget: Script::new(MGET_SCRIPT),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     /// A connection: round-robin over the slots, connecting lazily.
     async fn conn(&self) -> CacheResult<(usize, MultiplexedConnection)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let slot = &self.slots[i];
-        if let Some(c) = slot.conn.read().ok().and_then(|g| g.clone()) {
-            return Ok((i, c));
-        }
-        let _connecting = slot.connecting.lock().await;
-        if let Some(c) = slot.conn.read().ok().and_then(|g| g.clone()) {
-            return Ok((i, c));
-        }
-        tracing::debug!(slot = i, "connecting to redis");
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.connection_config)
-            .await
-            .map_err(map_err)?;
-        if let Ok(mut g) = slot.conn.write() {
-            *g = Some(conn.clone());
-        }
+        let (i, _, conn) = self.conn_with_generation().await?;
         Ok((i, conn))
+    }
+
+    async fn conn_with_generation(&self) -> CacheResult<(usize, u64, MultiplexedConnection)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some((generation, c)) = self.slots[i].current() {
+            return Ok((i, generation, c));
+        }
+        let mut rx = {
+            let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((generation, c)) = self.slots[i].current() {
+                return Ok((i, generation, c));
+            }
+            match connecting.as_ref() {
+                Some(rx) if rx.borrow().is_none() => rx.clone(),
+                _ => {
+                    let rx = self.spawn_connect(i);
+                    *connecting = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        // Only this wait is bounded by the caller's deadline; the connect
+        // itself goes on for whoever comes next.
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| CacheError::ConnectionError("connect task ended".into()))?;
+        match done.as_ref() {
+            Some(Ok((generation, c))) => Ok((i, *generation, c.clone())),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(CacheError::ConnectionError("connect task ended".into())),
+        }
+    }
+
+    /// Connects slot `i` in a task of its own and publishes the outcome.
+    fn spawn_connect(&self, i: usize) -> watch::Receiver<Connected> {
+        let (tx, rx) = watch::channel(None);
+        let client = self.client.clone();
+        let config = self.connection_config.clone();
+        let slots = self.slots.clone();
+        let epoch = self.epoch;
+        tokio::spawn(async move {
+            tracing::debug!(slot = i, "connecting to redis");
+            let outcome = match client.get_multiplexed_async_connection_with_config(&config).await {
+                Ok(conn) => {
+                    let slot = &slots[i];
+                    let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    slot.last_reply_ms
+                        .store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                    if let Ok(mut g) = slot.conn.write() {
+                        *g = Some((generation, conn.clone()));
+                    }
+                    Ok((generation, conn))
+                }
+                Err(e) => Err(map_err(e)),
+            };
+            let _ = tx.send(Some(outcome));
+        });
+        rx
     }
 
     fn reset(&self, slot: usize) {
@@ -121,16 +254,41 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one command or pipeline on a connection, dropping the connection
-    /// when it failed at the connection level.
+    /// Drops the connection of `slot` if it is still the one of `generation`
+    /// (a newer connection is left alone).
+    fn reset_generation(&self, slot: usize, generation: u64) {
+        if let Ok(mut g) = self.slots[slot].conn.write() {
+            if g.as_ref().is_some_and(|(current, _)| *current == generation) {
+                *g = None;
+            }
+        }
+    }
+
+    /// Runs one command, pipeline or script on a connection, dropping the
+    /// connection when it failed at the connection level or went silent.
     async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
-        let (slot, mut conn) = self.conn().await?;
-        match cmd.run(&mut conn).await {
-            Ok(v) => Ok(v),
+        let (slot, generation, mut conn) = self.conn_with_generation().await?;
+        let mut in_flight = InFlight {
+            backend: self,
+            slot,
+            generation,
+            sent_ms: self.now_ms(),
+            done: false,
+        };
+        let result = cmd.run(&mut conn).await;
+        in_flight.done = true;
+        match result {
+            Ok(v) => {
+                self.slots[slot].last_reply_ms.store(self.now_ms(), Ordering::Relaxed);
+                Ok(v)
+            }
             Err(e) => {
                 let e = map_err(e);
                 if matches!(e, CacheError::ConnectionError(_)) {
-                    self.reset(slot);
+                    self.reset_generation(slot, generation);
+                } else {
+                    // The server answered.
+                    self.slots[slot].last_reply_ms.store(self.now_ms(), Ordering::Relaxed);
                 }
                 Err(e)
             }
@@ -141,8 +299,14 @@ impl RedisBackend {
         self.run(redis::cmd("GET").arg(key).to_owned()).await
     }
 
+    /// The values of `keys`; a key holding another type than a string reads
+    /// as an empty value (see [`MGET_SCRIPT`]).
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
-        self.run(redis::cmd("MGET").arg(keys).to_owned()).await
+        let mut inv = self.mget.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        self.run(inv).await
     }
 
     /// `SET key lease NX PX ms GET`: the current value, or `None` when the
@@ -181,17 +345,7 @@ impl RedisBackend {
         for v in values {
             inv.arg(*v);
         }
-        let (slot, mut conn) = self.conn().await?;
-        match inv.invoke_async::<u64>(&mut conn).await {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                let e = map_err(e);
-                if matches!(e, CacheError::ConnectionError(_)) {
-                    self.reset(slot);
-                }
-                Err(e)
-            }
-        }
+        self.run(inv).await
     }
 
     pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()> {
@@ -231,7 +385,15 @@ impl RedisBackend {
         let mut removed = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run(redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500).to_owned())
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .to_owned(),
+                )
                 .await?;
             if !keys.is_empty() {
                 let n: u64 = self.run(redis::cmd("UNLINK").arg(&keys).to_owned()).await?;
@@ -245,7 +407,7 @@ impl RedisBackend {
     }
 }
 
-/// A command or a pipeline.
+/// A command, a pipeline or a script invocation.
 trait RunOn {
     async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T>;
 }
@@ -259,5 +421,97 @@ impl RunOn for redis::Cmd {
 impl RunOn for redis::Pipeline {
     async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
         self.query_async(conn).await
+    }
+}
+
+impl RunOn for redis::ScriptInvocation<'_> {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
+        self.invoke_async(conn).await
+    }
+}
+
+/// Writes KEYS[1] only while the counter KEYS[2] still equals ARGV[3].
+/// ARGV[1]: the value, ARGV[2]: TTL in ms. Returns 1 when written.
+const FILL_IF_COUNTER_SCRIPT: &str = r"
+if redis.pcall('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Query generations and tag sets.
+impl RedisBackend {
+    /// `SET key start NX`: starts a counter unless it exists.
+    pub async fn init_counter(&self, key: &str, start: u64) -> CacheResult<()> {
+        let _: Option<String> = self
+            .run(redis::cmd("SET").arg(key).arg(start).arg("NX").to_owned())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes `key` only while `counter` still holds `expected`.
+    pub async fn fill_if_counter(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+        counter: &str,
+        expected: u64,
+    ) -> CacheResult<bool> {
+        let script = Script::new(FILL_IF_COUNTER_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        inv.key(key).key(counter).arg(value).arg(ttl_ms).arg(expected);
+        let (slot, mut conn) = self.conn().await?;
+        match inv.invoke_async::<u64>(&mut conn).await {
+            Ok(n) => Ok(n == 1),
+            Err(e) => {
+                let e = map_err(e);
+                if matches!(e, CacheError::ConnectionError(_)) {
+                    self.reset(slot);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// SADD each set's members, in one round trip.
+    pub async fn add_to_sets(&self, members_by_set: &[(String, Vec<String>)]) -> CacheResult<()> {
+        let mut pipe = redis::pipe();
+        for (set, members) in members_by_set {
+            if !members.is_empty() {
+                pipe.cmd("SADD").arg(set).arg(members).ignore();
+            }
+        }
+        self.run(pipe).await
+    }
+
+    /// UNLINKs every member of `set` (SSCAN in batches) and then the set;
+    /// returns how many member keys existed.
+    pub async fn unlink_set_members(&self, set: &str) -> CacheResult<u64> {
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, members): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SSCAN")
+                        .arg(set)
+                        .arg(cursor)
+                        .arg("COUNT")
+                        .arg(500)
+                        .to_owned(),
+                )
+                .await?;
+            if !members.is_empty() {
+                let n: u64 = self.run(redis::cmd("UNLINK").arg(&members).to_owned()).await?;
+                removed += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: u64 = self.run(redis::cmd("UNLINK").arg(set).to_owned()).await?;
+        Ok(removed)
     }
 }

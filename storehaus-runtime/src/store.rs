@@ -50,11 +50,11 @@ impl CacheParams {
 
 /// The resolved cache settings of one store.
 #[derive(Debug, Clone)]
-struct StoreCache {
-    manager: Arc<CacheManager>,
-    prefix: String,
-    ttl: u64,
-    generation_key: String,
+pub(crate) struct StoreCache {
+    pub manager: Arc<CacheManager>,
+    pub prefix: String,
+    pub ttl: u64,
+    pub generation_key: String,
 }
 
 /// Typed, cached access to the table of `T`.
@@ -203,6 +203,10 @@ impl<T: Cached> GenericStore<T> {
             }
         }
         Ok(Self::new(pool, signals, cache))
+    }
+
+    pub(crate) fn cache_settings(&self) -> Option<&StoreCache> {
+        self.cache.as_ref()
     }
 
     /// The database pool.
@@ -441,15 +445,16 @@ impl<T: Cached> GenericStore<T> {
             return;
         }
         if let Some(cache) = &self.cache {
-            let keys = changes
-                .iter()
-                .flat_map(|c| c.ids.iter())
-                .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
-                .collect();
+            let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+            let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
             cache
                 .manager
                 .invalidate_committed(keys, vec![cache.generation_key.clone()])
                 .await;
+            for c in changes.iter().filter(|c| !c.tags.is_empty()) {
+                let keys: Vec<String> = c.ids.iter().map(key_of).collect();
+                cache.manager.tag_keys(&c.tags, &keys).await;
+            }
         }
         if let Some(signals) = &self.signals {
             for c in changes {

@@ -225,3 +225,35 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+// ----- The embedded stack: the in-process cache and SQLite -----
+
+/// A cache manager on the in-process backend (`memory://`) with a random
+/// global prefix. Every manager has its own cache.
+pub fn memory_manager() -> Arc<CacheManager> {
+    manager_on("memory://", |c| c)
+}
+
+/// A fresh in-memory SQLite database. The pool keeps its one connection for
+/// its whole life (no idle timeout, no max lifetime): the database lives
+/// exactly as long as that connection.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_memory() -> sqlx::SqlitePool {
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect("sqlite::memory:")
+        .await
+        .expect("open an in-memory SQLite database")
+}
+
+/// Waits until `manager` has landed at least `n` fills (on any backend;
+/// reads no key, so it moves no hit or miss counter).
+pub async fn wait_for_fills(manager: &CacheManager, n: u64) {
+    eventually(&format!("{n} fills"), || async {
+        manager.get_stats().await.map(|s| s.fills >= n).unwrap_or(false)
+    })
+    .await;
+}

@@ -1,0 +1,919 @@
+//! The in-process backend behind `memory://`: a [moka] cache that speaks the
+//! same primitives as the Redis backend, with the same keys, the same bytes
+//! and the same semantics, so everything above the [`Backend`](crate::backend::Backend)
+//! enum (envelopes, leases, stats, invalidation) is shared.
+//!
+//! - Values live in a bounded `moka::sync::Cache` (TinyLFU, `max_capacity`
+//!   entries, default [`DEFAULT_MAX_CAPACITY`]). Every value carries its own
+//!   deadline, which moka's [`Expiry`] turns into a per-entry TTL: records,
+//!   "no such row" markers and fill leases each expire on their own clock,
+//!   exactly like `SET ... PX`.
+//! - Every write goes through moka's compute operation, which serializes all
+//!   writers of one key behind a key-level lock. That makes each primitive as
+//!   atomic as its Redis counterpart: `get_or_lease` is `SET NX GET`, `fill`
+//!   is the compare-and-set of `FILL_SCRIPT`, and an invalidation can never
+//!   slip between a fill's compare and its set. Reads take no lock.
+//! - Counters (query generations) and sets (tag indexes) live in small
+//!   separate tables that moka never evicts: an evicted generation would make
+//!   old query results current again, an evicted tag set would forget which
+//!   keys to invalidate. Like in Redis, they have no TTL. A tag set that
+//!   outgrows the cache drops the members that are no longer cached.
+//! - `scan_unlink` walks the keys and removes those matching a Redis glob
+//!   (`*`, `?`, `[...]`, `\`), as `SCAN MATCH` + `UNLINK` would.
+//!
+//! The cache is private to one [`CacheManager`](crate::CacheManager): share
+//! the manager (it is meant to live in an `Arc`), not the URL.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use moka::ops::compute::{CompResult, Op};
+use moka::sync::Cache;
+use moka::Expiry;
+
+use crate::error::{CacheError, CacheResult};
+
+/// Entries kept when the URL names no `max_capacity`.
+pub(crate) const DEFAULT_MAX_CAPACITY: u64 = 100_000;
+
+/// One cached value and the instant it expires.
+#[derive(Clone)]
+struct Item {
+    bytes: Arc<[u8]>,
+    expires_at: Instant,
+}
+
+/// Tells moka each entry's TTL: the time left until its own deadline, on
+/// insert and on every replacement alike.
+struct UntilDeadline;
+
+impl Expiry<String, Item> for UntilDeadline {
+    fn expire_after_create(&self, _key: &String, item: &Item, created_at: Instant) -> Option<Duration> {
+        Some(item.expires_at.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        item: &Item,
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(item.expires_at.saturating_duration_since(updated_at))
+    }
+}
+
+/// The backend. Lock order: a `counters` or `sets` guard may be held while
+/// moka locks a key (in `fill_if_counter`), never the other way round.
+pub(crate) struct MemoryBackend {
+    values: Cache<String, Item>,
+    counters: RwLock<HashMap<String, i64>>,
+    sets: RwLock<HashMap<String, HashSet<String>>>,
+    max_capacity: u64,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.values.entry_count())
+            .field("max_capacity", &self.max_capacity)
+            .finish()
+    }
+}
+
+/// The deadline `ms` milliseconds from now. Zero is refused, as Redis
+/// refuses `PX 0`; an absurdly long TTL saturates instead of overflowing.
+fn deadline_in(ms: u64, command: &str) -> CacheResult<Instant> {
+    if ms == 0 {
+        return Err(CacheError::Command(format!(
+            "ERR invalid expire time in '{command}' command"
+        )));
+    }
+    let now = Instant::now();
+    Ok(now
+        .checked_add(Duration::from_millis(ms))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600)))
+}
+
+impl MemoryBackend {
+    /// Opens `memory://` or `memory://?max_capacity=N` (N entries, N ≥ 1).
+    pub fn open(url: &str) -> CacheResult<Self> {
+        let rest = url
+            .strip_prefix("memory://")
+            .ok_or_else(|| CacheError::InvalidConfig(format!("{url:?} is not a memory:// URL")))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if !location.is_empty() && location != "/" {
+            return Err(CacheError::InvalidConfig(format!(
+                "memory:// takes no host or path (got {location:?}); use memory:// or memory://?max_capacity=N"
+            )));
+        }
+        let mut max_capacity = DEFAULT_MAX_CAPACITY;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match name {
+                "max_capacity" => {
+                    max_capacity = value.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                        CacheError::InvalidConfig(format!(
+                            "max_capacity must be a whole number of entries, at least 1; got {value:?}"
+                        ))
+                    })?;
+                }
+                other => {
+                    return Err(CacheError::InvalidConfig(format!(
+                        "unknown memory:// option {other:?}; the only option is max_capacity=N (entries)"
+                    )))
+                }
+            }
+        }
+        Ok(Self::with_capacity(max_capacity))
+    }
+
+    /// An empty cache holding at most `max_capacity` values.
+    pub fn with_capacity(max_capacity: u64) -> Self {
+        MemoryBackend {
+            values: Cache::builder()
+                .max_capacity(max_capacity)
+                .expire_after(UntilDeadline)
+                .build(),
+            counters: RwLock::new(HashMap::new()),
+            sets: RwLock::new(HashMap::new()),
+            max_capacity,
+        }
+    }
+
+    fn counter(&self, key: &str) -> Option<i64> {
+        let counters = self.counters.read().unwrap_or_else(PoisonError::into_inner);
+        counters.get(key).copied()
+    }
+
+    /// A key's bytes as `GET` returns them: a value, or a counter in decimal.
+    fn read(&self, key: &str) -> Option<Vec<u8>> {
+        match self.values.get(key) {
+            Some(item) => Some(item.bytes.to_vec()),
+            None => self.counter(key).map(|n| n.to_string().into_bytes()),
+        }
+    }
+
+    /// `SET key value PX ms NX`, atomically: `Ok(())` when the key was free
+    /// and now holds `value`, `Err(current bytes)` when it was taken.
+    fn set_nx(&self, key: &str, value: &[u8], expires_at: Instant) -> Result<(), Vec<u8>> {
+        // Counter keys never hold values (no id renders as `query:gen`), so
+        // this check needs no atomicity with the insert below; it only keeps
+        // `SET NX` from shadowing a counter.
+        if let Some(n) = self.counter(key) {
+            return Err(n.to_string().into_bytes());
+        }
+        let mut current = None;
+        let result = self.values.entry_by_ref(key).and_compute_with(|entry| match entry {
+            Some(entry) => {
+                current = Some(entry.into_value().bytes.to_vec());
+                Op::Nop
+            }
+            None => Op::Put(Item {
+                bytes: Arc::from(value),
+                expires_at,
+            }),
+        });
+        match result {
+            CompResult::Inserted(_) => Ok(()),
+            _ => Err(current.unwrap_or_default()),
+        }
+    }
+
+    /// `DEL key`: whether a value, a counter or a set existed.
+    fn delete(&self, key: &str) -> bool {
+        let result = self
+            .values
+            .entry_by_ref(key)
+            .and_compute_with(|entry| if entry.is_some() { Op::Remove } else { Op::Nop });
+        let removed_value = matches!(result, CompResult::Removed(_));
+        let removed_other = self.remove_counter(key) | self.remove_set(key).is_some();
+        removed_value || removed_other
+    }
+
+    fn remove_counter(&self, key: &str) -> bool {
+        if self.counter(key).is_none() {
+            return false;
+        }
+        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        counters.remove(key).is_some()
+    }
+
+    fn remove_set(&self, key: &str) -> Option<HashSet<String>> {
+        if !self
+            .sets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(key)
+        {
+            return None;
+        }
+        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+        sets.remove(key)
+    }
+
+    /// `INCR key`: a missing key counts from 0 and, like in Redis, has no TTL.
+    fn incr_counter(&self, key: &str) -> CacheResult<i64> {
+        if self.values.contains_key(key) {
+            // Values are MessagePack envelopes or leases, never a decimal integer.
+            return Err(CacheError::Command(
+                "ERR value is not an integer or out of range".into(),
+            ));
+        }
+        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        let n = counters.entry(key.to_string()).or_insert(0);
+        *n = n
+            .checked_add(1)
+            .ok_or_else(|| CacheError::Command("ERR increment or decrement would overflow".into()))?;
+        Ok(*n)
+    }
+
+    pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        Ok(self.read(key))
+    }
+
+    pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
+        Ok(keys.iter().map(|k| self.read(k)).collect())
+    }
+
+    /// `SET key lease NX PX ms GET`: the current value, or `None` when the
+    /// key was free and the lease is now ours.
+    pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
+        // A hit needs no lock: reading an existing value is all `SET NX GET`
+        // does to it.
+        if let Some(bytes) = self.read(key) {
+            return Ok(Some(bytes));
+        }
+        let expires_at = deadline_in(lease_ms, "set")?;
+        Ok(self.set_nx(key, lease, expires_at).err())
+    }
+
+    /// Takes leases on many keys; `true` where granted.
+    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<Vec<bool>> {
+        let expires_at = deadline_in(lease_ms, "set")?;
+        Ok(keys.iter().map(|k| self.set_nx(k, lease, expires_at).is_ok()).collect())
+    }
+
+    /// Compare-and-set fill of every key still holding `lease`; returns how
+    /// many keys were filled.
+    pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64> {
+        let expires_at = deadline_in(ttl_ms, "set")?;
+        let mut filled = 0;
+        for (key, value) in keys.iter().zip(values) {
+            let result = self.values.entry_by_ref(*key).and_compute_with(|entry| match entry {
+                Some(entry) if *entry.value().bytes == *lease => Op::Put(Item {
+                    bytes: Arc::from(*value),
+                    expires_at,
+                }),
+                _ => Op::Nop,
+            });
+            if matches!(result, CompResult::ReplacedWith(_)) {
+                filled += 1;
+            }
+        }
+        Ok(filled)
+    }
+
+    /// `SET key value EX secs`.
+    pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()> {
+        let expires_at = deadline_in(ttl_secs.saturating_mul(1000), "set")?;
+        self.remove_counter(key);
+        self.values.entry_by_ref(key).and_compute_with(|_| {
+            Op::Put(Item {
+                bytes: Arc::from(value),
+                expires_at,
+            })
+        });
+        Ok(())
+    }
+
+    /// Deletes keys and bumps counters; returns how many keys existed.
+    pub async fn invalidate(&self, keys: &[String], counters: &[String]) -> CacheResult<u64> {
+        let deleted = keys.iter().filter(|k| self.delete(k)).count() as u64;
+        for counter in counters {
+            self.incr_counter(counter)?;
+        }
+        Ok(deleted)
+    }
+
+    pub async fn incr(&self, key: &str) -> CacheResult<u64> {
+        let n = self.incr_counter(key)?;
+        u64::try_from(n).map_err(|_| CacheError::Command(format!("counter {key:?} is negative")))
+    }
+
+    pub async fn ping(&self) -> CacheResult<()> {
+        Ok(())
+    }
+
+    /// Removes every key matching the Redis glob `pattern`; returns how many.
+    pub async fn scan_unlink(&self, pattern: &str) -> CacheResult<u64> {
+        let pattern = pattern.as_bytes();
+        let matching: Vec<Arc<String>> = self
+            .values
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| glob::matches(pattern, key.as_bytes()))
+            .collect();
+        let mut removed = matching.iter().filter(|key| self.delete(key)).count() as u64;
+        let mut unlink = |key: &String| {
+            let hit = glob::matches(pattern, key.as_bytes());
+            removed += u64::from(hit);
+            !hit
+        };
+        self.counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| unlink(key));
+        self.sets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| unlink(key));
+        Ok(removed)
+    }
+
+    /// `SET key start NX`: starts a counter unless the key exists.
+    pub async fn init_counter(&self, key: &str, start: u64) -> CacheResult<()> {
+        let start =
+            i64::try_from(start).map_err(|_| CacheError::Command(format!("counter start {start} is out of range")))?;
+        if self.values.contains_key(key) {
+            return Ok(());
+        }
+        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        counters.entry(key.to_string()).or_insert(start);
+        Ok(())
+    }
+
+    /// Writes `key` (TTL `ttl_ms`) only while `counter` still holds
+    /// `expected`, atomically with respect to `INCR`.
+    pub async fn fill_if_counter(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+        counter: &str,
+        expected: u64,
+    ) -> CacheResult<bool> {
+        let expires_at = deadline_in(ttl_ms, "set")?;
+        // Holding the read guard keeps every INCR of `counter` out until the
+        // value is in.
+        let counters = self.counters.read().unwrap_or_else(PoisonError::into_inner);
+        if counters.get(counter).and_then(|n| u64::try_from(*n).ok()) != Some(expected) {
+            return Ok(false);
+        }
+        self.values.entry_by_ref(key).and_compute_with(|_| {
+            Op::Put(Item {
+                bytes: Arc::from(value),
+                expires_at,
+            })
+        });
+        Ok(true)
+    }
+
+    /// `SADD` each set's members. A set that grows past twice the cache's
+    /// capacity first drops the members that are no longer cached.
+    pub async fn add_to_sets(&self, members_by_set: &[(String, Vec<String>)]) -> CacheResult<()> {
+        let limit = usize::try_from(self.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX);
+        let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+        for (set, members) in members_by_set {
+            if members.is_empty() {
+                continue;
+            }
+            let set = sets.entry(set.clone()).or_default();
+            set.extend(members.iter().cloned());
+            if set.len() > limit {
+                set.retain(|member| self.values.contains_key(member));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes every member key of `set`, then the set; returns how many
+    /// member keys existed.
+    pub async fn unlink_set_members(&self, set: &str) -> CacheResult<u64> {
+        let Some(members) = self.remove_set(set) else {
+            return Ok(0);
+        };
+        Ok(members.iter().filter(|member| self.delete(member)).count() as u64)
+    }
+
+    /// The time `key` has left, as Redis' `PTTL` would say: `None` for a
+    /// missing key, `Some(None)` for a key without TTL (a counter).
+    #[cfg(test)]
+    fn pttl(&self, key: &str) -> Option<Option<Duration>> {
+        match self.values.get(key) {
+            Some(item) => Some(Some(item.expires_at.saturating_duration_since(Instant::now()))),
+            None => self.counter(key).map(|_| None),
+        }
+    }
+}
+
+/// Redis glob matching, as `SCAN MATCH` / `KEYS` do it.
+pub(crate) mod glob {
+    /// Whether `key` matches `pattern`, byte by byte and case-sensitively,
+    /// with the rules of Redis' `stringmatchlen`:
+    ///
+    /// - `*` matches any run of bytes (also none), `?` exactly one byte;
+    /// - `[abc]` one byte of the set, `[^abc]` one byte outside it, `[a-z]` a
+    ///   range (`[z-a]` is the same range), `\]` inside a set a literal `]`;
+    ///   a set left open runs to the end of the pattern;
+    /// - `\x` outside a set is a literal `x`; a trailing `\` is itself.
+    ///
+    /// Every token but `*` consumes one byte, so backtracking to the last `*`
+    /// suffices: the cost is O(pattern × key) at worst, never exponential.
+    pub(crate) fn matches(pattern: &[u8], key: &[u8]) -> bool {
+        let (mut p, mut k) = (0, 0);
+        // After a `*`: the pattern position behind it and the key position
+        // from which it is retried, one byte further each time.
+        let mut star: Option<(usize, usize)> = None;
+        loop {
+            if p < pattern.len() && pattern[p] == b'*' {
+                while p < pattern.len() && pattern[p] == b'*' {
+                    p += 1;
+                }
+                if p == pattern.len() {
+                    return true;
+                }
+                star = Some((p, k));
+                continue;
+            }
+            if p == pattern.len() && k == key.len() {
+                return true;
+            }
+            if p < pattern.len() && k < key.len() {
+                if let Some(next) = token(pattern, p, key[k]) {
+                    p = next;
+                    k += 1;
+                    continue;
+                }
+            }
+            match star {
+                Some((after_star, from)) if from < key.len() => {
+                    star = Some((after_star, from + 1));
+                    p = after_star;
+                    k = from + 1;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Matches the single-byte token at `pattern[p]` against `byte`; the
+    /// position after the token when it matches.
+    fn token(pattern: &[u8], mut p: usize, byte: u8) -> Option<usize> {
+        match pattern[p] {
+            b'?' => Some(p + 1),
+            b'[' => {
+                p += 1;
+                let negated = pattern.get(p) == Some(&b'^');
+                if negated {
+                    p += 1;
+                }
+                let mut hit = false;
+                loop {
+                    match pattern.get(p) {
+                        None => break,
+                        Some(b']') => {
+                            p += 1;
+                            break;
+                        }
+                        Some(b'\\') if p + 1 < pattern.len() => {
+                            hit |= pattern[p + 1] == byte;
+                            p += 2;
+                        }
+                        Some(&start) if p + 2 < pattern.len() && pattern[p + 1] == b'-' => {
+                            let end = pattern[p + 2];
+                            hit |= (start.min(end)..=start.max(end)).contains(&byte);
+                            p += 3;
+                        }
+                        Some(&literal) => {
+                            hit |= literal == byte;
+                            p += 1;
+                        }
+                    }
+                }
+                (hit != negated).then_some(p)
+            }
+            b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == byte).then_some(p + 2),
+            literal => (literal == byte).then_some(p + 1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob::matches;
+    use super::*;
+
+    fn m(pattern: &str, key: &str) -> bool {
+        matches(pattern.as_bytes(), key.as_bytes())
+    }
+
+    #[test]
+    fn glob_literals_and_wildcards() {
+        assert!(m("app:users:1", "app:users:1"));
+        assert!(!m("app:users:1", "app:users:12"));
+        assert!(!m("app:users:12", "app:users:1"));
+        assert!(m("app:*", "app:"));
+        assert!(m("app:*", "app:users:1"));
+        assert!(!m("app:*", "apps:users:1"));
+        assert!(!m("app:*", "other:app:x"));
+        assert!(m("*", "anything"));
+        assert!(m("a**b", "ab"));
+        assert!(m("a*b*c", "aXbYbZc"));
+        assert!(m("a*b*c", "abc"));
+        assert!(!m("a*b*c", "aXbYbZ"));
+        assert!(m("*:query:*", "app:users:query:gen"));
+        assert!(m("us?r", "user"));
+        assert!(!m("us?r", "usr"));
+        assert!(!m("us?r", "useer"));
+        assert!(m("?*", "x"));
+        assert!(!m("?*", ""));
+        // Bytes, not characters: `?` takes one byte of a UTF-8 sequence.
+        assert!(m("??", "é"));
+        assert!(!m("?", "é"));
+    }
+
+    #[test]
+    fn glob_sets_ranges_and_negation() {
+        assert!(m("h[ae]llo", "hello"));
+        assert!(m("h[ae]llo", "hallo"));
+        assert!(!m("h[ae]llo", "hillo"));
+        assert!(m("h[^e]llo", "hallo"));
+        assert!(!m("h[^e]llo", "hello"));
+        assert!(m("h[a-b]llo", "hbllo"));
+        assert!(!m("h[a-b]llo", "hcllo"));
+        assert!(m("h[b-a]llo", "hallo"), "a reversed range is the same range");
+        assert!(m("[0-9][0-9]", "42"));
+        assert!(!m("[^0-9]", "4"));
+        assert!(!m("x[]y", "xy"), "an empty set matches nothing");
+        assert!(m("x[^]y", "xzy"), "a negated empty set matches any byte");
+        assert!(m("[a-]", "]"), "as in Redis, `a-]` is a range up to `]`");
+        // A set left open runs to the end of the pattern.
+        assert!(m("ab[cd", "abd"));
+        assert!(!m("ab[cd", "abe"));
+        assert!(!m("ab[", "abc"));
+    }
+
+    #[test]
+    fn glob_escapes() {
+        assert!(m(r"a\*b", "a*b"));
+        assert!(!m(r"a\*b", "axb"));
+        assert!(m(r"a\?", "a?"));
+        assert!(!m(r"a\?", "ab"));
+        assert!(m(r"\[x]", "[x]"));
+        assert!(m(r"[\]]", "]"));
+        assert!(m(r"[\^]", "^"));
+        assert!(m(r"[a\-z]", "-"));
+        assert!(!m(r"[a\-z]", "b"), "an escaped `-` is not a range");
+        assert!(m(r"a\\b", r"a\b"));
+        assert!(m("a\\", "a\\"), "a trailing backslash is literal");
+        // Escaped ids in keys are percent-encoded, so the usual patterns stay simple.
+        assert!(m("app:tags:a%3Ab", "app:tags:a%3Ab"));
+    }
+
+    #[test]
+    fn glob_many_stars_stay_fast() {
+        let key = "a".repeat(5_000);
+        let pattern = format!("{}b", "*a".repeat(50));
+        assert!(!m(&pattern, &key));
+        assert!(m(&pattern, &format!("{key}b")));
+    }
+
+    #[test]
+    fn glob_agrees_with_redis_on_edge_cases() {
+        // Each expectation was checked with `KEYS` on Redis 7.
+        let cases: &[(&str, &str, bool)] = &[
+            ("x[]y", "x]y", false),
+            ("[]]", "]", false),
+            ("[]a]", "a", false),
+            ("[^]a]", "b", false),
+            ("x[^", "xa", true),
+            ("x[^", "x", false),
+            ("ab[", "ab[", false),
+            ("[a-c-e]", "d", false),
+            ("[a-c-e]", "-", true),
+            ("[a-]", "b", false),
+            ("a[\\", "a\\", true),
+            ("a[\\", "ab", false),
+            ("*x", "x", true),
+        ];
+        for (pattern, key, expected) in cases {
+            assert_eq!(m(pattern, key), *expected, "{pattern:?} vs {key:?}");
+        }
+    }
+
+    #[test]
+    fn urls_are_parsed_and_checked() {
+        assert_eq!(
+            MemoryBackend::open("memory://").unwrap().max_capacity,
+            DEFAULT_MAX_CAPACITY
+        );
+        assert_eq!(
+            MemoryBackend::open("memory:///").unwrap().max_capacity,
+            DEFAULT_MAX_CAPACITY
+        );
+        assert_eq!(MemoryBackend::open("memory://?max_capacity=7").unwrap().max_capacity, 7);
+        for bad in [
+            "memory://?max_capacity=0",
+            "memory://?max_capacity=-1",
+            "memory://?max_capacity=",
+            "memory://?max_capacity=lots",
+            "memory://?size=10",
+            "memory://localhost",
+            "memory://host/db?max_capacity=1",
+        ] {
+            let err = MemoryBackend::open(bad).map(|_| ()).unwrap_err();
+            assert!(matches!(err, CacheError::InvalidConfig(_)), "{bad}: {err}");
+        }
+    }
+
+    const LEASE: &[u8] = b"\xC1lease-of-reader-1";
+    const OTHER_LEASE: &[u8] = b"\xC1lease-of-reader-2";
+
+    #[tokio::test]
+    async fn get_set_and_ttl() {
+        let b = MemoryBackend::with_capacity(100);
+        assert_eq!(b.get("k").await.unwrap(), None);
+        b.set_ex("k", b"v1", 60).await.unwrap();
+        assert_eq!(b.get("k").await.unwrap(), Some(b"v1".to_vec()));
+        let ttl = b.pttl("k").unwrap().unwrap();
+        assert!(
+            ttl > Duration::from_secs(59) && ttl <= Duration::from_secs(60),
+            "{ttl:?}"
+        );
+        b.set_ex("k", b"v2", 5).await.unwrap();
+        assert!(
+            b.pttl("k").unwrap().unwrap() <= Duration::from_secs(5),
+            "SET replaces the TTL"
+        );
+        assert_eq!(
+            b.mget(&["k".into(), "nope".into()]).await.unwrap(),
+            vec![Some(b"v2".to_vec()), None]
+        );
+        assert!(matches!(b.set_ex("k", b"v", 0).await, Err(CacheError::Command(_))));
+    }
+
+    #[tokio::test]
+    async fn entries_expire_on_their_own_clock() {
+        let b = MemoryBackend::with_capacity(100);
+        assert_eq!(b.get_or_lease("short", LEASE, 40).await.unwrap(), None);
+        assert_eq!(b.get_or_lease("long", LEASE, 60_000).await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(b.get("short").await.unwrap(), None, "the lease expired");
+        assert_eq!(b.get("long").await.unwrap(), Some(LEASE.to_vec()));
+        assert_eq!(b.fill(&["short"], &[b"v"], LEASE, 60_000).await.unwrap(), 0);
+        // An expired key is free again.
+        assert_eq!(b.get_or_lease("short", OTHER_LEASE, 60_000).await.unwrap(), None);
+        assert_eq!(b.get("short").await.unwrap(), Some(OTHER_LEASE.to_vec()));
+    }
+
+    #[tokio::test]
+    async fn get_or_lease_is_set_nx_get() {
+        let b = MemoryBackend::with_capacity(100);
+        assert_eq!(
+            b.get_or_lease("k", LEASE, 2_000).await.unwrap(),
+            None,
+            "free: the lease is ours"
+        );
+        assert_eq!(b.get("k").await.unwrap(), Some(LEASE.to_vec()));
+        assert_eq!(
+            b.get_or_lease("k", OTHER_LEASE, 2_000).await.unwrap(),
+            Some(LEASE.to_vec()),
+            "taken: the holder's lease is returned and kept"
+        );
+        assert_eq!(b.get("k").await.unwrap(), Some(LEASE.to_vec()));
+        b.set_ex("v", b"value", 60).await.unwrap();
+        assert_eq!(
+            b.get_or_lease("v", LEASE, 2_000).await.unwrap(),
+            Some(b"value".to_vec())
+        );
+        assert_eq!(b.get("v").await.unwrap(), Some(b"value".to_vec()));
+        assert!(b.get_or_lease("z", LEASE, 0).await.is_err(), "PX 0 is refused");
+    }
+
+    #[tokio::test]
+    async fn fill_is_a_compare_and_set_against_the_lease() {
+        let b = MemoryBackend::with_capacity(100);
+        assert_eq!(b.get_or_lease("a", LEASE, 2_000).await.unwrap(), None);
+        assert_eq!(b.get_or_lease("b", OTHER_LEASE, 2_000).await.unwrap(), None);
+        assert_eq!(b.get_or_lease("c", LEASE, 2_000).await.unwrap(), None);
+        // A write deletes `c` (and its lease) while its reader was loading.
+        assert_eq!(b.invalidate(&["c".into()], &[]).await.unwrap(), 1);
+        let filled = b
+            .fill(&["a", "b", "c", "d"], &[b"va", b"vb", b"vc", b"vd"], LEASE, 30_000)
+            .await
+            .unwrap();
+        assert_eq!(filled, 1, "only the key still holding our lease");
+        assert_eq!(b.get("a").await.unwrap(), Some(b"va".to_vec()));
+        let ttl = b.pttl("a").unwrap().unwrap();
+        assert!(
+            ttl > Duration::from_secs(29),
+            "the fill's TTL replaces the lease's: {ttl:?}"
+        );
+        assert_eq!(
+            b.get("b").await.unwrap(),
+            Some(OTHER_LEASE.to_vec()),
+            "another reader's lease"
+        );
+        assert_eq!(b.get("c").await.unwrap(), None, "no stale value after the write");
+        assert_eq!(b.get("d").await.unwrap(), None, "never leased");
+        // Filling twice with the same lease: the key now holds a value.
+        assert_eq!(b.fill(&["a"], &[b"again"], LEASE, 30_000).await.unwrap(), 0);
+        assert_eq!(b.get("a").await.unwrap(), Some(b"va".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn lease_many_grants_free_keys_only() {
+        let b = MemoryBackend::with_capacity(100);
+        b.set_ex("hit", b"v", 60).await.unwrap();
+        b.incr("counter").await.unwrap();
+        let keys: Vec<String> = ["hit", "free", "counter", "free2"].map(String::from).into();
+        assert_eq!(
+            b.lease_many(&keys, LEASE, 2_000).await.unwrap(),
+            vec![false, true, false, true]
+        );
+        assert_eq!(b.get("free").await.unwrap(), Some(LEASE.to_vec()));
+        assert_eq!(b.get("hit").await.unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn counters_and_invalidate() {
+        let b = MemoryBackend::with_capacity(100);
+        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 1);
+        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 2);
+        assert_eq!(
+            b.get("app:users:query:gen").await.unwrap(),
+            Some(b"2".to_vec()),
+            "GET reads it like Redis"
+        );
+        assert_eq!(b.pttl("app:users:query:gen"), Some(None), "a counter has no TTL");
+        b.set_ex("app:users:1", b"v", 60).await.unwrap();
+        assert!(
+            matches!(b.incr("app:users:1").await, Err(CacheError::Command(_))),
+            "not an integer"
+        );
+
+        let keys = ["app:users:1".to_string(), "app:users:2".to_string()];
+        let gens = ["app:users:query:gen".to_string(), "app:notes:query:gen".to_string()];
+        assert_eq!(
+            b.invalidate(&keys, &gens).await.unwrap(),
+            1,
+            "one of the two keys existed"
+        );
+        assert_eq!(b.get("app:users:1").await.unwrap(), None);
+        assert_eq!(b.get("app:users:query:gen").await.unwrap(), Some(b"3".to_vec()));
+        assert_eq!(b.get("app:notes:query:gen").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(b.invalidate(&[], &[]).await.unwrap(), 0);
+        // DEL removes a counter too; INCR then starts over.
+        assert_eq!(b.invalidate(&gens[..1], &[]).await.unwrap(), 1);
+        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 1);
+        // SET over a counter replaces it.
+        b.set_ex("app:users:query:gen", b"v", 60).await.unwrap();
+        assert_eq!(b.get("app:users:query:gen").await.unwrap(), Some(b"v".to_vec()));
+        b.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn counters_survive_eviction_pressure() {
+        let b = MemoryBackend::with_capacity(10);
+        b.incr("app:users:query:gen").await.unwrap();
+        for i in 0..1_000 {
+            b.set_ex(&format!("app:users:{i}"), b"v", 60).await.unwrap();
+        }
+        b.values.run_pending_tasks();
+        assert!(b.values.entry_count() <= 10, "bounded: {}", b.values.entry_count());
+        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn query_generations_guard_query_fills() {
+        let b = MemoryBackend::with_capacity(100);
+        let gen = "app:users:query:gen";
+        b.init_counter(gen, 41).await.unwrap();
+        b.init_counter(gen, 7).await.unwrap();
+        assert_eq!(
+            b.get(gen).await.unwrap(),
+            Some(b"41".to_vec()),
+            "SET NX keeps the first start"
+        );
+        assert!(b
+            .fill_if_counter("app:users:query:ab", b"r41", 60_000, gen, 41)
+            .await
+            .unwrap());
+        assert_eq!(b.get("app:users:query:ab").await.unwrap(), Some(b"r41".to_vec()));
+        assert_eq!(b.incr(gen).await.unwrap(), 42);
+        assert!(!b
+            .fill_if_counter("app:users:query:cd", b"r41", 60_000, gen, 41)
+            .await
+            .unwrap());
+        assert_eq!(
+            b.get("app:users:query:cd").await.unwrap(),
+            None,
+            "a result of an old generation is dropped"
+        );
+        assert!(!b
+            .fill_if_counter("app:x:query:ab", b"r", 60_000, "app:x:query:gen", 0)
+            .await
+            .unwrap());
+        // MGET of the generation and an entry, as the query path reads them.
+        let keys = [gen.to_string(), "app:users:query:ab".to_string()];
+        assert_eq!(
+            b.mget(&keys).await.unwrap(),
+            vec![Some(b"42".to_vec()), Some(b"r41".to_vec())]
+        );
+    }
+
+    #[tokio::test]
+    async fn tag_sets_index_keys_for_invalidation() {
+        let b = MemoryBackend::with_capacity(100);
+        for k in ["app:users:1", "app:users:2", "app:notes:9"] {
+            b.set_ex(k, b"v", 60).await.unwrap();
+        }
+        let sets = vec![
+            (
+                "app:__tag:red".to_string(),
+                vec!["app:users:1".to_string(), "app:notes:9".to_string()],
+            ),
+            ("app:__tag:blue".to_string(), vec!["app:users:2".to_string()]),
+            ("app:__tag:none".to_string(), vec![]),
+        ];
+        b.add_to_sets(&sets).await.unwrap();
+        b.add_to_sets(&sets[..1]).await.unwrap();
+        assert_eq!(
+            b.get("app:__tag:red").await.unwrap(),
+            None,
+            "a set is not a string value"
+        );
+        assert_eq!(b.unlink_set_members("app:__tag:red").await.unwrap(), 2);
+        assert_eq!(b.get("app:users:1").await.unwrap(), None);
+        assert_eq!(b.get("app:notes:9").await.unwrap(), None);
+        assert_eq!(b.get("app:users:2").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(
+            b.unlink_set_members("app:__tag:red").await.unwrap(),
+            0,
+            "the set went with its members"
+        );
+        assert_eq!(b.unlink_set_members("app:__tag:none").await.unwrap(), 0);
+        // DEL and SCAN + UNLINK reach sets too.
+        assert_eq!(b.invalidate(&["app:__tag:blue".to_string()], &[]).await.unwrap(), 1);
+        b.add_to_sets(&sets[1..2]).await.unwrap();
+        assert_eq!(b.scan_unlink("app:__tag:*").await.unwrap(), 1);
+        assert_eq!(
+            b.get("app:users:2").await.unwrap(),
+            Some(b"v".to_vec()),
+            "unlinking a set keeps its members"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tag_set_does_not_outgrow_the_cache() {
+        let b = MemoryBackend::with_capacity(10);
+        b.set_ex("live", b"v", 60).await.unwrap();
+        let mut members = vec!["live".to_string()];
+        members.extend((0..30).map(|i| format!("gone{i}")));
+        b.add_to_sets(&[("tag".to_string(), members)]).await.unwrap();
+        let sets = b.sets.read().unwrap();
+        assert_eq!(sets["tag"].len(), 1, "only the cached member is kept");
+    }
+
+    #[tokio::test]
+    async fn scan_unlink_removes_matching_keys_only() {
+        let b = MemoryBackend::with_capacity(1_000);
+        for i in 0..25 {
+            b.set_ex(&format!("app:sess:s{i}"), b"v", 60).await.unwrap();
+        }
+        b.set_ex("app:users:1", b"v", 60).await.unwrap();
+        b.set_ex("other:sess:s1", b"v", 60).await.unwrap();
+        b.incr("app:users:query:gen").await.unwrap();
+        assert_eq!(b.scan_unlink("app:sess:s1?").await.unwrap(), 10);
+        assert_eq!(b.scan_unlink("app:sess:*").await.unwrap(), 15);
+        assert_eq!(b.scan_unlink("app:sess:*").await.unwrap(), 0);
+        assert_eq!(b.scan_unlink("app:*").await.unwrap(), 2, "the record and the counter");
+        assert_eq!(b.get("other:sess:s1").await.unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_leases_have_one_winner_and_one_fill() {
+        let b = Arc::new(MemoryBackend::with_capacity(100));
+        let tasks: Vec<_> = (0..16u8)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    let lease = [0xC1, i];
+                    let won = b.get_or_lease("hot", &lease, 2_000).await.unwrap().is_none();
+                    let filled = b.fill(&["hot"], &[&[0x90, i]], &lease, 60_000).await.unwrap();
+                    (won, filled)
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        let mut fills = 0;
+        for t in tasks {
+            let (won, filled) = t.await.unwrap();
+            winners += u32::from(won);
+            fills += filled;
+        }
+        assert_eq!((winners, fills), (1, 1));
+    }
+}
