@@ -18,6 +18,7 @@ pub mod __private {
     pub use storehaus_runtime::key::record_key;
     pub use storehaus_runtime::{impl_bind_sqlite, Cached, PgQuery, Statements};
     pub use storehaus_runtime::{
-        AssertClone, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds,
+        AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize, CacheId,
+        CachedBounds, Column, ColumnBounds,
     };
 }

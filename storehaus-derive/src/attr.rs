@@ -40,14 +40,16 @@ pub const RENAME_ALL: Symbol = Symbol("rename_all");
 pub const SKIP: Symbol = Symbol("skip");
 /// `#[sqlx(flatten)]` on a field: rejected, a record maps to one table.
 pub const FLATTEN: Symbol = Symbol("flatten");
+/// `#[sqlx(json)]` on a field: rejected, the field is bound as it is.
+pub const JSON: Symbol = Symbol("json");
+/// `#[sqlx(try_from = "...")]` on a field: rejected, the field is bound as it is.
+pub const TRY_FROM: Symbol = Symbol("try_from");
 
 /// `#[serde(...)]`: hashed into the fingerprint, never interpreted.
 pub const SERDE: Symbol = Symbol("serde");
 
 /// The keys `#[cache(...)]` accepts on the struct.
 pub const CONTAINER_KEYS: &[Symbol] = &[TABLE, PREFIX, TTL];
-/// The keys `#[cache(...)]` accepts on a field.
-pub const FIELD_KEYS: &[Symbol] = &[ID];
 
 impl Symbol {
     pub fn as_str(self) -> &'static str {
@@ -83,18 +85,14 @@ struct Attr<'c, T> {
 
 impl<'c, T> Attr<'c, T> {
     fn none(cx: &'c Ctxt, name: Symbol) -> Self {
-        Attr {
-            cx,
-            name,
-            value: None,
-        }
+        Attr { cx, name, value: None }
     }
 
     fn set<A: ToTokens>(&mut self, obj: A, value: T) {
         if self.value.is_some() {
             self.cx.error_spanned_by(
                 obj,
-                format!("duplicate key `{}`: keep only one", self.name),
+                format!("duplicate key `{}` in #[cache(...)]: keep only one", self.name),
             );
         } else {
             self.value = Some(value);
@@ -195,8 +193,10 @@ pub struct Field {
     pub rename: Option<String>,
     /// sqlx's `skip`, for spans.
     pub skip: Option<Path>,
-    /// sqlx's `flatten`, for spans.
+    /// sqlx's `flatten`, `json` and `try_from`, for spans: rejected.
     pub flatten: Option<Path>,
+    pub json: Option<Path>,
+    pub try_from: Option<Path>,
 }
 
 impl Field {
@@ -206,6 +206,8 @@ impl Field {
         let mut rename = None;
         let mut skip = None;
         let mut flatten = None;
+        let mut json = None;
+        let mut try_from = None;
 
         for attr in attrs {
             if attr.path() == CACHE {
@@ -219,18 +221,13 @@ impl Field {
                         } else {
                             let value = skip_value(&meta)?;
                             let path = &meta.path;
-                            cx.error_spanned_by(
-                                quote!(#path #value),
-                                "`id` takes no value: write #[cache(id)]",
-                            );
+                            cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
                         }
                     } else if CONTAINER_KEYS.iter().any(|key| meta.path == *key) {
                         let key = path_to_string(&meta.path);
                         cx.error_spanned_by(
                             &meta.path,
-                            format!(
-                                "`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"
-                            ),
+                            format!("`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"),
                         );
                         skip_value(&meta)?;
                     } else {
@@ -252,6 +249,12 @@ impl Field {
                         skip = Some(meta.path.clone());
                     } else if meta.path == FLATTEN {
                         flatten = Some(meta.path.clone());
+                    } else if meta.path == JSON {
+                        json = Some(meta.path.clone());
+                        skip_value(&meta)?;
+                    } else if meta.path == TRY_FROM {
+                        try_from = Some(meta.path.clone());
+                        skip_value(&meta)?;
                     } else {
                         skip_value(&meta)?;
                     }
@@ -265,6 +268,8 @@ impl Field {
             rename,
             skip,
             flatten,
+            json,
+            try_from,
         }
     }
 }
@@ -297,30 +302,27 @@ enum Place {
 /// Reports an unknown key, with a suggestion when one is close.
 fn unknown_key(cx: &Ctxt, path: &Path, place: Place) {
     let key = path_to_string(path);
-    let (valid, place_name, listing) = match place {
-        Place::Struct => (
-            CONTAINER_KEYS,
-            "a struct",
-            "the struct keys are `table = \"...\"`, `prefix = \"...\"` and `ttl = N`",
+    let message = match place {
+        Place::Struct => {
+            let mut message = format!("unknown key `{key}` in #[cache(...)] on a struct");
+            if let Some(suggestion) = did_you_mean(&key, CONTAINER_KEYS) {
+                message.push_str(&format!("; did you mean `{suggestion}`?"));
+            }
+            message.push_str(
+                " The struct keys are `table = \"...\"`, `prefix = \"...\"` and `ttl = N`",
+            );
+            message
+        }
+        Place::Field => format!(
+            "unknown key `{key}` in #[cache(...)] on a field: the only field key is `id`; write #[cache(id)] on the primary-key field"
         ),
-        Place::Field => (FIELD_KEYS, "a field", "the only field key is `id`"),
     };
-    let mut message = format!("unknown key `{key}` in #[cache(...)] on {place_name}");
-    if let Some(suggestion) = did_you_mean(&key, valid) {
-        message.push_str(&format!("; did you mean `{suggestion}`?"));
-    }
-    message.push_str(&format!(" ({listing})"));
     cx.error_spanned_by(path, message);
 }
 
-/// The valid key closest to `key`, if it is a likely typo (or a common
-/// synonym of `id`).
+/// The valid key closest to `key`, if it is a likely typo.
 fn did_you_mean(key: &str, valid: &[Symbol]) -> Option<&'static str> {
-    const ID_SYNONYMS: &[&str] = &["primary_key", "primary", "pk", "key", "id_column"];
     let lower = key.to_ascii_lowercase();
-    if valid.contains(&ID) && ID_SYNONYMS.contains(&lower.as_str()) {
-        return Some(ID.as_str());
-    }
     valid
         .iter()
         .map(|sym| (edit_distance(&lower, sym.as_str()), sym.as_str()))
@@ -384,25 +386,15 @@ fn unwrap_group(expr: Expr) -> Expr {
 }
 
 /// `key = "..."`: a string literal.
-fn parse_lit_str(
-    cx: &Ctxt,
-    meta: &ParseNestedMeta,
-    key: Symbol,
-    sample: &str,
-) -> syn::Result<Option<LitStr>> {
+fn parse_lit_str(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol, sample: &str) -> syn::Result<Option<LitStr>> {
     let example = format!("{key} = \"{sample}\"");
     let Some(expr) = parse_value(cx, meta, key, &example)? else {
         return Ok(None);
     };
     match expr {
-        Expr::Lit(ExprLit {
-            lit: Lit::Str(s), ..
-        }) => Ok(Some(s)),
+        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => Ok(Some(s)),
         other => {
-            cx.error_spanned_by(
-                other,
-                format!("`{key}` takes a string literal: write {example}"),
-            );
+            cx.error_spanned_by(other, format!("`{key}` takes a string literal: write {example}"));
             Ok(None)
         }
     }
@@ -410,7 +402,7 @@ fn parse_lit_str(
 
 /// `ttl = N`: an integer literal (any suffix), range-checked in `check.rs`.
 fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
-    const RANGE: &str = "a whole number of seconds from 1 to 31_536_000 (one year)";
+    const RANGE: &str = "from 1 to 31_536_000 (one year)";
     let Some(expr) = parse_value(cx, meta, TTL, "ttl = 3600")? else {
         return Ok(None);
     };
@@ -426,16 +418,16 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
         }
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
-        }) => format!("`ttl` cannot be negative: write {RANGE}, e.g. ttl = 3600"),
+        }) => format!("`ttl` cannot be negative: write a number of seconds {RANGE}, e.g. ttl = 3600"),
         Expr::Lit(ExprLit {
             lit: Lit::Float(float),
             ..
         }) => {
             let suggestion = match float.base10_parse::<f64>() {
-                Ok(f) if f >= 1.0 && f.fract() == 0.0 && f <= 31_536_000.0 => format!("ttl = {f}"),
-                _ => "ttl = 60".to_owned(),
+                Ok(f) if f > 0.0 && f <= 31_536_000.0 => format!("ttl = {}", f.ceil()),
+                _ => "ttl = 3600".to_owned(),
             };
-            format!("`ttl` takes whole seconds, not a float: write {suggestion}")
+            format!("`ttl` takes whole seconds, not a float: write e.g. {suggestion}")
         }
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
@@ -446,7 +438,9 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
             };
             format!("`ttl` takes an integer literal, not a string: write {suggestion}")
         }
-        _ => format!("`ttl` takes an integer literal ({RANGE}): write e.g. ttl = 3600"),
+        _ => format!(
+            "`ttl` takes an integer literal, not a constant or an expression: write the seconds {RANGE}, e.g. ttl = 3600"
+        ),
     };
     cx.error_spanned_by(expr, message);
     Ok(None)
@@ -457,13 +451,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn suggestions_catch_typos_and_id_synonyms() {
+    fn suggestions_catch_typos() {
         assert_eq!(did_you_mean("tabel", CONTAINER_KEYS), Some("table"));
         assert_eq!(did_you_mean("tll", CONTAINER_KEYS), Some("ttl"));
         assert_eq!(did_you_mean("prefx", CONTAINER_KEYS), Some("prefix"));
         assert_eq!(did_you_mean("expire", CONTAINER_KEYS), None);
-        assert_eq!(did_you_mean("primary_key", FIELD_KEYS), Some("id"));
-        assert_eq!(did_you_mean("unique", FIELD_KEYS), None);
+        assert_eq!(did_you_mean("key", CONTAINER_KEYS), None);
     }
 
     #[test]

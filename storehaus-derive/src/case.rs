@@ -2,33 +2,31 @@
 //! use `heck`), so the columns StoreHaus writes are the columns `FromRow`
 //! reads.
 
-use heck::{
-    ToKebabCase, ToLowerCamelCase, ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase,
-};
+use heck::{ToKebabCase, ToLowerCamelCase, ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 
 /// A `rename_all` rule of sqlx.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RenameRule {
-    LowerCase,
-    SnakeCase,
-    UpperCase,
-    ScreamingSnakeCase,
-    KebabCase,
-    CamelCase,
-    PascalCase,
+    Lower,
+    Snake,
+    Upper,
+    ScreamingSnake,
+    Kebab,
+    Camel,
+    Pascal,
 }
 
 impl RenameRule {
     /// The rule named `name` exactly as sqlx spells it, if any.
     pub fn from_str(name: &str) -> Option<Self> {
         Some(match name {
-            "lowercase" => RenameRule::LowerCase,
-            "snake_case" => RenameRule::SnakeCase,
-            "UPPERCASE" => RenameRule::UpperCase,
-            "SCREAMING_SNAKE_CASE" => RenameRule::ScreamingSnakeCase,
-            "kebab-case" => RenameRule::KebabCase,
-            "camelCase" => RenameRule::CamelCase,
-            "PascalCase" => RenameRule::PascalCase,
+            "lowercase" => RenameRule::Lower,
+            "snake_case" => RenameRule::Snake,
+            "UPPERCASE" => RenameRule::Upper,
+            "SCREAMING_SNAKE_CASE" => RenameRule::ScreamingSnake,
+            "kebab-case" => RenameRule::Kebab,
+            "camelCase" => RenameRule::Camel,
+            "PascalCase" => RenameRule::Pascal,
             _ => return None,
         })
     }
@@ -36,13 +34,13 @@ impl RenameRule {
     /// Applies the rule to a field name.
     pub fn apply(self, name: &str) -> String {
         match self {
-            RenameRule::LowerCase => name.to_lowercase(),
-            RenameRule::SnakeCase => name.to_snake_case(),
-            RenameRule::UpperCase => name.to_uppercase(),
-            RenameRule::ScreamingSnakeCase => name.to_shouty_snake_case(),
-            RenameRule::KebabCase => name.to_kebab_case(),
-            RenameRule::CamelCase => name.to_lower_camel_case(),
-            RenameRule::PascalCase => name.to_upper_camel_case(),
+            RenameRule::Lower => name.to_lowercase(),
+            RenameRule::Snake => name.to_snake_case(),
+            RenameRule::Upper => name.to_uppercase(),
+            RenameRule::ScreamingSnake => name.to_shouty_snake_case(),
+            RenameRule::Kebab => name.to_kebab_case(),
+            RenameRule::Camel => name.to_lower_camel_case(),
+            RenameRule::Pascal => name.to_upper_camel_case(),
         }
     }
 }
@@ -80,11 +78,20 @@ mod tests {
         let f = "created_at";
         assert_eq!(RenameRule::from_str("camelCase").unwrap().apply(f), "createdAt");
         assert_eq!(RenameRule::from_str("PascalCase").unwrap().apply(f), "CreatedAt");
-        assert_eq!(RenameRule::from_str("SCREAMING_SNAKE_CASE").unwrap().apply(f), "CREATED_AT");
+        assert_eq!(
+            RenameRule::from_str("SCREAMING_SNAKE_CASE").unwrap().apply(f),
+            "CREATED_AT"
+        );
         assert_eq!(RenameRule::from_str("kebab-case").unwrap().apply(f), "created-at");
         assert_eq!(RenameRule::from_str("UPPERCASE").unwrap().apply(f), "CREATED_AT");
-        assert_eq!(RenameRule::from_str("lowercase").unwrap().apply("createdAt"), "createdat");
-        assert_eq!(RenameRule::from_str("snake_case").unwrap().apply("createdAt"), "created_at");
+        assert_eq!(
+            RenameRule::from_str("lowercase").unwrap().apply("createdAt"),
+            "createdat"
+        );
+        assert_eq!(
+            RenameRule::from_str("snake_case").unwrap().apply("createdAt"),
+            "created_at"
+        );
         assert_eq!(RenameRule::from_str("Snake"), None);
     }
 

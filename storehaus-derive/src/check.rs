@@ -183,13 +183,28 @@ fn check_fields(cx: &Ctxt, cont: &Container) {
                 "#[sqlx(flatten)] is not supported by #[derive(Cached)]: a record maps to the columns of one table, so list the nested struct's columns as fields here",
             );
         }
+        if let Some(json) = &field.attrs.json {
+            cx.error_spanned_by(
+                json,
+                "#[sqlx(json)] is not supported by #[derive(Cached)], which also writes the field: declare it as `sqlx::types::Json<T>` instead",
+            );
+        }
+        if let Some(try_from) = &field.attrs.try_from {
+            cx.error_spanned_by(
+                try_from,
+                "#[sqlx(try_from)] is not supported by #[derive(Cached)], which also writes the field: give the field the column's own type",
+            );
+        }
     }
     let columns: Vec<_> = cont.columns().collect();
     for (i, (field, column)) in columns.iter().enumerate() {
         if column.is_empty() {
             cx.error_spanned_by(
                 field.ident,
-                format!("#[sqlx(rename = \"\")] gives `{}` an empty column name: write the column's name", field.ident),
+                format!(
+                    "#[sqlx(rename = \"\")] gives `{}` an empty column name: write the column's name",
+                    field.ident
+                ),
             );
         } else if let Some((first, _)) = columns[..i].iter().find(|(_, c)| c == column) {
             cx.error_spanned_by(

@@ -2,15 +2,14 @@
 //! trait checks.
 
 use proc_macro2::{Literal, Span, TokenStream};
-use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::{quote, ToTokens};
 use syn::DeriveInput;
 
 use crate::ast::Container;
 use crate::check;
 use crate::ctxt::Ctxt;
 use crate::fallback;
-use crate::fingerprint::fingerprint;
+use crate::fingerprint::{fingerprint, normalized};
 use crate::sql::{self, Dialect};
 
 /// Expands `#[derive(Cached)]`: the impl, or every error with a fallback.
@@ -66,7 +65,7 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
     let ttl = match &cont.attrs.ttl {
         // Range-checked: 1 ..= one year.
         Some(ttl) => {
-            let seconds = Literal::u64_suffixed(ttl.seconds as u64);
+            let seconds = Literal::u64_suffixed(u64::try_from(ttl.seconds).unwrap_or(u64::MAX));
             quote!(::core::option::Option::Some(#seconds))
         }
         None => quote!(::core::option::Option::None),
@@ -74,18 +73,21 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
     let fingerprint = Literal::u64_suffixed(fingerprint(cont));
     let pg = statements(&sql::statements(Dialect::Postgres, &table, &names, id_index));
     let sqlite = statements(&sql::statements(Dialect::Sqlite, &table, &names, id_index));
-    // Spanned on the field, so an unbindable type points at its field.
-    let binds = values
-        .iter()
-        .map(|field| quote_spanned!(field.span()=> .bind(&self.#field)));
+    // Every value type is bounded by `ColumnBounds` (see `bounds`), so these
+    // never fail: a bad column type is reported once, by `asserts`.
+    let binds = values.iter().map(|field| quote!(.bind(&self.#field)));
 
-    let bounds = bounds(cont);
-    let cache_key = cache_key(cont, quote!(#id_ty), &prefix, &table);
-    let asserts = asserts(cont);
+    let id_tokens = quote!(#id_ty);
+    let bounds = bounds(cont, Some(&id_tokens));
+    let cache_key = cache_key(cont, &id_tokens, &prefix, &table);
+    let column_handles = self::columns(cont);
+    let asserts = asserts(cont, Some(&id_tokens), true);
 
     Ok(quote! {
         #[automatically_derived]
-        impl #p::Cached for #ident #bounds {
+        impl #p::Cached for #ident
+        #bounds
+        {
             type Id = #id_ty;
 
             const TABLE: &'static ::core::primitive::str = #table;
@@ -112,49 +114,97 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
 
         #cache_key
 
+        #column_handles
+
         #asserts
     })
 }
 
-/// The supertraits of `Cached` that the user derives, as a where clause. A
-/// missing one is reported once by [`asserts`], with a message saying what to
-/// derive; the `for<'_>` keeps rustc from also rejecting the impl itself
-/// (trivial bounds are only checked where the impl is used).
-pub fn bounds(cont: &Container) -> TokenStream {
-    let p = private();
-    let ident = cont.ident;
-    quote!(where for<'__storehaus> #ident: #p::CachedBounds)
+/// The types of the columns (without repeats), with or without the id.
+fn column_types<'c>(cont: &'c Container, with_id: bool) -> Vec<&'c syn::Type> {
+    let id = cont.id_field();
+    let mut seen = Vec::new();
+    let mut types = Vec::new();
+    for (field, _) in cont.columns() {
+        if !with_id && id.is_some_and(|id| std::ptr::eq(id, field)) {
+            continue;
+        }
+        let key = normalized(field.ty.to_token_stream());
+        if !seen.contains(&key) {
+            seen.push(key);
+            types.push(field.ty);
+        }
+    }
+    types
 }
 
-/// One check per trait the user must derive. Each helper trait has an
-/// `on_unimplemented` message and two candidate impls, so rustc reports the
-/// helper (not the nested bound) once, at the struct's name.
-pub fn asserts(cont: &Container) -> TokenStream {
+/// The bounds of the `Cached` impl: the supertraits the user derives,
+/// `Id: CacheId` and a column bound per value type. Each one is checked,
+/// with a message saying what to write, by [`asserts`]; as `for<'_>` bounds
+/// rustc does not check them again on the impl itself (they are only checked
+/// where the impl is used), so one mistake makes one error. `id_ty` is
+/// `None` when the id is unknown (fallback).
+pub fn bounds(cont: &Container, id_ty: Option<&TokenStream>) -> TokenStream {
     let p = private();
     let ident = cont.ident;
-    let checks = ["AssertClone", "AssertSerialize", "AssertDeserialize", "AssertFromRow"]
+    let id_bound = id_ty.map(|ty| quote!(for<'__storehaus> #ty: #p::CacheId,));
+    let columns = column_types(cont, false);
+    quote! {
+        where
+            for<'__storehaus> #ident: #p::CachedBounds,
+            #id_bound
+            #(for<'__storehaus> #columns: #p::ColumnBounds,)*
+    }
+}
+
+/// One check per thing the user must provide. Each helper trait has an
+/// `on_unimplemented` message and two candidate impls, so rustc reports the
+/// helper (not the nested bound) once, at the struct's name, the id's type
+/// or the column's type. The `FromRow` check assumes the column types are
+/// fine: a bad column is reported by its own check, not as a missing
+/// `FromRow`. The fallback passes `check_columns = false`: a field the
+/// derive rejected already has its error.
+pub fn asserts(cont: &Container, id_ty: Option<&TokenStream>, check_columns: bool) -> TokenStream {
+    let p = private();
+    let ident = cont.ident;
+    let checks = ["AssertClone", "AssertSerialize", "AssertDeserialize"]
         .iter()
         .map(|name| {
             let helper = syn::Ident::new(name, Span::call_site());
             quote!(<#ident as #p::#helper<_>>::check();)
         });
+    let id_check = id_ty.map(|ty| quote!(<#ty as #p::AssertCacheId<_>>::check();));
+    let values = if check_columns {
+        column_types(cont, false)
+    } else {
+        Vec::new()
+    };
+    let all = column_types(cont, true);
     quote! {
         const _: () = {
             #[allow(dead_code)]
-            fn __storehaus_assert_derives() {
+            fn __storehaus_assert_traits() {
                 #(#checks)*
+                #id_check
+                #(<#values as #p::AssertColumn<_>>::check();)*
+            }
+
+            #[allow(dead_code)]
+            fn __storehaus_assert_from_row()
+            where
+                #(for<'__storehaus> #all: #p::ColumnBounds,)*
+            {
+                <#ident as #p::AssertFromRow<_>>::check();
             }
         };
     }
 }
 
 /// `User::cache_key(global_prefix, &id)`, with rustdoc.
-pub fn cache_key(cont: &Container, id_ty: TokenStream, prefix: &str, table: &str) -> TokenStream {
+pub fn cache_key(cont: &Container, id_ty: &TokenStream, prefix: &str, table: &str) -> TokenStream {
     let p = private();
     let ident = cont.ident;
-    let summary = format!(
-        " The cache key of the `{ident}` record with this id: `{{global_prefix}}:{prefix}:{{id}}`."
-    );
+    let summary = format!(" The cache key of the `{ident}` record with this id: `{{global_prefix}}:{prefix}:{{id}}`.");
     let details = format!(
         " The id is rendered with `Display`; characters outside `[A-Za-z0-9_.-]` are \
          percent-encoded. A store built with `CacheParams::with_prefix` uses its own prefix \
@@ -169,7 +219,55 @@ pub fn cache_key(cont: &Container, id_ty: TokenStream, prefix: &str, table: &str
             #[doc = #details]
             #[must_use]
             pub fn cache_key(global_prefix: &::core::primitive::str, id: &#id_ty) -> ::std::string::String {
-                #p::record_key(global_prefix, #prefix, id)
+                <#id_ty as #p::AssertCacheId<_>>::record_key(global_prefix, #prefix, id)
+            }
+        }
+    }
+}
+
+/// `User::columns()`: typed `Column` handles for `storehaus::Query`, in a
+/// `UserColumns` struct with one field per column.
+pub fn columns(cont: &Container) -> TokenStream {
+    let p = private();
+    let ident = cont.ident;
+    let vis = &cont.original.vis;
+    let handles = syn::Ident::new(&format!("{}Columns", crate::case::unraw(ident)), ident.span());
+    let struct_doc = format!(
+        " Typed handles on the columns of [`{ident}`], from [`{ident}::columns`], for \
+         building `storehaus::Query` filters and orderings. Generated by `#[derive(Cached)]`."
+    );
+    let fn_doc = format!(" The typed column handles of `{ident}`: `{ident}::columns().<field>`.");
+    let (fields, inits): (Vec<_>, Vec<_>) = cont
+        .columns()
+        .map(|(field, column)| {
+            let member = field.ident;
+            let ty = field.ty;
+            let doc = format!(" The `{column}` column.");
+            (
+                quote! {
+                    #[doc = #doc]
+                    pub #member: #p::Column<#ident, #ty>,
+                },
+                quote!(#member: #p::Column::new(#column),),
+            )
+        })
+        .unzip();
+    quote! {
+        #[doc = #struct_doc]
+        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
+        #[automatically_derived]
+        #vis struct #handles {
+            #(#fields)*
+        }
+
+        #[automatically_derived]
+        impl #ident {
+            #[doc = #fn_doc]
+            #[must_use]
+            #vis const fn columns() -> #handles {
+                #handles {
+                    #(#inits)*
+                }
             }
         }
     }

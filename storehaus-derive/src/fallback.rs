@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 
 use crate::ast::Container;
-use crate::expand::{asserts, bounds, private};
+use crate::expand::{asserts, bounds, columns, private};
 
 /// The errors, plus the fallback items when the input is a struct the derive
 /// could read (for an enum or a generic struct there is nothing sensible to
@@ -39,8 +39,9 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
             },
         ),
     };
-    let bounds = bounds(cont);
-    let asserts = asserts(cont);
+    let bounds = bounds(cont, id_ty.as_ref());
+    let asserts = asserts(cont, id_ty.as_ref(), false);
+    let columns = columns(cont);
     let empty = quote! {
         #p::Statements {
             select_by_id: "",
@@ -57,7 +58,9 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
         #error
 
         #[automatically_derived]
-        impl #p::Cached for #ident #bounds {
+        impl #p::Cached for #ident
+        #bounds
+        {
             type Id = #id_type;
             const TABLE: &'static ::core::primitive::str = "";
             const PREFIX: &'static ::core::primitive::str = "";
@@ -83,6 +86,8 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
         impl #ident {
             #cache_key
         }
+
+        #columns
 
         #asserts
     }

@@ -72,14 +72,18 @@ use syn::{parse_macro_input, DeriveInput};
 /// once: `#[sqlx(rename = "...")]` on a field, `#[sqlx(skip)]` (not a column;
 /// the field is filled with `Default` when read), and
 /// `#[sqlx(rename_all = "...")]` on the struct. `#[sqlx(flatten)]` is
-/// rejected: a record maps to one table.
+/// rejected (a record maps to one table), and so are `#[sqlx(json)]` and
+/// `#[sqlx(try_from)]`, because the store also writes every field as it is:
+/// declare a JSON column as `sqlx::types::Json<T>`.
 ///
 /// # Requirements
 ///
 /// The struct must derive (or implement) `Clone`, `serde::Serialize`,
 /// `serde::Deserialize` and `sqlx::FromRow`, be `Send + Sync + Unpin`, and
-/// have no generic parameters. Every misuse is a compile error pointing at
-/// the offending token, and all of them are reported in one build.
+/// have no generic parameters. Every column type must be readable and
+/// writable by sqlx for PostgreSQL (and SQLite, with the default `sqlite`
+/// feature). Every misuse is a compile error pointing at the offending token,
+/// and all of them are reported in one build.
 ///
 /// # Generated items
 ///

@@ -93,12 +93,8 @@ pub fn statements(dialect: Dialect, table: &str, columns: &[&str], id: usize) ->
     Statements {
         select_by_id: format!("SELECT {all} FROM {table} WHERE {id_col} = {first}"),
         select_many: format!("SELECT {all} FROM {table} WHERE {}", dialect.many(&id_col)),
-        insert: format!(
-            "INSERT INTO {table} ({insert_columns}) VALUES ({insert_values}) RETURNING {all}"
-        ),
-        update: format!(
-            "UPDATE {table} SET {assignments} WHERE {id_col} = {update_id} RETURNING {all}"
-        ),
+        insert: format!("INSERT INTO {table} ({insert_columns}) VALUES ({insert_values}) RETURNING {all}"),
+        update: format!("UPDATE {table} SET {assignments} WHERE {id_col} = {update_id} RETURNING {all}"),
         delete: format!("DELETE FROM {table} WHERE {id_col} = {first}"),
         delete_many: format!("DELETE FROM {table} WHERE {}", dialect.many(&id_col)),
         select_all: format!("SELECT {all} FROM {table}"),
@@ -119,8 +115,14 @@ mod tests {
     #[test]
     fn postgres_statements() {
         let s = statements(Dialect::Postgres, "users", &["name", "id", "email"], 1);
-        assert_eq!(s.select_by_id, r#"SELECT "name", "id", "email" FROM "users" WHERE "id" = $1"#);
-        assert_eq!(s.select_many, r#"SELECT "name", "id", "email" FROM "users" WHERE "id" = ANY($1)"#);
+        assert_eq!(
+            s.select_by_id,
+            r#"SELECT "name", "id", "email" FROM "users" WHERE "id" = $1"#
+        );
+        assert_eq!(
+            s.select_many,
+            r#"SELECT "name", "id", "email" FROM "users" WHERE "id" = ANY($1)"#
+        );
         assert_eq!(
             s.insert,
             r#"INSERT INTO "users" ("id", "name", "email") VALUES ($1, $2, $3) RETURNING "name", "id", "email""#
@@ -143,14 +145,20 @@ mod tests {
             s.insert,
             r#"INSERT INTO "users" ("id", "name") VALUES (?1, ?2) RETURNING "id", "name""#
         );
-        assert_eq!(s.update, r#"UPDATE "users" SET "name" = ?1 WHERE "id" = ?2 RETURNING "id", "name""#);
+        assert_eq!(
+            s.update,
+            r#"UPDATE "users" SET "name" = ?1 WHERE "id" = ?2 RETURNING "id", "name""#
+        );
         assert_eq!(s.delete_many, r#"DELETE FROM "users" WHERE "id" IN ("#);
     }
 
     #[test]
     fn an_id_only_record_still_updates() {
         let s = statements(Dialect::Postgres, "tags", &["id"], 0);
-        assert_eq!(s.update, r#"UPDATE "tags" SET "id" = "id" WHERE "id" = $1 RETURNING "id""#);
+        assert_eq!(
+            s.update,
+            r#"UPDATE "tags" SET "id" = "id" WHERE "id" = $1 RETURNING "id""#
+        );
         assert_eq!(s.insert, r#"INSERT INTO "tags" ("id") VALUES ($1) RETURNING "id""#);
     }
 }

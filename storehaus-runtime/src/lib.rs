@@ -32,8 +32,8 @@ mod transaction;
 
 #[doc(hidden)]
 pub use assert::{
-    AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize,
-    CachedBounds, ColumnBounds,
+    AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds,
+    ColumnBounds,
 };
 #[cfg(feature = "sqlite")]
 pub use cached::SqliteQuery;

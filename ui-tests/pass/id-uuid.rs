@@ -47,7 +47,11 @@ fn main() {
         User::cache_key("myapp", &id),
         "myapp:users:123e4567-e89b-12d3-a456-426614174000"
     );
-    let user = User { id, name: "Ada".into(), email: "ada@example.com".into() };
+    let user = User {
+        id,
+        name: "Ada".into(),
+        email: "ada@example.com".into(),
+    };
     assert_eq!(*user.id(), id);
     assert_ne!(User::FINGERPRINT, 0);
 }
