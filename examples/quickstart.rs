@@ -7,13 +7,13 @@
 //! (`sqlite:...`); `REDIS_URL` may be `redis://`, `rediss://` or `memory://`.
 //! `scripts/services.sh` starts a local PostgreSQL and Redis.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::SqlitePoolOptions;
 use storehaus::prelude::*;
 use uuid::Uuid;
+
+mod support;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "quickstart_users", ttl = 1800, prefix = "users")]
@@ -28,60 +28,13 @@ pub struct User {
 const CREATE_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS quickstart_users (id {uuid} PRIMARY KEY, name text NOT NULL, email text NOT NULL)";
 
-/// Opens `DATABASE_URL`, or else a private in-memory SQLite database, and
-/// creates the table. Returns the pool and a description to print (never
-/// the URL itself, which may hold a password).
-async fn open_database() -> Result<(DbPool, &'static str), Box<dyn std::error::Error>> {
-    match std::env::var("DATABASE_URL") {
-        Ok(url) if url.starts_with("sqlite:") => {
-            let pool = sqlx::SqlitePool::connect(&url).await?;
-            // sqlx stores a uuid in SQLite as a 16-byte BLOB.
-            sqlx::query(&CREATE_TABLE.replace("{uuid}", "blob"))
-                .execute(&pool)
-                .await?;
-            Ok((pool.into(), "SQLite (DATABASE_URL)"))
-        }
-        Ok(url) => {
-            let pool = sqlx::PgPool::connect(&url).await?;
-            sqlx::query(&CREATE_TABLE.replace("{uuid}", "uuid"))
-                .execute(&pool)
-                .await?;
-            Ok((pool.into(), "PostgreSQL (DATABASE_URL)"))
-        }
-        Err(_) => {
-            // One connection that never closes: an in-memory database lives
-            // as long as its connection.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect("sqlite::memory:")
-                .await?;
-            sqlx::query(&CREATE_TABLE.replace("{uuid}", "blob"))
-                .execute(&pool)
-                .await?;
-            Ok((pool.into(), "SQLite in memory (DATABASE_URL is not set)"))
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (db_pool, database) = open_database().await?;
-    let (cache_url, cache_source) = match std::env::var("REDIS_URL") {
-        Ok(url) => (url, "REDIS_URL"),
-        Err(_) => ("memory://".to_string(), "in-process; REDIS_URL is not set"),
-    };
+    let support::Backends { db_pool, cache_manager } = support::open("quickstart", CREATE_TABLE).await?;
 
-    // Configure the cache and build a cached store.
-    let cache_config = CacheConfig::new(cache_url, 3600, "quickstart");
-    let cache_manager = Arc::new(CacheManager::new(cache_config)?);
+    // Build a cached store.
     let cache_params = CacheParams::new(cache_manager.clone());
     let user_store = GenericStore::<User>::new(db_pool.clone(), None, Some(cache_params));
-    println!(
-        "database: {database}\ncache:    {} ({cache_source})",
-        cache_manager.config().redacted_url()
-    );
 
     let user = User {
         id: Uuid::new_v4(),

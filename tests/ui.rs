@@ -18,4 +18,5 @@ fn ui() {
     t.compile_fail("ui-tests/shape/*.rs");
     t.compile_fail("ui-tests/traits/*.rs");
     t.compile_fail("ui-tests/usage/*.rs");
+    t.compile_fail("ui-tests/query/*.rs");
 }

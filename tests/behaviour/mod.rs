@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use storehaus::{CacheConfig, CacheError, CacheManager, CacheParams, Cached, DbPool, GenericStore, StorehausError};
+use storehaus::{
+    CacheConfig, CacheError, CacheManager, CacheParams, Cached, DbPool, GenericStore, Order, Query, StorehausError,
+};
 use uuid::Uuid;
 
 use crate::common::*;
@@ -901,6 +903,78 @@ pub async fn store_without_cache_reads_and_writes_the_database(stack: Stack) {
     env.teardown().await;
 }
 
+pub async fn query_results_are_cached_and_every_write_invalidates_them(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store::<Note>();
+    for (id, body) in [(1, "alpha"), (2, "beta"), (3, "alpine")] {
+        store.create(Note { id, body: body.into() }, None).await.unwrap();
+    }
+    let c = Note::columns();
+    let al = || Query::new().filter(c.body.like("al%")).order_by(c.id, Order::Asc);
+    let ids = |notes: Vec<Note>| notes.into_iter().map(|n| n.id).collect::<Vec<_>>();
+
+    let first = store.find(al()).await.unwrap();
+    assert_eq!(ids(first.clone()), vec![1, 3]);
+    env.wait_for_fills(1).await;
+    // Change rows behind the cache's back: the cached result is a hit.
+    execute!(env, "UPDATE note SET body = 'zzz'");
+    assert_eq!(store.find(al()).await.unwrap(), first);
+    // Any committed store write makes the next find go to the database.
+    store.create(Note { id: 4, body: "alto".into() }, None).await.unwrap();
+    assert_eq!(ids(store.find(al()).await.unwrap()), vec![4]);
+    assert_eq!(store.count(Query::new()).await.unwrap(), 4);
+
+    // invalidate_queries reaches every cached result of the prefix at once.
+    let all = store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap();
+    env.wait_for_fills(3).await;
+    execute!(env, "DELETE FROM note WHERE id = 4");
+    assert_eq!(store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap(), all);
+    env.manager.invalidate_queries("note").await.unwrap();
+    assert_eq!(ids(store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap()), vec![1, 2, 3]);
+    env.teardown().await;
+}
+
+pub async fn invalidate_tag_removes_only_tagged_entries(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store::<User>();
+    let a = store.create(user("tagged_a"), Some(vec!["vip".into()])).await.unwrap();
+    let b = store.create(user("plain_b"), None).await.unwrap();
+    let c = store.create(user("tagged_c"), None).await.unwrap();
+    store.update(&c.id, c.clone(), Some(vec!["vip".into()])).await.unwrap();
+    for u in [&a, &b, &c] {
+        store.get_by_id(&u.id).await.unwrap();
+    }
+    env.wait_for_fills(3).await;
+    assert_eq!(env.manager.invalidate_tag("vip").await.unwrap(), 2);
+    assert_eq!(cached_user(&env, "users", &a.id).await, None);
+    assert_eq!(cached_user(&env, "users", &c.id).await, None);
+    assert_eq!(cached_user(&env, "users", &b.id).await, Some(b.clone()), "untagged entry stays");
+    env.teardown().await;
+}
+
+pub async fn transaction_invalidates_after_commit_and_never_on_rollback(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store::<User>();
+    let a = store.create(user("tx_a"), None).await.unwrap();
+    store.get_by_id(&a.id).await.unwrap();
+    env.wait_for_fills(1).await;
+
+    let a2 = User { name: "tx_a2".into(), ..a.clone() };
+    let mut tx = store.begin().await.unwrap();
+    tx.update(&a.id, a2.clone(), None).await.unwrap();
+    assert_eq!(cached_user(&env, "users", &a.id).await, Some(a.clone()), "untouched before commit");
+    tx.rollback().await.unwrap();
+    assert_eq!(cached_user(&env, "users", &a.id).await, Some(a.clone()), "untouched after rollback");
+    assert_eq!(store.get_by_id(&a.id).await.unwrap(), Some(a.clone()));
+
+    let mut tx = store.begin().await.unwrap();
+    tx.update(&a.id, a2.clone(), None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(cached_user(&env, "users", &a.id).await, None, "invalidated after commit");
+    assert_eq!(store.get_by_id(&a.id).await.unwrap(), Some(a2));
+    env.teardown().await;
+}
+
 /// Instantiates every test function of the suite once per stack.
 macro_rules! behaviour_suite {
     ($($test:ident),* $(,)?) => {
@@ -947,4 +1021,7 @@ behaviour_suite! {
     manual_operations_stay_inside_the_global_prefix,
     misuse_is_a_typed_error_not_a_panic,
     store_without_cache_reads_and_writes_the_database,
+    query_results_are_cached_and_every_write_invalidates_them,
+    invalidate_tag_removes_only_tagged_entries,
+    transaction_invalidates_after_commit_and_never_on_rollback,
 }
