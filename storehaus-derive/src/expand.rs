@@ -76,6 +76,9 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
     // Every value type is bounded by `ColumnBounds` (see `bounds`), so these
     // never fail: a bad column type is reported once, by `asserts`.
     let binds = values.iter().map(|field| quote!(.bind(&self.#field)));
+    // The same bounds on the SQLite binder, so a bad column type is not
+    // reported again from inside `impl_bind_sqlite!`.
+    let value_types = column_types(cont, false);
 
     let id_tokens = quote!(#id_ty);
     let bounds = bounds(cont, Some(&id_tokens));
@@ -110,7 +113,7 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
             }
         }
 
-        #p::impl_bind_sqlite!(#ident; #(#values),*);
+        #p::impl_bind_sqlite!(#ident; #(#values),*; where #(for<'__storehaus> #value_types: #p::ColumnBounds,)*);
 
         #cache_key
 

@@ -38,8 +38,8 @@ mod enabled {
     #[doc(hidden)]
     #[macro_export]
     macro_rules! impl_bind_sqlite {
-        ($ty:ty; $($field:ident),*) => {
-            impl $crate::BindSqlite for $ty {
+        ($ty:ty; $($field:ident),* $(; where $($bound:tt)*)?) => {
+            impl $crate::BindSqlite for $ty $(where $($bound)*)? {
                 fn bind_values_sqlite<'q>(&'q self, query: $crate::SqliteQuery<'q>) -> $crate::SqliteQuery<'q> {
                     query $(.bind(&self.$field))*
                 }
