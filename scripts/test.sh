@@ -10,3 +10,5 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc
+# TLS (rediss://) is an opt-in feature; its tests start their own TLS redis-server.
+cargo test --features tls --test test_security

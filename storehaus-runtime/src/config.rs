@@ -46,6 +46,16 @@ impl CacheConfig {
 
     /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
     /// the default TTL in seconds and the global key prefix.
+    ///
+    /// Credentials go in the URL: `redis://:password@host:6379` for
+    /// `requirepass`, `redis://user:password@host:6379` for an ACL user
+    /// (percent-encode `@`, `:` and `/` in the password). They are never
+    /// shown: `Debug`, errors and logs carry [`redacted_url`](Self::redacted_url).
+    ///
+    /// `rediss://` (TLS, cargo feature `tls`: rustls with the ring provider)
+    /// verifies the server's certificate against the system's roots; point
+    /// `SSL_CERT_FILE` at a private CA's PEM file to trust it, or append
+    /// `#insecure` to the URL to skip verification (test setups only).
     pub fn new(url: impl Into<String>, default_ttl: u64, global_prefix: impl Into<String>) -> Self {
         CacheConfig {
             url: url.into(),

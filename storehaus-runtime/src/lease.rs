@@ -136,12 +136,25 @@ async fn lookup<V: DeserializeOwned>(
             Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
         },
         Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
+        // Out of memory (noeviction): the lease write is refused, but reads
+        // still work. Serve a cached value; otherwise go to the database
+        // without a lease and without a fill.
+        Err(CacheError::Command(m)) if m.starts_with("OOM") => {
+            match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
+                Ok(Some(bytes)) if !codec::is_lease(&bytes) => match codec::decode::<V>(fingerprint, &bytes) {
+                    Ok(Entry::Record(v)) => Step::Hit(Some(v)),
+                    Ok(Entry::Absent) => Step::Hit(None),
+                    Err(_) => Step::Bypass,
+                },
+                _ => Step::Bypass,
+            }
+        }
         Err(_) => Step::Bypass,
     }
 }
 
 fn is_wrong_type(e: &CacheError) -> bool {
-    matches!(e, CacheError::Command(m) if m.contains("WRONGTYPE"))
+    matches!(e, CacheError::Command(m) if m.starts_with("WRONGTYPE"))
 }
 
 /// Counts a corrupt entry, removes it, and asks for another look.

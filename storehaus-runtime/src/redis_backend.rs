@@ -90,6 +90,7 @@ pub(crate) struct RedisBackend {
     epoch: Instant,
     fill: Script,
     mget: Script,
+    fill_if_counter: Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -113,7 +114,12 @@ pub(crate) fn map_err(err: RedisError) -> CacheError {
     {
         CacheError::ConnectionError(err.to_string())
     } else {
-        CacheError::Command(err.to_string())
+        // Lead with the server's error code (`OOM`, `WRONGTYPE`, ...), which
+        // the read path matches on.
+        match err.code() {
+            Some(code) if !err.to_string().starts_with(code) => CacheError::Command(format!("{code}: {err}")),
+            _ => CacheError::Command(err.to_string()),
+        }
     }
 }
 
@@ -176,6 +182,7 @@ impl RedisBackend {
             epoch: Instant::now(),
             fill: Script::new(FILL_SCRIPT),
             mget: Script::new(MGET_SCRIPT),
+            fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
         })
     }
 
@@ -183,12 +190,8 @@ impl RedisBackend {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// A connection: round-robin over the slots, connecting lazily.
-    async fn conn(&self) -> CacheResult<(usize, MultiplexedConnection)> {
-        let (i, _, conn) = self.conn_with_generation().await?;
-        Ok((i, conn))
-    }
-
+    /// A connection (its slot, its generation): round-robin over the slots,
+    /// connecting lazily.
     async fn conn_with_generation(&self) -> CacheResult<(usize, u64, MultiplexedConnection)> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         if let Some((generation, c)) = self.slots[i].current() {
@@ -200,7 +203,9 @@ impl RedisBackend {
                 return Ok((i, generation, c));
             }
             match connecting.as_ref() {
-                Some(rx) if rx.borrow().is_none() => rx.clone(),
+                // Join the attempt in flight; a finished one (or one whose
+                // task died without an answer) is replaced by a new attempt.
+                Some(rx) if rx.borrow().is_none() && rx.has_changed().is_ok() => rx.clone(),
                 _ => {
                     let rx = self.spawn_connect(i);
                     *connecting = Some(rx.clone());
@@ -208,6 +213,12 @@ impl RedisBackend {
                 }
             }
         };
+        // While this slot connects in the background, borrow a connected
+        // neighbour: a caller never waits for a (re)connect while any
+        // connection is up.
+        if let Some(found) = self.any_connected(i) {
+            return Ok(found);
+        }
         // Only this wait is bounded by the caller's deadline; the connect
         // itself goes on for whoever comes next.
         let done = rx
@@ -221,6 +232,16 @@ impl RedisBackend {
         }
     }
 
+    /// The first connected slot after `i`, if any.
+    fn any_connected(&self, i: usize) -> Option<(usize, u64, MultiplexedConnection)> {
+        let n = self.slots.len();
+        (1..n).map(|k| (i + k) % n).find_map(|j| {
+            self.slots[j]
+                .current()
+                .map(|(generation, c)| (j, generation, c))
+        })
+    }
+
     /// Connects slot `i` in a task of its own and publishes the outcome.
     fn spawn_connect(&self, i: usize) -> watch::Receiver<Connected> {
         let (tx, rx) = watch::channel(None);
@@ -228,6 +249,7 @@ impl RedisBackend {
         let config = self.connection_config.clone();
         let slots = self.slots.clone();
         let epoch = self.epoch;
+        let this_attempt = rx.clone();
         tokio::spawn(async move {
             tracing::debug!(slot = i, "connecting to redis");
             let outcome = match client.get_multiplexed_async_connection_with_config(&config).await {
@@ -244,14 +266,14 @@ impl RedisBackend {
                 Err(e) => Err(map_err(e)),
             };
             let _ = tx.send(Some(outcome));
+            // Waiters hold their own receivers; the slot forgets this attempt
+            // (and the connection it carries) unless a newer one replaced it.
+            let mut connecting = slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if connecting.as_ref().is_some_and(|r| r.same_channel(&this_attempt)) {
+                *connecting = None;
+            }
         });
         rx
-    }
-
-    fn reset(&self, slot: usize) {
-        if let Ok(mut g) = self.slots[slot].conn.write() {
-            *g = None;
-        }
     }
 
     /// Drops the connection of `slot` if it is still the one of `generation`
@@ -459,20 +481,10 @@ impl RedisBackend {
         counter: &str,
         expected: u64,
     ) -> CacheResult<bool> {
-        let script = Script::new(FILL_IF_COUNTER_SCRIPT);
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.fill_if_counter.prepare_invoke();
         inv.key(key).key(counter).arg(value).arg(ttl_ms).arg(expected);
-        let (slot, mut conn) = self.conn().await?;
-        match inv.invoke_async::<u64>(&mut conn).await {
-            Ok(n) => Ok(n == 1),
-            Err(e) => {
-                let e = map_err(e);
-                if matches!(e, CacheError::ConnectionError(_)) {
-                    self.reset(slot);
-                }
-                Err(e)
-            }
-        }
+        let filled: u64 = self.run(inv).await?;
+        Ok(filled == 1)
     }
 
     /// SADD each set's members, in one round trip.
