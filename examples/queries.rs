@@ -25,7 +25,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base: i64 = rand_base();
     for (i, (name, price)) in [("pen", 150), ("notebook", 450), ("bag", 2900)].into_iter().enumerate() {
         store
-            .create(Product { id: base + i as i64, name: name.into(), price_cents: price }, None)
+            .create(
+                Product {
+                    id: base + i as i64,
+                    name: name.into(),
+                    price_cents: price,
+                },
+                None,
+            )
             .await?;
     }
 
@@ -36,20 +43,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .order_by(c.price_cents, Order::Asc)
     };
     let first = store.find(cheap()).await?;
-    println!("find      {:?} (database, then cached)", first.iter().map(|p| &p.name).collect::<Vec<_>>());
+    println!(
+        "find      {:?} (database, then cached)",
+        first.iter().map(|p| &p.name).collect::<Vec<_>>()
+    );
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let again = store.find(cheap()).await?;
-    println!("find      {:?} (cache)", again.iter().map(|p| &p.name).collect::<Vec<_>>());
+    println!(
+        "find      {:?} (cache)",
+        again.iter().map(|p| &p.name).collect::<Vec<_>>()
+    );
 
     store
-        .update(&base, Product { id: base, name: "pen".into(), price_cents: 1200 }, None)
+        .update(
+            &base,
+            Product {
+                id: base,
+                name: "pen".into(),
+                price_cents: 1200,
+            },
+            None,
+        )
         .await?;
     let after = store.find(cheap()).await?;
     println!(
         "update    every cached query of the store is stale now (one INCR): {:?}",
         after.iter().map(|p| &p.name).collect::<Vec<_>>()
     );
-    println!("count     {} products of this run", store.count(Query::new().filter(c.id.ge(base))).await?);
+    println!(
+        "count     {} products of this run",
+        store.count(Query::new().filter(c.id.ge(base))).await?
+    );
     let stats = cache_manager.get_stats().await?;
     println!("stats     hits={} misses={}", stats.hits, stats.misses);
 

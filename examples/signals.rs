@@ -29,7 +29,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::spawn(async move {
         let mut seen = 0;
         while let Ok(event) = events.recv().await {
-            println!("event     {:?} {} ids={:?} tags={:?}", event.op, event.table, event.ids, event.tags);
+            println!(
+                "event     {:?} {} ids={:?} tags={:?}",
+                event.op, event.table, event.ids, event.tags
+            );
             seen += 1;
             if seen == 3 {
                 break;
@@ -38,11 +41,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let store = GenericStore::<Session>::new(db_pool, Some(signals), Some(CacheParams::new(cache_manager)));
-    let session = Session { id: Uuid::new_v4(), user_id: 7, data: "{}".into() };
+    let session = Session {
+        id: Uuid::new_v4(),
+        user_id: 7,
+        data: "{}".into(),
+    };
     let id = session.id;
     store.create(session.clone(), Some(vec!["login".into()])).await?;
     store
-        .update(&id, Session { data: "{\"theme\":\"dark\"}".into(), ..session }, None)
+        .update(
+            &id,
+            Session {
+                data: "{\"theme\":\"dark\"}".into(),
+                ..session
+            },
+            None,
+        )
         .await?;
     store.delete(&id).await?;
     listener.await?;

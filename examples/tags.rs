@@ -24,7 +24,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ids = Vec::new();
     for plan in ["premium", "premium", "free"] {
         let tags = (plan == "premium").then(|| vec!["plan:premium".to_string()]);
-        let account = store.create(Account { id: Uuid::new_v4(), plan: plan.into() }, tags).await?;
+        let account = store
+            .create(
+                Account {
+                    id: Uuid::new_v4(),
+                    plan: plan.into(),
+                },
+                tags,
+            )
+            .await?;
         ids.push(account.id);
     }
     for id in &ids {

@@ -42,7 +42,8 @@ async fn counters_db(rows: i32) -> Db {
 
 async fn herd_db() -> Db {
     let db = Db::with_max_connections(10).await;
-    db.exec("CREATE TABLE herd_rows (id bigint PRIMARY KEY, body text NOT NULL)").await;
+    db.exec("CREATE TABLE herd_rows (id bigint PRIMARY KEY, body text NOT NULL)")
+        .await;
     db.exec("CREATE TABLE herd_loads (n bigint NOT NULL)").await;
     db.exec("INSERT INTO herd_loads VALUES (0)").await;
     db.exec("INSERT INTO herd_rows VALUES (1, 'one')").await;
@@ -107,7 +108,12 @@ async fn guarded_fill_never_puts_an_old_row_back() {
         .await
         .unwrap();
     let _: () = redis::cmd("DEL").arg(&naive_key).query_async(&mut redis).await.unwrap();
-    let _: () = redis::cmd("SET").arg(&naive_key).arg(v1).query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&naive_key)
+        .arg(v1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let cached: i64 = redis::cmd("GET").arg(&naive_key).query_async(&mut redis).await.unwrap();
     assert_eq!(cached, 2, "plain cache-aside serves the old row after the write");
     clear_prefix(&manager).await;
@@ -161,7 +167,10 @@ async fn a_thousand_concurrent_cold_reads_cause_one_database_query() {
     assert_eq!(herd_loads(&db).await, 1, "one database query for 1000 cold reads");
     let stats = manager.get_stats().await.unwrap();
     assert_eq!(stats.misses, 1, "{stats:?}");
-    assert_eq!(stats.hits, 999, "every other read was answered without the database: {stats:?}");
+    assert_eq!(
+        stats.hits, 999,
+        "every other read was answered without the database: {stats:?}"
+    );
     assert!(stats.coalesced > 0, "{stats:?}");
     clear_prefix(&manager).await;
     db.cleanup().await;
@@ -220,16 +229,30 @@ async fn transaction_invalidates_after_commit_and_never_on_rollback() {
         .await
         .unwrap();
     assert!(tx.delete(&2).await.unwrap());
-    assert_eq!(tx.get_by_id(&1).await.unwrap().unwrap().version, 10, "sees its own write");
-    assert!(raw_get(&mut redis, &store.cache_key(&1)).await.is_some(), "nothing invalidated before commit");
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1, "others see the committed row");
+    assert_eq!(
+        tx.get_by_id(&1).await.unwrap().unwrap().version,
+        10,
+        "sees its own write"
+    );
+    assert!(
+        raw_get(&mut redis, &store.cache_key(&1)).await.is_some(),
+        "nothing invalidated before commit"
+    );
+    assert_eq!(
+        store.get_by_id(&1).await.unwrap().unwrap().version,
+        1,
+        "others see the committed row"
+    );
     tx.commit().await.unwrap();
     assert_eq!(raw_get(&mut redis, &store.cache_key(&1)).await, None);
     assert_eq!(raw_get(&mut redis, &store.cache_key(&2)).await, None);
     assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 10);
     assert_eq!(store.get_by_id(&2).await.unwrap(), None);
     let first = events.try_recv().unwrap();
-    assert_eq!((first.op, first.ids.clone(), first.tags.clone()), (ChangeOp::Update, vec!["1".to_string()], vec!["t".to_string()]));
+    assert_eq!(
+        (first.op, first.ids.clone(), first.tags.clone()),
+        (ChangeOp::Update, vec!["1".to_string()], vec!["t".to_string()])
+    );
     assert_eq!(events.try_recv().unwrap().op, ChangeOp::Delete);
 
     // Rollback and drop: the database and the cache are untouched.
@@ -255,7 +278,9 @@ async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume()
     let dir_s = dir.to_string_lossy().to_string();
     let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
     let db = counters_db(1).await;
-    let manager = manager_on(&server.url(), |c| c.with_timeout(300).with_retry_delay(5).with_circuit_breaker(100, 50));
+    let manager = manager_on(&server.url(), |c| {
+        c.with_timeout(300).with_retry_delay(5).with_circuit_breaker(100, 50)
+    });
     let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
     let key = store.cache_key(&1);
 
@@ -269,13 +294,24 @@ async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume()
     server.kill();
     store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
     assert!(manager.get_stats().await.unwrap().pending_invalidations >= 1);
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2, "bypasses the cache meanwhile");
+    assert_eq!(
+        store.get_by_id(&1).await.unwrap().unwrap().version,
+        2,
+        "bypasses the cache meanwhile"
+    );
 
     // Redis comes back with the old dataset, v1 included.
     server.restart().await;
     let mut redis = raw_redis(&server.url()).await;
-    assert!(raw_get(&mut redis, &key).await.is_some(), "the stale entry is back on the server");
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2, "never the old row");
+    assert!(
+        raw_get(&mut redis, &key).await.is_some(),
+        "the stale entry is back on the server"
+    );
+    assert_eq!(
+        store.get_by_id(&1).await.unwrap().unwrap().version,
+        2,
+        "never the old row"
+    );
     assert_eq!(manager.get_stats().await.unwrap().pending_invalidations, 0);
     wait_for_value(&mut redis, &key).await;
     assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
@@ -463,7 +499,11 @@ async fn torture_no_stale_reads_while_plain_cache_aside_has_them() {
     assert!(naive.stale > 0, "the workload is known to expose the stale-set race");
     let mut conn = raw_redis(&redis_url()).await;
     for r in 1..=workload.rows {
-        let _: () = redis::cmd("DEL").arg(format!("{prefix}:{r}")).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{prefix}:{r}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
     db.cleanup().await;
 }

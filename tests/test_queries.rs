@@ -59,20 +59,65 @@ async fn filters_ordering_and_paging_return_the_right_rows() {
     let by_id = |q: Query<Item>| q.order_by(Item::columns().id, Order::Asc);
 
     assert_eq!(ids(store.find(by_id(Query::new())).await.unwrap()), vec![1, 2, 3, 4]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.eq(12)))).await.unwrap()), vec![2, 4]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.ne(12)))).await.unwrap()), vec![1, 3]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.lt(12)))).await.unwrap()), vec![1]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.le(12)))).await.unwrap()), vec![1, 2, 4]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.gt(12)))).await.unwrap()), vec![3]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.price.ge(12)))).await.unwrap()), vec![2, 3, 4]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.id.is_in([3i64, 1])))).await.unwrap()), vec![1, 3]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.name.like("ap%")))).await.unwrap()), vec![1, 4]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.note.is_null()))).await.unwrap()), vec![1, 3]);
-    assert_eq!(ids(store.find(by_id(Query::new().filter(c.note.is_not_null()))).await.unwrap()), vec![2, 4]);
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.eq(12)))).await.unwrap()),
+        vec![2, 4]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.ne(12)))).await.unwrap()),
+        vec![1, 3]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.lt(12)))).await.unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.le(12)))).await.unwrap()),
+        vec![1, 2, 4]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.gt(12)))).await.unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.price.ge(12)))).await.unwrap()),
+        vec![2, 3, 4]
+    );
+    assert_eq!(
+        ids(store
+            .find(by_id(Query::new().filter(c.id.is_in([3i64, 1]))))
+            .await
+            .unwrap()),
+        vec![1, 3]
+    );
+    assert_eq!(
+        ids(store
+            .find(by_id(Query::new().filter(c.name.like("ap%"))))
+            .await
+            .unwrap()),
+        vec![1, 4]
+    );
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(c.note.is_null()))).await.unwrap()),
+        vec![1, 3]
+    );
+    assert_eq!(
+        ids(store
+            .find(by_id(Query::new().filter(c.note.is_not_null())))
+            .await
+            .unwrap()),
+        vec![2, 4]
+    );
     let either = c.price.eq(5).or(c.name.eq("cherry"));
-    assert_eq!(ids(store.find(by_id(Query::new().filter(either))).await.unwrap()), vec![1, 3]);
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(either))).await.unwrap()),
+        vec![1, 3]
+    );
     let both = c.price.eq(12).and(c.note.eq(Some("dry".to_string())));
-    assert_eq!(ids(store.find(by_id(Query::new().filter(both))).await.unwrap()), vec![4]);
+    assert_eq!(
+        ids(store.find(by_id(Query::new().filter(both))).await.unwrap()),
+        vec![4]
+    );
     let page = Query::new()
         .order_by(c.price, Order::Desc)
         .order_by(c.id, Order::Asc)
@@ -80,10 +125,16 @@ async fn filters_ordering_and_paging_return_the_right_rows() {
         .offset(1);
     assert_eq!(ids(store.find(page).await.unwrap()), vec![2, 4]);
     assert_eq!(
-        store.find_one(Query::new().order_by(c.price, Order::Desc)).await.unwrap(),
+        store
+            .find_one(Query::new().order_by(c.price, Order::Desc))
+            .await
+            .unwrap(),
         Some(rows[2].clone())
     );
-    assert_eq!(store.find_one(Query::new().filter(c.price.gt(1000))).await.unwrap(), None);
+    assert_eq!(
+        store.find_one(Query::new().filter(c.price.gt(1000))).await.unwrap(),
+        None
+    );
     assert_eq!(store.count(Query::new().filter(c.price.eq(12))).await.unwrap(), 2);
     assert_eq!(store.count(Query::new()).await.unwrap(), 4);
 
@@ -110,9 +161,15 @@ async fn query_hit_is_served_from_cache_and_any_write_invalidates_it() {
 
     let first = store.find(cheap()).await.unwrap();
     assert_eq!(first.len(), 3);
-    eventually("the result was cached", || async { manager.get_stats().await.unwrap().fills == 1 }).await;
+    eventually("the result was cached", || async {
+        manager.get_stats().await.unwrap().fills == 1
+    })
+    .await;
     // Change rows behind the cache's back: the cached result is served.
-    sqlx::query("UPDATE items SET price = 1000").execute(&db.pool).await.unwrap();
+    sqlx::query("UPDATE items SET price = 1000")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(store.find(cheap()).await.unwrap(), first);
     assert_eq!(manager.get_stats().await.unwrap().hits, 1);
 
@@ -123,7 +180,10 @@ async fn query_hit_is_served_from_cache_and_any_write_invalidates_it() {
     // So does invalidate_queries.
     let all = store.find(Query::new()).await.unwrap();
     eventually("cached", || async { manager.get_stats().await.unwrap().fills == 2 }).await;
-    sqlx::query("DELETE FROM items WHERE id = 1").execute(&db.pool).await.unwrap();
+    sqlx::query("DELETE FROM items WHERE id = 1")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(store.find(Query::new()).await.unwrap(), all, "still cached");
     manager.invalidate_queries("items").await.unwrap();
     assert_eq!(store.find(Query::new()).await.unwrap().len(), 3);
@@ -180,9 +240,15 @@ async fn invalidate_queries_is_one_command_however_many_results_are_cached() {
     let store = GenericStore::<Item>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
     seeded(&store).await;
     for p in 0..50 {
-        store.find(Query::new().filter(Item::columns().price.ge(p))).await.unwrap();
+        store
+            .find(Query::new().filter(Item::columns().price.ge(p)))
+            .await
+            .unwrap();
     }
-    eventually("50 results cached", || async { manager.get_stats().await.unwrap().fills == 50 }).await;
+    eventually("50 results cached", || async {
+        manager.get_stats().await.unwrap().fills == 50
+    })
+    .await;
 
     let mut redis = raw_redis(&server.url()).await;
     let total = |info: String| -> u64 {
@@ -195,7 +261,11 @@ async fn invalidate_queries_is_one_command_however_many_results_are_cached() {
     manager.invalidate_queries("items").await.unwrap();
     let after: String = redis::cmd("INFO").arg("stats").query_async(&mut redis).await.unwrap();
     assert_eq!(total(after) - total(before), 2, "the INFO call itself and one INCR");
-    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     assert!(!stats.contains("cmdstat_keys"), "no KEYS");
     assert!(!stats.contains("cmdstat_scan"), "no SCAN");
     db.cleanup().await;
@@ -208,10 +278,19 @@ async fn every_committed_write_publishes_exactly_one_event() {
     let mut rx = signals.subscribe();
     let store = GenericStore::<Item>::new(db.pool.clone(), Some(signals.clone()), None);
 
-    store.create(item(1, "a", 1, None), Some(vec!["new".into(), "vip".into()])).await.unwrap();
+    store
+        .create(item(1, "a", 1, None), Some(vec!["new".into(), "vip".into()]))
+        .await
+        .unwrap();
     store.create(item(2, "b", 2, None), None).await.unwrap();
-    store.update(&1, item(1, "a2", 1, None), Some(vec!["edited".into()])).await.unwrap();
-    store.update_many(vec![(1, item(1, "a3", 1, None)), (2, item(2, "b3", 2, None))]).await.unwrap();
+    store
+        .update(&1, item(1, "a2", 1, None), Some(vec!["edited".into()]))
+        .await
+        .unwrap();
+    store
+        .update_many(vec![(1, item(1, "a3", 1, None)), (2, item(2, "b3", 2, None))])
+        .await
+        .unwrap();
     store.delete(&1).await.unwrap();
     store.delete_many(&[2, 3]).await.unwrap();
     // A failed write publishes nothing.
@@ -246,7 +325,11 @@ async fn a_slow_subscriber_lags_without_blocking_writers() {
         store.create(item(id, "x", 0, None), None).await.unwrap();
     }
     assert!(matches!(slow.recv().await, Err(RecvError::Lagged(6))));
-    assert_eq!(slow.recv().await.unwrap().ids, vec!["6"], "then the oldest event still held");
+    assert_eq!(
+        slow.recv().await.unwrap().ids,
+        vec!["6"],
+        "then the oldest event still held"
+    );
     db.cleanup().await;
 }
 
@@ -255,10 +338,16 @@ async fn invalidate_tag_removes_only_the_tagged_entries() {
     let db = items_db().await;
     let manager = manager();
     let store = GenericStore::<Item>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
-    store.create(item(1, "a", 1, None), Some(vec!["vip".into()])).await.unwrap();
+    store
+        .create(item(1, "a", 1, None), Some(vec!["vip".into()]))
+        .await
+        .unwrap();
     store.create(item(2, "b", 2, None), None).await.unwrap();
     store.create(item(3, "c", 3, None), None).await.unwrap();
-    store.update(&3, item(3, "c", 4, None), Some(vec!["vip".into(), "*".into()])).await.unwrap();
+    store
+        .update(&3, item(3, "c", 4, None), Some(vec!["vip".into(), "*".into()]))
+        .await
+        .unwrap();
     let mut redis = raw_redis(&redis_url()).await;
     for id in 1..=3 {
         store.get_by_id(&id).await.unwrap();
@@ -268,7 +357,10 @@ async fn invalidate_tag_removes_only_the_tagged_entries() {
     assert_eq!(manager.invalidate_tag("vip").await.unwrap(), 2);
     assert_eq!(raw_get(&mut redis, &store.cache_key(&1)).await, None);
     assert_eq!(raw_get(&mut redis, &store.cache_key(&3)).await, None);
-    assert!(raw_get(&mut redis, &store.cache_key(&2)).await.is_some(), "untagged entry stays");
+    assert!(
+        raw_get(&mut redis, &store.cache_key(&2)).await.is_some(),
+        "untagged entry stays"
+    );
     assert_eq!(manager.invalidate_tag("vip").await.unwrap(), 0, "the tag's set is gone");
     // A tag is a name, never a pattern: "*" only reaches its own set.
     store.get_by_id(&2).await.unwrap();

@@ -26,12 +26,16 @@ pub async fn open(global_prefix: &str, create_table: &str) -> Result<Backends, B
         Ok(url) if url.starts_with("sqlite:") => {
             let pool = sqlx::SqlitePool::connect(&url).await?;
             // sqlx stores a uuid in SQLite as a 16-byte BLOB.
-            sqlx::query(&create_table.replace("{uuid}", "blob")).execute(&pool).await?;
+            sqlx::query(&create_table.replace("{uuid}", "blob"))
+                .execute(&pool)
+                .await?;
             (pool.into(), "SQLite (DATABASE_URL)")
         }
         Ok(url) => {
             let pool = sqlx::PgPool::connect(&url).await?;
-            sqlx::query(&create_table.replace("{uuid}", "uuid")).execute(&pool).await?;
+            sqlx::query(&create_table.replace("{uuid}", "uuid"))
+                .execute(&pool)
+                .await?;
             (pool.into(), "PostgreSQL (DATABASE_URL)")
         }
         Err(_) => {
@@ -43,7 +47,9 @@ pub async fn open(global_prefix: &str, create_table: &str) -> Result<Backends, B
                 .max_lifetime(None)
                 .connect("sqlite::memory:")
                 .await?;
-            sqlx::query(&create_table.replace("{uuid}", "blob")).execute(&pool).await?;
+            sqlx::query(&create_table.replace("{uuid}", "blob"))
+                .execute(&pool)
+                .await?;
             (pool.into(), "SQLite in memory (DATABASE_URL is not set)")
         }
     };

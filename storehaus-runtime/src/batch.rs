@@ -79,7 +79,9 @@ where
     let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
     let lease = new_lease();
     let granted = mgr
-        .guarded(deadline, "lease", || mgr.backend.lease_many(&missing_keys, &lease, mgr.lease_ms()))
+        .guarded(deadline, "lease", || {
+            mgr.backend.lease_many(&missing_keys, &lease, mgr.lease_ms())
+        })
         .await
         .unwrap_or_default();
 
@@ -110,7 +112,9 @@ where
             let value_refs: Vec<&[u8]> = fill_values.iter().map(Vec::as_slice).collect();
             let ttl_ms = ttl_secs.saturating_mul(1000);
             if let Ok(filled) = mgr
-                .guarded(deadline, "fill", || mgr.backend.fill(&key_refs, &value_refs, &lease, ttl_ms))
+                .guarded(deadline, "fill", || {
+                    mgr.backend.fill(&key_refs, &value_refs, &lease, ttl_ms)
+                })
                 .await
             {
                 Counters::add(&mgr.counters.fills, filled);

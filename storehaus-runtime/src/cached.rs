@@ -97,7 +97,15 @@ impl<T> CacheId for T where
 /// sqlx's `FromRow` for every enabled database, and the auto traits that let a
 /// record cross tasks.
 pub trait Cached:
-    Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static + for<'r> sqlx::FromRow<'r, PgRow> + crate::dialect::SqliteRecord
+    Serialize
+    + DeserializeOwned
+    + Clone
+    + Send
+    + Sync
+    + Unpin
+    + 'static
+    + for<'r> sqlx::FromRow<'r, PgRow>
+    + crate::dialect::SqliteRecord
 {
     /// The primary key type.
     type Id: CacheId;

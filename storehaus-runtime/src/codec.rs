@@ -85,7 +85,8 @@ pub fn decode<T: DeserializeOwned>(expected_fingerprint: u64, bytes: &[u8]) -> R
         return Err(ser_err(format!("envelope version {version}, expected {VERSION}")));
     }
     let fingerprint: u64 = rmp::decode::read_int(&mut rd).map_err(|e| ser_err(format!("bad fingerprint: {e}")))?;
-    if fingerprint != expected_fingerprint && fingerprint != ANY_FINGERPRINT && expected_fingerprint != ANY_FINGERPRINT {
+    if fingerprint != expected_fingerprint && fingerprint != ANY_FINGERPRINT && expected_fingerprint != ANY_FINGERPRINT
+    {
         return Err(ser_err(format!(
             "schema fingerprint {fingerprint:#x} does not match {expected_fingerprint:#x} (written by another version of the struct)"
         )));
@@ -113,7 +114,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let row = Row { id: 7, name: "ann".into() };
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
         let bytes = encode(42, Some(&row)).unwrap();
         assert_eq!(bytes[0], 0x93);
         assert_eq!(decode::<Row>(42, &bytes).unwrap(), Entry::Record(row));
@@ -123,7 +127,10 @@ mod tests {
 
     #[test]
     fn garbage_and_mismatches_are_errors() {
-        let row = Row { id: 7, name: "ann".into() };
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
         let bytes = encode(42, Some(&row)).unwrap();
         assert!(decode::<Row>(43, &bytes).is_err());
         assert!(decode::<Row>(42, &bytes[..bytes.len() - 2]).is_err());

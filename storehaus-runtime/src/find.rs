@@ -84,7 +84,15 @@ impl<T: Cached> GenericStore<T> {
         };
         let mut key = key::query_namespace(cache.manager.global_prefix(), &cache.prefix);
         key.push_str(&rendered.hash());
-        read_query(&cache.manager, key, &cache.generation_key, T::FINGERPRINT, cache.ttl, load).await
+        read_query(
+            &cache.manager,
+            key,
+            &cache.generation_key,
+            T::FINGERPRINT,
+            cache.ttl,
+            load,
+        )
+        .await
     }
 
     async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
@@ -163,7 +171,9 @@ where
         // so that entries written under a lost counter can never match again.
         let start = rand::random::<u32>() as u64 + 1;
         let _ = mgr
-            .guarded(deadline, "query_generation", || mgr.backend.init_counter(&generation_key, start))
+            .guarded(deadline, "query_generation", || {
+                mgr.backend.init_counter(&generation_key, start)
+            })
             .await;
         Counters::bump(&mgr.counters.misses);
         return load().await;
@@ -191,7 +201,8 @@ where
                 let ttl_ms = ttl_secs.saturating_mul(1000);
                 let filled = mgr
                     .guarded(mgr.deadline(), "query_fill", || {
-                        mgr.backend.fill_if_counter(&key, &bytes, ttl_ms, &generation_key, generation)
+                        mgr.backend
+                            .fill_if_counter(&key, &bytes, ttl_ms, &generation_key, generation)
                     })
                     .await;
                 match filled {

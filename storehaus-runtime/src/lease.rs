@@ -65,7 +65,13 @@ enum Step<V> {
 
 /// Reads `key` through the cache: a hit is decoded and returned; a miss runs
 /// `load` (the database) and fills the cache behind a lease.
-pub(crate) async fn read_through<V, F, Fut>(mgr: &Arc<CacheManager>, key: String, fingerprint: u64, ttl_secs: u64, load: F) -> Result<Option<V>>
+pub(crate) async fn read_through<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    fingerprint: u64,
+    ttl_secs: u64,
+    load: F,
+) -> Result<Option<V>>
 where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -158,11 +164,19 @@ fn is_wrong_type(e: &CacheError) -> bool {
 }
 
 /// Counts a corrupt entry, removes it, and asks for another look.
-async fn discard_corrupt<V>(mgr: &CacheManager, key: &str, err: &CacheError, deadline: tokio::time::Instant) -> Step<V> {
+async fn discard_corrupt<V>(
+    mgr: &CacheManager,
+    key: &str,
+    err: &CacheError,
+    deadline: tokio::time::Instant,
+) -> Step<V> {
     Counters::bump(&mgr.counters.serialization_errors);
     mgr.warn("decode", err);
     let keys = [key.to_string()];
-    match mgr.guarded(deadline, "discard", || mgr.backend.invalidate(&keys, &[])).await {
+    match mgr
+        .guarded(deadline, "discard", || mgr.backend.invalidate(&keys, &[]))
+        .await
+    {
         Ok(_) => Step::Retry,
         Err(_) => Step::Bypass,
     }
@@ -170,7 +184,12 @@ async fn discard_corrupt<V>(mgr: &CacheManager, key: &str, err: &CacheError, dea
 
 /// Polls `key` until another process's fill lands, its lease disappears, or
 /// the lease wait (bounded by the budget) runs out.
-async fn wait_for_fill<V: DeserializeOwned>(mgr: &CacheManager, key: &str, fingerprint: u64, deadline: tokio::time::Instant) -> Option<Option<V>> {
+async fn wait_for_fill<V: DeserializeOwned>(
+    mgr: &CacheManager,
+    key: &str,
+    fingerprint: u64,
+    deadline: tokio::time::Instant,
+) -> Option<Option<V>> {
     let until = (tokio::time::Instant::now() + mgr.lease_wait()).min(deadline);
     let mut pause = Duration::from_millis(1);
     loop {
@@ -195,7 +214,15 @@ async fn wait_for_fill<V: DeserializeOwned>(mgr: &CacheManager, key: &str, finge
 
 /// Encodes the loaded value now and writes it in the background, keeping the
 /// load joinable until the fill has landed.
-fn spawn_fill<V: Serialize>(mgr: Arc<CacheManager>, key: String, lease: [u8; 17], fingerprint: u64, ttl_secs: u64, value: Option<&V>, lead: Lead) {
+fn spawn_fill<V: Serialize>(
+    mgr: Arc<CacheManager>,
+    key: String,
+    lease: [u8; 17],
+    fingerprint: u64,
+    ttl_secs: u64,
+    value: Option<&V>,
+    lead: Lead,
+) {
     let bytes = match codec::encode(fingerprint, value) {
         Ok(b) => b,
         Err(e) => {

@@ -40,9 +40,9 @@ pub use cached::SqliteQuery;
 pub use cached::{CacheId, Cached, PgQuery, Statements};
 pub use config::CacheConfig;
 pub use dialect::*;
+pub use error::{CacheError, CacheResult, Result, StorehausError};
 #[doc(hidden)]
 pub use hooks::{FillPause, TestHooks};
-pub use error::{CacheError, CacheResult, Result, StorehausError};
 pub use manager::{CacheManager, MAX_TTL_SECS};
 pub use pool::DbPool;
 pub use query::{Column, Filter, Order, Query, SqlValue};

@@ -151,7 +151,13 @@ impl CacheManager {
     /// 1..=31 536 000; [`CacheError::SerializationError`] when the value
     /// cannot be encoded; connection errors and timeouts as they happen.
     #[tracing::instrument(skip(self, value))]
-    pub async fn set_record<T: Serialize + ?Sized>(&self, prefix: &str, id: &str, value: &T, ttl: u64) -> CacheResult<()> {
+    pub async fn set_record<T: Serialize + ?Sized>(
+        &self,
+        prefix: &str,
+        id: &str,
+        value: &T,
+        ttl: u64,
+    ) -> CacheResult<()> {
         let key = self.manual_key(prefix, id)?;
         if !(1..=MAX_TTL_SECS).contains(&ttl) {
             return Err(CacheError::InvalidInput(format!(
@@ -172,7 +178,9 @@ impl CacheManager {
     #[tracing::instrument(skip(self))]
     pub async fn get_record<T: DeserializeOwned>(&self, prefix: &str, id: &str) -> CacheResult<Option<T>> {
         let key = self.manual_key(prefix, id)?;
-        let found = self.guarded(self.deadline(), "get_record", || self.backend.get(&key)).await;
+        let found = self
+            .guarded(self.deadline(), "get_record", || self.backend.get(&key))
+            .await;
         let bytes = match found {
             Ok(Some(bytes)) if !codec::is_lease(&bytes) => bytes,
             Ok(_) => {
@@ -320,7 +328,12 @@ impl CacheManager {
     /// Runs one cache primitive through the breaker, with retries of
     /// connection-level failures (jittered exponential backoff), all inside
     /// `deadline`. Counts and logs failures.
-    pub(crate) async fn guarded<R, F, Fut>(&self, deadline: tokio::time::Instant, op: &'static str, call: F) -> CacheResult<R>
+    pub(crate) async fn guarded<R, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        op: &'static str,
+        call: F,
+    ) -> CacheResult<R>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = CacheResult<R>>,
@@ -420,7 +433,9 @@ impl CacheManager {
             return true;
         }
         match self
-            .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&keys, &counters))
+            .guarded(deadline, "replay_invalidations", || {
+                self.backend.invalidate(&keys, &counters)
+            })
             .await
         {
             Ok(_) => {
@@ -436,7 +451,10 @@ impl CacheManager {
                     }
                 }
                 Counters::add(&self.counters.invalidations, keys.len() as u64);
-                tracing::info!(keys = keys.len(), "replayed invalidations that failed during a cache outage");
+                tracing::info!(
+                    keys = keys.len(),
+                    "replayed invalidations that failed during a cache outage"
+                );
                 true
             }
             Err(_) => false,

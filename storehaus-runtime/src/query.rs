@@ -365,7 +365,11 @@ impl Rendered {
             bytes.push(0);
             v.key_bytes(&mut bytes);
         }
-        format!("{:016x}{:016x}", fnv1a(&bytes, 0xcbf2_9ce4_8422_2325), fnv1a(&bytes, 0x6c62_272e_07bb_0142))
+        format!(
+            "{:016x}{:016x}",
+            fnv1a(&bytes, 0xcbf2_9ce4_8422_2325),
+            fnv1a(&bytes, 0x6c62_272e_07bb_0142)
+        )
     }
 }
 
@@ -500,7 +504,9 @@ impl<T: Cached> Query<T> {
         for (what, n) in [("limit", self.limit), ("offset", self.offset)] {
             if let Some(n) = n {
                 if n < 0 {
-                    return Err(StorehausError::InvalidQuery(format!("{what} must not be negative, got {n}")));
+                    return Err(StorehausError::InvalidQuery(format!(
+                        "{what} must not be negative, got {n}"
+                    )));
                 }
             }
         }

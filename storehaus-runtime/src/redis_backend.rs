@@ -235,11 +235,9 @@ impl RedisBackend {
     /// The first connected slot after `i`, if any.
     fn any_connected(&self, i: usize) -> Option<(usize, u64, MultiplexedConnection)> {
         let n = self.slots.len();
-        (1..n).map(|k| (i + k) % n).find_map(|j| {
-            self.slots[j]
-                .current()
-                .map(|(generation, c)| (j, generation, c))
-        })
+        (1..n)
+            .map(|k| (i + k) % n)
+            .find_map(|j| self.slots[j].current().map(|(generation, c)| (j, generation, c)))
     }
 
     /// Connects slot `i` in a task of its own and publishes the outcome.

@@ -188,7 +188,11 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
     /// for a prefix that is empty, starts with `__` or holds characters outside
     /// `[A-Za-z0-9_.-]`, or a TTL outside 1..=31 536 000.
-    pub fn try_new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Result<Self> {
+    pub fn try_new(
+        pool: impl Into<DbPool>,
+        signals: Option<Arc<SignalManager>>,
+        cache: Option<CacheParams>,
+    ) -> Result<Self> {
         if let Some(params) = &cache {
             if let Some(prefix) = &params.prefix {
                 key::validate_prefix("store prefix", prefix)?;
@@ -298,9 +302,14 @@ impl<T: Cached> GenericStore<T> {
             .iter()
             .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
             .collect();
-        crate::batch::read_many(&cache.manager, &keys, ids, T::FINGERPRINT, cache.ttl, |missing| async move {
-            self.load_many(&missing).await
-        })
+        crate::batch::read_many(
+            &cache.manager,
+            &keys,
+            ids,
+            T::FINGERPRINT,
+            cache.ttl,
+            |missing| async move { self.load_many(&missing).await },
+        )
         .await
     }
 
@@ -344,7 +353,8 @@ impl<T: Cached> GenericStore<T> {
         check_id::<T>(id, &record)?;
         let updated: Option<T> = with_db!(&self.pool, |p, sql, bind| update_row!(p, sql, bind, id, &record));
         let updated = updated.ok_or_else(|| not_found::<T>(id))?;
-        self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags).await;
+        self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags)
+            .await;
         Ok(updated)
     }
 
@@ -391,7 +401,8 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&self, id: &T::Id) -> Result<bool> {
         let affected = with_db!(&self.pool, |p, sql, _bind| delete_row!(p, sql, id));
-        self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None).await;
+        self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None)
+            .await;
         Ok(affected > 0)
     }
 
@@ -406,7 +417,11 @@ impl<T: Cached> GenericStore<T> {
             return Ok(0);
         }
         let affected = match &self.pool {
-            DbPool::Postgres(p) => sqlx::query(T::PG.delete_many).bind(ids).execute(p).await?.rows_affected(),
+            DbPool::Postgres(p) => sqlx::query(T::PG.delete_many)
+                .bind(ids)
+                .execute(p)
+                .await?
+                .rows_affected(),
             #[cfg(feature = "sqlite")]
             DbPool::Sqlite(p) => {
                 let mut tx = p.begin().await?;

@@ -108,7 +108,9 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// [`GenericStore::update`]. The transaction stays usable.
     pub async fn update(&mut self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
-        let updated: Option<T> = with_tx!(&mut self.tx, |c, sql, bind| update_row!(&mut **c, sql, bind, id, &record));
+        let updated: Option<T> = with_tx!(&mut self.tx, |c, sql, bind| update_row!(
+            &mut **c, sql, bind, id, &record
+        ));
         let updated = updated.ok_or_else(|| not_found::<T>(id))?;
         self.changes.push(Change {
             op: ChangeOp::Update,

@@ -920,7 +920,16 @@ pub async fn query_results_are_cached_and_every_write_invalidates_them(stack: St
     execute!(env, "UPDATE note SET body = 'zzz'");
     assert_eq!(store.find(al()).await.unwrap(), first);
     // Any committed store write makes the next find go to the database.
-    store.create(Note { id: 4, body: "alto".into() }, None).await.unwrap();
+    store
+        .create(
+            Note {
+                id: 4,
+                body: "alto".into(),
+            },
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(ids(store.find(al()).await.unwrap()), vec![4]);
     assert_eq!(store.count(Query::new()).await.unwrap(), 4);
 
@@ -930,7 +939,10 @@ pub async fn query_results_are_cached_and_every_write_invalidates_them(stack: St
     execute!(env, "DELETE FROM note WHERE id = 4");
     assert_eq!(store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap(), all);
     env.manager.invalidate_queries("note").await.unwrap();
-    assert_eq!(ids(store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap()), vec![1, 2, 3]);
+    assert_eq!(
+        ids(store.find(Query::new().order_by(c.id, Order::Asc)).await.unwrap()),
+        vec![1, 2, 3]
+    );
     env.teardown().await;
 }
 
@@ -948,7 +960,11 @@ pub async fn invalidate_tag_removes_only_tagged_entries(stack: Stack) {
     assert_eq!(env.manager.invalidate_tag("vip").await.unwrap(), 2);
     assert_eq!(cached_user(&env, "users", &a.id).await, None);
     assert_eq!(cached_user(&env, "users", &c.id).await, None);
-    assert_eq!(cached_user(&env, "users", &b.id).await, Some(b.clone()), "untagged entry stays");
+    assert_eq!(
+        cached_user(&env, "users", &b.id).await,
+        Some(b.clone()),
+        "untagged entry stays"
+    );
     env.teardown().await;
 }
 
@@ -959,18 +975,33 @@ pub async fn transaction_invalidates_after_commit_and_never_on_rollback(stack: S
     store.get_by_id(&a.id).await.unwrap();
     env.wait_for_fills(1).await;
 
-    let a2 = User { name: "tx_a2".into(), ..a.clone() };
+    let a2 = User {
+        name: "tx_a2".into(),
+        ..a.clone()
+    };
     let mut tx = store.begin().await.unwrap();
     tx.update(&a.id, a2.clone(), None).await.unwrap();
-    assert_eq!(cached_user(&env, "users", &a.id).await, Some(a.clone()), "untouched before commit");
+    assert_eq!(
+        cached_user(&env, "users", &a.id).await,
+        Some(a.clone()),
+        "untouched before commit"
+    );
     tx.rollback().await.unwrap();
-    assert_eq!(cached_user(&env, "users", &a.id).await, Some(a.clone()), "untouched after rollback");
+    assert_eq!(
+        cached_user(&env, "users", &a.id).await,
+        Some(a.clone()),
+        "untouched after rollback"
+    );
     assert_eq!(store.get_by_id(&a.id).await.unwrap(), Some(a.clone()));
 
     let mut tx = store.begin().await.unwrap();
     tx.update(&a.id, a2.clone(), None).await.unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(cached_user(&env, "users", &a.id).await, None, "invalidated after commit");
+    assert_eq!(
+        cached_user(&env, "users", &a.id).await,
+        None,
+        "invalidated after commit"
+    );
     assert_eq!(store.get_by_id(&a.id).await.unwrap(), Some(a2));
     env.teardown().await;
 }

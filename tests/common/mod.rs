@@ -57,7 +57,10 @@ impl Db {
     }
 
     pub async fn exec(&self, sql: &str) {
-        sqlx::query(sql).execute(&self.pool).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::query(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 
     pub async fn cleanup(self) {
@@ -123,7 +126,10 @@ pub async fn wait_for_value(conn: &mut redis::aio::MultiplexedConnection, key: &
                 return v;
             }
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "no value appeared under {key}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no value appeared under {key}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
