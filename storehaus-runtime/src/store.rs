@@ -78,23 +78,30 @@ pub struct GenericStore<T: Cached> {
     _marker: std::marker::PhantomData<fn() -> T>,
 }
 
-/// Runs `$body` with the pool, the dialect's statements and the dialect's
-/// value binder, for whichever database the store holds.
-macro_rules! with_db {
-    ($pool:expr, |$p:ident, $sql:ident, $bind:ident| $body:expr) => {
-        match $pool {
-            DbPool::Postgres($p) => {
+/// Runs `$body` with the inner value of a per-database enum (`DbPool`, or a
+/// transaction's `DbTx`), the dialect's statements and its value binder.
+macro_rules! per_dialect {
+    ($value:expr, $enum:ident, |$x:ident, $sql:ident, $bind:ident| $body:expr) => {
+        match $value {
+            $enum::Postgres($x) => {
                 let $sql = &T::PG;
-                let $bind = <T as Cached>::bind_values;
+                let $bind = <T as $crate::Cached>::bind_values;
                 $body
             }
             #[cfg(feature = "sqlite")]
-            DbPool::Sqlite($p) => {
+            $enum::Sqlite($x) => {
                 let $sql = &T::SQLITE;
-                let $bind = <T as crate::dialect::BindSqlite>::bind_values_sqlite;
+                let $bind = <T as $crate::dialect::BindSqlite>::bind_values_sqlite;
                 $body
             }
         }
+    };
+}
+
+/// [`per_dialect!`] over the store's pool.
+macro_rules! with_db {
+    ($pool:expr, |$p:ident, $sql:ident, $bind:ident| $body:expr) => {
+        per_dialect!($pool, DbPool, |$p, $sql, $bind| $body)
     };
 }
 
@@ -136,7 +143,7 @@ macro_rules! select_row {
     };
 }
 
-pub(crate) use {delete_row, insert_row, select_row, update_row};
+pub(crate) use {delete_row, insert_row, per_dialect, select_row, update_row};
 
 pub(crate) fn from_row<T, R>(row: R) -> std::result::Result<T, sqlx::Error>
 where

@@ -3,7 +3,9 @@
 use crate::cached::Cached;
 use crate::error::Result;
 use crate::signals::ChangeOp;
-use crate::store::{check_id, delete_row, from_row, insert_row, not_found, select_row, update_row, Change};
+use crate::store::{
+    check_id, delete_row, from_row, insert_row, not_found, per_dialect, select_row, update_row, Change,
+};
 use crate::GenericStore;
 
 /// An open database transaction of one store.
@@ -14,23 +16,10 @@ enum DbTx {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
-/// Runs `$body` with the transaction's connection, the dialect's statements
-/// and value binder.
+/// [`per_dialect!`] over the transaction's connection.
 macro_rules! with_tx {
     ($tx:expr, |$c:ident, $sql:ident, $bind:ident| $body:expr) => {
-        match $tx {
-            DbTx::Postgres($c) => {
-                let $sql = &T::PG;
-                let $bind = <T as Cached>::bind_values;
-                $body
-            }
-            #[cfg(feature = "sqlite")]
-            DbTx::Sqlite($c) => {
-                let $sql = &T::SQLITE;
-                let $bind = <T as crate::dialect::BindSqlite>::bind_values_sqlite;
-                $body
-            }
-        }
+        per_dialect!($tx, DbTx, |$c, $sql, $bind| $body)
     };
 }
 
