@@ -78,12 +78,14 @@ where
     }
     let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
     let lease = new_lease();
-    let granted = mgr
+    let (granted, replaced) = mgr
         .guarded(deadline, "lease", || {
             mgr.backend.lease_many(&missing_keys, &lease, mgr.lease_ms())
         })
         .await
         .unwrap_or_default();
+    // Keys of another Redis type (MGET reads them as nil) were replaced.
+    Counters::add(&mgr.counters.serialization_errors, replaced);
 
     let mut rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
     let mut fill_keys = Vec::new();

@@ -249,10 +249,11 @@ impl MemoryBackend {
         Ok(self.set_nx(key, lease, expires_at).err())
     }
 
-    /// Takes leases on many keys; `true` where granted.
-    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<Vec<bool>> {
+    /// Takes leases on many keys; `true` where granted. (Values here are
+    /// always byte strings, so no key of another type is ever replaced.)
+    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
         let expires_at = deadline_in(lease_ms, "set")?;
-        Ok(keys.iter().map(|k| self.set_nx(k, lease, expires_at).is_ok()).collect())
+        Ok((keys.iter().map(|k| self.set_nx(k, lease, expires_at).is_ok()).collect(), 0))
     }
 
     /// Compare-and-set fill of every key still holding `lease`; returns how

@@ -42,17 +42,25 @@ end
 return filled
 ";
 
-/// MGET that tells a key holding another type (a hash, a list, ...) from an
-/// absent key: such a key reads as an empty string, which is never a valid
-/// envelope, so the reader counts it as a corrupt entry and replaces it. A
-/// plain MGET answers nil for both, and the bad key would stay forever.
-/// Read-only, and without a shebang so that Redis 6 runs it too.
-const MGET_SCRIPT: &str = r"
+/// Takes a fill lease on each key that is free (`SET NX PX`). A key holding
+/// another Redis type than a string (a hash, a list...) can never hold a
+/// value of ours: it is deleted and the lease taken in its place.
+///
+/// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: its TTL in ms. Returns one
+/// integer per key: 1 granted, 2 granted after replacing a non-string, 0 not
+/// granted (a value or another reader's lease is there).
+const LEASE_MANY_SCRIPT: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
-  local v = redis.pcall('GET', key)
-  if type(v) == 'table' then v = '' end
-  out[i] = v
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
+    out[i] = 1
+  elseif redis.call('TYPE', key).ok ~= 'string' then
+    redis.call('DEL', key)
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 2
+  else
+    out[i] = 0
+  end
 end
 return out
 ";
@@ -89,7 +97,7 @@ pub(crate) struct RedisBackend {
     connection_config: AsyncConnectionConfig,
     epoch: Instant,
     fill: Script,
-    mget: Script,
+    lease_many: Script,
     fill_if_counter: Script,
 }
 
@@ -181,7 +189,7 @@ impl RedisBackend {
             connection_config,
             epoch: Instant::now(),
             fill: Script::new(FILL_SCRIPT),
-            mget: Script::new(MGET_SCRIPT),
+            lease_many: Script::new(LEASE_MANY_SCRIPT),
             fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
         })
     }
@@ -319,14 +327,10 @@ impl RedisBackend {
         self.run(redis::cmd("GET").arg(key).to_owned()).await
     }
 
-    /// The values of `keys`; a key holding another type than a string reads
-    /// as an empty value (see [`MGET_SCRIPT`]).
+    /// `MGET`: the values of `keys` (a key of another type reads as nil;
+    /// [`lease_many`](Self::lease_many) replaces it).
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
-        let mut inv = self.mget.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        self.run(inv).await
+        self.run(redis::cmd("MGET").arg(keys).to_owned()).await
     }
 
     /// `SET key lease NX PX ms GET`: the current value, or `None` when the
@@ -345,14 +349,18 @@ impl RedisBackend {
         .await
     }
 
-    /// Takes leases on many keys in one round trip; `true` where granted.
-    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<Vec<bool>> {
-        let mut pipe = redis::pipe();
+    /// Takes leases on many keys in one round trip: `true` where granted,
+    /// and how many keys of another Redis type were replaced by a lease
+    /// (see [`LEASE_MANY_SCRIPT`]).
+    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
+        let mut inv = self.lease_many.prepare_invoke();
         for k in keys {
-            pipe.cmd("SET").arg(k).arg(lease).arg("NX").arg("PX").arg(lease_ms);
+            inv.key(k);
         }
-        let replies: Vec<Option<String>> = self.run(pipe).await?;
-        Ok(replies.into_iter().map(|r| r.is_some()).collect())
+        inv.arg(lease).arg(lease_ms);
+        let codes: Vec<u8> = self.run(inv).await?;
+        let replaced = codes.iter().filter(|c| **c == 2).count() as u64;
+        Ok((codes.into_iter().map(|c| c != 0).collect(), replaced))
     }
 
     /// Compare-and-set fill of every key still holding `lease`.
