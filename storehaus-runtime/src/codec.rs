@@ -94,12 +94,65 @@ pub fn decode<T: DeserializeOwned>(expected_fingerprint: u64, bytes: &[u8]) -> R
     if rd == [0xc0] {
         return Ok(Entry::Absent);
     }
-    let mut de = rmp_serde::Deserializer::new(&mut rd);
-    let value = T::deserialize(&mut de).map_err(ser_err)?;
-    if !rd.is_empty() {
-        return Err(ser_err(format!("{} trailing bytes after the payload", rd.len())));
+    // Check the payload's extent first, then decode it in place:
+    // `from_slice` borrows strings and byte arrays from the slice, where a
+    // `Deserializer` over `impl Read` copies each one through a buffer.
+    match value_len(rd) {
+        Some(n) if n == rd.len() => {}
+        Some(n) => return Err(ser_err(format!("{} trailing bytes after the payload", rd.len() - n))),
+        None => return Err(ser_err("truncated or invalid MessagePack payload")),
     }
+    let value = rmp_serde::from_slice::<T>(rd).map_err(ser_err)?;
     Ok(Entry::Record(value))
+}
+
+/// The length in bytes of the one MessagePack value at the start of `buf`;
+/// `None` when it is truncated or holds the reserved byte `0xC1`. Walks the
+/// markers without decoding anything.
+fn value_len(buf: &[u8]) -> Option<usize> {
+    fn be(buf: &[u8], at: usize, width: usize) -> Option<usize> {
+        let bytes = buf.get(at..at.checked_add(width)?)?;
+        Some(bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+    }
+    let mut pos = 0usize;
+    // Values still to walk: array elements and map keys/values add to it.
+    let mut pending: usize = 1;
+    while pending > 0 {
+        let marker = *buf.get(pos)?;
+        pos += 1;
+        pending -= 1;
+        let (skip, items) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * usize::from(marker & 0x0f)),
+            0x90..=0x9f => (0, usize::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (1 + be(buf, pos, 1)?, 0),
+            0xc5 | 0xda => (2 + be(buf, pos, 2)?, 0),
+            0xc6 | 0xdb => (4 + be(buf, pos, 4)?, 0),
+            0xc7 => (2 + be(buf, pos, 1)?, 0),
+            0xc8 => (3 + be(buf, pos, 2)?, 0),
+            0xc9 => (5 + be(buf, pos, 4)?, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 | 0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xd6 => (5, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(buf, pos, 2)?),
+            0xdd => (4, be(buf, pos, 4)?),
+            0xde => (2, 2 * be(buf, pos, 2)?),
+            0xdf => (4, 2 * be(buf, pos, 4)?),
+            0xc1 => return None,
+        };
+        pos = pos.checked_add(skip)?;
+        pending = pending.checked_add(items)?;
+        if pos > buf.len() {
+            return None;
+        }
+    }
+    Some(pos)
 }
 
 #[cfg(test)]
@@ -123,6 +176,49 @@ mod tests {
         assert_eq!(decode::<Row>(42, &bytes).unwrap(), Entry::Record(row));
         let absent = encode::<Row>(42, None).unwrap();
         assert_eq!(decode::<Row>(42, &absent).unwrap(), Entry::Absent);
+    }
+
+    #[test]
+    fn value_len_walks_every_marker() {
+        struct Bytes(Vec<u8>);
+        impl serde::Serialize for Bytes {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+        #[derive(serde::Serialize)]
+        struct All {
+            a: Vec<Option<i64>>,
+            m: std::collections::BTreeMap<String, (u8, i16, u32, i64, f32, f64)>,
+            b: Bytes,
+            s: String,
+            t: bool,
+        }
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            "k".repeat(40),
+            (200u8, -300i16, 70_000u32, -5_000_000_000i64, 1.5f32, 2.5f64),
+        );
+        let value = All {
+            a: (0..20)
+                .map(|i| if i % 3 == 0 { None } else { Some(i * 1_000_003) })
+                .collect(),
+            m,
+            b: Bytes(vec![7; 300]),
+            s: "x".repeat(70_000),
+            t: true,
+        };
+        for bytes in [
+            rmp_serde::to_vec(&value).unwrap(),
+            rmp_serde::to_vec_named(&value).unwrap(),
+        ] {
+            assert_eq!(value_len(&bytes), Some(bytes.len()));
+            for cut in [1, 2, 10, bytes.len() - 1] {
+                assert_eq!(value_len(&bytes[..bytes.len() - cut]), None, "truncated by {cut}");
+            }
+        }
+        assert_eq!(value_len(&[0xc1]), None);
+        assert_eq!(value_len(&[]), None);
     }
 
     #[test]

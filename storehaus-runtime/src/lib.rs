@@ -46,6 +46,9 @@ pub use hooks::{FillPause, TestHooks};
 pub use manager::{CacheManager, MAX_TTL_SECS};
 pub use pool::DbPool;
 pub use query::{Column, Filter, Order, Query, SqlValue};
+/// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
+#[doc(hidden)]
+pub use redis_backend::FILL_SCRIPT;
 pub use signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use stats::CacheStats;
 pub use store::{CacheParams, GenericStore};

@@ -253,7 +253,10 @@ impl MemoryBackend {
     /// always byte strings, so no key of another type is ever replaced.)
     pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
         let expires_at = deadline_in(lease_ms, "set")?;
-        Ok((keys.iter().map(|k| self.set_nx(k, lease, expires_at).is_ok()).collect(), 0))
+        Ok((
+            keys.iter().map(|k| self.set_nx(k, lease, expires_at).is_ok()).collect(),
+            0,
+        ))
     }
 
     /// Compare-and-set fill of every key still holding `lease`; returns how
@@ -732,7 +735,7 @@ mod tests {
         let keys: Vec<String> = ["hit", "free", "counter", "free2"].map(String::from).into();
         assert_eq!(
             b.lease_many(&keys, LEASE, 2_000).await.unwrap(),
-            vec![false, true, false, true]
+            (vec![false, true, false, true], 0)
         );
         assert_eq!(b.get("free").await.unwrap(), Some(LEASE.to_vec()));
         assert_eq!(b.get("hit").await.unwrap(), Some(b"v".to_vec()));

@@ -11,9 +11,18 @@
 //! that lands on it, when a command on it fails at the connection level, or
 //! when a caller gave up waiting on it (its budget ran out) and nothing at all
 //! came back on that connection since the command was sent: a stalled or
-//! half-open connection is not kept forever. Picking a connection is one
-//! atomic increment and one uncontended read lock: there is no global lock
-//! on the hot path.
+//! half-open connection is not kept forever.
+//!
+//! Commands go to the first connection that has fewer than
+//! [`SPILL_IN_FLIGHT`] commands in flight, so under ordinary load they share
+//! one connection and its multiplexer batches them (one write and one read
+//! for many commands); the other connections take the overflow. Spreading
+//! every command round-robin over ten connections costs about twice the CPU
+//! per command and halves throughput at 32 tasks on two cores (see
+//! `bash scripts/bench.sh --diagnose`). A second connection is kept open as
+//! a spare, so a caller never waits for the first one to reconnect. Picking a
+//! connection is an atomic load or two and one uncontended read lock: there
+//! is no global lock on the hot path.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -31,7 +40,7 @@ use crate::error::{CacheError, CacheResult};
 /// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: TTL in ms, ARGV[3..]: one
 /// value per key. Returns how many keys were filled. `pcall` keeps a key of
 /// the wrong type from failing the others.
-const FILL_SCRIPT: &str = r"
+pub const FILL_SCRIPT: &str = r"
 local filled = 0
 for i, key in ipairs(KEYS) do
   if redis.pcall('GET', key) == ARGV[1] then
@@ -65,6 +74,10 @@ end
 return out
 ";
 
+/// Commands in flight on one connection beyond which new commands go to the
+/// next connection of the pool.
+const SPILL_IN_FLIGHT: usize = 64;
+
 /// The least time a background connect is given, whatever the budget.
 const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -82,6 +95,8 @@ struct Slot {
     /// When the current connection last delivered a reply (ms since the
     /// backend's epoch).
     last_reply_ms: AtomicU64,
+    /// Commands sent on this slot and not yet answered or abandoned.
+    in_flight: AtomicUsize,
 }
 
 impl Slot {
@@ -156,10 +171,11 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        let slot = &self.backend.slots[self.slot];
+        slot.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.done {
             return;
         }
-        let slot = &self.backend.slots[self.slot];
         if slot.last_reply_ms.load(Ordering::Relaxed) < self.sent_ms {
             tracing::debug!(
                 slot = self.slot,
@@ -198,12 +214,22 @@ impl RedisBackend {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
-    /// A connection (its slot, its generation): round-robin over the slots,
-    /// connecting lazily.
+    /// A connection (its slot, its generation): the first slot with fewer
+    /// than [`SPILL_IN_FLIGHT`] commands in flight (round-robin when all are
+    /// that busy), connecting lazily.
     async fn conn_with_generation(&self) -> CacheResult<(usize, u64, MultiplexedConnection)> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.in_flight.load(Ordering::Relaxed) < SPILL_IN_FLIGHT)
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len());
         if let Some((generation, c)) = self.slots[i].current() {
             return Ok((i, generation, c));
+        }
+        // The spare: keep a second connection open so that the borrowing
+        // below finds one while this slot (re)connects.
+        if i == 0 && self.slots.len() > 1 {
+            self.ensure_connecting(1);
         }
         let mut rx = {
             let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,6 +263,21 @@ impl RedisBackend {
             Some(Ok((generation, c))) => Ok((i, *generation, c.clone())),
             Some(Err(e)) => Err(e.clone()),
             None => Err(CacheError::ConnectionError("connect task ended".into())),
+        }
+    }
+
+    /// Starts connecting slot `i` in the background unless it is connected
+    /// or connecting.
+    fn ensure_connecting(&self, i: usize) {
+        if self.slots[i].current().is_some() {
+            return;
+        }
+        let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = connecting
+            .as_ref()
+            .is_some_and(|rx| rx.borrow().is_none() && rx.has_changed().is_ok());
+        if !busy && self.slots[i].current().is_none() {
+            *connecting = Some(self.spawn_connect(i));
         }
     }
 
@@ -296,6 +337,7 @@ impl RedisBackend {
     /// connection when it failed at the connection level or went silent.
     async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
         let (slot, generation, mut conn) = self.conn_with_generation().await?;
+        self.slots[slot].in_flight.fetch_add(1, Ordering::Relaxed);
         let mut in_flight = InFlight {
             backend: self,
             slot,
@@ -324,29 +366,25 @@ impl RedisBackend {
     }
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
-        self.run(redis::cmd("GET").arg(key).to_owned()).await
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.run(cmd).await
     }
 
     /// `MGET`: the values of `keys` (a key of another type reads as nil;
     /// [`lease_many`](Self::lease_many) replaces it).
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
-        self.run(redis::cmd("MGET").arg(keys).to_owned()).await
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        self.run(cmd).await
     }
 
     /// `SET key lease NX PX ms GET`: the current value, or `None` when the
     /// key was free and the lease is now ours.
     pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
-        self.run(
-            redis::cmd("SET")
-                .arg(key)
-                .arg(lease)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease_ms)
-                .arg("GET")
-                .to_owned(),
-        )
-        .await
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(lease).arg("NX").arg("PX").arg(lease_ms).arg("GET");
+        self.run(cmd).await
     }
 
     /// Takes leases on many keys in one round trip: `true` where granted,
