@@ -320,6 +320,43 @@ async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume()
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_write_only_process_replays_its_lost_invalidations_in_the_background() {
+    let dir = std::env::temp_dir().join(random_name("redis"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir_s = dir.to_string_lossy().to_string();
+    let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
+    let db = counters_db(1).await;
+    let writer = manager_on(&server.url(), |c| c.with_timeout(300).with_retry_delay(5));
+    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(writer.clone())));
+    let key = store.cache_key(&1);
+
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
+    let mut redis = raw_redis(&server.url()).await;
+    wait_for_value(&mut redis, &key).await;
+    let _: () = redis::cmd("SAVE").query_async(&mut redis).await.unwrap();
+    server.kill();
+    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
+    assert!(writer.get_stats().await.unwrap().pending_invalidations >= 1);
+
+    // Redis returns with v1 on disk. This process never reads again: the
+    // background replayer alone must remove the stale entry, so another
+    // process (a raw client here) stops seeing it.
+    server.restart().await;
+    let mut redis = raw_redis(&server.url()).await;
+    eventually("the replayer deleted the stale entry", || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move { raw_get(&mut redis, &key).await.is_none() }
+    })
+    .await;
+    assert_eq!(writer.get_stats().await.unwrap().pending_invalidations, 0);
+    assert!(raw_get(&mut redis, &key).await.is_none());
+    db.cleanup().await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The stale-read workload: writers bump versions of a few rows, readers read
 /// them, and a read is stale when it returns a version older than one whose
 /// write had returned before the read began.

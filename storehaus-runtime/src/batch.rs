@@ -26,7 +26,7 @@ pub(crate) async fn read_many<V, Id, F, Fut>(
     load: F,
 ) -> Result<Vec<Option<V>>>
 where
-    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     Id: Clone + Eq + Hash,
     F: FnOnce(Vec<Id>) -> Fut,
     Fut: Future<Output = Result<HashMap<Id, V>>>,
@@ -39,8 +39,8 @@ where
     };
     let Some(cached) = cached else {
         Counters::add(&mgr.counters.misses, ids.len() as u64);
-        let mut rows = load(ids.to_vec()).await?;
-        return Ok(ids.iter().map(|id| rows.remove(id)).collect());
+        let rows = load(ids.to_vec()).await?;
+        return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
     };
 
     let mut out: Vec<Option<V>> = Vec::with_capacity(ids.len());
@@ -87,11 +87,12 @@ where
     // Keys of another Redis type (MGET reads them as nil) were replaced.
     Counters::add(&mgr.counters.serialization_errors, replaced);
 
-    let mut rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
+    let rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
     let mut fill_keys = Vec::new();
     let mut fill_values = Vec::new();
     for (n, &i) in missing.iter().enumerate() {
-        let row = rows.remove(&ids[i]);
+        // `get`, not `remove`: an id may be asked for twice.
+        let row = rows.get(&ids[i]).cloned();
         if granted.get(n).copied().unwrap_or(false) {
             match codec::encode(fingerprint, row.as_ref()) {
                 Ok(bytes) => {

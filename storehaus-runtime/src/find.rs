@@ -4,7 +4,8 @@
 //! Results are cached at `{global}:{prefix}:query:{hash}` (a stable hash of
 //! the SQL and the encoded parameters) together with the store's query
 //! generation they were computed under. Every committed write of the store
-//! and every `invalidate_queries(prefix)` bumps the generation (one `INCR`),
+//! and every `invalidate_queries(prefix)` bumps the generation (one `INCR`,
+//! after a `SET NX` that seeds a missing counter at a random value),
 //! which makes every older result unreachable in O(1): nothing is scanned.
 //!
 //! A read fetches the generation and the entry in one round trip (MGET) and

@@ -1,9 +1,9 @@
 //! [`CacheManager`]: one per cache server, shared by every store.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -23,11 +23,21 @@ use crate::stats::{CacheStats, Counters};
 /// The largest TTL accepted anywhere: one year, in seconds.
 pub const MAX_TTL_SECS: u64 = 31_536_000;
 
-/// Invalidations that could not reach the cache yet.
+/// Invalidations that could not reach the cache yet, each with the epoch of
+/// the write that last needed it: a replay only forgets the entries it
+/// delivered, never one that a later write added again meanwhile.
 #[derive(Debug, Default)]
 struct Pending {
-    keys: HashSet<String>,
-    counters: HashSet<String>,
+    keys: HashMap<String, u64>,
+    counters: HashMap<String, u64>,
+    epoch: u64,
+    replayer_running: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.counters.is_empty()
+    }
 }
 
 /// Talks to the cache for every store built on it: holds the connections,
@@ -79,6 +89,18 @@ impl CacheManager {
             return Err(CacheError::InvalidConfig(format!(
                 "pool size must be between 1 and 1024, got {}",
                 config.pool_size
+            )));
+        }
+        if !(1..=86_400_000).contains(&config.lease_ms) {
+            return Err(CacheError::InvalidConfig(format!(
+                "lease TTL must be between 1 ms and one day, got {} ms",
+                config.lease_ms
+            )));
+        }
+        if config.lease_wait_ms > 86_400_000 {
+            return Err(CacheError::InvalidConfig(format!(
+                "lease wait must be at most one day, got {} ms",
+                config.lease_wait_ms
             )));
         }
         if config.timeout_ms == 0 {
@@ -178,9 +200,14 @@ impl CacheManager {
     #[tracing::instrument(skip(self))]
     pub async fn get_record<T: DeserializeOwned>(&self, prefix: &str, id: &str) -> CacheResult<Option<T>> {
         let key = self.manual_key(prefix, id)?;
-        let found = self
-            .guarded(self.deadline(), "get_record", || self.backend.get(&key))
-            .await;
+        let deadline = self.deadline();
+        if !self.ready(deadline).await {
+            // An invalidation is still waiting for replay: the entry may be
+            // older than a write that has returned.
+            Counters::bump(&self.counters.misses);
+            return Ok(None);
+        }
+        let found = self.guarded(deadline, "get_record", || self.backend.get(&key)).await;
         let bytes = match found {
             Ok(Some(bytes)) if !codec::is_lease(&bytes) => bytes,
             Ok(_) => {
@@ -226,7 +253,8 @@ impl CacheManager {
     }
 
     /// Makes every cached query result of `prefix` unreachable in O(1): bumps
-    /// the prefix's query generation (one `INCR`, no scan).
+    /// the prefix's query generation (one round trip: a `SET NX` that seeds
+    /// a missing counter at a random value, then `INCR`; no scan).
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
@@ -290,21 +318,6 @@ impl CacheManager {
         Ok(removed)
     }
 
-    /// Records `keys` under each of `tags` (after a committed write).
-    pub(crate) async fn tag_keys(&self, tags: &[String], keys: &[String]) {
-        if tags.is_empty() || keys.is_empty() {
-            return;
-        }
-        let sets: Vec<(String, Vec<String>)> = tags
-            .iter()
-            .filter(|t| !t.is_empty())
-            .map(|t| (key::tag_key(self.global_prefix(), t), keys.to_vec()))
-            .collect();
-        let _ = self
-            .guarded(self.deadline(), "tag", || self.backend.add_to_sets(&sets))
-            .await;
-    }
-
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
         Ok(key::str_key(self.global_prefix(), prefix, id))
@@ -338,6 +351,13 @@ impl CacheManager {
         F: Fn() -> Fut,
         Fut: Future<Output = CacheResult<R>>,
     {
+        if tokio::time::Instant::now() >= deadline {
+            // The budget went to earlier steps of this operation: the cache
+            // is not at fault, so neither the breaker nor the stats hear of it.
+            return Err(CacheError::Timeout {
+                budget_ms: self.config.timeout_ms,
+            });
+        }
         if let Err(open) = self.breaker.allow() {
             Counters::bump(&self.counters.breaker_skips);
             return Err(CacheError::CircuitOpen {
@@ -425,61 +445,124 @@ impl CacheManager {
     }
 
     async fn replay(&self, deadline: tokio::time::Instant) -> bool {
-        let (keys, counters): (Vec<String>, Vec<String>) = match self.pending.lock() {
-            Ok(p) => (p.keys.iter().cloned().collect(), p.counters.iter().cloned().collect()),
+        type Snapshot = (Vec<(String, u64)>, Vec<(String, u64)>);
+        let (keys, counters): Snapshot = match self.pending.lock() {
+            Ok(p) => (
+                p.keys.iter().map(|(k, e)| (k.clone(), *e)).collect(),
+                p.counters.iter().map(|(k, e)| (k.clone(), *e)).collect(),
+            ),
             Err(_) => return false,
         };
         if keys.is_empty() && counters.is_empty() {
             return true;
         }
-        match self
+        let key_names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+        let counter_names: Vec<String> = counters.iter().map(|(k, _)| k.clone()).collect();
+        let replayed = self
             .guarded(deadline, "replay_invalidations", || {
-                self.backend.invalidate(&keys, &counters)
+                self.backend.invalidate(&key_names, &counter_names)
             })
-            .await
-        {
-            Ok(_) => {
-                if let Ok(mut p) = self.pending.lock() {
-                    for k in &keys {
-                        p.keys.remove(k);
-                    }
-                    for c in &counters {
-                        p.counters.remove(c);
-                    }
-                    if p.keys.is_empty() && p.counters.is_empty() {
-                        self.has_pending.store(false, Ordering::Release);
-                    }
-                }
-                Counters::add(&self.counters.invalidations, keys.len() as u64);
-                tracing::info!(
-                    keys = keys.len(),
-                    "replayed invalidations that failed during a cache outage"
-                );
-                true
-            }
-            Err(_) => false,
+            .await;
+        if replayed.is_err() {
+            return false;
         }
+        let Ok(mut p) = self.pending.lock() else {
+            return false;
+        };
+        for (k, epoch) in &keys {
+            if p.keys.get(k) == Some(epoch) {
+                p.keys.remove(k);
+            }
+        }
+        for (c, epoch) in &counters {
+            if p.counters.get(c) == Some(epoch) {
+                p.counters.remove(c);
+            }
+        }
+        let done = p.is_empty();
+        if done {
+            self.has_pending.store(false, Ordering::Release);
+        }
+        drop(p);
+        Counters::add(&self.counters.invalidations, keys.len() as u64);
+        tracing::info!(
+            keys = keys.len(),
+            "replayed invalidations that failed during a cache outage"
+        );
+        done
     }
 
     /// Invalidates `keys` and bumps `counters` after a committed write, in
-    /// one round trip. Detaches in-flight loads first. What cannot reach the
-    /// cache is remembered and replayed before cached reads resume.
-    pub(crate) async fn invalidate_committed(&self, keys: Vec<String>, counters: Vec<String>) {
+    /// one round trip. Detaches in-flight loads first. The invalidation runs
+    /// in a task of its own, so it is delivered (or remembered) even when the
+    /// caller's future is dropped right after the commit. What cannot reach
+    /// the cache is remembered: cached reads bypass the cache until it has
+    /// been replayed, by the next read or by a background task.
+    ///
+    /// `tagged` (tag set, member keys) are recorded afterwards, under the
+    /// same budget: a write's cache work never takes more than one timeout.
+    pub(crate) async fn invalidate_committed(
+        self: &Arc<Self>,
+        keys: Vec<String>,
+        counters: Vec<String>,
+        tagged: Vec<(String, Vec<String>)>,
+    ) {
         self.flights.detach(&keys);
         if keys.is_empty() && counters.is_empty() {
             return;
         }
-        let deadline = self.deadline();
-        match self
-            .guarded(deadline, "invalidate", || self.backend.invalidate(&keys, &counters))
-            .await
-        {
-            Ok(_) => Counters::add(&self.counters.invalidations, keys.len() as u64),
-            Err(_) => {
-                if let Ok(mut p) = self.pending.lock() {
-                    p.keys.extend(keys);
-                    p.counters.extend(counters);
-                    self.has_pending.store(true, Ordering::Release);
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let deadline = this.deadline();
+            match this
+                .guarded(deadline, "invalidate", || this.backend.invalidate(&keys, &counters))
+                .await
+            {
+                Ok(_) => Counters::add(&this.counters.invalidations, keys.len() as u64),
+                Err(_) => this.remember(keys, counters),
+            }
+            if !tagged.is_empty() {
+                let _ = this
+                    .guarded(deadline, "tag", || this.backend.add_to_sets(&tagged))
+                    .await;
+            }
+        });
+        let _ = task.await;
+    }
+
+    /// Remembers invalidations for replay and makes sure a replayer runs.
+    fn remember(self: &Arc<Self>, keys: Vec<String>, counters: Vec<String>) {
+        let Ok(mut p) = self.pending.lock() else {
+            return;
+        };
+        p.epoch += 1;
+        let epoch = p.epoch;
+        p.keys.extend(keys.into_iter().map(|k| (k, epoch)));
+        p.counters.extend(counters.into_iter().map(|c| (c, epoch)));
+        self.has_pending.store(true, Ordering::Release);
+        if !p.replayer_running {
+            p.replayer_running = true;
+            tokio::spawn(Arc::clone(self).replay_in_background());
+        }
+    }
+
+    /// Retries the pending invalidations with backoff until they are all
+    /// delivered, so that a process that only writes still cleans up after
+    /// an outage. Ends when nothing is pending, or when it holds the last
+    /// reference to the manager.
+    async fn replay_in_background(self: Arc<Self>) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            let alone = Arc::strong_count(&self) == 1;
+            if !alone {
+                self.replay(self.deadline()).await;
+            }
+            if let Ok(mut p) = self.pending.lock() {
+                if p.is_empty() || alone {
+                    p.replayer_running = false;
+                    return;
                 }
             }
         }

@@ -99,13 +99,14 @@ fn deadline_in(ms: u64, command: &str) -> CacheResult<Instant> {
 impl MemoryBackend {
     /// Opens `memory://` or `memory://?max_capacity=N` (N entries, N ≥ 1).
     pub fn open(url: &str) -> CacheResult<Self> {
-        let rest = url
-            .strip_prefix("memory://")
-            .ok_or_else(|| CacheError::InvalidConfig(format!("{url:?} is not a memory:// URL")))?;
+        let rest = url.strip_prefix("memory://").ok_or_else(|| {
+            CacheError::InvalidConfig(format!("{:?} is not a memory:// URL", crate::config::redact_url(url)))
+        })?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         if !location.is_empty() && location != "/" {
             return Err(CacheError::InvalidConfig(format!(
-                "memory:// takes no host or path (got {location:?}); use memory:// or memory://?max_capacity=N"
+                "memory:// takes no host or path (got {:?}); use memory:// or memory://?max_capacity=N",
+                crate::config::redact_url(url)
             )));
         }
         let mut max_capacity = DEFAULT_MAX_CAPACITY;

@@ -357,26 +357,29 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
-    /// A stable 128-bit hex hash of the SQL and the encoded values.
+    /// A stable hex SHA-256 of the SQL and the encoded values. Filter values
+    /// come from users, so the hash must be collision-resistant: two queries
+    /// sharing a key would serve each other's rows.
     pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        use std::fmt::Write;
         let mut bytes = Vec::with_capacity(self.sql.len() + 16 * self.values.len());
         bytes.extend_from_slice(self.sql.as_bytes());
+        let mut value = Vec::new();
         for v in &self.values {
-            bytes.push(0);
-            v.key_bytes(&mut bytes);
+            // Length-prefixed, so no two value lists encode alike.
+            value.clear();
+            v.key_bytes(&mut value);
+            bytes.extend_from_slice(&(value.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(&value);
         }
-        format!(
-            "{:016x}{:016x}",
-            fnv1a(&bytes, 0xcbf2_9ce4_8422_2325),
-            fnv1a(&bytes, 0x6c62_272e_07bb_0142)
-        )
+        let digest = Sha256::digest(&bytes);
+        let mut hex = String::with_capacity(64);
+        for b in digest {
+            let _ = write!(hex, "{b:02x}");
+        }
+        hex
     }
-}
-
-fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    bytes
-        .iter()
-        .fold(seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 struct SqlBuilder {

@@ -74,6 +74,12 @@ end
 return out
 ";
 
+/// A random starting value for a generation counter (below 2^32, so
+/// `INCR` never overflows).
+fn counter_seed() -> u64 {
+    u64::from(rand::random::<u32>()) + 1
+}
+
 /// Commands in flight on one connection beyond which new commands go to the
 /// next connection of the pool.
 const SPILL_IN_FLIGHT: usize = 64;
@@ -426,6 +432,10 @@ impl RedisBackend {
             pipe.cmd("DEL").arg(keys);
         }
         for c in counters {
+            // A counter that is missing (never made, or evicted) restarts at
+            // a random value, never at 1: results cached under an old
+            // generation can then never become current again.
+            pipe.cmd("SET").arg(c).arg(counter_seed()).arg("NX").ignore();
             pipe.cmd("INCR").arg(c).ignore();
         }
         if keys.is_empty() {
@@ -436,8 +446,13 @@ impl RedisBackend {
         Ok(deleted)
     }
 
+    /// `INCR` of a generation counter, seeded like [`invalidate`](Self::invalidate)'s.
     pub async fn incr(&self, key: &str) -> CacheResult<u64> {
-        self.run(redis::cmd("INCR").arg(key).to_owned()).await
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(key).arg(counter_seed()).arg("NX").ignore();
+        pipe.cmd("INCR").arg(key);
+        let (n,): (u64,) = self.run(pipe).await?;
+        Ok(n)
     }
 
     pub async fn ping(&self) -> CacheResult<()> {

@@ -302,8 +302,8 @@ impl<T: Cached> GenericStore<T> {
             return Ok(Vec::new());
         }
         let Some(cache) = &self.cache else {
-            let mut rows = self.load_many(ids).await?;
-            return Ok(ids.iter().map(|id| rows.remove(id)).collect());
+            let rows = self.load_many(ids).await?;
+            return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
         };
         let keys: Vec<String> = ids
             .iter()
@@ -469,14 +469,17 @@ impl<T: Cached> GenericStore<T> {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
-            cache
-                .manager
-                .invalidate_committed(keys, vec![cache.generation_key.clone()])
-                .await;
+            let mut tagged: Vec<(String, Vec<String>)> = Vec::new();
             for c in changes.iter().filter(|c| !c.tags.is_empty()) {
                 let keys: Vec<String> = c.ids.iter().map(key_of).collect();
-                cache.manager.tag_keys(&c.tags, &keys).await;
+                for tag in c.tags.iter().filter(|t| !t.is_empty()) {
+                    tagged.push((key::tag_key(cache.manager.global_prefix(), tag), keys.clone()));
+                }
             }
+            cache
+                .manager
+                .invalidate_committed(keys, vec![cache.generation_key.clone()], tagged)
+                .await;
         }
         if let Some(signals) = &self.signals {
             for c in changes {

@@ -50,6 +50,7 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when no
     /// transaction can be started.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn begin(&self) -> Result<StoreTransaction<'_, T>> {
         let tx = match self.pool() {
             crate::DbPool::Postgres(p) => DbTx::Postgres(p.begin().await?),
@@ -69,6 +70,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the insert fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn create(&mut self, record: T, tags: Option<Vec<String>>) -> Result<T> {
         let created: T = with_tx!(&mut self.tx, |c, sql, bind| insert_row!(&mut **c, sql, bind, &record));
         self.changes.push(Change {
@@ -84,6 +86,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the query fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn get_by_id(&mut self, id: &T::Id) -> Result<Option<T>> {
         Ok(with_tx!(&mut self.tx, |c, sql, _bind| select_row!(&mut **c, sql, id)))
     }
@@ -95,6 +98,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// [`StorehausError::NotFound`](crate::StorehausError::NotFound) or
     /// [`StorehausError::Database`](crate::StorehausError::Database), as for
     /// [`GenericStore::update`]. The transaction stays usable.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn update(&mut self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
         let updated: Option<T> = with_tx!(&mut self.tx, |c, sql, bind| update_row!(
@@ -113,6 +117,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the delete fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&mut self, id: &T::Id) -> Result<bool> {
         let affected = with_tx!(&mut self.tx, |c, sql, _bind| delete_row!(&mut **c, sql, id));
         self.changes.push(Change {
@@ -129,6 +134,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
     /// commit fails; nothing is invalidated then.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn commit(self) -> Result<()> {
         match self.tx {
             DbTx::Postgres(tx) => tx.commit().await?,
@@ -144,6 +150,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
     /// rollback fails (the connection is then closed, which also rolls back).
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn rollback(self) -> Result<()> {
         match self.tx {
             DbTx::Postgres(tx) => tx.rollback().await?,
