@@ -357,6 +357,49 @@ async fn a_write_only_process_replays_its_lost_invalidations_in_the_background()
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_write_whose_caller_gives_up_after_commit_still_invalidates() {
+    let server = RedisServer::start().await;
+    let db = counters_db(1).await;
+    let manager = manager_on(&server.url(), |c| c.with_timeout(2_000).with_circuit_breaker(100, 50));
+    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+    let key = store.cache_key(&1);
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
+    let mut redis = raw_redis(&server.url()).await;
+    wait_for_value(&mut redis, &key).await;
+
+    // Redis stalls, so the invalidation hangs after the commit; the caller
+    // gives up (its future is dropped) long before the cache budget ends.
+    server.pause();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        store.update(&1, Counter { id: 1, version: 2 }, None),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller timed out inside the invalidation");
+    let version: i64 = sqlx::query_scalar("SELECT version FROM counters WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(version, 2, "the write was committed");
+    assert!(
+        manager.get_stats().await.unwrap().pending_invalidations >= 1,
+        "the dropped invalidation was remembered"
+    );
+    server.resume();
+    assert_eq!(
+        store.get_by_id(&1).await.unwrap().unwrap().version,
+        2,
+        "never the old row"
+    );
+    eventually("replayed", || async {
+        manager.get_stats().await.unwrap().pending_invalidations == 0
+    })
+    .await;
+    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    db.cleanup().await;
+}
+
 /// The stale-read workload: writers bump versions of a few rows, readers read
 /// them, and a read is stale when it returns a version older than one whose
 /// write had returned before the read began.

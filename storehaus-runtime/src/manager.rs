@@ -493,14 +493,14 @@ impl CacheManager {
     }
 
     /// Invalidates `keys` and bumps `counters` after a committed write, in
-    /// one round trip. Detaches in-flight loads first. The invalidation runs
-    /// in a task of its own, so it is delivered (or remembered) even when the
-    /// caller's future is dropped right after the commit. What cannot reach
-    /// the cache is remembered: cached reads bypass the cache until it has
-    /// been replayed, by the next read or by a background task.
-    ///
-    /// `tagged` (tag set, member keys) are recorded afterwards, under the
+    /// one round trip, then records `tagged` (tag set, member keys) under the
     /// same budget: a write's cache work never takes more than one timeout.
+    /// Detaches in-flight loads first.
+    ///
+    /// What cannot reach the cache is remembered: cached reads bypass the
+    /// cache until it has been replayed, by the next read or by a background
+    /// task. That includes a caller whose future is dropped after the commit
+    /// but before the invalidation answered: the drop remembers it.
     pub(crate) async fn invalidate_committed(
         self: &Arc<Self>,
         keys: Vec<String>,
@@ -511,23 +511,28 @@ impl CacheManager {
         if keys.is_empty() && counters.is_empty() {
             return;
         }
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let deadline = this.deadline();
-            match this
-                .guarded(deadline, "invalidate", || this.backend.invalidate(&keys, &counters))
-                .await
-            {
-                Ok(_) => Counters::add(&this.counters.invalidations, keys.len() as u64),
-                Err(_) => this.remember(keys, counters),
-            }
-            if !tagged.is_empty() {
-                let _ = this
-                    .guarded(deadline, "tag", || this.backend.add_to_sets(&tagged))
-                    .await;
-            }
-        });
-        let _ = task.await;
+        let mut work = Unfinished {
+            manager: self,
+            keys,
+            counters,
+            done: false,
+        };
+        let deadline = self.deadline();
+        let delivered = self
+            .guarded(deadline, "invalidate", || {
+                self.backend.invalidate(&work.keys, &work.counters)
+            })
+            .await;
+        work.done = true;
+        match delivered {
+            Ok(_) => Counters::add(&self.counters.invalidations, work.keys.len() as u64),
+            Err(_) => self.remember(std::mem::take(&mut work.keys), std::mem::take(&mut work.counters)),
+        }
+        if !tagged.is_empty() {
+            let _ = self
+                .guarded(deadline, "tag", || self.backend.add_to_sets(&tagged))
+                .await;
+        }
     }
 
     /// Remembers invalidations for replay and makes sure a replayer runs.
@@ -540,9 +545,12 @@ impl CacheManager {
         p.keys.extend(keys.into_iter().map(|k| (k, epoch)));
         p.counters.extend(counters.into_iter().map(|c| (c, epoch)));
         self.has_pending.store(true, Ordering::Release);
+        // Outside a runtime (a drop during shutdown) the next read replays.
         if !p.replayer_running {
-            p.replayer_running = true;
-            tokio::spawn(Arc::clone(self).replay_in_background());
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                p.replayer_running = true;
+                runtime.spawn(Arc::clone(self).replay_in_background());
+            }
         }
     }
 
@@ -565,6 +573,24 @@ impl CacheManager {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// An invalidation under way; if its future is dropped before the cache
+/// answered, the keys are remembered for replay.
+struct Unfinished<'a> {
+    manager: &'a Arc<CacheManager>,
+    keys: Vec<String>,
+    counters: Vec<String>,
+    done: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.manager
+                .remember(std::mem::take(&mut self.keys), std::mem::take(&mut self.counters));
         }
     }
 }
