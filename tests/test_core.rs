@@ -98,6 +98,23 @@ async fn cached_value_is_messagepack_in_a_versioned_envelope() {
 }
 
 #[tokio::test]
+async fn a_reader_whose_database_load_fails_gives_its_lease_back() {
+    let env = Env::new(Stack::RedisPostgres).await;
+    let store = env.store::<Note>();
+    let key = store.cache_key(&1);
+    let behaviour::TestDb::Postgres(db) = &env.db else {
+        unreachable!("the Redis stack runs on PostgreSQL")
+    };
+    db.exec("ALTER TABLE note RENAME TO note_away").await;
+    let err = store.get_by_id(&1).await.unwrap_err();
+    assert!(matches!(err, storehaus::StorehausError::Database(_)), "{err}");
+    let mut redis = raw_redis(&redis_url()).await;
+    assert_eq!(raw_get(&mut redis, &key).await, None, "no lease left behind");
+    db.exec("ALTER TABLE note_away RENAME TO note").await;
+    env.teardown().await;
+}
+
+#[tokio::test]
 async fn redis_down_every_operation_still_answers_from_the_database() {
     let db = Db::new().await;
     db.exec("CREATE TABLE users (id uuid PRIMARY KEY, name text NOT NULL, email text NOT NULL)")

@@ -59,6 +59,7 @@ impl Backend {
         pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>>;
         pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>>;
         pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)>;
+        pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()>;
         pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64>;
         pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()>;
         pub async fn invalidate(&self, keys: &[String], counters: &[String]) -> CacheResult<u64>;

@@ -94,7 +94,17 @@ where
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
                 let lead = mgr.flights.lead(&key);
-                let value = load().await?;
+                let value = match load().await {
+                    Ok(value) => value,
+                    Err(e) => {
+                        // Give the lease back, so that other readers need
+                        // not wait for it to expire.
+                        let _ = mgr
+                            .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
+                            .await;
+                        return Err(e);
+                    }
+                };
                 lead.publish(value.clone());
                 spawn_fill(mgr.clone(), key, lease, fingerprint, ttl_secs, value.as_ref(), lead);
                 return Ok(value);

@@ -280,6 +280,15 @@ impl MemoryBackend {
         Ok(filled)
     }
 
+    /// Deletes `key` only while it still holds `lease`.
+    pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()> {
+        self.values.entry_by_ref(key).and_compute_with(|entry| match entry {
+            Some(entry) if *entry.value().bytes == *lease => Op::Remove,
+            _ => Op::Nop,
+        });
+        Ok(())
+    }
+
     /// `SET key value EX secs`.
     pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()> {
         let expires_at = deadline_in(ttl_secs.saturating_mul(1000), "set")?;

@@ -74,6 +74,14 @@ end
 return out
 ";
 
+/// Deletes KEYS[1] only while it still holds the lease ARGV[1].
+const RELEASE_SCRIPT: &str = r"
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
 /// A random starting value for a generation counter (below 2^32, so
 /// `INCR` never overflows).
 fn counter_seed() -> u64 {
@@ -119,6 +127,7 @@ pub(crate) struct RedisBackend {
     epoch: Instant,
     fill: Script,
     lease_many: Script,
+    release: Script,
     fill_if_counter: Script,
 }
 
@@ -212,6 +221,7 @@ impl RedisBackend {
             epoch: Instant::now(),
             fill: Script::new(FILL_SCRIPT),
             lease_many: Script::new(LEASE_MANY_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
             fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
         })
     }
@@ -405,6 +415,15 @@ impl RedisBackend {
         let codes: Vec<u8> = self.run(inv).await?;
         let replaced = codes.iter().filter(|c| **c == 2).count() as u64;
         Ok((codes.into_iter().map(|c| c != 0).collect(), replaced))
+    }
+
+    /// Deletes `key` only while it still holds `lease` (a reader that could
+    /// not load gives its lease back, so others need not wait it out).
+    pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()> {
+        let mut inv = self.release.prepare_invoke();
+        inv.key(key).arg(lease);
+        let _: u64 = self.run(inv).await?;
+        Ok(())
     }
 
     /// Compare-and-set fill of every key still holding `lease`.
