@@ -688,6 +688,44 @@ async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
             })
         },
     ];
+    // The physical floor of an after-commit invalidation: the same UPDATE,
+    // then one hand-built pipeline (DEL of the key + INCR of a counter).
+    let floor_rows: Arc<[BenchUser]> = users(32).into();
+    insert(&s.pool, "bench_users", &floor_rows).await;
+    let floor_counter = format!("storehaus-bench-floor-{}:gen", std::process::id());
+    variants.push({
+        let s = s.clone();
+        let counter = floor_counter.clone();
+        variant(move |round| {
+            let (s, rows, counter) = (s.clone(), floor_rows.clone(), counter.clone());
+            async move {
+                latency_us!(n, |i| {
+                    let rec = &rows[i % rows.len()];
+                    let row: Option<BenchUser> = sqlx::query_as(UPDATE_SQL)
+                        .bind(&rec.name)
+                        .bind(&rec.email)
+                        .bind(((round * n + i) % 90) as i32)
+                        .bind(rec.active)
+                        .bind(rec.created_at)
+                        .bind(rec.id)
+                        .fetch_optional(&s.pool)
+                        .await
+                        .expect("UPDATE");
+                    black_box(row.expect("row exists"));
+                    let mut conn = s.raw.clone();
+                    let _: (u64,) = redis::pipe()
+                        .cmd("DEL")
+                        .arg(format!("{counter}:{}", rec.id))
+                        .cmd("INCR")
+                        .arg(&counter)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await
+                        .expect("DEL + INCR");
+                })
+            }
+        })
+    });
     let m = interleave(plan.rounds, &mut variants).await;
     let p = pair(&m[0], &m[1]);
     rows.push(Row::compare(
@@ -698,6 +736,17 @@ async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
         p.ratio,
         Goal::AtMost(1.2),
     ));
+    let f = pair(&m[0], &m[2]);
+    rows.push(Row::compare(
+        "update + invalidate (latency)",
+        "the floor: UPDATE … RETURNING + one DEL/INCR pipeline by hand",
+        us(f.ours),
+        us(f.base),
+        f.ratio,
+        Goal::AtMost(1.05),
+    ));
+    let mut conn = s.raw.clone();
+    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&floor_counter).query_async(&mut conn).await;
 }
 
 /// A manager pointed at a closed port, breaker opened first, against a
