@@ -641,6 +641,21 @@ async fn get_many(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
     }
 }
 
+/// The baseline write: sqlx's own UPDATE ... RETURNING of `rec` with `age`.
+async fn raw_update(s: &Shared, rec: &BenchUser, age: i32) {
+    let row: Option<BenchUser> = sqlx::query_as(UPDATE_SQL)
+        .bind(&rec.name)
+        .bind(&rec.email)
+        .bind(age)
+        .bind(rec.active)
+        .bind(rec.created_at)
+        .bind(rec.id)
+        .fetch_optional(&s.pool)
+        .await
+        .expect("UPDATE");
+    black_box(row.expect("row exists"));
+}
+
 /// update (database write, then DEL + generation INCR) against a direct sqlx
 /// UPDATE ... RETURNING.
 async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
@@ -672,17 +687,7 @@ async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
                 async move {
                     latency_us!(n, |i| {
                         let rec = &rows[i % rows.len()];
-                        let row: Option<BenchUser> = sqlx::query_as(UPDATE_SQL)
-                            .bind(&rec.name)
-                            .bind(&rec.email)
-                            .bind(((round * n + i) % 90) as i32)
-                            .bind(rec.active)
-                            .bind(rec.created_at)
-                            .bind(rec.id)
-                            .fetch_optional(&s.pool)
-                            .await
-                            .expect("UPDATE");
-                        black_box(row.expect("row exists"));
+                        raw_update(&s, rec, ((round * n + i) % 90) as i32).await;
                     })
                 }
             })
@@ -701,17 +706,7 @@ async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
             async move {
                 latency_us!(n, |i| {
                     let rec = &rows[i % rows.len()];
-                    let row: Option<BenchUser> = sqlx::query_as(UPDATE_SQL)
-                        .bind(&rec.name)
-                        .bind(&rec.email)
-                        .bind(((round * n + i) % 90) as i32)
-                        .bind(rec.active)
-                        .bind(rec.created_at)
-                        .bind(rec.id)
-                        .fetch_optional(&s.pool)
-                        .await
-                        .expect("UPDATE");
-                    black_box(row.expect("row exists"));
+                    raw_update(&s, rec, ((round * n + i) % 90) as i32).await;
                     let mut conn = s.raw.clone();
                     let _: (u64,) = redis::pipe()
                         .cmd("DEL")
