@@ -115,6 +115,32 @@ async fn a_reader_whose_database_load_fails_gives_its_lease_back() {
 }
 
 #[tokio::test]
+async fn a_write_the_database_failed_still_invalidates_its_key() {
+    let env = Env::new(Stack::RedisPostgres).await;
+    let store = env.store::<Note>();
+    let note = Note {
+        id: 5,
+        body: "kept".into(),
+    };
+    store.create(note.clone(), None).await.unwrap();
+    store.get_by_id(&5).await.unwrap();
+    let mut redis = raw_redis(&redis_url()).await;
+    let key = store.cache_key(&5);
+    wait_for_value(&mut redis, &key).await;
+    let behaviour::TestDb::Postgres(db) = &env.db else {
+        unreachable!("the Redis stack runs on PostgreSQL")
+    };
+    // The write fails in the database: whether it committed is unknown to
+    // the caller in general, so the key is invalidated anyway.
+    db.exec("ALTER TABLE note RENAME TO note_away").await;
+    let err = store.update(&5, note.clone(), None).await.unwrap_err();
+    assert!(matches!(err, storehaus::StorehausError::Database(_)), "{err}");
+    assert_eq!(raw_get(&mut redis, &key).await, None);
+    db.exec("ALTER TABLE note_away RENAME TO note").await;
+    env.teardown().await;
+}
+
+#[tokio::test]
 async fn redis_down_every_operation_still_answers_from_the_database() {
     let db = Db::new().await;
     db.exec("CREATE TABLE users (id uuid PRIMARY KEY, name text NOT NULL, email text NOT NULL)")

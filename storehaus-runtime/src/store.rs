@@ -1,6 +1,7 @@
 //! [`GenericStore`]: typed CRUD over one table, cached.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use crate::cached::Cached;
@@ -265,7 +266,8 @@ impl<T: Cached> GenericStore<T> {
     /// a constraint, the connection).
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
-        let created: T = with_db!(&self.pool, |p, sql, bind| insert_row!(p, sql, bind, &record));
+        let write = async { Ok(with_db!(&self.pool, |p, sql, bind| insert_row!(p, sql, bind, &record))) };
+        let created: T = self.uncertain(std::slice::from_ref(record.id()), write).await?;
         let ids = [created.id().clone()];
         self.after_commit(ChangeOp::Create, &ids, tags).await;
         Ok(created)
@@ -358,7 +360,12 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
-        let updated: Option<T> = with_db!(&self.pool, |p, sql, bind| update_row!(p, sql, bind, id, &record));
+        let write = async {
+            Ok(with_db!(&self.pool, |p, sql, bind| update_row!(
+                p, sql, bind, id, &record
+            )))
+        };
+        let updated: Option<T> = self.uncertain(std::slice::from_ref(id), write).await?;
         let updated = updated.ok_or_else(|| not_found::<T>(id))?;
         self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags)
             .await;
@@ -380,22 +387,26 @@ impl<T: Cached> GenericStore<T> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity(updates.len());
-        with_db!(&self.pool, |p, sql, bind| {
-            let mut tx = p.begin().await?;
-            for (id, record) in &updates {
-                let row = update_row!(&mut *tx, sql, bind, id, record);
-                match row {
-                    Some(r) => out.push(r),
-                    None => {
-                        tx.rollback().await?;
-                        return Err(not_found::<T>(id));
+        let ids: Vec<T::Id> = updates.iter().map(|(id, _)| id.clone()).collect();
+        let write = async {
+            let mut out = Vec::with_capacity(updates.len());
+            with_db!(&self.pool, |p, sql, bind| {
+                let mut tx = p.begin().await?;
+                for (id, record) in &updates {
+                    let row = update_row!(&mut *tx, sql, bind, id, record);
+                    match row {
+                        Some(r) => out.push(r),
+                        None => {
+                            tx.rollback().await?;
+                            return Err(not_found::<T>(id));
+                        }
                     }
                 }
-            }
-            tx.commit().await?;
-        });
-        let ids: Vec<T::Id> = updates.into_iter().map(|(id, _)| id).collect();
+                tx.commit().await?;
+            });
+            Ok(out)
+        };
+        let out = self.uncertain(&ids, write).await?;
         self.after_commit(ChangeOp::Update, &ids, None).await;
         Ok(out)
     }
@@ -407,7 +418,8 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::Database`] when the database fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&self, id: &T::Id) -> Result<bool> {
-        let affected = with_db!(&self.pool, |p, sql, _bind| delete_row!(p, sql, id));
+        let write = async { Ok(with_db!(&self.pool, |p, sql, _bind| delete_row!(p, sql, id))) };
+        let affected = self.uncertain(std::slice::from_ref(id), write).await?;
         self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None)
             .await;
         Ok(affected > 0)
@@ -423,30 +435,49 @@ impl<T: Cached> GenericStore<T> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let affected = match &self.pool {
-            DbPool::Postgres(p) => sqlx::query(T::PG.delete_many)
-                .bind(ids)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            #[cfg(feature = "sqlite")]
-            DbPool::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let mut n = 0;
-                for chunk in ids.chunks(SQLITE_CHUNK) {
-                    let sql = in_list(T::SQLITE.delete_many, chunk.len());
-                    let mut q = sqlx::query(&sql);
-                    for id in chunk {
-                        q = q.bind(id);
+        let write = async {
+            Ok(match &self.pool {
+                DbPool::Postgres(p) => sqlx::query(T::PG.delete_many)
+                    .bind(ids)
+                    .execute(p)
+                    .await?
+                    .rows_affected(),
+                #[cfg(feature = "sqlite")]
+                DbPool::Sqlite(p) => {
+                    let mut tx = p.begin().await?;
+                    let mut n = 0;
+                    for chunk in ids.chunks(SQLITE_CHUNK) {
+                        let sql = in_list(T::SQLITE.delete_many, chunk.len());
+                        let mut q = sqlx::query(&sql);
+                        for id in chunk {
+                            q = q.bind(id);
+                        }
+                        n += q.execute(&mut *tx).await?.rows_affected();
                     }
-                    n += q.execute(&mut *tx).await?.rows_affected();
+                    tx.commit().await?;
+                    n
                 }
-                tx.commit().await?;
-                n
-            }
+            })
         };
+        let affected = self.uncertain(ids, write).await?;
         self.after_commit(ChangeOp::Delete, ids, None).await;
         Ok(affected)
+    }
+
+    /// Runs a write. When the database reports an error the commit may still
+    /// have happened (the connection can die while the commit's answer is
+    /// on its way), so the ids are invalidated anyway; nothing is published.
+    async fn uncertain<R>(&self, ids: &[T::Id], write: impl Future<Output = Result<R>>) -> Result<R> {
+        let result = write.await;
+        if let Err(StorehausError::Database(_)) = &result {
+            let change = Change {
+                op: ChangeOp::Update,
+                ids: ids.to_vec(),
+                tags: Vec::new(),
+            };
+            self.invalidate_changes(std::slice::from_ref(&change)).await;
+        }
+        result
     }
 
     /// Invalidates the written ids (and the store's cached queries), then
@@ -466,6 +497,22 @@ impl<T: Cached> GenericStore<T> {
         if changes.is_empty() {
             return;
         }
+        self.invalidate_changes(changes).await;
+        if let Some(signals) = &self.signals {
+            for c in changes {
+                signals.publish(ChangeEvent {
+                    table: T::TABLE,
+                    op: c.op,
+                    ids: c.ids.iter().map(|id| id.to_string()).collect(),
+                    tags: c.tags.clone(),
+                });
+            }
+        }
+    }
+
+    /// Invalidates every key the changes wrote (and the store's cached
+    /// queries) in one round trip, and records their tags.
+    pub(crate) async fn invalidate_changes(&self, changes: &[Change<T::Id>]) {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
@@ -480,16 +527,6 @@ impl<T: Cached> GenericStore<T> {
                 .manager
                 .invalidate_committed(keys, vec![cache.generation_key.clone()], tagged)
                 .await;
-        }
-        if let Some(signals) = &self.signals {
-            for c in changes {
-                signals.publish(ChangeEvent {
-                    table: T::TABLE,
-                    op: c.op,
-                    ids: c.ids.iter().map(|id| id.to_string()).collect(),
-                    tags: c.tags.clone(),
-                });
-            }
         }
     }
 }

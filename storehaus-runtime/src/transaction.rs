@@ -133,13 +133,20 @@ impl<T: Cached> StoreTransaction<'_, T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
-    /// commit fails; nothing is invalidated then.
+    /// commit fails; the written keys are invalidated anyway (the commit's
+    /// outcome is unknown) and no event is published.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn commit(self) -> Result<()> {
-        match self.tx {
-            DbTx::Postgres(tx) => tx.commit().await?,
+        let committed = match self.tx {
+            DbTx::Postgres(tx) => tx.commit().await,
             #[cfg(feature = "sqlite")]
-            DbTx::Sqlite(tx) => tx.commit().await?,
+            DbTx::Sqlite(tx) => tx.commit().await,
+        };
+        if let Err(e) = committed {
+            // The commit may have happened even so (the connection can die
+            // while its answer is on the way): invalidate, publish nothing.
+            self.store.invalidate_changes(&self.changes).await;
+            return Err(e.into());
         }
         self.store.after_commit_all(&self.changes).await;
         Ok(())
