@@ -58,11 +58,12 @@ impl Breaker {
         self.opened_at.load(Ordering::Acquire) != 0
     }
 
-    /// Asks to make a call. Closed: one atomic load.
-    pub fn allow(&self) -> Result<(), Open> {
+    /// Asks to make a call: `Ok(true)` for the half-open probe, `Ok(false)`
+    /// for an ordinary call. Closed: one atomic load.
+    pub fn allow(&self) -> Result<bool, Open> {
         let opened = self.opened_at.load(Ordering::Acquire);
         if opened == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let now = self.now_ms();
         let refuse = |until: u64| Open {
@@ -80,7 +81,7 @@ impl Breaker {
             .probe_at
             .compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(_) => Err(refuse(now + self.cooldown_ms)),
         }
     }
@@ -99,11 +100,16 @@ impl Breaker {
         }
     }
 
-    /// Records a failed call.
-    pub fn failure(&self) -> Transition {
+    /// Records a failed call; `probe` is what [`allow`](Self::allow) said.
+    pub fn failure(&self, probe: bool) -> Transition {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
         let now = self.now_ms();
         let opened = self.opened_at.load(Ordering::Acquire);
+        if opened != 0 && !probe {
+            // A late failure of a call admitted before the breaker opened:
+            // it must not extend the cool-down or free the probe slot.
+            return Transition::None;
+        }
         if opened != 0 {
             // A failed probe: stay open for another cooldown. Compare-and-set,
             // so that a failure racing with the success that just closed the
@@ -137,40 +143,42 @@ mod tests {
     fn opens_after_threshold_and_probes_after_cooldown() {
         let b = Breaker::new(3, 30);
         assert!(b.allow().is_ok());
-        assert_eq!(b.failure(), Transition::None);
-        assert_eq!(b.failure(), Transition::None);
-        assert_eq!(b.failure(), Transition::Opened);
+        assert_eq!(b.failure(false), Transition::None);
+        assert_eq!(b.failure(false), Transition::None);
+        assert_eq!(b.failure(false), Transition::Opened);
         assert!(b.allow().is_err());
         std::thread::sleep(std::time::Duration::from_millis(40));
-        assert!(b.allow().is_ok(), "one probe after the cooldown");
+        assert!(matches!(b.allow(), Ok(true)), "one probe after the cooldown");
         assert!(b.allow().is_err(), "only one probe at a time");
-        assert_eq!(b.failure(), Transition::None);
+        assert_eq!(b.failure(false), Transition::None, "a late ordinary failure");
+        assert!(b.allow().is_err(), "...neither frees the probe slot nor re-opens");
+        assert_eq!(b.failure(true), Transition::None);
         assert!(b.allow().is_err(), "a failed probe re-opens");
         std::thread::sleep(std::time::Duration::from_millis(40));
-        assert!(b.allow().is_ok());
+        assert!(matches!(b.allow(), Ok(true)));
         assert_eq!(b.success(), Transition::Closed);
-        assert!(b.allow().is_ok());
+        assert!(matches!(b.allow(), Ok(false)));
         assert!(!b.is_open());
     }
 
     #[test]
     fn only_a_transition_opens_or_closes() {
         let b = Breaker::new(1, 60_000);
-        assert_eq!(b.failure(), Transition::Opened);
-        assert_eq!(b.failure(), Transition::None, "already open");
+        assert_eq!(b.failure(false), Transition::Opened);
+        assert_eq!(b.failure(false), Transition::None, "already open");
         assert!(b.is_open());
         assert_eq!(b.success(), Transition::Closed);
         assert_eq!(b.success(), Transition::None);
         assert!(!b.is_open());
-        assert_eq!(b.failure(), Transition::Opened, "re-opening is a transition again");
+        assert_eq!(b.failure(false), Transition::Opened, "re-opening is a transition again");
     }
 
     #[test]
     fn success_resets_the_run() {
         let b = Breaker::new(2, 1000);
-        b.failure();
+        b.failure(false);
         b.success();
-        assert_eq!(b.failure(), Transition::None);
-        assert_eq!(b.failure(), Transition::Opened);
+        assert_eq!(b.failure(false), Transition::None);
+        assert_eq!(b.failure(false), Transition::Opened);
     }
 }

@@ -358,13 +358,16 @@ impl CacheManager {
                 budget_ms: self.config.timeout_ms,
             });
         }
-        if let Err(open) = self.breaker.allow() {
-            Counters::bump(&self.counters.breaker_skips);
-            return Err(CacheError::CircuitOpen {
-                failures: open.failures,
-                retry_in_ms: open.retry_in_ms,
-            });
-        }
+        let probe = match self.breaker.allow() {
+            Ok(probe) => probe,
+            Err(open) => {
+                Counters::bump(&self.counters.breaker_skips);
+                return Err(CacheError::CircuitOpen {
+                    failures: open.failures,
+                    retry_in_ms: open.retry_in_ms,
+                });
+            }
+        };
         let mut attempt = 0u32;
         loop {
             let err = match timeout_at(deadline, call()).await {
@@ -400,7 +403,7 @@ impl CacheManager {
                     continue;
                 }
             }
-            if self.breaker.failure() == Transition::Opened {
+            if self.breaker.failure(probe) == Transition::Opened {
                 Counters::bump(&self.counters.breaker_opened);
                 tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
