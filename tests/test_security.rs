@@ -157,6 +157,16 @@ async fn wrong_password_falls_back_to_the_database_and_never_shows_the_password(
 
     let err = manager.health_check().await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");
+    // A refused password is its own error and is not retried.
+    let fresh = manager_on(&url, |c| c.with_timeout(300).with_retry_attempts(3).with_retry_delay(5));
+    let err = fresh.health_check().await.unwrap_err();
+    assert!(matches!(err, storehaus::CacheError::AuthenticationFailed(_)), "{err:?}");
+    assert_eq!(
+        fresh.get_stats().await.unwrap().connection_errors,
+        1,
+        "one attempt, no retries"
+    );
+    assert_no_secret(SECRET, "the authentication error", &format!("{err} {err:?}"));
     let err = manager.delete_pattern("*").await.unwrap_err();
     for text in [
         err.to_string(),

@@ -13,6 +13,10 @@ pub enum CacheError {
     /// refused our credentials.
     #[error("cache connection error: {0}")]
     ConnectionError(String),
+    /// The server refused our credentials (wrong password, unknown ACL
+    /// user). Not retried: another try would be refused the same way.
+    #[error("cache authentication failed: {0}")]
+    AuthenticationFailed(String),
     /// A value could not be encoded, or a cached entry could not be decoded
     /// (corrupt, truncated, or written by another schema).
     #[error("cache serialization error: {0}")]
@@ -50,7 +54,10 @@ impl CacheError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            CacheError::ConnectionError(_) | CacheError::Timeout { .. } | CacheError::CircuitOpen { .. }
+            CacheError::ConnectionError(_)
+                | CacheError::AuthenticationFailed(_)
+                | CacheError::Timeout { .. }
+                | CacheError::CircuitOpen { .. }
         )
     }
 }

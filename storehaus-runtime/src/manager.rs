@@ -377,7 +377,7 @@ impl CacheManager {
                     }
                     return Ok(v);
                 }
-                Ok(Err(e @ CacheError::ConnectionError(_))) => {
+                Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
                     Counters::bump(&self.counters.connection_errors);
                     e
                 }

@@ -142,14 +142,12 @@ impl std::fmt::Debug for RedisBackend {
 /// Maps a redis-rs error to ours. The URL (and so any password) is never part
 /// of redis-rs error messages; we add none.
 pub(crate) fn map_err(err: RedisError) -> CacheError {
-    if err.is_io_error()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || err.is_timeout()
-        || matches!(err.kind(), ErrorKind::AuthenticationFailed)
+    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
         || err.code() == Some("NOAUTH")
         || err.code() == Some("WRONGPASS")
     {
+        CacheError::AuthenticationFailed(err.to_string())
+    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
         CacheError::ConnectionError(err.to_string())
     } else {
         // Lead with the server's error code (`OOM`, `WRONGTYPE`, ...), which
@@ -370,7 +368,7 @@ impl RedisBackend {
             }
             Err(e) => {
                 let e = map_err(e);
-                if matches!(e, CacheError::ConnectionError(_)) {
+                if matches!(e, CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)) {
                     self.reset_generation(slot, generation);
                 } else {
                     // The server answered.
