@@ -438,6 +438,16 @@ async fn rediss_without_the_tls_feature_is_a_config_error() {
     println!("TLS tests skipped: build with `--features tls` to run them");
 }
 
+#[tokio::test]
+async fn tls_certificates_need_a_rediss_url_and_never_show_the_key() {
+    let config = storehaus::CacheConfig::new("redis://127.0.0.1:6379", 60, "app")
+        .with_tls_root_cert(b"-----BEGIN CERTIFICATE-----".to_vec())
+        .with_tls_client_cert(b"cert".to_vec(), b"s3cret-private-key".to_vec());
+    assert_no_secret("s3cret-private-key", "Debug of the config", &format!("{config:?}"));
+    let err = CacheManager::new(config).unwrap_err();
+    assert!(matches!(err, storehaus::CacheError::InvalidConfig(_)), "{err}");
+}
+
 #[cfg(feature = "tls")]
 mod tls {
     use std::path::{Path, PathBuf};
@@ -474,6 +484,7 @@ mod tls {
         let certs = Certs { dir };
         let d = certs.dir.as_path();
         std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").ok()?;
+        std::fs::write(d.join("client.cnf"), "extendedKeyUsage=clientAuth\n").ok()?;
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let ok = openssl(
             d,
@@ -520,6 +531,45 @@ mod tls {
                 "ext.cnf",
             ],
         );
+        // A client certificate signed by the same CA, for mutual TLS.
+        let ok =
+            ok && openssl(
+                d,
+                &[
+                    &["req"],
+                    &ec[..],
+                    &[
+                        "-keyout",
+                        "client.key",
+                        "-out",
+                        "client.csr",
+                        "-subj",
+                        "/CN=storehaus-client",
+                    ],
+                ]
+                .concat(),
+            ) && openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    "client.csr",
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    "client.crt",
+                    "-days",
+                    "2",
+                    // Any extension makes it an X.509 v3 certificate, which
+                    // rustls requires.
+                    "-extfile",
+                    "client.cnf",
+                ],
+            );
         if !ok {
             println!("TLS test skipped: the `openssl` CLI is missing or failed");
             return None;
@@ -541,6 +591,12 @@ mod tls {
     }
 
     pub fn start(certs: &Certs) -> Option<TlsServer> {
+        start_with(certs, false)
+    }
+
+    /// With `auth_clients`, the server demands a client certificate signed
+    /// by the test CA (mutual TLS).
+    pub fn start_with(certs: &Certs, auth_clients: bool) -> Option<TlsServer> {
         let port = free_port();
         let file = |name: &str| certs.dir.join(name).to_string_lossy().into_owned();
         let child = Command::new("redis-server")
@@ -551,7 +607,12 @@ mod tls {
                 "--tls-key-file",
                 &file("server.key"),
             ])
-            .args(["--tls-ca-cert-file", &file("ca.crt"), "--tls-auth-clients", "no"])
+            .args([
+                "--tls-ca-cert-file",
+                &file("ca.crt"),
+                "--tls-auth-clients",
+                if auth_clients { "yes" } else { "no" },
+            ])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -644,6 +705,65 @@ mod tls {
         manager.set_record("items", "1", &"over tls", 60).await.unwrap();
         let back: Option<String> = manager.get_record("items", "1").await.unwrap();
         assert_eq!(back.as_deref(), Some("over tls"));
+    }
+
+    /// A private CA given in the configuration, no `SSL_CERT_FILE`.
+    #[tokio::test]
+    async fn rediss_trusts_a_root_certificate_given_in_the_config() {
+        let Some(certs) = make_certs() else { return };
+        let Some(server) = start(&certs) else { return };
+        let ca = std::fs::read(certs.dir.join("ca.crt")).unwrap();
+        let manager = manager_on(&format!("rediss://127.0.0.1:{}", server.port), |c| {
+            c.with_tls_root_cert(ca.clone())
+        });
+        let mut last = None;
+        for _ in 0..100 {
+            match manager.health_check().await {
+                Ok(()) => break,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        manager
+            .health_check()
+            .await
+            .unwrap_or_else(|e| panic!("{e} (before: {last:?})"));
+        manager.set_record("items", "1", &"over tls", 60).await.unwrap();
+        let back: Option<String> = manager.get_record("items", "1").await.unwrap();
+        assert_eq!(back.as_deref(), Some("over tls"));
+    }
+
+    /// Mutual TLS: without a client certificate the server refuses us (the
+    /// store still answers from the database); with one it serves.
+    #[tokio::test]
+    async fn rediss_presents_a_client_certificate_when_the_server_demands_one() {
+        let Some(certs) = make_certs() else { return };
+        let Some(server) = start_with(&certs, true) else { return };
+        let read = |name: &str| std::fs::read(certs.dir.join(name)).unwrap();
+        let url = format!("rediss://127.0.0.1:{}", server.port);
+        let without = manager_on(&url, |c| c.with_tls_root_cert(read("ca.crt")).with_timeout(500));
+        assert!(
+            without.health_check().await.is_err(),
+            "no client certificate, no service"
+        );
+        let with = manager_on(&url, |c| {
+            c.with_tls_root_cert(read("ca.crt"))
+                .with_tls_client_cert(read("client.crt"), read("client.key"))
+        });
+        let mut last = None;
+        for _ in 0..100 {
+            match with.health_check().await {
+                Ok(()) => break,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        with.health_check()
+            .await
+            .unwrap_or_else(|e| panic!("{e} (before: {last:?})"));
+        with.set_record("items", "2", &"mutual tls", 60).await.unwrap();
+        let back: Option<String> = with.get_record("items", "2").await.unwrap();
+        assert_eq!(back.as_deref(), Some("mutual tls"));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 use crate::memory_backend::MemoryBackend;
 use crate::redis_backend::RedisBackend;
@@ -37,11 +38,16 @@ macro_rules! delegate {
 
 impl Backend {
     /// Opens the backend named by the URL's scheme. Connects lazily.
-    pub fn open(url: &str, pool_size: usize, timeout: Duration) -> CacheResult<Self> {
+    pub fn open(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
+        if tls.is_set() && !url.starts_with("rediss://") {
+            return Err(CacheError::InvalidConfig(
+                "TLS certificates were configured, but the cache URL is not rediss://".into(),
+            ));
+        }
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
         match scheme {
             "redis" | "rediss" | "redis+unix" | "unix" => {
-                Ok(Backend::Redis(RedisBackend::new(url, pool_size, timeout)?))
+                Ok(Backend::Redis(RedisBackend::new(url, pool_size, timeout, tls)?))
             }
             "memory" => Ok(Backend::Memory(MemoryBackend::open(url)?)),
             "" => Err(CacheError::InvalidConfig(format!(
@@ -80,18 +86,24 @@ mod tests {
     #[test]
     fn the_scheme_picks_the_backend() {
         let t = Duration::from_millis(100);
-        assert!(matches!(Backend::open("memory://", 1, t), Ok(Backend::Memory(_))));
         assert!(matches!(
-            Backend::open("memory://?max_capacity=5", 1, t),
+            Backend::open("memory://", 1, t, &TlsCerts::default()),
             Ok(Backend::Memory(_))
         ));
         assert!(matches!(
-            Backend::open("redis://127.0.0.1:1", 1, t),
+            Backend::open("memory://?max_capacity=5", 1, t, &TlsCerts::default()),
+            Ok(Backend::Memory(_))
+        ));
+        assert!(matches!(
+            Backend::open("redis://127.0.0.1:1", 1, t, &TlsCerts::default()),
             Ok(Backend::Redis(_))
         ));
         for bad in ["memory", "memory:", "http://x", "", "memory://x"] {
             assert!(
-                matches!(Backend::open(bad, 1, t), Err(CacheError::InvalidConfig(_))),
+                matches!(
+                    Backend::open(bad, 1, t, &TlsCerts::default()),
+                    Err(CacheError::InvalidConfig(_))
+                ),
                 "{bad}"
             );
         }

@@ -32,6 +32,22 @@ pub struct CacheConfig {
     pub(crate) lease_wait_ms: u64,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown_ms: u64,
+    pub(crate) tls: TlsCerts,
+}
+
+/// Certificates for `rediss://` beyond the system's trust store.
+#[derive(Clone, Default)]
+pub(crate) struct TlsCerts {
+    /// A PEM root certificate to trust instead of the system's.
+    pub root: Option<Vec<u8>>,
+    /// A PEM client certificate and its PEM key, for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsCerts {
+    pub fn is_set(&self) -> bool {
+        self.root.is_some() || self.client.is_some()
+    }
 }
 
 impl CacheConfig {
@@ -69,6 +85,7 @@ impl CacheConfig {
             lease_wait_ms: 200,
             breaker_threshold: 5,
             breaker_cooldown_ms: 1_000,
+            tls: TlsCerts::default(),
         }
     }
 
@@ -118,6 +135,23 @@ impl CacheConfig {
     pub fn with_circuit_breaker(mut self, threshold: u32, cooldown_ms: u64) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown_ms = cooldown_ms;
+        self
+    }
+
+    /// Trusts `root_cert_pem` (a PEM CA certificate) for `rediss://`
+    /// instead of the system's trust store, e.g. for a private CA. Needs the
+    /// `tls` feature; [`CacheManager::new`](crate::CacheManager::new) rejects
+    /// it otherwise, and for a URL that is not `rediss://`.
+    pub fn with_tls_root_cert(mut self, root_cert_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.root = Some(root_cert_pem.into());
+        self
+    }
+
+    /// Presents `cert_pem` with its private key `key_pem` (both PEM) to a
+    /// `rediss://` server that requires client certificates (mutual TLS).
+    /// The key never appears in `Debug`. Needs the `tls` feature.
+    pub fn with_tls_client_cert(mut self, cert_pem: impl Into<Vec<u8>>, key_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.client = Some((cert_pem.into(), key_pem.into()));
         self
     }
 
@@ -171,6 +205,11 @@ impl fmt::Debug for CacheConfig {
             .field("lease_wait_ms", &self.lease_wait_ms)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
+            .field("tls_root_cert", &self.tls.root.as_ref().map(|_| "set"))
+            .field(
+                "tls_client_cert",
+                &self.tls.client.as_ref().map(|_| "set (key redacted)"),
+            )
             .finish()
     }
 }

@@ -113,7 +113,7 @@ impl CacheManager {
             )));
         }
         let timeout = Duration::from_millis(config.timeout_ms);
-        let backend = Backend::open(&config.url, config.pool_size, timeout)?;
+        let backend = Backend::open(&config.url, config.pool_size, timeout, &config.tls)?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),

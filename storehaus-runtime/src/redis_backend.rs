@@ -32,7 +32,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
 use tokio::sync::watch;
 
-use crate::config::redact_url;
+use crate::config::{redact_url, TlsCerts};
 use crate::error::{CacheError, CacheResult};
 
 /// Writes each value only where the key still holds the reader's lease.
@@ -159,6 +159,31 @@ pub(crate) fn map_err(err: RedisError) -> CacheError {
     }
 }
 
+/// A client for `url`, with the configured certificates when there are any.
+fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
+    if !tls.is_set() {
+        return Client::open(url);
+    }
+    #[cfg(feature = "tls")]
+    {
+        let certs = redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: tls.root.clone(),
+        };
+        Client::build_with_tls(url, certs)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "TLS certificates need the `tls` feature of storehaus",
+        )))
+    }
+}
+
 /// rustls needs a process-wide CryptoProvider. Applications that chose one
 /// (ring, aws-lc-rs, ...) keep theirs; otherwise ring's is installed, so that
 /// `rediss://` works even when several providers are compiled in (where
@@ -200,12 +225,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl RedisBackend {
-    pub fn new(url: &str, pool_size: usize, timeout: Duration) -> CacheResult<Self> {
+    pub fn new(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
         #[cfg(feature = "tls")]
         if url.starts_with("rediss://") {
             install_crypto_provider();
         }
-        let client = Client::open(url)
+        let client = open_client(url, tls)
             .map_err(|e| CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e)))?;
         let slots = (0..pool_size).map(|_| Slot::default()).collect();
         let connection_config = AsyncConnectionConfig::new()
