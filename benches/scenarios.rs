@@ -543,6 +543,17 @@ async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
     let ours_ids: Arc<[Uuid]> = ours_rows.iter().map(|u| u.id).collect();
     let floor_ids: Arc<[Uuid]> = floor_rows.iter().map(|u| u.id).collect();
     let floor_prefix = format!("{}:floor", s.raw_prefix);
+    // The same misses with `with_single_command_reads(true)`: one round trip
+    // less per miss (the lease is taken by the read itself).
+    let single_rows = users(per_side);
+    insert(&s.pool, "bench_users", &single_rows).await;
+    let single_ids: Arc<[Uuid]> = single_rows.iter().map(|u| u.id).collect();
+    let single_mgr = manager(&redis_url(), |c| c.with_single_command_reads(true));
+    let single_store = Arc::new(GenericStore::<BenchUser>::new(
+        s.pool.clone(),
+        None,
+        Some(CacheParams::new(single_mgr.clone())),
+    ));
     let mut variants = vec![
         {
             let s = s.clone();
@@ -581,6 +592,15 @@ async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
             })
         },
     ];
+    variants.push(variant(move |round| {
+        let (store, ids) = (single_store.clone(), single_ids.clone());
+        async move {
+            latency_us!(n, |i| {
+                let got = store.get_by_id(&ids[round * n + i]).await.expect("get_by_id");
+                black_box(got.expect("row exists"));
+            })
+        }
+    }));
     let m = interleave(plan.rounds, &mut variants).await;
     let p = pair(&m[0], &m[1]);
     rows.push(Row::compare(
@@ -591,6 +611,16 @@ async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
         p.ratio,
         Goal::AtMost(1.05),
     ));
+    let q = pair(&m[2], &m[1]);
+    rows.push(Row::compare(
+        "miss + fill, `with_single_command_reads(true)`",
+        "raw GET (miss) + sqlx SELECT by pk: the floor",
+        us(q.ours),
+        us(q.base),
+        q.ratio,
+        Goal::AtMost(1.05),
+    ));
+    let _ = single_mgr.delete_pattern("*").await;
 }
 
 /// get_many(100) of hits against 100 sequential get_by_id.
@@ -1144,11 +1174,14 @@ fn render(machine: &Machine, plan: &Plan, rows: &[Row], notes: &[String], elapse
          one multiplexed connection) stores it in its own MessagePack envelope.",
         "StoreHaus runs with its defaults (10 multiplexed connections, 500 ms budget); raw redis-rs uses one \
          multiplexed connection shared by all tasks.",
-        "Hit: every key is filled before measuring; StoreHaus reads with `SET key lease NX PX ms GET`. \
-         Miss + fill: every iteration reads a fresh id (a true miss: lease, SELECT, fill in the background); \
-         the floor reads a fresh missing key and then SELECTs a fresh id.",
-        "Update: `GenericStore::update` (UPDATE … RETURNING, then DEL + query-generation INCR in one round \
-         trip) against the same UPDATE … RETURNING through sqlx.",
+        "Hit: every key is filled before measuring; StoreHaus reads with a plain `GET` (its default; \
+         `with_single_command_reads(true)` makes every read one `SET key lease NX PX ms GET` instead). \
+         Miss + fill: every iteration reads a fresh id (a true miss: GET, then the lease \
+         `SET key lease NX PX ms GET`, SELECT, fill in the background); the floor reads a fresh missing key \
+         and then SELECTs a fresh id.",
+        "Update: `GenericStore::update` (UPDATE … RETURNING, then DEL + query-generation SET NX/INCR in one \
+         round trip) against the same UPDATE … RETURNING through sqlx, and against that UPDATE plus one \
+         hand-built DEL/INCR pipeline (the floor).",
         "Redis down: a manager on a closed loopback port, breaker opened by a few failed reads, cooldown longer \
          than the run (no probe while measuring).",
         "Cold burst: the row is read through a view whose set-returning function bumps a sequence once per \

@@ -483,55 +483,58 @@ async fn torture_no_stale_reads_while_plain_cache_aside_has_them() {
     };
     let slow_fill = Duration::from_millis(2);
 
-    // StoreHaus, with every fill delayed like a slow reader.
-    let db = counters_db(workload.rows).await;
-    let manager = manager();
-    manager.test_hooks().set_fill_delay(slow_fill);
-    let store = Arc::new(GenericStore::<Counter>::new(
-        db.pool.clone(),
-        None,
-        Some(CacheParams::new(manager.clone())),
-    ));
-    let (rs, ws) = (store.clone(), store.clone());
-    let ours = run_workload(
-        &workload,
-        move |r| {
-            let s = rs.clone();
-            async move { s.get_by_id(&r).await.unwrap().unwrap().version }
-        },
-        move |r, v| {
-            let s = ws.clone();
-            async move {
-                s.update(&r, Counter { id: r, version: v }, None).await.unwrap();
-            }
-        },
-    )
-    .await;
-    println!(
-        "storehaus: {} reads, {} writes, {} stale",
-        ours.reads, ours.writes, ours.stale
-    );
-    assert_eq!(ours.stale, 0);
-    // After the writers stop, every cached entry equals its row.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut redis = raw_redis(&redis_url()).await;
-    let rows: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>("SELECT id, version FROM counters")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    for (id, version) in &rows {
-        if let Some(bytes) = raw_get(&mut redis, &store.cache_key(id)).await {
-            if bytes[0] != 0xC1 {
-                assert_eq!(decode_version(&bytes), *version, "cached row {id} equals the database");
+    // StoreHaus, with every fill delayed like a slow reader, in both read
+    // modes (GET first, and the single SET NX GET).
+    for single_command_reads in [false, true] {
+        let db = counters_db(workload.rows).await;
+        let manager = manager_on(&redis_url(), |c| c.with_single_command_reads(single_command_reads));
+        manager.test_hooks().set_fill_delay(slow_fill);
+        let store = Arc::new(GenericStore::<Counter>::new(
+            db.pool.clone(),
+            None,
+            Some(CacheParams::new(manager.clone())),
+        ));
+        let (rs, ws) = (store.clone(), store.clone());
+        let ours = run_workload(
+            &workload,
+            move |r| {
+                let s = rs.clone();
+                async move { s.get_by_id(&r).await.unwrap().unwrap().version }
+            },
+            move |r, v| {
+                let s = ws.clone();
+                async move {
+                    s.update(&r, Counter { id: r, version: v }, None).await.unwrap();
+                }
+            },
+        )
+        .await;
+        println!(
+            "storehaus (single_command_reads = {single_command_reads}): {} reads, {} writes, {} stale",
+            ours.reads, ours.writes, ours.stale
+        );
+        assert_eq!(ours.stale, 0);
+        // After the writers stop, every cached entry equals its row.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut redis = raw_redis(&redis_url()).await;
+        let rows: HashMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>("SELECT id, version FROM counters")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        for (id, version) in &rows {
+            if let Some(bytes) = raw_get(&mut redis, &store.cache_key(id)).await {
+                if bytes[0] != 0xC1 {
+                    assert_eq!(decode_version(&bytes), *version, "cached row {id} equals the database");
+                }
             }
         }
+        let stats = manager.get_stats().await.unwrap();
+        println!("storehaus stats: {stats:?}");
+        clear_prefix(&manager).await;
+        db.cleanup().await;
     }
-    let stats = manager.get_stats().await.unwrap();
-    println!("storehaus stats: {stats:?}");
-    clear_prefix(&manager).await;
-    db.cleanup().await;
 
     // The same workload through plain GET / SET cache-aside.
     let db = counters_db(workload.rows).await;

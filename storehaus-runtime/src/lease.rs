@@ -5,11 +5,14 @@
 //! the cache, where it is served until the TTL runs out. StoreHaus closes it
 //! the way memcache leases do:
 //!
-//! 1. A miss takes a **lease** on the key in the same command that reads it:
-//!    `SET key <lease> NX PX <lease_ttl> GET` returns the current value (a
-//!    hit), or nothing, in which case the key now holds this reader's unique
-//!    lease token. A lease starts with the byte `0xC1`, which MessagePack
-//!    never uses, so it can't be mistaken for a value.
+//! 1. A read `GET`s the key. On a miss it takes a **lease**:
+//!    `SET key <lease> NX PX <lease_ttl> GET` returns the current value (one
+//!    that appeared meanwhile: a hit), or nothing, in which case the key now
+//!    holds this reader's unique lease token. A lease starts with the byte
+//!    `0xC1`, which MessagePack never uses, so it can't be mistaken for a
+//!    value. With `CacheConfig::with_single_command_reads(true)` every read
+//!    is that `SET ... NX ... GET` (a miss saves a round trip, a hit costs a
+//!    write command).
 //! 2. The lease holder reads the database.
 //! 3. It **fills** with a compare-and-set Lua script (EVALSHA, loaded once,
 //!    re-loaded on NOSCRIPT): the value is written only if the key still
@@ -25,8 +28,9 @@
 //! database without filling if no value appears. A leaseholder that dies
 //! frees the key when the lease expires (`CacheConfig::with_lease_ttl`).
 //!
-//! Fills run in a background task, so a miss costs one cache round trip plus
-//! the database query; the load stays joinable until the fill has landed.
+//! Fills run in a background task, so a miss costs two cache round trips
+//! (one with single-command reads) plus the database query; the load stays
+//! joinable until the fill has landed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,9 +144,17 @@ async fn lookup<V: DeserializeOwned>(
     lease: &[u8],
     deadline: tokio::time::Instant,
 ) -> Step<V> {
-    let found = mgr
-        .guarded(deadline, "get", || mgr.backend.get_or_lease(key, lease, mgr.lease_ms()))
-        .await;
+    let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
+    let found = if mgr.config().single_command_reads {
+        mgr.guarded(deadline, "get", lease_read).await
+    } else {
+        // A plain GET first: a hit costs what a raw GET does; only a miss
+        // sends the lease command.
+        match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
+            Ok(None) => mgr.guarded(deadline, "lease", lease_read).await,
+            other => other,
+        }
+    };
     match found {
         Ok(None) => Step::Lead,
         Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy,
