@@ -821,7 +821,7 @@ async fn fault_matrix() {
         let errors = stats(&manager).await.command_errors - s0;
         rows.push((
             "out of memory (maxmemory 1mb, noeviction)".into(),
-            "cached rows (a plain GET after the refused lease SET); command_errors",
+            "cached rows (reads are plain GETs); writes' invalidations refused and counted",
             oom,
             format!("{errors} command_errors, breaker stays closed"),
         ));
