@@ -324,6 +324,11 @@ impl Row {
     }
 }
 
+/// A latency row: both medians in µs and the median ratio.
+fn latency_row(scenario: &str, baseline_name: &str, p: &Pair, goal: Goal) -> Row {
+    Row::compare(scenario, baseline_name, us(p.ours), us(p.base), p.ratio, goal)
+}
+
 fn us(v: f64) -> String {
     if v >= 1000.0 {
         format!("{:.2} ms", v / 1000.0)
@@ -603,21 +608,17 @@ async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
     }));
     let m = interleave(plan.rounds, &mut variants).await;
     let p = pair(&m[0], &m[1]);
-    rows.push(Row::compare(
+    rows.push(latency_row(
         "get_by_id miss + fill (latency)",
         "raw GET (miss) + sqlx SELECT by pk: the floor",
-        us(p.ours),
-        us(p.base),
-        p.ratio,
+        &p,
         Goal::AtMost(1.05),
     ));
     let q = pair(&m[2], &m[1]);
-    rows.push(Row::compare(
+    rows.push(latency_row(
         "miss + fill, `with_single_command_reads(true)`",
         "raw GET (miss) + sqlx SELECT by pk: the floor",
-        us(q.ours),
-        us(q.base),
-        q.ratio,
+        &q,
         Goal::AtMost(1.05),
     ));
     let _ = single_mgr.delete_pattern("*").await;
@@ -753,21 +754,17 @@ async fn update(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
     });
     let m = interleave(plan.rounds, &mut variants).await;
     let p = pair(&m[0], &m[1]);
-    rows.push(Row::compare(
+    rows.push(latency_row(
         "update + invalidate (latency)",
         "direct sqlx UPDATE … RETURNING",
-        us(p.ours),
-        us(p.base),
-        p.ratio,
+        &p,
         Goal::AtMost(1.2),
     ));
     let f = pair(&m[0], &m[2]);
-    rows.push(Row::compare(
+    rows.push(latency_row(
         "update + invalidate (latency)",
         "the floor: UPDATE … RETURNING + one DEL/INCR pipeline by hand",
-        us(f.ours),
-        us(f.base),
-        f.ratio,
+        &f,
         Goal::AtMost(1.05),
     ));
     let mut conn = s.raw.clone();
@@ -834,12 +831,10 @@ async fn redis_down(s: &Shared, plan: &Plan, rows: &mut Vec<Row>, notes: &mut Ve
     let m = interleave(plan.rounds, &mut variants).await;
     let after = mgr.get_stats().await.expect("stats");
     let p = pair(&m[0], &m[1]);
-    rows.push(Row::compare(
+    rows.push(latency_row(
         "Redis down, breaker open (latency)",
         "direct sqlx SELECT by pk",
-        us(p.ours),
-        us(p.base),
-        p.ratio,
+        &p,
         Goal::AtMost(1.05),
     ));
     notes.push(format!(

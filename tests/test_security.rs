@@ -679,6 +679,20 @@ mod tls {
         );
     }
 
+    /// Waits (up to 5 s) until the TLS server answers the manager's PING;
+    /// panics with the last error otherwise.
+    async fn until_healthy(manager: &CacheManager) {
+        let mut last = None;
+        for _ in 0..100 {
+            match manager.health_check().await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the TLS server never answered: {last:?}");
+    }
+
     const CHILD_PORT: &str = "STOREHAUS_TEST_TLS_PORT";
 
     #[tokio::test]
@@ -690,18 +704,7 @@ mod tls {
         };
         // No `#insecure`: the certificate (IP SAN 127.0.0.1) is verified.
         let manager = manager_on(&format!("rediss://127.0.0.1:{port}"), |c| c);
-        let mut last = None;
-        for _ in 0..100 {
-            match manager.health_check().await {
-                Ok(()) => break,
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        manager
-            .health_check()
-            .await
-            .unwrap_or_else(|e| panic!("{e} (before: {last:?})"));
+        until_healthy(&manager).await;
         manager.set_record("items", "1", &"over tls", 60).await.unwrap();
         let back: Option<String> = manager.get_record("items", "1").await.unwrap();
         assert_eq!(back.as_deref(), Some("over tls"));
@@ -716,18 +719,7 @@ mod tls {
         let manager = manager_on(&format!("rediss://127.0.0.1:{}", server.port), |c| {
             c.with_tls_root_cert(ca.clone())
         });
-        let mut last = None;
-        for _ in 0..100 {
-            match manager.health_check().await {
-                Ok(()) => break,
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        manager
-            .health_check()
-            .await
-            .unwrap_or_else(|e| panic!("{e} (before: {last:?})"));
+        until_healthy(&manager).await;
         manager.set_record("items", "1", &"over tls", 60).await.unwrap();
         let back: Option<String> = manager.get_record("items", "1").await.unwrap();
         assert_eq!(back.as_deref(), Some("over tls"));
@@ -750,17 +742,7 @@ mod tls {
             c.with_tls_root_cert(read("ca.crt"))
                 .with_tls_client_cert(read("client.crt"), read("client.key"))
         });
-        let mut last = None;
-        for _ in 0..100 {
-            match with.health_check().await {
-                Ok(()) => break,
-                Err(e) => last = Some(e),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        with.health_check()
-            .await
-            .unwrap_or_else(|e| panic!("{e} (before: {last:?})"));
+        until_healthy(&with).await;
         with.set_record("items", "2", &"mutual tls", 60).await.unwrap();
         let back: Option<String> = with.get_record("items", "2").await.unwrap();
         assert_eq!(back.as_deref(), Some("mutual tls"));
