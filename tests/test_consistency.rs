@@ -271,90 +271,101 @@ async fn transaction_invalidates_after_commit_and_never_on_rollback() {
     db.cleanup().await;
 }
 
+/// An outage staged on a private redis-server that keeps its dataset on
+/// disk: row 1 is cached at v1 and saved, Redis is killed, and v2 is
+/// committed while its invalidation cannot be delivered (it is pending).
+struct Outage {
+    dir: std::path::PathBuf,
+    server: RedisServer,
+    db: Db,
+    manager: Arc<storehaus::CacheManager>,
+    store: GenericStore<Counter>,
+    key: String,
+}
+
+impl Outage {
+    async fn stage(tweak: impl FnOnce(storehaus::CacheConfig) -> storehaus::CacheConfig) -> Outage {
+        let dir = std::env::temp_dir().join(random_name("redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_s = dir.to_string_lossy().to_string();
+        let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
+        let db = counters_db(1).await;
+        let manager = manager_on(&server.url(), |c| tweak(c.with_timeout(300).with_retry_delay(5)));
+        let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+        let key = store.cache_key(&1);
+
+        // v1 is cached, and saved to disk with the rest of the dataset.
+        assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
+        let mut redis = raw_redis(&server.url()).await;
+        wait_for_value(&mut redis, &key).await;
+        let _: () = redis::cmd("SAVE").query_async(&mut redis).await.unwrap();
+
+        // Redis dies; the update commits; its invalidation cannot be delivered.
+        server.kill();
+        store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
+        assert!(manager.get_stats().await.unwrap().pending_invalidations >= 1);
+        Outage {
+            dir,
+            server,
+            db,
+            manager,
+            store,
+            key,
+        }
+    }
+
+    async fn cleanup(self) {
+        self.db.cleanup().await;
+        drop(self.server);
+        let _ = std::fs::remove_dir_all(self.dir);
+    }
+}
+
 #[tokio::test]
 async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume() {
-    let dir = std::env::temp_dir().join(random_name("redis"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir_s = dir.to_string_lossy().to_string();
-    let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
-    let db = counters_db(1).await;
-    let manager = manager_on(&server.url(), |c| {
-        c.with_timeout(300).with_retry_delay(5).with_circuit_breaker(100, 50)
-    });
-    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
-    let key = store.cache_key(&1);
-
-    // v1 is cached, and saved to disk with the rest of the dataset.
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
-    let mut redis = raw_redis(&server.url()).await;
-    wait_for_value(&mut redis, &key).await;
-    let _: () = redis::cmd("SAVE").query_async(&mut redis).await.unwrap();
-
-    // Redis dies; the update commits; its invalidation cannot be delivered.
-    server.kill();
-    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
-    assert!(manager.get_stats().await.unwrap().pending_invalidations >= 1);
+    let mut o = Outage::stage(|c| c.with_circuit_breaker(100, 50)).await;
     assert_eq!(
-        store.get_by_id(&1).await.unwrap().unwrap().version,
+        o.store.get_by_id(&1).await.unwrap().unwrap().version,
         2,
         "bypasses the cache meanwhile"
     );
 
     // Redis comes back with the old dataset, v1 included.
-    server.restart().await;
-    let mut redis = raw_redis(&server.url()).await;
+    o.server.restart().await;
+    let mut redis = raw_redis(&o.server.url()).await;
     assert!(
-        raw_get(&mut redis, &key).await.is_some(),
+        raw_get(&mut redis, &o.key).await.is_some(),
         "the stale entry is back on the server"
     );
     assert_eq!(
-        store.get_by_id(&1).await.unwrap().unwrap().version,
+        o.store.get_by_id(&1).await.unwrap().unwrap().version,
         2,
         "never the old row"
     );
-    assert_eq!(manager.get_stats().await.unwrap().pending_invalidations, 0);
-    wait_for_value(&mut redis, &key).await;
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
-    db.cleanup().await;
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(o.manager.get_stats().await.unwrap().pending_invalidations, 0);
+    wait_for_value(&mut redis, &o.key).await;
+    assert_eq!(o.store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    o.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_write_only_process_replays_its_lost_invalidations_in_the_background() {
-    let dir = std::env::temp_dir().join(random_name("redis"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir_s = dir.to_string_lossy().to_string();
-    let mut server = RedisServer::start_with(&["--dir", &dir_s, "--dbfilename", "dump.rdb"]).await;
-    let db = counters_db(1).await;
-    let writer = manager_on(&server.url(), |c| c.with_timeout(300).with_retry_delay(5));
-    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(writer.clone())));
-    let key = store.cache_key(&1);
-
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
-    let mut redis = raw_redis(&server.url()).await;
-    wait_for_value(&mut redis, &key).await;
-    let _: () = redis::cmd("SAVE").query_async(&mut redis).await.unwrap();
-    server.kill();
-    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
-    assert!(writer.get_stats().await.unwrap().pending_invalidations >= 1);
+    let mut o = Outage::stage(|c| c).await;
 
     // Redis returns with v1 on disk. This process never reads again: the
     // background replayer alone must remove the stale entry, so another
     // process (a raw client here) stops seeing it.
-    server.restart().await;
-    let mut redis = raw_redis(&server.url()).await;
+    o.server.restart().await;
+    let mut redis = raw_redis(&o.server.url()).await;
     eventually("the replayer deleted the stale entry", || {
         let mut redis = redis.clone();
-        let key = key.clone();
+        let key = o.key.clone();
         async move { raw_get(&mut redis, &key).await.is_none() }
     })
     .await;
-    assert_eq!(writer.get_stats().await.unwrap().pending_invalidations, 0);
-    assert!(raw_get(&mut redis, &key).await.is_none());
-    db.cleanup().await;
-    drop(server);
-    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(o.manager.get_stats().await.unwrap().pending_invalidations, 0);
+    assert!(raw_get(&mut redis, &o.key).await.is_none());
+    o.cleanup().await;
 }
 
 #[tokio::test]
