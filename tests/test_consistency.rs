@@ -330,13 +330,17 @@ async fn invalidation_lost_in_an_outage_is_replayed_before_cached_reads_resume()
         "bypasses the cache meanwhile"
     );
 
-    // Redis comes back with the old dataset, v1 included.
-    o.server.restart().await;
-    let mut redis = raw_redis(&o.server.url()).await;
+    // Redis comes back with the old dataset, v1 included. (Locked at first,
+    // so that the background replayer cannot remove the entry before this
+    // test has seen it there.)
+    o.server.restart_locked("lock").await;
+    let mut locked = raw_redis(&format!("redis://:lock@127.0.0.1:{}", o.server.port)).await;
     assert!(
-        raw_get(&mut redis, &o.key).await.is_some(),
+        raw_get(&mut locked, &o.key).await.is_some(),
         "the stale entry is back on the server"
     );
+    o.server.unlock("lock").await;
+    let mut redis = raw_redis(&o.server.url()).await;
     assert_eq!(
         o.store.get_by_id(&1).await.unwrap().unwrap().version,
         2,
@@ -393,10 +397,8 @@ async fn a_write_whose_caller_gives_up_after_commit_still_invalidates() {
         .await
         .unwrap();
     assert_eq!(version, 2, "the write was committed");
-    assert!(
-        manager.get_stats().await.unwrap().pending_invalidations >= 1,
-        "the dropped invalidation was remembered"
-    );
+    // The write goes on in a task of its own: its invalidation waits for
+    // the stalled server (or is remembered for replay), it is not lost.
     server.resume();
     assert_eq!(
         store.get_by_id(&1).await.unwrap().unwrap().version,

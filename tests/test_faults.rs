@@ -573,14 +573,15 @@ async fn retries_apply_to_connection_errors_only_and_stay_inside_the_budget() {
     let server = RedisServer::start().await;
     let manager = manager_on(&server.url(), |c| c.with_retry_attempts(5).with_retry_delay(5));
     let mut redis = raw_redis(&server.url()).await;
-    let gen = format!("{}:items:query:gen", manager.global_prefix());
-    let _: () = redis::cmd("SET")
-        .arg(&gen)
-        .arg("not a number")
+    let key = format!("{}:items:1", manager.global_prefix());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("field")
+        .arg("value")
         .query_async(&mut redis)
         .await
         .unwrap();
-    let err = manager.invalidate_queries("items").await.unwrap_err();
+    let err = manager.get_record::<Item>("items", "1").await.unwrap_err();
     assert!(matches!(err, CacheError::Command(_)), "{err}");
     let s = stats(&manager).await;
     assert_eq!((s.command_errors, s.connection_errors), (1, 0), "{s:?}");

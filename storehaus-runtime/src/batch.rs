@@ -72,9 +72,7 @@ where
     }
 
     if !corrupt.is_empty() {
-        let _ = mgr
-            .guarded(deadline, "discard", || mgr.backend.invalidate(&corrupt, &[]))
-            .await;
+        let _ = mgr.guarded(deadline, "discard", || mgr.backend.delete(&corrupt)).await;
     }
     let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
     let lease = new_lease();
@@ -84,7 +82,8 @@ where
         })
         .await
         .unwrap_or_default();
-    // Keys of another Redis type (MGET reads them as nil) were replaced.
+    // Keys of another Redis type (MGET reads them as nil) and strings
+    // without expiry (a lease never lacks one) were replaced.
     Counters::add(&mgr.counters.serialization_errors, replaced);
 
     let rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;

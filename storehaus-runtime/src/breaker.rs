@@ -70,19 +70,21 @@ impl Breaker {
             failures: self.failures.load(Ordering::Relaxed),
             retry_in_ms: until.saturating_sub(now),
         };
-        if now < opened + self.cooldown_ms {
-            return Err(refuse(opened + self.cooldown_ms));
+        let reopens_at = opened.saturating_add(self.cooldown_ms);
+        if now < reopens_at {
+            return Err(refuse(reopens_at));
         }
         let probe = self.probe_at.load(Ordering::Acquire);
-        if probe != 0 && now < probe + self.cooldown_ms {
-            return Err(refuse(probe + self.cooldown_ms));
+        let probe_ends_at = probe.saturating_add(self.cooldown_ms);
+        if probe != 0 && now < probe_ends_at {
+            return Err(refuse(probe_ends_at));
         }
         match self
             .probe_at
             .compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => Ok(true),
-            Err(_) => Err(refuse(now + self.cooldown_ms)),
+            Err(_) => Err(refuse(now.saturating_add(self.cooldown_ms))),
         }
     }
 
@@ -171,6 +173,16 @@ mod tests {
         assert_eq!(b.success(), Transition::None);
         assert!(!b.is_open());
         assert_eq!(b.failure(false), Transition::Opened, "re-opening is a transition again");
+    }
+
+    #[test]
+    fn a_huge_cooldown_saturates_instead_of_overflowing() {
+        let b = Breaker::new(1, u64::MAX);
+        assert_eq!(b.failure(false), Transition::Opened);
+        let open = b.allow().unwrap_err();
+        assert!(open.retry_in_ms > 1_000_000, "{open:?}");
+        assert_eq!(b.failure(true), Transition::None);
+        assert!(b.allow().is_err());
     }
 
     #[test]

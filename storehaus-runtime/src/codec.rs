@@ -33,6 +33,10 @@ pub const ANY_FINGERPRINT: u64 = 0;
 /// The first byte of a fill lease: MessagePack's reserved "never used" byte.
 pub const LEASE_TAG: u8 = 0xC1;
 
+/// The length of a fill lease: [`LEASE_TAG`] and 16 random bytes. Anything
+/// else that starts with `0xC1` is not a lease but a corrupt entry.
+pub const LEASE_LEN: usize = 17;
+
 /// A decoded cache entry.
 #[derive(Debug, PartialEq)]
 pub enum Entry<T> {
@@ -62,10 +66,12 @@ pub fn encode<T: Serialize + ?Sized>(fingerprint: u64, value: Option<&T>) -> Res
     Ok(buf)
 }
 
-/// Whether `bytes` is a fill lease rather than a value.
+/// Whether `bytes` has the shape of a fill lease rather than a value:
+/// [`LEASE_LEN`] bytes starting with [`LEASE_TAG`]. (A real lease also has an
+/// expiry; the read path checks that before it waits on one for long.)
 #[inline]
 pub fn is_lease(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&LEASE_TAG)
+    bytes.len() == LEASE_LEN && bytes[0] == LEASE_TAG
 }
 
 /// Decodes an envelope, checking version and fingerprint.

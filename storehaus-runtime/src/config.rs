@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::error::{CacheError, CacheResult};
+
 /// Global cache settings, shared by every store of one
 /// [`CacheManager`](crate::CacheManager).
 ///
@@ -34,6 +36,7 @@ pub struct CacheConfig {
     pub(crate) breaker_cooldown_ms: u64,
     pub(crate) tls: TlsCerts,
     pub(crate) single_command_reads: bool,
+    pub(crate) max_pending: usize,
 }
 
 /// Certificates for `rediss://` beyond the system's trust store.
@@ -60,6 +63,9 @@ impl CacheConfig {
     pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
     /// Default base delay of the retry backoff, in ms.
     pub const DEFAULT_RETRY_DELAY_MS: u64 = 50;
+    /// Default number of invalidated keys remembered one by one during an
+    /// outage (see [`with_max_pending_invalidations`](Self::with_max_pending_invalidations)).
+    pub const DEFAULT_MAX_PENDING_INVALIDATIONS: usize = 100_000;
 
     /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
     /// the default TTL in seconds and the global key prefix.
@@ -88,6 +94,7 @@ impl CacheConfig {
             breaker_cooldown_ms: 1_000,
             tls: TlsCerts::default(),
             single_command_reads: false,
+            max_pending: Self::DEFAULT_MAX_PENDING_INVALIDATIONS,
         }
     }
 
@@ -170,6 +177,47 @@ impl CacheConfig {
         self
     }
 
+    /// How many invalidated keys (and tag additions) that could not reach
+    /// the cache are remembered one by one for replay (default 100 000,
+    /// must be ≥ 1). Past this bound a store's pending keys are replaced by
+    /// the store's whole key space: on recovery every key under
+    /// `{global}:{prefix}:` is removed (SCAN + UNLINK in steps, each under
+    /// its own budget), which is coarser but still leaves nothing stale.
+    /// Replay runs in batches of at most 1 000 keys per round trip.
+    pub fn with_max_pending_invalidations(mut self, max_keys: usize) -> Self {
+        self.max_pending = max_keys;
+        self
+    }
+
+    /// Checks every setting; [`CacheManager::new`](crate::CacheManager::new)
+    /// calls it.
+    pub(crate) fn validate(&self) -> CacheResult<()> {
+        crate::key::validate_prefix("global prefix", &self.global_prefix)?;
+        in_range("pool size", self.pool_size as u64, 1, 1024, "")?;
+        in_range("timeout", self.timeout_ms, 1, ONE_DAY_MS, " ms")?;
+        in_range("retry attempts", u64::from(self.retry_attempts), 0, 100, "")?;
+        in_range("retry delay", self.retry_delay_ms, 0, ONE_DAY_MS, " ms")?;
+        in_range("lease TTL", self.lease_ms, 1, ONE_DAY_MS, " ms")?;
+        in_range("lease wait", self.lease_wait_ms, 0, ONE_DAY_MS, " ms")?;
+        in_range(
+            "circuit breaker threshold",
+            u64::from(self.breaker_threshold),
+            1,
+            u64::from(u32::MAX),
+            "",
+        )?;
+        in_range(
+            "circuit breaker cool-down",
+            self.breaker_cooldown_ms,
+            0,
+            ONE_DAY_MS,
+            " ms",
+        )?;
+        in_range("default TTL", self.default_ttl, 1, crate::MAX_TTL_SECS, " s")?;
+        in_range("max pending invalidations", self.max_pending as u64, 1, 100_000_000, "")?;
+        Ok(())
+    }
+
     /// The URL with its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
@@ -206,6 +254,18 @@ impl CacheConfig {
     }
 }
 
+/// One day in milliseconds: the longest duration any setting accepts.
+const ONE_DAY_MS: u64 = 86_400_000;
+
+fn in_range(what: &str, value: u64, min: u64, max: u64, unit: &str) -> CacheResult<()> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(CacheError::InvalidConfig(format!(
+        "{what} must be between {min}{unit} and {max}{unit}, got {value}{unit}"
+    )))
+}
+
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheConfig")
@@ -221,6 +281,7 @@ impl fmt::Debug for CacheConfig {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
             .field("single_command_reads", &self.single_command_reads)
+            .field("max_pending", &self.max_pending)
             .field("tls_root_cert", &self.tls.root.as_ref().map(|_| "set"))
             .field(
                 "tls_client_cert",

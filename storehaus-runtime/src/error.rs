@@ -98,6 +98,11 @@ pub enum StorehausError {
         /// The id the record carries.
         found: String,
     },
+    /// The runtime shut down while a write was running: whether it
+    /// committed is unknown. (A write keeps running when its caller stops
+    /// waiting; only a runtime shutdown stops it.)
+    #[error("the write was interrupted by a runtime shutdown; its outcome is unknown")]
+    Interrupted,
     /// The store's database is not compiled in or not usable for this record type.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -21,8 +21,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::backend::{counter_seed, Invalidation};
 use crate::cached::Cached;
 use crate::codec::{self, Entry};
+use crate::error::CacheError;
 use crate::error::Result;
 use crate::key;
 use crate::manager::CacheManager;
@@ -137,6 +139,11 @@ impl<T: Cached> GenericStore<T> {
     }
 }
 
+/// A generation counter's value, if it is one.
+fn parse_counter(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse::<u64>().ok()
+}
+
 /// Reads a query result through the cache, checking its generation.
 async fn read_query<V, F, Fut>(
     mgr: &Arc<CacheManager>,
@@ -162,20 +169,46 @@ where
         return load().await;
     };
     let entry = found.pop().flatten();
-    let generation = found
-        .pop()
-        .flatten()
-        .and_then(|g| std::str::from_utf8(&g).ok()?.parse::<u64>().ok());
     let [generation_key, key] = keys;
+    let generation = match found.pop().flatten() {
+        Some(bytes) => parse_counter(&bytes),
+        // No generation yet (or it was evicted): seed one, at a random value
+        // so that entries written under a lost counter can never match
+        // again, *before* reading the database, so that this read's result
+        // can be filled against it.
+        None => {
+            let start = counter_seed();
+            match mgr
+                .guarded(deadline, "query_generation", || {
+                    mgr.backend.seed_counter(&generation_key, start)
+                })
+                .await
+            {
+                Ok(None) => Some(start),
+                Ok(Some(bytes)) => parse_counter(&bytes),
+                Err(CacheError::Command(m)) if m.starts_with("WRONGTYPE") => None,
+                Err(_) => {
+                    // Unreachable, or out of memory: no generation, no fill.
+                    Counters::bump(&mgr.counters.misses);
+                    return load().await;
+                }
+            }
+        }
+    };
     let Some(generation) = generation else {
-        // No generation yet (or it was evicted): start one at a random value,
-        // so that entries written under a lost counter can never match again.
-        let start = rand::random::<u32>() as u64 + 1;
-        let _ = mgr
-            .guarded(deadline, "query_generation", || {
-                mgr.backend.init_counter(&generation_key, start)
-            })
-            .await;
+        // The counter holds something else than an integer: replace it by a
+        // fresh seed (counted), and answer from the database meanwhile.
+        let counters = [generation_key];
+        let inv = Invalidation {
+            counters: &counters,
+            ..Invalidation::default()
+        };
+        if let Ok(done) = mgr
+            .guarded(deadline, "query_generation", || mgr.backend.invalidate(&inv))
+            .await
+        {
+            mgr.count_resets(&done);
+        }
         Counters::bump(&mgr.counters.misses);
         return load().await;
     };

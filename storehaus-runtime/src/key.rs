@@ -57,6 +57,25 @@ pub fn push_escaped(out: &mut String, segment: &str) {
     }
 }
 
+/// A store prefix as it appears in keys: every unsafe byte percent-encoded,
+/// and a leading `__` (StoreHaus's reserved namespace: tag sets live at
+/// `{global}:__tag:`) escaped as `%5F_`, so no store key can land there.
+pub fn escape_store_prefix(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 2);
+    if let Some(rest) = prefix.strip_prefix('_').filter(|rest| rest.starts_with('_')) {
+        out.push_str("%5F");
+        push_escaped(&mut out, rest);
+    } else {
+        push_escaped(&mut out, prefix);
+    }
+    out
+}
+
+/// A store's whole key space: `{global}:{prefix}:`.
+pub fn store_scope(global_prefix: &str, prefix: &str) -> String {
+    format!("{global_prefix}:{prefix}:")
+}
+
 /// Builds a record key: `{global}:{prefix}:{escaped id}`.
 ///
 /// The id is rendered once into the key buffer; ids that need no escaping
@@ -99,6 +118,13 @@ pub fn tag_key(global_prefix: &str, tag: &str) -> String {
     out
 }
 
+/// Where [`invalidate_tag`](crate::CacheManager::invalidate_tag) moves a
+/// tag set while it removes its members: `{tag set}:draining`. No tag set
+/// ends that way: `:` is escaped in tags.
+pub fn tag_draining_key(tag_set: &str) -> String {
+    format!("{tag_set}:draining")
+}
+
 /// Confines a user pattern to the global prefix: `{global}:{pattern}`.
 ///
 /// The pattern is used as a Redis glob below `{global}:`; because the result
@@ -137,6 +163,16 @@ mod tests {
         assert_eq!(record_key("a", "p", "a b"), "a:p:a%20b");
         assert_eq!(record_key("a", "p", "é"), "a:p:%C3%A9");
         assert_ne!(record_key("a", "p", "x:y"), record_key("a", "p:x", "y"));
+    }
+
+    #[test]
+    fn store_prefixes_never_reach_the_reserved_namespace() {
+        assert_eq!(escape_store_prefix("users"), "users");
+        assert_eq!(escape_store_prefix("_users"), "_users");
+        assert_eq!(escape_store_prefix("__tag"), "%5F_tag");
+        assert_eq!(escape_store_prefix("___"), "%5F__");
+        assert_eq!(escape_store_prefix("a:b"), "a%3Ab");
+        assert!(!record_key("app", &escape_store_prefix("__tag"), "x").starts_with("app:__"));
     }
 
     #[test]

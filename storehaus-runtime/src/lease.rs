@@ -21,12 +21,15 @@
 //!    that read the database before the write therefore finds its lease gone
 //!    and its fill is dropped (`fills_rejected` in the stats).
 //!
-//! Readers that find someone else's lease don't go to the database: within
-//! the process they join the lease holder's load (single-flight,
-//! `coalesced`); across processes they poll the key for a bounded time
+//! Readers that find someone else's lease don't go to the database: when
+//! the lease is the one a load of this process holds, they join that load
+//! (single-flight, `coalesced`; see [`crate::flight`] for why only then);
+//! otherwise they poll the key for a bounded time
 //! (`CacheConfig::with_lease_wait`, `lease_waits`) and fall back to the
 //! database without filling if no value appears. A leaseholder that dies
 //! frees the key when the lease expires (`CacheConfig::with_lease_ttl`).
+//! Something that looks like a lease but is not one (the wrong length, or
+//! no expiry) is a corrupt entry: counted, removed, and the read goes on.
 //!
 //! Fills run in a background task, so a miss costs two cache round trips
 //! (one with single-command reads) plus the database query; the load stays
@@ -41,13 +44,13 @@ use serde::Serialize;
 
 use crate::codec::{self, Entry};
 use crate::error::{CacheError, Result};
-use crate::flight::{follow, Lead};
+use crate::flight::{follow, Lead, Lease};
 use crate::manager::CacheManager;
 use crate::stats::Counters;
 
 /// A fresh lease token: `0xC1` and 16 random bytes.
-pub(crate) fn new_lease() -> [u8; 17] {
-    let mut lease = [0u8; 17];
+pub(crate) fn new_lease() -> Lease {
+    let mut lease = [0u8; codec::LEASE_LEN];
     lease[0] = codec::LEASE_TAG;
     lease[1..].copy_from_slice(&rand::random::<u128>().to_le_bytes());
     lease
@@ -59,8 +62,8 @@ enum Step<V> {
     Hit(Option<V>),
     /// The lease is ours: load and fill.
     Lead,
-    /// Someone else holds the lease.
-    Busy,
+    /// Someone else holds the lease (these bytes).
+    Busy(Vec<u8>),
     /// The entry was corrupt and has been removed: look again.
     Retry,
     /// The cache could not answer: go to the database, don't fill.
@@ -97,7 +100,7 @@ where
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
-                let lead = mgr.flights.lead(&key);
+                let lead = mgr.flights.lead(&key, lease);
                 let value = match load().await {
                     Ok(value) => value,
                     Err(e) => {
@@ -113,17 +116,26 @@ where
                 spawn_fill(mgr.clone(), key, lease, fingerprint, ttl_secs, value.as_ref(), lead);
                 return Ok(value);
             }
-            Step::Busy => {
-                if let Some(rx) = mgr.flights.join(&key) {
+            Step::Busy(found) => {
+                if let Some(rx) = mgr.flights.join(&key, &found) {
                     if let Some(v) = follow::<Option<V>>(rx).await {
                         Counters::bump(&mgr.counters.coalesced);
                         Counters::bump(&mgr.counters.hits);
                         return Ok(v);
                     }
-                } else if let Some(v) = wait_for_fill::<V>(mgr, &key, fingerprint, deadline).await {
-                    Counters::bump(&mgr.counters.lease_waits);
-                    Counters::bump(&mgr.counters.hits);
-                    return Ok(v);
+                } else {
+                    match wait_for_fill::<V>(mgr, &key, &found, fingerprint, deadline).await {
+                        Waited::Filled(v) => {
+                            Counters::bump(&mgr.counters.lease_waits);
+                            Counters::bump(&mgr.counters.hits);
+                            return Ok(v);
+                        }
+                        Waited::NotALease if !retried => {
+                            retried = true;
+                            continue;
+                        }
+                        Waited::NotALease | Waited::GaveUp => {}
+                    }
                 }
                 Counters::bump(&mgr.counters.misses);
                 return load().await;
@@ -157,7 +169,7 @@ async fn lookup<V: DeserializeOwned>(
     };
     match found {
         Ok(None) => Step::Lead,
-        Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy,
+        Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy(bytes),
         Ok(Some(bytes)) => match codec::decode::<V>(fingerprint, &bytes) {
             Ok(Entry::Record(v)) => Step::Hit(Some(v)),
             Ok(Entry::Absent) => Step::Hit(None),
@@ -195,42 +207,77 @@ async fn discard_corrupt<V>(
     Counters::bump(&mgr.counters.serialization_errors);
     mgr.warn("decode", err);
     let keys = [key.to_string()];
-    match mgr
-        .guarded(deadline, "discard", || mgr.backend.invalidate(&keys, &[]))
-        .await
-    {
+    match mgr.guarded(deadline, "discard", || mgr.backend.delete(&keys)).await {
         Ok(_) => Step::Retry,
         Err(_) => Step::Bypass,
     }
 }
 
-/// Polls `key` until another process's fill lands, its lease disappears, or
-/// the lease wait (bounded by the budget) runs out.
+/// How a wait for another reader's fill ended.
+enum Waited<V> {
+    /// The fill landed (`None`: a cached "no such row").
+    Filled(Option<V>),
+    /// What looked like a lease has no expiry: it was removed as corrupt.
+    NotALease,
+    /// No value appeared in time, or the lease went away.
+    GaveUp,
+}
+
+/// Polls `key` until another reader's fill lands, its lease disappears, or
+/// the lease wait (bounded by the budget) runs out. The first look also
+/// checks that `found` is a live lease: a lease always has an expiry, so a
+/// lease-shaped value without one can never be filled by anybody, and is
+/// removed (compare-and-delete) instead of being waited on forever.
 async fn wait_for_fill<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
+    found: &[u8],
     fingerprint: u64,
     deadline: tokio::time::Instant,
-) -> Option<Option<V>> {
+) -> Waited<V> {
     let until = (tokio::time::Instant::now() + mgr.lease_wait()).min(deadline);
+    match mgr
+        .guarded(until, "lease_wait", || mgr.backend.get_with_pttl(key))
+        .await
+    {
+        Ok((Some(bytes), -1)) if bytes == found => {
+            Counters::bump(&mgr.counters.serialization_errors);
+            mgr.warn(
+                "lease_wait",
+                &CacheError::SerializationError("a fill lease without expiry: removed".into()),
+            );
+            return match mgr
+                .guarded(deadline, "discard", || mgr.backend.release_lease(key, found))
+                .await
+            {
+                Ok(()) => Waited::NotALease,
+                Err(_) => Waited::GaveUp,
+            };
+        }
+        Ok((Some(bytes), _)) if !codec::is_lease(&bytes) => return decoded(fingerprint, &bytes),
+        Ok((Some(_), _)) => {}
+        Ok((None, _)) | Err(_) => return Waited::GaveUp,
+    }
     let mut pause = Duration::from_millis(1);
     loop {
         if tokio::time::Instant::now() + pause >= until {
-            return None;
+            return Waited::GaveUp;
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(16));
         match mgr.guarded(until, "lease_wait", || mgr.backend.get(key)).await {
             Ok(Some(bytes)) if codec::is_lease(&bytes) => continue,
-            Ok(Some(bytes)) => {
-                return match codec::decode::<V>(fingerprint, &bytes) {
-                    Ok(Entry::Record(v)) => Some(Some(v)),
-                    Ok(Entry::Absent) => Some(None),
-                    Err(_) => None,
-                }
-            }
-            Ok(None) | Err(_) => return None,
+            Ok(Some(bytes)) => return decoded(fingerprint, &bytes),
+            Ok(None) | Err(_) => return Waited::GaveUp,
         }
+    }
+}
+
+fn decoded<V: DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Waited<V> {
+    match codec::decode::<V>(fingerprint, bytes) {
+        Ok(Entry::Record(v)) => Waited::Filled(Some(v)),
+        Ok(Entry::Absent) => Waited::Filled(None),
+        Err(_) => Waited::GaveUp,
     }
 }
 
@@ -239,7 +286,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
 fn spawn_fill<V: Serialize>(
     mgr: Arc<CacheManager>,
     key: String,
-    lease: [u8; 17],
+    lease: Lease,
     fingerprint: u64,
     ttl_secs: u64,
     value: Option<&V>,

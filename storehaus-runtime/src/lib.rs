@@ -22,6 +22,7 @@ pub mod key;
 pub mod lease;
 mod manager;
 mod memory_backend;
+mod pending;
 mod pool;
 pub mod query;
 mod redis_backend;

@@ -1,16 +1,15 @@
 //! [`CacheManager`]: one per cache server, shared by every store.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::timeout_at;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Invalidated, Invalidation, TagAdd};
 use crate::breaker::{Breaker, Transition};
 use crate::codec::{self, Entry, ANY_FINGERPRINT};
 use crate::config::CacheConfig;
@@ -18,27 +17,11 @@ use crate::error::{CacheError, CacheResult};
 use crate::flight::Flights;
 use crate::hooks::TestHooks;
 use crate::key;
+use crate::pending::{Pending, Replay};
 use crate::stats::{CacheStats, Counters};
 
 /// The largest TTL accepted anywhere: one year, in seconds.
 pub const MAX_TTL_SECS: u64 = 31_536_000;
-
-/// Invalidations that could not reach the cache yet, each with the epoch of
-/// the write that last needed it: a replay only forgets the entries it
-/// delivered, never one that a later write added again meanwhile.
-#[derive(Debug, Default)]
-struct Pending {
-    keys: HashMap<String, u64>,
-    counters: HashMap<String, u64>,
-    epoch: u64,
-    replayer_running: bool,
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.counters.is_empty()
-    }
-}
 
 /// Talks to the cache for every store built on it: holds the connections,
 /// the counters, the circuit breaker, the in-process single-flight table and
@@ -64,8 +47,7 @@ pub struct CacheManager {
     pub(crate) backend: Backend,
     pub(crate) counters: Counters,
     breaker: Breaker,
-    pending: Mutex<Pending>,
-    has_pending: AtomicBool,
+    pending: Pending,
     pub(crate) flights: Flights,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -79,49 +61,25 @@ impl CacheManager {
     /// connected yet: the first cache operation connects, within its budget.
     ///
     /// # Errors
-    /// [`CacheError::InvalidConfig`] for a URL that does not parse or has an
-    /// unsupported scheme, a pool size of 0, a timeout of 0, a default TTL
-    /// outside 1..=31 536 000 s, or a global prefix that is empty, starts with
-    /// `__` or holds characters outside `[A-Za-z0-9_.-]`.
+    /// [`CacheError::InvalidConfig`], naming the setting and its allowed
+    /// range, for a URL that does not parse or has an unsupported scheme, a
+    /// global prefix that is empty, starts with `__` or holds characters
+    /// outside `[A-Za-z0-9_.-]`, a pool size outside 1..=1024, a default TTL
+    /// outside 1..=31 536 000 s, a timeout, lease TTL, lease wait, retry
+    /// delay or breaker cool-down longer than one day (timeout and lease TTL
+    /// at least 1 ms), more than 100 retry attempts, a breaker threshold of
+    /// 0, or a pending-invalidation bound of 0 or above 100 000 000.
     pub fn new(config: CacheConfig) -> CacheResult<Self> {
-        key::validate_prefix("global prefix", &config.global_prefix)?;
-        if config.pool_size == 0 || config.pool_size > 1024 {
-            return Err(CacheError::InvalidConfig(format!(
-                "pool size must be between 1 and 1024, got {}",
-                config.pool_size
-            )));
-        }
-        if !(1..=86_400_000).contains(&config.lease_ms) {
-            return Err(CacheError::InvalidConfig(format!(
-                "lease TTL must be between 1 ms and one day, got {} ms",
-                config.lease_ms
-            )));
-        }
-        if config.lease_wait_ms > 86_400_000 {
-            return Err(CacheError::InvalidConfig(format!(
-                "lease wait must be at most one day, got {} ms",
-                config.lease_wait_ms
-            )));
-        }
-        if config.timeout_ms == 0 {
-            return Err(CacheError::InvalidConfig("timeout must be at least 1 ms".into()));
-        }
-        if !(1..=MAX_TTL_SECS).contains(&config.default_ttl) {
-            return Err(CacheError::InvalidConfig(format!(
-                "default TTL must be between 1 and {MAX_TTL_SECS} seconds, got {}",
-                config.default_ttl
-            )));
-        }
+        config.validate()?;
         let timeout = Duration::from_millis(config.timeout_ms);
         let backend = Backend::open(&config.url, config.pool_size, timeout, &config.tls)?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
+            pending: Pending::new(config.max_pending),
             config,
             backend,
             counters: Counters::default(),
-            pending: Mutex::new(Pending::default()),
-            has_pending: AtomicBool::new(false),
             flights: Flights::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
@@ -146,12 +104,9 @@ impl CacheManager {
     /// # Errors
     /// None today; the `Result` leaves room for backends that keep stats remotely.
     pub async fn get_stats(&self) -> CacheResult<CacheStats> {
-        let pending = self
-            .pending
-            .lock()
-            .map(|p| (p.keys.len() + p.counters.len()) as u64)
-            .unwrap_or(0);
-        Ok(self.counters.snapshot(pending, self.breaker.is_open()))
+        let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
+        stats.pending_overflows = self.pending.overflows();
+        Ok(stats)
     }
 
     /// Pings the cache within the configured timeout.
@@ -247,7 +202,7 @@ impl CacheManager {
         let keys = [key];
         self.flights.detach(&keys);
         let n = self
-            .guarded(self.deadline(), "delete_record", || self.backend.invalidate(&keys, &[]))
+            .guarded(self.deadline(), "delete_record", || self.backend.delete(&keys))
             .await?;
         Ok(n > 0)
     }
@@ -262,9 +217,15 @@ impl CacheManager {
     #[tracing::instrument(skip(self))]
     pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
-        let gen = key::generation_key(self.global_prefix(), prefix);
-        self.guarded(self.deadline(), "invalidate_queries", || self.backend.incr(&gen))
+        let counters = [key::generation_key(self.global_prefix(), prefix)];
+        let inv = Invalidation {
+            counters: &counters,
+            ..Invalidation::default()
+        };
+        let done = self
+            .guarded(self.deadline(), "invalidate_queries", || self.backend.invalidate(&inv))
             .await?;
+        self.count_resets(&done);
         Ok(())
     }
 
@@ -283,9 +244,20 @@ impl CacheManager {
             return Err(CacheError::InvalidInput("pattern must not be empty".into()));
         }
         let glob = key::confined_pattern(self.global_prefix(), pattern);
-        let deadline = tokio::time::Instant::now() + self.timeout * 10;
-        self.guarded(deadline, "delete_pattern", || self.backend.scan_unlink(&glob))
-            .await
+        let deadline = self.long_deadline();
+        self.flights.detach_matching(&glob);
+        let mut removed = 0;
+        let mut cursor = 0;
+        loop {
+            let step = self
+                .guarded(deadline, "delete_pattern", || self.backend.scan_step(cursor, &glob))
+                .await?;
+            removed += step.removed;
+            cursor = step.next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
     }
 
     /// Test hooks (pause points in the read path). Not public API.
@@ -297,9 +269,24 @@ impl CacheManager {
     /// Removes every cached entry written with `tag` (see
     /// [`GenericStore::create`](crate::GenericStore::create) and
     /// [`update`](crate::GenericStore::update)) and returns how many entries it
-    /// removed. The tag's set lives at `{global}:__tag:{tag}`; its members are
-    /// read with SSCAN and removed with UNLINK in batches (never KEYS), so a
-    /// tag can only reach keys inside this manager's global prefix.
+    /// removed. The tag's set lives at `{global}:__tag:{tag}`, so a tag can
+    /// only reach keys inside this manager's global prefix.
+    ///
+    /// The set is first moved aside (atomically, by a script), so a write
+    /// that tags a key while the invalidation runs starts a new set and is
+    /// not swept up and lost; then its members are read with SSCAN and
+    /// removed with UNLINK in batches (never KEYS), each batch leaving the
+    /// set only after its keys are gone. An invalidation cut short (a
+    /// timeout, a crash) leaves the rest for the next `invalidate_tag` of
+    /// the same tag.
+    ///
+    /// A tag set lives as long as the longest TTL of the stores that added
+    /// to it, counted from its last addition, and then expires: a record
+    /// first cached later than that after its last tagged write is no longer
+    /// reached by the tag (it expires with its own TTL). Under an
+    /// `allkeys-*` eviction policy Redis may evict a tag set before its
+    /// members; `invalidate_tag` then removes only the members it still
+    /// knows, and the others live until their TTL.
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for an empty tag; connection errors and
@@ -310,10 +297,31 @@ impl CacheManager {
             return Err(CacheError::InvalidInput("tag must not be empty".into()));
         }
         let set = key::tag_key(self.global_prefix(), tag);
-        let deadline = tokio::time::Instant::now() + self.timeout * 10;
-        let removed = self
-            .guarded(deadline, "invalidate_tag", || self.backend.unlink_set_members(&set))
+        let draining = key::tag_draining_key(&set);
+        let deadline = self.long_deadline();
+        let size = self
+            .guarded(deadline, "invalidate_tag", || self.backend.drain_tag(&set, &draining))
             .await?;
+        if size == 0 {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        let mut cursor = 0;
+        // One SSCAN walk: members merged in by a concurrent invalidation of
+        // the same tag are walked by that invalidation.
+        loop {
+            let step = self
+                .guarded(deadline, "invalidate_tag", || {
+                    self.backend.drain_step(&draining, cursor)
+                })
+                .await?;
+            self.flights.detach(&step.keys);
+            removed += step.removed;
+            cursor = step.next;
+            if cursor == 0 {
+                break;
+            }
+        }
         Counters::add(&self.counters.invalidations, removed);
         Ok(removed)
     }
@@ -328,6 +336,23 @@ impl CacheManager {
     /// The deadline of one operation's cache budget.
     pub(crate) fn deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.timeout
+    }
+
+    /// The deadline of a walk over many keys: ten budgets.
+    fn long_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout * 10
+    }
+
+    /// Counts the generation counters an invalidation had to reset.
+    pub(crate) fn count_resets(&self, done: &Invalidated) {
+        if done.corrupt > 0 {
+            Counters::add(&self.counters.serialization_errors, done.corrupt);
+            tracing::warn!(
+                counters = done.corrupt,
+                "a query generation counter held something else than an integer: replaced by a fresh seed"
+            );
+        }
+        Counters::add(&self.counters.command_errors, done.refused);
     }
 
     pub(crate) fn lease_ms(&self) -> u64 {
@@ -397,7 +422,10 @@ impl CacheManager {
             };
             if matches!(err, CacheError::ConnectionError(_)) && attempt < self.config.retry_attempts {
                 let backoff = self.backoff(attempt);
-                if tokio::time::Instant::now() + backoff < deadline {
+                if tokio::time::Instant::now()
+                    .checked_add(backoff)
+                    .is_some_and(|t| t < deadline)
+                {
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
                     continue;
@@ -413,7 +441,7 @@ impl CacheManager {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.config.retry_delay_ms.max(1) << attempt.min(10);
+        let base = self.config.retry_delay_ms.max(1).saturating_mul(1 << attempt.min(10));
         // Full jitter between half and all of the exponential delay.
         let jittered = base / 2 + rand::random_range(0..=base / 2);
         Duration::from_millis(jittered)
@@ -438,162 +466,188 @@ impl CacheManager {
         }
     }
 
-    /// Whether cached reads may proceed: no invalidation is waiting for
-    /// replay, or the replay succeeded now.
+    /// Whether cached reads may proceed: nothing waits for replay, or this
+    /// read's one replay step (bounded: one batch) delivered the last of it.
+    /// Costs one atomic load when nothing is pending.
     pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
-        if !self.has_pending.load(Ordering::Acquire) {
+        if !self.pending.any() {
             return true;
         }
-        self.replay(deadline).await
+        self.replay_step(deadline).await;
+        !self.pending.any()
     }
 
-    async fn replay(&self, deadline: tokio::time::Instant) -> bool {
-        type Snapshot = (Vec<(String, u64)>, Vec<(String, u64)>);
-        let (keys, counters): Snapshot = match self.pending.lock() {
-            Ok(p) => (
-                p.keys.iter().map(|(k, e)| (k.clone(), *e)).collect(),
-                p.counters.iter().map(|(k, e)| (k.clone(), *e)).collect(),
-            ),
-            Err(_) => return false,
+    /// Delivers one batch of pending work (see [`crate::pending`]) within
+    /// `deadline`, unless another task is delivering one.
+    async fn replay_step(&self, deadline: tokio::time::Instant) -> Replay {
+        let Some(claim) = self.pending.claim() else {
+            return Replay::Busy;
         };
-        if keys.is_empty() && counters.is_empty() {
-            return true;
+        let batch = claim.next_batch();
+        if let Some((glob, cursor)) = &batch.scope {
+            let stepped = self
+                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob))
+                .await;
+            return match stepped {
+                Ok(step) => {
+                    Counters::add(&self.counters.invalidations, step.removed);
+                    claim.scope_step(&batch, step.next)
+                }
+                Err(_) => {
+                    claim.scope_failed(&batch);
+                    Replay::Failed
+                }
+            };
         }
-        let key_names: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
-        let counter_names: Vec<String> = counters.iter().map(|(k, _)| k.clone()).collect();
-        let replayed = self
-            .guarded(deadline, "replay_invalidations", || {
-                self.backend.invalidate(&key_names, &counter_names)
-            })
-            .await;
-        if replayed.is_err() {
-            return false;
-        }
-        let Ok(mut p) = self.pending.lock() else {
-            return false;
+        let inv = Invalidation {
+            keys: &batch.keys,
+            counters: &batch.counters,
+            tags: &batch.tags,
         };
-        for (k, epoch) in &keys {
-            if p.keys.get(k) == Some(epoch) {
-                p.keys.remove(k);
-            }
-        }
-        for (c, epoch) in &counters {
-            if p.counters.get(c) == Some(epoch) {
-                p.counters.remove(c);
-            }
-        }
-        let done = p.is_empty();
-        if done {
-            self.has_pending.store(false, Ordering::Release);
-        }
-        drop(p);
-        Counters::add(&self.counters.invalidations, keys.len() as u64);
+        let Ok(done) = self
+            .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&inv))
+            .await
+        else {
+            return Replay::Failed;
+        };
+        self.count_resets(&done);
+        Counters::add(&self.counters.invalidations, batch.keys.len() as u64);
         tracing::info!(
-            keys = keys.len(),
+            keys = batch.keys.len(),
+            counters = batch.counters.len(),
             "replayed invalidations that failed during a cache outage"
         );
-        done
+        match claim.delivered(&batch, !done.tags_refused) {
+            // Refused tag additions (out of memory) stay; back off.
+            Replay::Progress if done.tags_refused => Replay::Failed,
+            outcome => outcome,
+        }
     }
 
-    /// Invalidates `keys` and bumps `counters` after a committed write, in
-    /// one round trip, then records `tagged` (tag set, member keys) under the
-    /// same budget: a write's cache work never takes more than one timeout.
-    /// Detaches in-flight loads first.
+    /// Invalidates `keys` and bumps `counters` after a committed write, and
+    /// records `tags`, in one round trip under one budget: a write's cache
+    /// work never takes more than one timeout. Detaches in-flight loads first.
+    /// `scope` is the writing store's key space, `{global}:{prefix}:`.
     ///
     /// What cannot reach the cache is remembered: cached reads bypass the
     /// cache until it has been replayed, by the next read or by a background
-    /// task. That includes a caller whose future is dropped after the commit
-    /// but before the invalidation answered: the drop remembers it.
+    /// task. That includes a caller whose future is dropped before the
+    /// invalidation answered: the drop remembers it.
     pub(crate) async fn invalidate_committed(
         self: &Arc<Self>,
+        scope: &str,
         keys: Vec<String>,
         counters: Vec<String>,
-        tagged: Vec<(String, Vec<String>)>,
+        tags: Vec<TagAdd>,
     ) {
         self.flights.detach(&keys);
-        if keys.is_empty() && counters.is_empty() {
+        if keys.is_empty() && counters.is_empty() && tags.is_empty() {
             return;
         }
         let mut work = Unfinished {
             manager: self,
+            scope,
             keys,
             counters,
+            tags,
             done: false,
         };
-        let deadline = self.deadline();
+        let inv = Invalidation {
+            keys: &work.keys,
+            counters: &work.counters,
+            tags: &work.tags,
+        };
         let delivered = self
-            .guarded(deadline, "invalidate", || {
-                self.backend.invalidate(&work.keys, &work.counters)
-            })
+            .guarded(self.deadline(), "invalidate", || self.backend.invalidate(&inv))
             .await;
         work.done = true;
         match delivered {
-            Ok(_) => Counters::add(&self.counters.invalidations, work.keys.len() as u64),
-            Err(_) => self.remember(std::mem::take(&mut work.keys), std::mem::take(&mut work.counters)),
-        }
-        if !tagged.is_empty() {
-            let _ = self
-                .guarded(deadline, "tag", || self.backend.add_to_sets(&tagged))
-                .await;
+            Ok(done) => {
+                self.count_resets(&done);
+                Counters::add(&self.counters.invalidations, work.keys.len() as u64);
+                if done.tags_refused {
+                    self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
+                }
+            }
+            Err(_) => work.remember(),
         }
     }
 
     /// Remembers invalidations for replay and makes sure a replayer runs.
-    fn remember(self: &Arc<Self>, keys: Vec<String>, counters: Vec<String>) {
-        let Ok(mut p) = self.pending.lock() else {
+    fn remember(self: &Arc<Self>, scope: &str, keys: Vec<String>, counters: Vec<String>, tags: Vec<TagAdd>) {
+        if !self.pending.remember(scope, keys, counters, tags) {
             return;
-        };
-        p.epoch += 1;
-        let epoch = p.epoch;
-        p.keys.extend(keys.into_iter().map(|k| (k, epoch)));
-        p.counters.extend(counters.into_iter().map(|c| (c, epoch)));
-        self.has_pending.store(true, Ordering::Release);
-        // Outside a runtime (a drop during shutdown) the next read replays.
-        if !p.replayer_running {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                p.replayer_running = true;
-                runtime.spawn(Arc::clone(self).replay_in_background());
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(replay_in_background(Arc::downgrade(self)));
+            }
+            // Outside a runtime (a drop during shutdown) the next read replays.
+            Err(_) => {
+                self.pending.replayer_may_stop(true);
             }
         }
     }
+}
 
-    /// Retries the pending invalidations with backoff until they are all
-    /// delivered, so that a process that only writes still cleans up after
-    /// an outage. Ends when nothing is pending, or when it holds the last
-    /// reference to the manager.
-    async fn replay_in_background(self: Arc<Self>) {
-        let mut pause = Duration::from_millis(50);
-        loop {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-            let alone = Arc::strong_count(&self) == 1;
-            if !alone {
-                self.replay(self.deadline()).await;
+/// Replays the pending invalidations, batch after batch, with backoff after
+/// a failure, so that a process that only writes still cleans up after an
+/// outage. Ends when nothing is pending, or when the manager is gone.
+async fn replay_in_background(manager: Weak<CacheManager>) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let Some(this) = manager.upgrade() else {
+            return;
+        };
+        let outcome = this.replay_step(this.deadline()).await;
+        let wait = match outcome {
+            Replay::Done if this.pending.replayer_may_stop(false) => return,
+            Replay::Done | Replay::Progress => {
+                pause = Duration::from_millis(50);
+                Duration::ZERO
             }
-            if let Ok(mut p) = self.pending.lock() {
-                if p.is_empty() || alone {
-                    p.replayer_running = false;
-                    return;
-                }
+            Replay::Failed => {
+                let wait = pause;
+                pause = (pause * 2).min(Duration::from_secs(5));
+                wait
             }
+            Replay::Busy => Duration::from_millis(5),
+        };
+        drop(this);
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
 /// An invalidation under way; if its future is dropped before the cache
-/// answered, the keys are remembered for replay.
+/// answered, the work is remembered for replay.
 struct Unfinished<'a> {
     manager: &'a Arc<CacheManager>,
+    scope: &'a str,
     keys: Vec<String>,
     counters: Vec<String>,
+    tags: Vec<TagAdd>,
     done: bool,
+}
+
+impl Unfinished<'_> {
+    fn remember(&mut self) {
+        self.manager.remember(
+            self.scope,
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.counters),
+            std::mem::take(&mut self.tags),
+        );
+    }
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.manager
-                .remember(std::mem::take(&mut self.keys), std::mem::take(&mut self.counters));
+            self.remember();
         }
     }
 }

@@ -16,10 +16,12 @@
 //! - Counters (query generations) and sets (tag indexes) live in small
 //!   separate tables that moka never evicts: an evicted generation would make
 //!   old query results current again, an evicted tag set would forget which
-//!   keys to invalidate. Like in Redis, they have no TTL. A tag set that
-//!   outgrows the cache drops the members that are no longer cached.
-//! - `scan_unlink` walks the keys and removes those matching a Redis glob
-//!   (`*`, `?`, `[...]`, `\`), as `SCAN MATCH` + `UNLINK` would.
+//!   keys to invalidate. Like in Redis, a counter has no TTL and a missing
+//!   one starts at a random value; a tag set expires like its Redis twin
+//!   (its TTL is only ever lengthened). A tag set that outgrows the cache
+//!   drops the members that are no longer cached.
+//! - `scan_step` walks the keys and removes those matching a Redis glob
+//!   (`*`, `?`, `[...]`, `\`), as `SCAN MATCH` + `UNLINK` would, in one step.
 //!
 //! The cache is private to one [`CacheManager`](crate::CacheManager): share
 //! the manager (it is meant to live in an `Arc`), not the URL.
@@ -32,6 +34,7 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::backend::{counter_seed, Invalidated, Invalidation, ScanStep, TagAdd};
 use crate::error::{CacheError, CacheResult};
 
 /// Entries kept when the URL names no `max_capacity`.
@@ -64,12 +67,25 @@ impl Expiry<String, Item> for UntilDeadline {
     }
 }
 
+/// A tag set and the instant it expires.
+#[derive(Debug, Default)]
+struct TagSet {
+    members: HashSet<String>,
+    expires_at: Option<Instant>,
+}
+
+impl TagSet {
+    fn is_live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
 /// The backend. Lock order: a `counters` or `sets` guard may be held while
 /// moka locks a key (in `fill_if_counter`), never the other way round.
 pub(crate) struct MemoryBackend {
     values: Cache<String, Item>,
     counters: RwLock<HashMap<String, i64>>,
-    sets: RwLock<HashMap<String, HashSet<String>>>,
+    sets: RwLock<HashMap<String, TagSet>>,
     max_capacity: u64,
 }
 
@@ -80,6 +96,11 @@ impl std::fmt::Debug for MemoryBackend {
             .field("max_capacity", &self.max_capacity)
             .finish()
     }
+}
+
+/// A random counter start, as the Redis backend seeds them.
+fn seed_i64() -> i64 {
+    i64::try_from(counter_seed()).unwrap_or(1)
 }
 
 /// The deadline `ms` milliseconds from now. Zero is refused, as Redis
@@ -183,7 +204,7 @@ impl MemoryBackend {
     }
 
     /// `DEL key`: whether a value, a counter or a set existed.
-    fn delete(&self, key: &str) -> bool {
+    fn delete_one(&self, key: &str) -> bool {
         let result = self
             .values
             .entry_by_ref(key)
@@ -201,6 +222,7 @@ impl MemoryBackend {
         counters.remove(key).is_some()
     }
 
+    /// Removes a set; its members when it was live.
     fn remove_set(&self, key: &str) -> Option<HashSet<String>> {
         if !self
             .sets
@@ -212,10 +234,14 @@ impl MemoryBackend {
         }
         let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
         sets.remove(key)
+            .filter(|set| set.is_live(Instant::now()))
+            .map(|set| set.members)
     }
 
-    /// `INCR key`: a missing key counts from 0 and, like in Redis, has no TTL.
-    fn incr_counter(&self, key: &str) -> CacheResult<i64> {
+    /// `SET key seed NX` + `INCR key`, as [`invalidate`](Self::invalidate)
+    /// sends them: a missing counter starts at a random value and, like in
+    /// Redis, has no TTL.
+    fn bump_counter(&self, key: &str) -> CacheResult<i64> {
         if self.values.contains_key(key) {
             // Values are MessagePack envelopes or leases, never a decimal integer.
             return Err(CacheError::Command(
@@ -223,15 +249,55 @@ impl MemoryBackend {
             ));
         }
         let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
-        let n = counters.entry(key.to_string()).or_insert(0);
+        let n = counters.entry(key.to_string()).or_insert_with(seed_i64);
         *n = n
             .checked_add(1)
             .ok_or_else(|| CacheError::Command("ERR increment or decrement would overflow".into()))?;
         Ok(*n)
     }
 
+    /// Replaces whatever `key` holds by a counter at a fresh random seed.
+    fn reset_counter(&self, key: &str) {
+        self.delete_one(key);
+        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        counters.insert(key.to_string(), seed_i64());
+    }
+
+    /// `SADD` + a TTL of at least `ttl_secs`. A set that grows past twice
+    /// the cache's capacity first drops the members that are no longer cached.
+    fn add_to_set(&self, sets: &mut HashMap<String, TagSet>, tag: &TagAdd, now: Instant) {
+        if tag.members.is_empty() {
+            return;
+        }
+        let limit = usize::try_from(self.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX);
+        let set = sets.entry(tag.set.clone()).or_default();
+        if !set.is_live(now) {
+            *set = TagSet::default();
+        }
+        set.members.extend(tag.members.iter().cloned());
+        let at_least = now.checked_add(Duration::from_secs(tag.ttl_secs));
+        set.expires_at = match (set.expires_at, at_least) {
+            (Some(current), Some(wanted)) => Some(current.max(wanted)),
+            (_, wanted) => wanted.or(set.expires_at),
+        };
+        if set.members.len() > limit {
+            set.members.retain(|member| self.values.contains_key(member));
+        }
+    }
+
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
         Ok(self.read(key))
+    }
+
+    /// `GET` + `PTTL`: the value and its milliseconds left (-1: no TTL,
+    /// -2: no such key).
+    pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)> {
+        let pttl = match self.pttl(key) {
+            None => -2,
+            Some(None) => -1,
+            Some(Some(left)) => i64::try_from(left.as_millis()).unwrap_or(i64::MAX),
+        };
+        Ok((self.read(key), pttl))
     }
 
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
@@ -302,37 +368,73 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// Deletes keys and bumps counters; returns how many keys existed.
-    pub async fn invalidate(&self, keys: &[String], counters: &[String]) -> CacheResult<u64> {
-        let deleted = keys.iter().filter(|k| self.delete(k)).count() as u64;
-        for counter in counters {
-            self.incr_counter(counter)?;
-        }
-        Ok(deleted)
+    /// `DEL keys`: how many existed.
+    pub async fn delete(&self, keys: &[String]) -> CacheResult<u64> {
+        Ok(keys.iter().filter(|k| self.delete_one(k)).count() as u64)
     }
 
-    pub async fn incr(&self, key: &str) -> CacheResult<u64> {
-        let n = self.incr_counter(key)?;
-        u64::try_from(n).map_err(|_| CacheError::Command(format!("counter {key:?} is negative")))
+    /// Deletes keys, bumps counters (resetting corrupt ones) and adds tag
+    /// members (see [`Invalidation`]).
+    pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
+        let mut out = Invalidated {
+            deleted: inv.keys.iter().filter(|k| self.delete_one(k)).count() as u64,
+            ..Invalidated::default()
+        };
+        for counter in inv.counters {
+            if self.bump_counter(counter).is_err() {
+                out.corrupt += 1;
+                self.reset_counter(counter);
+            }
+        }
+        if !inv.tags.is_empty() {
+            let now = Instant::now();
+            let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
+            for tag in inv.tags {
+                self.add_to_set(&mut sets, tag, now);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `SET key start NX GET`: `None` when the counter was missing and now
+    /// starts at `start`, else what the key held.
+    pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
+        let start =
+            i64::try_from(start).map_err(|_| CacheError::Command(format!("counter start {start} is out of range")))?;
+        if let Some(item) = self.values.get(key) {
+            return Ok(Some(item.bytes.to_vec()));
+        }
+        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
+        match counters.get(key) {
+            Some(n) => Ok(Some(n.to_string().into_bytes())),
+            None => {
+                counters.insert(key.to_string(), start);
+                Ok(None)
+            }
+        }
     }
 
     pub async fn ping(&self) -> CacheResult<()> {
         Ok(())
     }
 
-    /// Removes every key matching the Redis glob `pattern`; returns how many.
-    pub async fn scan_unlink(&self, pattern: &str) -> CacheResult<u64> {
-        let pattern = pattern.as_bytes();
-        let matching: Vec<Arc<String>> = self
+    /// Removes every key matching the Redis glob `pattern`, in one step.
+    pub async fn scan_step(&self, _cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
+        let glob = pattern.as_bytes();
+        let mut keys: Vec<String> = self
             .values
             .iter()
             .map(|(key, _)| key)
-            .filter(|key| glob::matches(pattern, key.as_bytes()))
+            .filter(|key| glob::matches(glob, key.as_bytes()))
+            .map(|key| key.as_ref().clone())
             .collect();
-        let mut removed = matching.iter().filter(|key| self.delete(key)).count() as u64;
+        let mut removed = keys.iter().filter(|key| self.delete_one(key)).count() as u64;
         let mut unlink = |key: &String| {
-            let hit = glob::matches(pattern, key.as_bytes());
-            removed += u64::from(hit);
+            let hit = glob::matches(glob, key.as_bytes());
+            if hit {
+                removed += 1;
+                keys.push(key.clone());
+            }
             !hit
         };
         self.counters
@@ -343,19 +445,7 @@ impl MemoryBackend {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|key, _| unlink(key));
-        Ok(removed)
-    }
-
-    /// `SET key start NX`: starts a counter unless the key exists.
-    pub async fn init_counter(&self, key: &str, start: u64) -> CacheResult<()> {
-        let start =
-            i64::try_from(start).map_err(|_| CacheError::Command(format!("counter start {start} is out of range")))?;
-        if self.values.contains_key(key) {
-            return Ok(());
-        }
-        let mut counters = self.counters.write().unwrap_or_else(PoisonError::into_inner);
-        counters.entry(key.to_string()).or_insert(start);
-        Ok(())
+        Ok(ScanStep { next: 0, removed, keys })
     }
 
     /// Writes `key` (TTL `ttl_ms`) only while `counter` still holds
@@ -384,36 +474,39 @@ impl MemoryBackend {
         Ok(true)
     }
 
-    /// `SADD` each set's members. A set that grows past twice the cache's
-    /// capacity first drops the members that are no longer cached.
-    pub async fn add_to_sets(&self, members_by_set: &[(String, Vec<String>)]) -> CacheResult<()> {
-        let limit = usize::try_from(self.max_capacity.saturating_mul(2)).unwrap_or(usize::MAX);
+    /// Moves the tag set `set` into its draining set (merging with what an
+    /// interrupted invalidation left there); returns the draining set's size.
+    pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64> {
+        let now = Instant::now();
         let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
-        for (set, members) in members_by_set {
-            if members.is_empty() {
-                continue;
-            }
-            let set = sets.entry(set.clone()).or_default();
-            set.extend(members.iter().cloned());
-            if set.len() > limit {
-                set.retain(|member| self.values.contains_key(member));
-            }
+        let moved = sets.remove(set).filter(|s| s.is_live(now));
+        let target = sets.entry(draining.to_string()).or_default();
+        if !target.is_live(now) {
+            *target = TagSet::default();
         }
-        Ok(())
+        if let Some(moved) = moved {
+            target.members.extend(moved.members);
+            target.expires_at = match (target.expires_at, moved.expires_at) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
+        }
+        let size = target.members.len() as u64;
+        if size == 0 {
+            sets.remove(draining);
+        }
+        Ok(size)
     }
 
-    /// Deletes every member key of `set`, then the set; returns how many
-    /// member keys existed.
-    pub async fn unlink_set_members(&self, set: &str) -> CacheResult<u64> {
-        let Some(members) = self.remove_set(set) else {
-            return Ok(0);
-        };
-        Ok(members.iter().filter(|member| self.delete(member)).count() as u64)
+    /// Unlinks every member of a draining set and removes the set, in one step.
+    pub async fn drain_step(&self, draining: &str, _cursor: u64) -> CacheResult<ScanStep> {
+        let keys: Vec<String> = self.remove_set(draining).unwrap_or_default().into_iter().collect();
+        let removed = keys.iter().filter(|member| self.delete_one(member)).count() as u64;
+        Ok(ScanStep { next: 0, removed, keys })
     }
 
     /// The time `key` has left, as Redis' `PTTL` would say: `None` for a
     /// missing key, `Some(None)` for a key without TTL (a counter).
-    #[cfg(test)]
     fn pttl(&self, key: &str) -> Option<Option<Duration>> {
         match self.values.get(key) {
             Some(item) => Some(Some(item.expires_at.saturating_duration_since(Instant::now()))),
@@ -713,7 +806,7 @@ mod tests {
         assert_eq!(b.get_or_lease("b", OTHER_LEASE, 2_000).await.unwrap(), None);
         assert_eq!(b.get_or_lease("c", LEASE, 2_000).await.unwrap(), None);
         // A write deletes `c` (and its lease) while its reader was loading.
-        assert_eq!(b.invalidate(&["c".into()], &[]).await.unwrap(), 1);
+        assert_eq!(b.delete(&["c".into()]).await.unwrap(), 1);
         let filled = b
             .fill(&["a", "b", "c", "d"], &[b"va", b"vb", b"vc", b"vd"], LEASE, 30_000)
             .await
@@ -737,11 +830,45 @@ mod tests {
         assert_eq!(b.get("a").await.unwrap(), Some(b"va".to_vec()));
     }
 
+    /// Bumps a counter as a write's invalidation does; its value after.
+    async fn bump(b: &MemoryBackend, key: &str) -> i64 {
+        let counters = [key.to_string()];
+        let inv = Invalidation {
+            counters: &counters,
+            ..Invalidation::default()
+        };
+        b.invalidate(&inv).await.unwrap();
+        b.counter(key).expect("a counter")
+    }
+
+    fn tag(set: &str, members: &[&str]) -> TagAdd {
+        TagAdd {
+            set: set.to_string(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            ttl_secs: 60,
+        }
+    }
+
+    async fn add_tags(b: &MemoryBackend, tags: &[TagAdd]) {
+        let inv = Invalidation {
+            tags,
+            ..Invalidation::default()
+        };
+        b.invalidate(&inv).await.unwrap();
+    }
+
+    /// `invalidate_tag` as the manager runs it: drain, then one step.
+    async fn unlink_tag(b: &MemoryBackend, set: &str) -> u64 {
+        let draining = format!("{set}:draining");
+        b.drain_tag(set, &draining).await.unwrap();
+        b.drain_step(&draining, 0).await.unwrap().removed
+    }
+
     #[tokio::test]
     async fn lease_many_grants_free_keys_only() {
         let b = MemoryBackend::with_capacity(100);
         b.set_ex("hit", b"v", 60).await.unwrap();
-        b.incr("counter").await.unwrap();
+        bump(&b, "counter").await;
         let keys: Vec<String> = ["hit", "free", "counter", "free2"].map(String::from).into();
         assert_eq!(
             b.lease_many(&keys, LEASE, 2_000).await.unwrap(),
@@ -752,71 +879,85 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counters_and_invalidate() {
+    async fn counters_start_at_a_random_seed_and_invalidate_resets_corrupt_ones() {
         let b = MemoryBackend::with_capacity(100);
-        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 1);
-        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 2);
+        let gen = "app:users:query:gen";
+        let first = bump(&b, gen).await;
+        assert!(
+            first > 1,
+            "a missing counter starts at a random seed, like in Redis: {first}"
+        );
+        assert_eq!(bump(&b, gen).await, first + 1);
         assert_eq!(
-            b.get("app:users:query:gen").await.unwrap(),
-            Some(b"2".to_vec()),
+            b.get(gen).await.unwrap(),
+            Some((first + 1).to_string().into_bytes()),
             "GET reads it like Redis"
         );
-        assert_eq!(b.pttl("app:users:query:gen"), Some(None), "a counter has no TTL");
-        b.set_ex("app:users:1", b"v", 60).await.unwrap();
-        assert!(
-            matches!(b.incr("app:users:1").await, Err(CacheError::Command(_))),
-            "not an integer"
-        );
+        assert_eq!(b.pttl(gen), Some(None), "a counter has no TTL");
+        assert_eq!(b.get_with_pttl(gen).await.unwrap().1, -1);
+        assert_eq!(b.get_with_pttl("nope").await.unwrap(), (None, -2));
 
+        b.set_ex("app:users:1", b"v", 60).await.unwrap();
         let keys = ["app:users:1".to_string(), "app:users:2".to_string()];
-        let gens = ["app:users:query:gen".to_string(), "app:notes:query:gen".to_string()];
-        assert_eq!(
-            b.invalidate(&keys, &gens).await.unwrap(),
-            1,
-            "one of the two keys existed"
-        );
+        let gens = [gen.to_string(), "app:notes:query:gen".to_string()];
+        let done = b
+            .invalidate(&Invalidation {
+                keys: &keys,
+                counters: &gens,
+                tags: &[],
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.deleted, done.corrupt), (1, 0), "one of the two keys existed");
         assert_eq!(b.get("app:users:1").await.unwrap(), None);
-        assert_eq!(b.get("app:users:query:gen").await.unwrap(), Some(b"3".to_vec()));
-        assert_eq!(b.get("app:notes:query:gen").await.unwrap(), Some(b"1".to_vec()));
-        assert_eq!(b.invalidate(&[], &[]).await.unwrap(), 0);
-        // DEL removes a counter too; INCR then starts over.
-        assert_eq!(b.invalidate(&gens[..1], &[]).await.unwrap(), 1);
-        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 1);
-        // SET over a counter replaces it.
-        b.set_ex("app:users:query:gen", b"v", 60).await.unwrap();
-        assert_eq!(b.get("app:users:query:gen").await.unwrap(), Some(b"v".to_vec()));
+        assert_eq!(b.counter(gen), Some(first + 2));
+        assert!(b.counter("app:notes:query:gen").is_some());
+        // DEL removes a counter too; the next bump starts at a new seed.
+        assert_eq!(b.delete(&gens[..1]).await.unwrap(), 1);
+        assert_ne!(bump(&b, gen).await, 1);
+        // A counter key holding a value is corrupt: replaced by a fresh seed.
+        b.set_ex(gen, b"not a number", 60).await.unwrap();
+        let done = b
+            .invalidate(&Invalidation {
+                counters: &gens[..1],
+                ..Invalidation::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(done.corrupt, 1);
+        assert!(b.counter(gen).is_some());
+        assert_eq!(b.get_with_pttl(gen).await.unwrap().1, -1, "a counter again");
         b.ping().await.unwrap();
     }
 
     #[tokio::test]
     async fn counters_survive_eviction_pressure() {
         let b = MemoryBackend::with_capacity(10);
-        b.incr("app:users:query:gen").await.unwrap();
+        let first = bump(&b, "app:users:query:gen").await;
         for i in 0..1_000 {
             b.set_ex(&format!("app:users:{i}"), b"v", 60).await.unwrap();
         }
         b.values.run_pending_tasks();
         assert!(b.values.entry_count() <= 10, "bounded: {}", b.values.entry_count());
-        assert_eq!(b.incr("app:users:query:gen").await.unwrap(), 2);
+        assert_eq!(bump(&b, "app:users:query:gen").await, first + 1);
     }
 
     #[tokio::test]
     async fn query_generations_guard_query_fills() {
         let b = MemoryBackend::with_capacity(100);
         let gen = "app:users:query:gen";
-        b.init_counter(gen, 41).await.unwrap();
-        b.init_counter(gen, 7).await.unwrap();
+        assert_eq!(b.seed_counter(gen, 41).await.unwrap(), None, "seeded");
         assert_eq!(
-            b.get(gen).await.unwrap(),
+            b.seed_counter(gen, 7).await.unwrap(),
             Some(b"41".to_vec()),
-            "SET NX keeps the first start"
+            "SET NX GET keeps the first start and returns it"
         );
         assert!(b
             .fill_if_counter("app:users:query:ab", b"r41", 60_000, gen, 41)
             .await
             .unwrap());
         assert_eq!(b.get("app:users:query:ab").await.unwrap(), Some(b"r41".to_vec()));
-        assert_eq!(b.incr(gen).await.unwrap(), 42);
+        assert_eq!(bump(&b, gen).await, 42);
         assert!(!b
             .fill_if_counter("app:users:query:cd", b"r41", 60_000, gen, 41)
             .await
@@ -845,34 +986,31 @@ mod tests {
             b.set_ex(k, b"v", 60).await.unwrap();
         }
         let sets = vec![
-            (
-                "app:__tag:red".to_string(),
-                vec!["app:users:1".to_string(), "app:notes:9".to_string()],
-            ),
-            ("app:__tag:blue".to_string(), vec!["app:users:2".to_string()]),
-            ("app:__tag:none".to_string(), vec![]),
+            tag("app:__tag:red", &["app:users:1", "app:notes:9"]),
+            tag("app:__tag:blue", &["app:users:2"]),
+            tag("app:__tag:none", &[]),
         ];
-        b.add_to_sets(&sets).await.unwrap();
-        b.add_to_sets(&sets[..1]).await.unwrap();
+        add_tags(&b, &sets).await;
+        add_tags(&b, &sets[..1]).await;
         assert_eq!(
             b.get("app:__tag:red").await.unwrap(),
             None,
             "a set is not a string value"
         );
-        assert_eq!(b.unlink_set_members("app:__tag:red").await.unwrap(), 2);
+        assert_eq!(unlink_tag(&b, "app:__tag:red").await, 2);
         assert_eq!(b.get("app:users:1").await.unwrap(), None);
         assert_eq!(b.get("app:notes:9").await.unwrap(), None);
         assert_eq!(b.get("app:users:2").await.unwrap(), Some(b"v".to_vec()));
         assert_eq!(
-            b.unlink_set_members("app:__tag:red").await.unwrap(),
+            unlink_tag(&b, "app:__tag:red").await,
             0,
             "the set went with its members"
         );
-        assert_eq!(b.unlink_set_members("app:__tag:none").await.unwrap(), 0);
+        assert_eq!(unlink_tag(&b, "app:__tag:none").await, 0);
         // DEL and SCAN + UNLINK reach sets too.
-        assert_eq!(b.invalidate(&["app:__tag:blue".to_string()], &[]).await.unwrap(), 1);
-        b.add_to_sets(&sets[1..2]).await.unwrap();
-        assert_eq!(b.scan_unlink("app:__tag:*").await.unwrap(), 1);
+        assert_eq!(b.delete(&["app:__tag:blue".to_string()]).await.unwrap(), 1);
+        add_tags(&b, &sets[1..2]).await;
+        assert_eq!(b.scan_step(0, "app:__tag:*").await.unwrap().removed, 1);
         assert_eq!(
             b.get("app:users:2").await.unwrap(),
             Some(b"v".to_vec()),
@@ -881,29 +1019,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tag_sets_expire_and_their_ttl_only_grows() {
+        let b = MemoryBackend::with_capacity(100);
+        b.set_ex("app:users:1", b"v", 60).await.unwrap();
+        let mut short = tag("app:__tag:t", &["app:users:1"]);
+        short.ttl_secs = 1;
+        add_tags(&b, std::slice::from_ref(&short)).await;
+        add_tags(&b, &[tag("app:__tag:t", &["app:users:1"])]).await;
+        add_tags(&b, std::slice::from_ref(&short)).await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(
+            unlink_tag(&b, "app:__tag:t").await,
+            1,
+            "lengthened to 60 s, never shortened"
+        );
+        add_tags(&b, std::slice::from_ref(&short)).await;
+        b.set_ex("app:users:1", b"v", 60).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        assert_eq!(unlink_tag(&b, "app:__tag:t").await, 0, "an expired set is gone");
+        assert_eq!(b.get("app:users:1").await.unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[tokio::test]
     async fn a_tag_set_does_not_outgrow_the_cache() {
         let b = MemoryBackend::with_capacity(10);
         b.set_ex("live", b"v", 60).await.unwrap();
         let mut members = vec!["live".to_string()];
         members.extend((0..30).map(|i| format!("gone{i}")));
-        b.add_to_sets(&[("tag".to_string(), members)]).await.unwrap();
+        add_tags(
+            &b,
+            &[TagAdd {
+                set: "tag".into(),
+                members,
+                ttl_secs: 60,
+            }],
+        )
+        .await;
         let sets = b.sets.read().unwrap();
-        assert_eq!(sets["tag"].len(), 1, "only the cached member is kept");
+        assert_eq!(sets["tag"].members.len(), 1, "only the cached member is kept");
     }
 
     #[tokio::test]
-    async fn scan_unlink_removes_matching_keys_only() {
+    async fn scan_step_removes_matching_keys_only() {
         let b = MemoryBackend::with_capacity(1_000);
         for i in 0..25 {
             b.set_ex(&format!("app:sess:s{i}"), b"v", 60).await.unwrap();
         }
         b.set_ex("app:users:1", b"v", 60).await.unwrap();
         b.set_ex("other:sess:s1", b"v", 60).await.unwrap();
-        b.incr("app:users:query:gen").await.unwrap();
-        assert_eq!(b.scan_unlink("app:sess:s1?").await.unwrap(), 10);
-        assert_eq!(b.scan_unlink("app:sess:*").await.unwrap(), 15);
-        assert_eq!(b.scan_unlink("app:sess:*").await.unwrap(), 0);
-        assert_eq!(b.scan_unlink("app:*").await.unwrap(), 2, "the record and the counter");
+        bump(&b, "app:users:query:gen").await;
+        let scan = |pattern: &'static str| {
+            let b = &b;
+            async move { b.scan_step(0, pattern).await.unwrap() }
+        };
+        let step = scan("app:sess:s1?").await;
+        assert_eq!((step.next, step.removed, step.keys.len()), (0, 10, 10));
+        assert_eq!(scan("app:sess:*").await.removed, 15);
+        assert_eq!(scan("app:sess:*").await.removed, 0);
+        assert_eq!(scan("app:*").await.removed, 2, "the record and the counter");
         assert_eq!(b.get("other:sess:s1").await.unwrap(), Some(b"v".to_vec()));
     }
 

@@ -32,6 +32,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
 use tokio::sync::watch;
 
+use crate::backend::{counter_seed, Invalidated, Invalidation, ScanStep};
 use crate::config::{redact_url, TlsCerts};
 use crate::error::{CacheError, CacheResult};
 
@@ -51,19 +52,21 @@ end
 return filled
 ";
 
-/// Takes a fill lease on each key that is free (`SET NX PX`). A key holding
-/// another Redis type than a string (a hash, a list...) can never hold a
-/// value of ours: it is deleted and the lease taken in its place.
+/// Takes a fill lease on each key that is free (`SET NX PX`). A key that can
+/// never hold a value of ours is replaced by the lease: another Redis type
+/// (a hash, a list...), or a string without an expiry (every value and
+/// lease StoreHaus writes has one, so such a string is a leftover lease or
+/// foreign data, and would otherwise block the key forever).
 ///
 /// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: its TTL in ms. Returns one
-/// integer per key: 1 granted, 2 granted after replacing a non-string, 0 not
-/// granted (a value or another reader's lease is there).
+/// integer per key: 1 granted, 2 granted after replacing such a key, 0 not
+/// granted (a value or another reader's live lease is there).
 const LEASE_MANY_SCRIPT: &str = r"
 local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) then
     out[i] = 1
-  elseif redis.call('TYPE', key).ok ~= 'string' then
+  elseif redis.call('TYPE', key).ok ~= 'string' or redis.call('PTTL', key) == -1 then
     redis.call('DEL', key)
     redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
     out[i] = 2
@@ -81,12 +84,6 @@ if redis.pcall('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 ";
-
-/// A random starting value for a generation counter (below 2^32, so
-/// `INCR` never overflows).
-fn counter_seed() -> u64 {
-    u64::from(rand::random::<u32>()) + 1
-}
 
 /// Commands in flight on one connection beyond which new commands go to the
 /// next connection of the pool.
@@ -129,6 +126,7 @@ pub(crate) struct RedisBackend {
     lease_many: Script,
     release: Script,
     fill_if_counter: Script,
+    drain_tag: Script,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -246,6 +244,7 @@ impl RedisBackend {
             lease_many: Script::new(LEASE_MANY_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
+            drain_tag: Script::new(DRAIN_TAG_SCRIPT),
         })
     }
 
@@ -467,34 +466,108 @@ impl RedisBackend {
             .await
     }
 
-    /// Deletes keys and bumps counters in one round trip; returns how many keys existed.
-    pub async fn invalidate(&self, keys: &[String], counters: &[String]) -> CacheResult<u64> {
+    /// `GET` and `PTTL` of one key in one round trip.
+    pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)> {
         let mut pipe = redis::pipe();
-        if !keys.is_empty() {
-            pipe.cmd("DEL").arg(keys);
-        }
-        for c in counters {
-            // A counter that is missing (never made, or evicted) restarts at
-            // a random value, never at 1: results cached under an old
-            // generation can then never become current again.
-            pipe.cmd("SET").arg(c).arg(counter_seed()).arg("NX").ignore();
-            pipe.cmd("INCR").arg(c).ignore();
-        }
-        if keys.is_empty() {
-            let _: () = self.run(pipe).await?;
-            return Ok(0);
-        }
-        let (deleted,): (u64,) = self.run(pipe).await?;
-        Ok(deleted)
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        self.run(pipe).await
     }
 
-    /// `INCR` of a generation counter, seeded like [`invalidate`](Self::invalidate)'s.
-    pub async fn incr(&self, key: &str) -> CacheResult<u64> {
+    /// `DEL keys`: how many existed.
+    pub async fn delete(&self, keys: &[String]) -> CacheResult<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.run(redis::cmd("DEL").arg(keys).to_owned()).await
+    }
+
+    /// One round trip for a committed write (see [`Invalidation`]), and a
+    /// second one only when a counter or a tag set must be reset.
+    pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
         let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(key).arg(counter_seed()).arg("NX").ignore();
-        pipe.cmd("INCR").arg(key);
-        let (n,): (u64,) = self.run(pipe).await?;
-        Ok(n)
+        pipe.ignore_errors();
+        if !inv.keys.is_empty() {
+            pipe.cmd("DEL").arg(inv.keys);
+        }
+        for c in inv.counters {
+            // A missing counter (never made, or evicted) restarts at a random
+            // value, never at 1: results cached under an old generation can
+            // then never become current again.
+            pipe.cmd("SET").arg(c).arg(counter_seed()).arg("NX").ignore();
+            pipe.cmd("INCR").arg(c);
+        }
+        for t in inv.tags {
+            pipe.cmd("SADD").arg(&t.set).arg(&t.members);
+            expire_at_least(&mut pipe, &t.set, t.ttl_secs);
+        }
+        if inv.keys.is_empty() && inv.counters.is_empty() && inv.tags.is_empty() {
+            return Ok(Invalidated::default());
+        }
+        let replies: Vec<redis::Value> = self.run(pipe).await?;
+        let mut replies = replies.into_iter();
+        let mut out = Invalidated::default();
+        if !inv.keys.is_empty() {
+            out.deleted = int_reply(replies.next())?;
+        }
+        let mut reset_counters = Vec::new();
+        for c in inv.counters {
+            match replies.next() {
+                Some(redis::Value::Int(_)) => {}
+                Some(redis::Value::ServerError(e)) if e.code() == "OOM" => {
+                    out.refused += 1;
+                    reset_counters.push(c);
+                }
+                // Not an integer, or another Redis type: a corrupt counter.
+                _ => {
+                    out.corrupt += 1;
+                    reset_counters.push(c);
+                }
+            }
+        }
+        let mut reset_tags = Vec::new();
+        for t in inv.tags {
+            match replies.next() {
+                Some(redis::Value::Int(_)) => {}
+                Some(redis::Value::ServerError(e)) if e.code() == "OOM" => out.tags_refused = true,
+                _ => reset_tags.push(t),
+            }
+        }
+        if reset_counters.is_empty() && reset_tags.is_empty() {
+            return Ok(out);
+        }
+        // A counter that cannot be bumped is deleted instead (DEL works even
+        // out of memory): a missing counter serves no query result, and it
+        // comes back at a fresh random seed. A tag set of another type is
+        // replaced.
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for c in &reset_counters {
+            pipe.cmd("DEL").arg(*c);
+            pipe.cmd("SET").arg(*c).arg(counter_seed()).arg("NX").ignore();
+        }
+        for t in &reset_tags {
+            pipe.cmd("DEL").arg(&t.set).ignore();
+            pipe.cmd("SADD").arg(&t.set).arg(&t.members);
+            expire_at_least(&mut pipe, &t.set, t.ttl_secs);
+        }
+        let replies: Vec<redis::Value> = self.run(pipe).await?;
+        let mut replies = replies.into_iter();
+        for _ in &reset_counters {
+            int_reply(replies.next())?;
+        }
+        for _ in &reset_tags {
+            if !matches!(replies.next(), Some(redis::Value::Int(_))) {
+                out.tags_refused = true;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `SET key start NX GET`: `None` when the counter was missing and now
+    /// starts at `start`, else what the key held.
+    pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
+        self.run(redis::cmd("SET").arg(key).arg(start).arg("NX").arg("GET").to_owned())
+            .await
     }
 
     pub async fn ping(&self) -> CacheResult<()> {
@@ -502,31 +575,48 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// SCAN MATCH + UNLINK in batches; never KEYS.
-    pub async fn scan_unlink(&self, pattern: &str) -> CacheResult<u64> {
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(pattern)
-                        .arg("COUNT")
-                        .arg(500)
-                        .to_owned(),
-                )
-                .await?;
-            if !keys.is_empty() {
-                let n: u64 = self.run(redis::cmd("UNLINK").arg(&keys).to_owned()).await?;
-                removed += n;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
-            cursor = next;
-        }
+    /// One step of `SCAN cursor MATCH pattern` + `UNLINK` of what it found.
+    pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
+        let (next, keys): (u64, Vec<String>) = self
+            .run(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .to_owned(),
+            )
+            .await?;
+        let removed = if keys.is_empty() {
+            0
+        } else {
+            self.run(redis::cmd("UNLINK").arg(&keys).to_owned()).await?
+        };
+        Ok(ScanStep { next, removed, keys })
+    }
+}
+
+/// Keys asked for per `SCAN` / `SSCAN` step.
+const SCAN_COUNT: usize = 500;
+
+/// Sets `key`'s TTL to at least `secs`: `EXPIRE NX` gives one to a key
+/// without, `EXPIRE GT` lengthens a shorter one. Never shortens.
+fn expire_at_least(pipe: &mut redis::Pipeline, key: &str, secs: u64) {
+    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("NX").ignore();
+    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("GT").ignore();
+}
+
+/// An integer reply of a pipeline run with `ignore_errors`.
+fn int_reply(reply: Option<redis::Value>) -> CacheResult<u64> {
+    match reply {
+        Some(redis::Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
+        Some(redis::Value::ServerError(e)) => Err(CacheError::Command(format!(
+            "{}: {}",
+            e.code(),
+            e.details().unwrap_or("")
+        ))),
+        other => Err(CacheError::Command(format!("unexpected reply {other:?}"))),
     }
 }
 
@@ -553,26 +643,8 @@ impl RunOn for redis::ScriptInvocation<'_> {
     }
 }
 
-/// Writes KEYS[1] only while the counter KEYS[2] still equals ARGV[3].
-/// ARGV[1]: the value, ARGV[2]: TTL in ms. Returns 1 when written.
-const FILL_IF_COUNTER_SCRIPT: &str = r"
-if redis.pcall('GET', KEYS[2]) == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-";
-
 /// Query generations and tag sets.
 impl RedisBackend {
-    /// `SET key start NX`: starts a counter unless it exists.
-    pub async fn init_counter(&self, key: &str, start: u64) -> CacheResult<()> {
-        let _: Option<String> = self
-            .run(redis::cmd("SET").arg(key).arg(start).arg("NX").to_owned())
-            .await?;
-        Ok(())
-    }
-
     /// Writes `key` only while `counter` still holds `expected`.
     pub async fn fill_if_counter(
         &self,
@@ -588,43 +660,70 @@ impl RedisBackend {
         Ok(filled == 1)
     }
 
-    /// SADD each set's members, in one round trip.
-    pub async fn add_to_sets(&self, members_by_set: &[(String, Vec<String>)]) -> CacheResult<()> {
-        let mut pipe = redis::pipe();
-        for (set, members) in members_by_set {
-            if !members.is_empty() {
-                pipe.cmd("SADD").arg(set).arg(members).ignore();
-            }
-        }
-        self.run(pipe).await
+    /// Moves the members of the tag set `set` into its draining set
+    /// `draining` (see [`DRAIN_TAG_SCRIPT`]); returns how many members the
+    /// draining set holds now.
+    pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64> {
+        let mut inv = self.drain_tag.prepare_invoke();
+        inv.key(set).key(draining);
+        self.run(inv).await
     }
 
-    /// UNLINKs every member of `set` (SSCAN in batches) and then the set;
-    /// returns how many member keys existed.
-    pub async fn unlink_set_members(&self, set: &str) -> CacheResult<u64> {
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let (next, members): (u64, Vec<String>) = self
-                .run(
-                    redis::cmd("SSCAN")
-                        .arg(set)
-                        .arg(cursor)
-                        .arg("COUNT")
-                        .arg(500)
-                        .to_owned(),
-                )
-                .await?;
-            if !members.is_empty() {
-                let n: u64 = self.run(redis::cmd("UNLINK").arg(&members).to_owned()).await?;
-                removed += n;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
+    /// One step over a draining set: `SSCAN`, then `UNLINK` of the member
+    /// keys and `SREM` of them from the set, in that order, so that a step
+    /// cut short leaves its members for the next try.
+    pub async fn drain_step(&self, draining: &str, cursor: u64) -> CacheResult<ScanStep> {
+        let (next, keys): (u64, Vec<String>) = self
+            .run(
+                redis::cmd("SSCAN")
+                    .arg(draining)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .to_owned(),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Ok(ScanStep { next, removed: 0, keys });
         }
-        let _: u64 = self.run(redis::cmd("UNLINK").arg(set).to_owned()).await?;
-        Ok(removed)
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(&keys);
+        pipe.cmd("SREM").arg(draining).arg(&keys).ignore();
+        let (removed,): (u64,) = self.run(pipe).await?;
+        Ok(ScanStep { next, removed, keys })
     }
 }
+
+/// Writes KEYS[1] only while the counter KEYS[2] still equals ARGV[3].
+/// ARGV[1]: the value, ARGV[2]: TTL in ms. Returns 1 when written.
+const FILL_IF_COUNTER_SCRIPT: &str = r"
+if redis.pcall('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Moves a tag set KEYS[1] into its draining set KEYS[2] and returns the
+/// draining set's size. The tag's name is free again at once, so a write
+/// that tags a key meanwhile starts a new set instead of being swept up
+/// (and lost) by the invalidation under way. Members that an interrupted
+/// invalidation left in the draining set are kept and merged, so the next
+/// `invalidate_tag` finishes its work. The draining set keeps the longer of
+/// the two TTLs.
+const DRAIN_TAG_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    local a = redis.call('PTTL', KEYS[1])
+    local b = redis.call('PTTL', KEYS[2])
+    redis.call('SUNIONSTORE', KEYS[2], KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[1])
+    if a > 0 and b > 0 then
+      redis.call('PEXPIRE', KEYS[2], math.max(a, b))
+    end
+  else
+    redis.call('RENAME', KEYS[1], KEYS[2])
+  end
+end
+return redis.call('SCARD', KEYS[2])
+";

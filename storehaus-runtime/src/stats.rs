@@ -35,6 +35,11 @@ pub struct CacheStats {
     /// Invalidations that could not reach the cache yet and are remembered
     /// for replay (reads bypass the cache until they are replayed).
     pub pending_invalidations: u64,
+    /// Times the pending invalidations outgrew their bound
+    /// (`CacheConfig::with_max_pending_invalidations`): a store's keys were
+    /// replaced by its whole key space, to be cleared on recovery (or a tag
+    /// addition was dropped).
+    pub pending_overflows: u64,
     /// Cache operations skipped because the circuit breaker was open.
     pub breaker_skips: u64,
     /// Times the circuit breaker opened.
@@ -99,6 +104,7 @@ impl Counters {
             lease_waits: self.lease_waits.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
             pending_invalidations,
+            pending_overflows: 0,
             breaker_skips: self.breaker_skips.load(Relaxed),
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_open,

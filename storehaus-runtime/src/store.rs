@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::backend::TagAdd;
 use crate::cached::Cached;
 use crate::error::{Result, StorehausError};
 use crate::key;
@@ -50,12 +51,14 @@ impl CacheParams {
 }
 
 /// The resolved cache settings of one store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct StoreCache {
     pub manager: Arc<CacheManager>,
     pub prefix: String,
     pub ttl: u64,
     pub generation_key: String,
+    /// The store's key space: `{global}:{prefix}:`.
+    pub scope: String,
 }
 
 /// Typed, cached access to the table of `T`.
@@ -75,7 +78,7 @@ pub(crate) struct StoreCache {
 pub struct GenericStore<T: Cached> {
     pool: DbPool,
     signals: Option<Arc<SignalManager>>,
-    cache: Option<StoreCache>,
+    cache: Option<Arc<StoreCache>>,
     _marker: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -158,16 +161,16 @@ impl<T: Cached> GenericStore<T> {
     /// A store over `pool` (a `sqlx::PgPool` or `sqlx::SqlitePool`), with
     /// optional change signals and optional caching.
     ///
-    /// Never fails: a store prefix with forbidden characters is escaped in
-    /// keys and a TTL outside 1..=31 536 000 is clamped. Use
-    /// [`try_new`](Self::try_new) to have them rejected instead.
+    /// Never fails: a store prefix with forbidden characters, or one that
+    /// starts with `__` (a namespace StoreHaus reserves for its own keys), is
+    /// escaped in keys (with a warning) and a TTL outside 1..=31 536 000 is
+    /// clamped. Use [`try_new`](Self::try_new) to have them rejected instead.
     pub fn new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Self {
         let cache = cache.map(|params| {
             let prefix = params.prefix.unwrap_or_else(|| T::PREFIX.to_string());
-            let mut escaped = String::with_capacity(prefix.len());
-            key::push_escaped(&mut escaped, &prefix);
+            let escaped = key::escape_store_prefix(&prefix);
             if escaped != prefix {
-                tracing::warn!(prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-]; they are escaped in keys");
+                tracing::warn!(prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-] or starts with the reserved \"__\"; it is escaped in keys");
             }
             let ttl = params
                 .ttl
@@ -175,12 +178,14 @@ impl<T: Cached> GenericStore<T> {
                 .unwrap_or(params.manager.config().default_ttl)
                 .clamp(1, MAX_TTL_SECS);
             let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
-            StoreCache {
+            let scope = key::store_scope(params.manager.global_prefix(), &escaped);
+            Arc::new(StoreCache {
                 manager: params.manager,
                 prefix: escaped,
                 ttl,
                 generation_key,
-            }
+                scope,
+            })
         });
         GenericStore {
             pool: pool.into(),
@@ -218,7 +223,7 @@ impl<T: Cached> GenericStore<T> {
     }
 
     pub(crate) fn cache_settings(&self) -> Option<&StoreCache> {
-        self.cache.as_ref()
+        self.cache.as_deref()
     }
 
     /// The database pool.
@@ -261,16 +266,22 @@ impl<T: Cached> GenericStore<T> {
     /// cached "no such row" for its id after commit. `tags` travel with the
     /// change event.
     ///
+    /// Once sent, the insert runs to its end in a task of its own, and its
+    /// invalidation follows its commit, even if the caller stops waiting
+    /// (a request timeout, a client that went away).
+    ///
     /// # Errors
     /// [`StorehausError::Database`] when the insert fails (a duplicate id,
     /// a constraint, the connection).
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
-        let write = async { Ok(with_db!(&self.pool, |p, sql, bind| insert_row!(p, sql, bind, &record))) };
-        let created: T = self.uncertain(std::slice::from_ref(record.id()), write).await?;
-        let ids = [created.id().clone()];
-        self.after_commit(ChangeOp::Create, &ids, tags).await;
-        Ok(created)
+        let pool = self.pool.clone();
+        let ids = vec![record.id().clone()];
+        let write = async move {
+            let created = with_db!(&pool, |p, sql, bind| insert_row!(p, sql, bind, &record));
+            Ok(Written::changed(created))
+        };
+        self.run_write(ChangeOp::Create, ids, tags, write).await
     }
 
     /// The record with `id`, from the cache when it holds it, else from the
@@ -351,7 +362,8 @@ impl<T: Cached> GenericStore<T> {
     }
 
     /// Replaces the row `id` with `record`; invalidates its cache entry after
-    /// commit. Returns the row as stored.
+    /// commit. Returns the row as stored. Runs to its end even if the caller
+    /// stops waiting (see [`create`](Self::create)).
     ///
     /// # Errors
     /// [`StorehausError::IdMismatch`] when `record.id() != id` (nothing is
@@ -360,20 +372,22 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
-        let write = async {
-            Ok(with_db!(&self.pool, |p, sql, bind| update_row!(
-                p, sql, bind, id, &record
-            )))
+        let pool = self.pool.clone();
+        let write = async move {
+            let id = record.id();
+            let updated: Option<T> = with_db!(&pool, |p, sql, bind| update_row!(p, sql, bind, id, &record));
+            Ok(match updated {
+                Some(row) => Written::changed(Some(row)),
+                None => Written::unchanged(None),
+            })
         };
-        let updated: Option<T> = self.uncertain(std::slice::from_ref(id), write).await?;
-        let updated = updated.ok_or_else(|| not_found::<T>(id))?;
-        self.after_commit(ChangeOp::Update, std::slice::from_ref(id), tags)
-            .await;
-        Ok(updated)
+        let updated = self.run_write(ChangeOp::Update, vec![id.clone()], tags, write).await?;
+        updated.ok_or_else(|| not_found::<T>(id))
     }
 
     /// Updates many rows in one transaction: all or nothing. Every key is
-    /// invalidated in one round trip after commit.
+    /// invalidated in one round trip after commit. Runs to its end even if
+    /// the caller stops waiting (see [`create`](Self::create)).
     ///
     /// # Errors
     /// [`StorehausError::IdMismatch`] or [`StorehausError::NotFound`] for the
@@ -388,9 +402,10 @@ impl<T: Cached> GenericStore<T> {
             return Ok(Vec::new());
         }
         let ids: Vec<T::Id> = updates.iter().map(|(id, _)| id.clone()).collect();
-        let write = async {
+        let pool = self.pool.clone();
+        let write = async move {
             let mut out = Vec::with_capacity(updates.len());
-            with_db!(&self.pool, |p, sql, bind| {
+            with_db!(&pool, |p, sql, bind| {
                 let mut tx = p.begin().await?;
                 for (id, record) in &updates {
                     let row = update_row!(&mut *tx, sql, bind, id, record);
@@ -404,29 +419,32 @@ impl<T: Cached> GenericStore<T> {
                 }
                 tx.commit().await?;
             });
-            Ok(out)
+            Ok(Written::changed(out))
         };
-        let out = self.uncertain(&ids, write).await?;
-        self.after_commit(ChangeOp::Update, &ids, None).await;
-        Ok(out)
+        self.run_write(ChangeOp::Update, ids, None, write).await
     }
 
     /// Deletes the row `id`; `true` when a row was deleted. Its cache entry is
-    /// invalidated after commit.
+    /// invalidated after commit. Runs to its end even if the caller stops
+    /// waiting (see [`create`](Self::create)).
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&self, id: &T::Id) -> Result<bool> {
-        let write = async { Ok(with_db!(&self.pool, |p, sql, _bind| delete_row!(p, sql, id))) };
-        let affected = self.uncertain(std::slice::from_ref(id), write).await?;
-        self.after_commit(ChangeOp::Delete, std::slice::from_ref(id), None)
-            .await;
-        Ok(affected > 0)
+        let pool = self.pool.clone();
+        let owned = id.clone();
+        let write = async move {
+            let affected = with_db!(&pool, |p, sql, _bind| delete_row!(p, sql, &owned));
+            Ok(Written::changed(affected > 0))
+        };
+        self.run_write(ChangeOp::Delete, vec![id.clone()], None, write).await
     }
 
     /// Deletes the rows of `ids` in one statement; returns how many were
     /// deleted. Every key is invalidated in one round trip after commit.
+    /// Runs to its end even if the caller stops waiting (see
+    /// [`create`](Self::create)).
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
@@ -435,8 +453,11 @@ impl<T: Cached> GenericStore<T> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let write = async {
-            Ok(match &self.pool {
+        let pool = self.pool.clone();
+        let owned = ids.to_vec();
+        let write = async move {
+            let ids = owned.as_slice();
+            let affected = match &pool {
                 DbPool::Postgres(p) => sqlx::query(T::PG.delete_many)
                     .bind(ids)
                     .execute(p)
@@ -457,38 +478,51 @@ impl<T: Cached> GenericStore<T> {
                     tx.commit().await?;
                     n
                 }
-            })
-        };
-        let affected = self.uncertain(ids, write).await?;
-        self.after_commit(ChangeOp::Delete, ids, None).await;
-        Ok(affected)
-    }
-
-    /// Runs a write. When the database reports an error the commit may still
-    /// have happened (the connection can die while the commit's answer is
-    /// on its way), so the ids are invalidated anyway; nothing is published.
-    async fn uncertain<R>(&self, ids: &[T::Id], write: impl Future<Output = Result<R>>) -> Result<R> {
-        let result = write.await;
-        if let Err(StorehausError::Database(_)) = &result {
-            let change = Change {
-                op: ChangeOp::Update,
-                ids: ids.to_vec(),
-                tags: Vec::new(),
             };
-            self.invalidate_changes(std::slice::from_ref(&change)).await;
-        }
-        result
+            Ok(Written::changed(affected))
+        };
+        self.run_write(ChangeOp::Delete, ids.to_vec(), None, write).await
     }
 
-    /// Invalidates the written ids (and the store's cached queries), then
-    /// publishes the change event.
-    async fn after_commit(&self, op: ChangeOp, ids: &[T::Id], tags: Option<Vec<String>>) {
-        let change = Change {
-            op,
-            ids: ids.to_vec(),
-            tags: tags.unwrap_or_default(),
-        };
-        self.after_commit_all(std::slice::from_ref(&change)).await;
+    /// Runs `write` to its outcome in a task of its own, then invalidates
+    /// what it wrote and publishes its change event, and hands the result
+    /// back. A caller that stops waiting (its future dropped: a request
+    /// timeout, a client gone) cannot cut the write off between its commit
+    /// and its invalidation: the statement, once sent, may commit at any
+    /// later moment, and only the task that saw it commit can invalidate
+    /// after it.
+    ///
+    /// When the database reports an error, the commit may still have
+    /// happened (the connection can die while the commit's answer is on its
+    /// way), so the ids are invalidated anyway; nothing is published.
+    async fn run_write<R, W>(&self, op: ChangeOp, ids: Vec<T::Id>, tags: Option<Vec<String>>, write: W) -> Result<R>
+    where
+        R: Send + 'static,
+        W: Future<Output = Result<Written<R>>> + Send + 'static,
+    {
+        let store = self.clone();
+        let task = tokio::spawn(async move {
+            let result = write.await;
+            let changed = result.as_ref().is_ok_and(|written| written.changed);
+            let uncertain = matches!(result, Err(StorehausError::Database(_)));
+            if changed {
+                let change = Change {
+                    op,
+                    ids,
+                    tags: tags.unwrap_or_default(),
+                };
+                store.after_commit_all(std::slice::from_ref(&change)).await;
+            } else if uncertain {
+                let change = Change {
+                    op: ChangeOp::Update,
+                    ids,
+                    tags: Vec::new(),
+                };
+                store.invalidate_changes(std::slice::from_ref(&change)).await;
+            }
+            result.map(|written| written.value)
+        });
+        joined(task).await
     }
 
     /// Invalidates every key the committed changes wrote (and the store's
@@ -516,18 +550,51 @@ impl<T: Cached> GenericStore<T> {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
-            let mut tagged: Vec<(String, Vec<String>)> = Vec::new();
+            let mut tags: Vec<TagAdd> = Vec::new();
             for c in changes.iter().filter(|c| !c.tags.is_empty()) {
-                let keys: Vec<String> = c.ids.iter().map(key_of).collect();
+                let members: Vec<String> = c.ids.iter().map(key_of).collect();
                 for tag in c.tags.iter().filter(|t| !t.is_empty()) {
-                    tagged.push((key::tag_key(cache.manager.global_prefix(), tag), keys.clone()));
+                    tags.push(TagAdd {
+                        set: key::tag_key(cache.manager.global_prefix(), tag),
+                        members: members.clone(),
+                        // Records are filled after the write, by reads: the
+                        // set outlives the members cached within one TTL.
+                        ttl_secs: cache.ttl.saturating_mul(2),
+                    });
                 }
             }
             cache
                 .manager
-                .invalidate_committed(keys, vec![cache.generation_key.clone()], tagged)
+                .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], tags)
                 .await;
         }
+    }
+}
+
+/// What a write task hands back: its result, and whether it committed a
+/// change (a write that found no row invalidates and publishes nothing).
+pub(crate) struct Written<R> {
+    pub value: R,
+    pub changed: bool,
+}
+
+impl<R> Written<R> {
+    pub fn changed(value: R) -> Self {
+        Written { value, changed: true }
+    }
+
+    pub fn unchanged(value: R) -> Self {
+        Written { value, changed: false }
+    }
+}
+
+/// Waits for a write task. A panic in it is the caller's panic; a task
+/// cancelled by a runtime shutting down is [`StorehausError::Interrupted`].
+pub(crate) async fn joined<R>(task: tokio::task::JoinHandle<Result<R>>) -> Result<R> {
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StorehausError::Interrupted),
     }
 }
 

@@ -4,7 +4,7 @@ use crate::cached::Cached;
 use crate::error::Result;
 use crate::signals::ChangeOp;
 use crate::store::{
-    check_id, delete_row, from_row, insert_row, not_found, per_dialect, select_row, update_row, Change,
+    check_id, delete_row, from_row, insert_row, joined, not_found, per_dialect, select_row, update_row, Change,
 };
 use crate::GenericStore;
 
@@ -131,25 +131,34 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// Commits, then invalidates every written key in one round trip and
     /// publishes one change event per write.
     ///
+    /// The commit runs to its end in a task of its own, and the
+    /// invalidation follows it, even if the caller stops waiting.
+    ///
     /// # Errors
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
     /// commit fails; the written keys are invalidated anyway (the commit's
     /// outcome is unknown) and no event is published.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn commit(self) -> Result<()> {
-        let committed = match self.tx {
-            DbTx::Postgres(tx) => tx.commit().await,
-            #[cfg(feature = "sqlite")]
-            DbTx::Sqlite(tx) => tx.commit().await,
-        };
-        if let Err(e) = committed {
-            // The commit may have happened even so (the connection can die
-            // while its answer is on the way): invalidate, publish nothing.
-            self.store.invalidate_changes(&self.changes).await;
-            return Err(e.into());
-        }
-        self.store.after_commit_all(&self.changes).await;
-        Ok(())
+        let StoreTransaction { store, tx, changes } = self;
+        let store = store.clone();
+        let task = tokio::spawn(async move {
+            let committed = match tx {
+                DbTx::Postgres(tx) => tx.commit().await,
+                #[cfg(feature = "sqlite")]
+                DbTx::Sqlite(tx) => tx.commit().await,
+            };
+            if let Err(e) = committed {
+                // The commit may have happened even so (the connection can
+                // die while its answer is on the way): invalidate, publish
+                // nothing.
+                store.invalidate_changes(&changes).await;
+                return Err(e.into());
+            }
+            store.after_commit_all(&changes).await;
+            Ok(())
+        });
+        joined(task).await
     }
 
     /// Rolls back. The cache is not touched.

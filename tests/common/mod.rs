@@ -223,6 +223,29 @@ impl RedisServer {
         self.kill();
         self.spawn().await;
     }
+
+    /// Starts it again on the same port with `requirepass password`, so that
+    /// only a client that knows the password (a test's raw connection)
+    /// reaches its data until [`unlock`](Self::unlock).
+    pub async fn restart_locked(&mut self, password: &str) {
+        self.kill();
+        let plain = self.extra.clone();
+        self.extra.extend(["--requirepass".to_string(), password.to_string()]);
+        self.spawn().await;
+        self.extra = plain;
+    }
+
+    /// Removes the password set by [`restart_locked`](Self::restart_locked).
+    pub async fn unlock(&self, password: &str) {
+        let mut c = raw_redis(&format!("redis://:{password}@127.0.0.1:{}", self.port)).await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("")
+            .query_async(&mut c)
+            .await
+            .expect("CONFIG SET requirepass");
+    }
 }
 
 impl Drop for RedisServer {
