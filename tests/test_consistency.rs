@@ -80,7 +80,7 @@ async fn guarded_fill_never_puts_an_old_row_back() {
     let pause = manager.test_hooks().pause_fill(&key);
     let a = store.get_by_id(&1).await.unwrap().unwrap();
     assert_eq!(a.version, 1);
-    pause.reached().await;
+    reached(&pause).await;
     // Writer B commits v2 (and invalidates) while A's fill is held.
     store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
     pause.release();
@@ -129,7 +129,7 @@ async fn read_your_writes_holds_while_an_older_load_is_in_flight() {
 
     let pause = manager.test_hooks().pause_fill(&key);
     assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 1);
-    pause.reached().await;
+    reached(&pause).await;
     store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
     // The load that began before the write is still in flight: a read that
     // starts now must not join it.
@@ -195,7 +195,7 @@ async fn another_process_waits_for_the_lease_instead_of_querying() {
 
     let pause = ma.test_hooks().pause_fill(&key);
     assert_eq!(a.get_by_id(&1).await.unwrap().unwrap().body, "one");
-    pause.reached().await;
+    reached(&pause).await;
     let reader_b = tokio::spawn(async move { b.get_by_id(&1).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     pause.release();
