@@ -68,54 +68,201 @@ fn decode_version(bytes: &[u8]) -> i64 {
     value.as_array().unwrap()[2].as_array().unwrap()[1].as_i64().unwrap()
 }
 
+/// One cache-aside reader of row 1, driven through the stale-set race by
+/// [`stale_set_race`]: it misses, reads the row from the database, is held
+/// there, and fills the cache when released.
+trait HeldReader {
+    /// Starts a read of row 1; returns once the read has read the database
+    /// and is held before its cache fill, with the version it read.
+    async fn read_and_hold(&mut self) -> i64;
+    /// The writer: commits `version` for row 1, then invalidates its key.
+    async fn write(&mut self, version: i64);
+    /// Releases the held read and waits until its fill has run.
+    async fn release_and_finish(&mut self);
+    /// The version the cache holds for row 1 (`None`: nothing, or a lease).
+    async fn cached(&mut self) -> Option<i64>;
+}
+
+/// What the race left: the version the reader read, what the cache holds
+/// after the reader's fill, and what the database holds.
+#[derive(Debug)]
+struct RaceOutcome {
+    read: i64,
+    cached: Option<i64>,
+    database: i64,
+}
+
+/// The stale-set race of cache-aside: the reader reads v1 from the
+/// database; a writer commits v2 and deletes the key; then the reader's
+/// fill runs. Asserts that this interleaving really happened (the reader
+/// read v1 before the write, the database holds v2).
+async fn stale_set_race(reader: &mut impl HeldReader, db: &Db) -> RaceOutcome {
+    db.exec("UPDATE counters SET version = 1 WHERE id = 1").await;
+    assert_eq!(reader.cached().await, None, "the race starts with a cold cache");
+    let read = reader.read_and_hold().await;
+    reader.write(2).await;
+    reader.release_and_finish().await;
+    let outcome = RaceOutcome {
+        read,
+        cached: reader.cached().await,
+        database: sqlx::query_scalar("SELECT version FROM counters WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+    };
+    assert_eq!(
+        (outcome.read, outcome.database),
+        (1, 2),
+        "the reader read v1 before the writer committed v2: {outcome:?}"
+    );
+    outcome
+}
+
+/// A StoreHaus read, held at its fill by the test hook.
+struct StoreHausReader {
+    manager: Arc<storehaus::CacheManager>,
+    store: GenericStore<Counter>,
+    redis: redis::aio::MultiplexedConnection,
+    pause: Option<storehaus::FillPause>,
+}
+
+impl HeldReader for StoreHausReader {
+    async fn read_and_hold(&mut self) -> i64 {
+        let pause = self.manager.test_hooks().pause_fill(&self.store.cache_key(&1));
+        // The read returns at once; its fill runs in the background, held.
+        let version = self.store.get_by_id(&1).await.unwrap().unwrap().version;
+        reached(&pause).await;
+        self.pause = Some(pause);
+        version
+    }
+
+    async fn write(&mut self, version: i64) {
+        self.store.update(&1, Counter { id: 1, version }, None).await.unwrap();
+    }
+
+    async fn release_and_finish(&mut self) {
+        self.pause.take().expect("a held read").release();
+        let manager = self.manager.clone();
+        eventually("the held fill ran", || async {
+            let s = manager.get_stats().await.unwrap();
+            s.fills + s.fills_rejected == 1
+        })
+        .await;
+    }
+
+    async fn cached(&mut self) -> Option<i64> {
+        raw_get(&mut self.redis, &self.store.cache_key(&1))
+            .await
+            .filter(|bytes| bytes.first() != Some(&0xC1))
+            .map(|bytes| decode_version(&bytes))
+    }
+}
+
+/// Plain cache-aside: GET; on a miss SELECT, then SET. It runs as a task of
+/// its own, held by a gate between its SELECT and its SET; the writer does
+/// UPDATE, then DEL.
+struct PlainReader {
+    pool: sqlx::PgPool,
+    redis: redis::aio::MultiplexedConnection,
+    key: String,
+    held: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+impl HeldReader for PlainReader {
+    async fn read_and_hold(&mut self) -> i64 {
+        let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+        let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
+        let (pool, mut redis, key) = (self.pool.clone(), self.redis.clone(), self.key.clone());
+        let task = tokio::spawn(async move {
+            let hit: Option<i64> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+            assert_eq!(hit, None, "the plain reader misses");
+            let version: i64 = sqlx::query_scalar("SELECT version FROM counters WHERE id = 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            read_tx.send(version).unwrap();
+            gate_rx.await.expect("the gate opens");
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(version)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        });
+        let version = tokio::time::timeout(PAUSE_PATIENCE, read_rx)
+            .await
+            .expect("the plain reader read the database within the patience")
+            .expect("the plain reader sent what it read");
+        self.held = Some((gate_tx, task));
+        version
+    }
+
+    async fn write(&mut self, version: i64) {
+        sqlx::query("UPDATE counters SET version = $1 WHERE id = 1")
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(&self.key)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
+    }
+
+    async fn release_and_finish(&mut self) {
+        let (gate, task) = self.held.take().expect("a held read");
+        gate.send(()).unwrap();
+        tokio::time::timeout(PAUSE_PATIENCE, task)
+            .await
+            .expect("the plain reader finished within the patience")
+            .expect("the plain reader did not fail");
+    }
+
+    async fn cached(&mut self) -> Option<i64> {
+        redis::cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap()
+    }
+}
+
 #[tokio::test]
 async fn guarded_fill_never_puts_an_old_row_back() {
     let db = counters_db(1).await;
     let manager = manager();
-    let store = GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
-    let key = store.cache_key(&1);
-    let mut redis = raw_redis(&redis_url()).await;
+    let redis = raw_redis(&redis_url()).await;
 
-    // Reader A reads v1 from the database; its fill is held.
-    let pause = manager.test_hooks().pause_fill(&key);
-    let a = store.get_by_id(&1).await.unwrap().unwrap();
-    assert_eq!(a.version, 1);
-    reached(&pause).await;
-    // Writer B commits v2 (and invalidates) while A's fill is held.
-    store.update(&1, Counter { id: 1, version: 2 }, None).await.unwrap();
-    pause.release();
-    eventually("A's fill ran", || async {
-        let s = manager.get_stats().await.unwrap();
-        s.fills + s.fills_rejected == 1
-    })
-    .await;
+    // StoreHaus: the reader's fill finds its lease gone and is dropped.
+    let mut ours = StoreHausReader {
+        manager: manager.clone(),
+        store: GenericStore::<Counter>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone()))),
+        redis: redis.clone(),
+        pause: None,
+    };
+    let outcome = stale_set_race(&mut ours, &db).await;
+    assert!(
+        matches!(outcome.cached, None | Some(2)),
+        "StoreHaus leaves v2 or nothing: {outcome:?}"
+    );
     assert_eq!(manager.get_stats().await.unwrap().fills_rejected, 1);
-    match raw_get(&mut redis, &key).await {
-        None => {}
-        Some(bytes) => assert_eq!(decode_version(&bytes), 2, "the cache holds v2 or nothing"),
-    }
-    assert_eq!(store.get_by_id(&1).await.unwrap().unwrap().version, 2);
+    assert_eq!(ours.store.get_by_id(&1).await.unwrap().unwrap().version, 2);
 
-    // The same interleaving with plain GET/SET cache-aside puts v1 back:
-    // the test above would see it.
-    let naive_key = format!("{}:naive:1", manager.global_prefix());
-    let v1: i64 = sqlx::query_scalar("SELECT version FROM counters WHERE id = 1")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE counters SET version = 3 WHERE id = 1")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("DEL").arg(&naive_key).query_async(&mut redis).await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&naive_key)
-        .arg(v1)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let cached: i64 = redis::cmd("GET").arg(&naive_key).query_async(&mut redis).await.unwrap();
-    assert_eq!(cached, 2, "plain cache-aside serves the old row after the write");
+    // The same interleaving through plain GET / SELECT / SET puts the old
+    // row back: the control shows what the guard prevents.
+    let mut plain = PlainReader {
+        pool: db.pool.clone(),
+        redis,
+        key: format!("{}:plain:counters:1", manager.global_prefix()),
+        held: None,
+    };
+    let outcome = stale_set_race(&mut plain, &db).await;
+    assert_eq!(
+        outcome.cached,
+        Some(1),
+        "plain cache-aside leaves v1 cached while the database holds v2: {outcome:?}"
+    );
     clear_prefix(&manager).await;
     db.cleanup().await;
 }
