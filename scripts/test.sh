@@ -1,14 +1,46 @@
 #!/usr/bin/env bash
 # The whole test suite: starts the services it needs, then runs every test
 # (unit, integration against PostgreSQL + Redis, trybuild ui tests, doc tests).
+#
+# Every step runs under GNU `timeout`, inside one budget for the whole run
+# (STOREHAUS_TEST_TIMEOUT seconds, default 1200 = 20 minutes, builds
+# included): a hung test fails the run, naming the step, instead of hanging it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/services.sh
+
+SUITE_TIMEOUT="${STOREHAUS_TEST_TIMEOUT:-1200}"
+DEADLINE=$(($(date +%s) + SUITE_TIMEOUT))
+
+# step NAME COMMAND...: runs COMMAND with the time left in the budget; on a
+# timeout, says which step it was and fails the run.
+step() {
+  local name="$1"
+  shift
+  local left=$((DEADLINE - $(date +%s)))
+  if ((left <= 0)); then
+    echo "scripts/test.sh: TIMED OUT before step '$name': the suite's ${SUITE_TIMEOUT}s budget is spent" >&2
+    exit 124
+  fi
+  local rc=0
+  # Not --foreground: on a timeout the whole process group (cargo, the test
+  # binaries and the redis-servers they started) is signalled.
+  timeout --kill-after=15 "$left" "$@" || rc=$?
+  if ((rc == 124 || rc == 137)); then
+    echo "scripts/test.sh: TIMED OUT in step '$name' ($*): the suite's ${SUITE_TIMEOUT}s budget ran out" >&2
+    exit 124
+  fi
+  if ((rc != 0)); then
+    echo "scripts/test.sh: step '$name' failed (exit $rc)" >&2
+    exit "$rc"
+  fi
+}
+
+step services bash scripts/services.sh
 # Reuse build artifacts across clones of this repository on one machine.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/storehaus/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-cargo test --workspace --all-targets "$@"
-cargo test --workspace --doc
+step "all targets" cargo test --workspace --all-targets "$@"
+step "doc tests" cargo test --workspace --doc
 # TLS (rediss://) is an opt-in feature; its tests start their own TLS redis-server.
-cargo test --features tls --test test_security
+step "tls" cargo test --features tls --test test_security

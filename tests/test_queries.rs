@@ -220,7 +220,7 @@ async fn a_write_committed_while_a_query_runs_never_leaves_its_result_servable()
     // write commits; the held fill must be dropped.
     let pause = manager.test_hooks().pause_fill(&query_key);
     assert_eq!(store.find(q()).await.unwrap(), before);
-    pause.reached().await;
+    reached(&pause).await;
     store.update(&1, item(1, "apple", 6, None), None).await.unwrap();
     pause.release();
     eventually("the held fill ran", || async {

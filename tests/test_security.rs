@@ -4,8 +4,10 @@
 //! grammar characters never collide.
 //!
 //! Every test runs its own `redis-server` on a free loopback port.
-//! The TLS tests need `--features tls` (and `openssl` plus a TLS-enabled
-//! `redis-server`; without them they print why and skip).
+//! The TLS tests need `--features tls` and a `redis-server` built with TLS
+//! (Debian's is); their certificates are generated in process (`rcgen`). A
+//! redis-server that cannot start with TLS options fails them: they never
+//! skip.
 
 mod common;
 
@@ -450,14 +452,20 @@ async fn tls_certificates_need_a_rediss_url_and_never_show_the_key() {
 
 #[cfg(feature = "tls")]
 mod tls {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
     use super::*;
 
-    /// A throwaway CA and a server certificate for 127.0.0.1, made with the
-    /// `openssl` CLI in a fresh temporary directory.
+    /// A throwaway CA, a server certificate (SAN IP 127.0.0.1 and DNS
+    /// localhost) and a client certificate signed by that CA, generated in
+    /// process with `rcgen` and written as PEM files to a fresh temporary
+    /// directory (redis-server reads files).
     pub struct Certs {
         pub dir: PathBuf,
     }
@@ -468,113 +476,69 @@ mod tls {
         }
     }
 
-    fn openssl(dir: &Path, args: &[&str]) -> bool {
-        Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    impl Certs {
+        pub fn path(&self, name: &str) -> String {
+            self.dir.join(name).to_string_lossy().into_owned()
+        }
+
+        pub fn read(&self, name: &str) -> Vec<u8> {
+            std::fs::read(self.dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+        }
     }
 
-    pub fn make_certs() -> Option<Certs> {
+    /// A leaf certificate for `names` (IP addresses or DNS names) with
+    /// extended key usage `usage`, signed by `issuer`: (cert PEM, key PEM).
+    fn leaf(
+        issuer: &Issuer<'_, KeyPair>,
+        cn: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("valid subject alt names");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().expect("generate a key");
+        let cert = params.signed_by(&key, issuer).expect("sign the certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub fn make_certs() -> Certs {
         let dir = std::env::temp_dir().join(random_name("storehaus-tls"));
-        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::create_dir_all(&dir).expect("create a directory for the certificates");
         let certs = Certs { dir };
-        let d = certs.dir.as_path();
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").ok()?;
-        std::fs::write(d.join("client.cnf"), "extendedKeyUsage=clientAuth\n").ok()?;
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let ok = openssl(
-            d,
-            &[
-                &["req", "-x509"],
-                &ec[..],
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=StoreHaus test CA",
-                ],
-            ]
-            .concat(),
-        ) && openssl(
-            d,
-            &[
-                &["req"],
-                &ec[..],
-                &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
-            ]
-            .concat(),
-        ) && openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "ext.cnf",
-            ],
+
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "StoreHaus test CA");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().expect("generate the CA key");
+        let ca_cert = ca.self_signed(&ca_key).expect("self-sign the CA");
+        let issuer = Issuer::new(ca, ca_key);
+
+        let (server_cert, server_key) = leaf(
+            &issuer,
+            "127.0.0.1",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
         );
-        // A client certificate signed by the same CA, for mutual TLS.
-        let ok =
-            ok && openssl(
-                d,
-                &[
-                    &["req"],
-                    &ec[..],
-                    &[
-                        "-keyout",
-                        "client.key",
-                        "-out",
-                        "client.csr",
-                        "-subj",
-                        "/CN=storehaus-client",
-                    ],
-                ]
-                .concat(),
-            ) && openssl(
-                d,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    "client.csr",
-                    "-CA",
-                    "ca.crt",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    "client.crt",
-                    "-days",
-                    "2",
-                    // Any extension makes it an X.509 v3 certificate, which
-                    // rustls requires.
-                    "-extfile",
-                    "client.cnf",
-                ],
-            );
-        if !ok {
-            println!("TLS test skipped: the `openssl` CLI is missing or failed");
-            return None;
+        let (client_cert, client_key) = leaf(&issuer, "storehaus-client", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        for (name, pem) in [
+            ("ca.crt", ca_cert.pem()),
+            ("server.crt", server_cert),
+            ("server.key", server_key),
+            ("client.crt", client_cert),
+            ("client.key", client_key),
+        ] {
+            std::fs::write(certs.dir.join(name), pem).unwrap_or_else(|e| panic!("write {name}: {e}"));
         }
-        Some(certs)
+        certs
     }
 
     /// A `redis-server` that speaks only TLS, on a free loopback port.
@@ -590,54 +554,61 @@ mod tls {
         }
     }
 
-    pub fn start(certs: &Certs) -> Option<TlsServer> {
+    pub fn start(certs: &Certs) -> TlsServer {
         start_with(certs, false)
     }
 
     /// With `auth_clients`, the server demands a client certificate signed
-    /// by the test CA (mutual TLS).
-    pub fn start_with(certs: &Certs, auth_clients: bool) -> Option<TlsServer> {
+    /// by the test CA (mutual TLS). A redis-server that cannot start with
+    /// the TLS options (built without TLS, or missing) fails the test: these
+    /// tests never skip.
+    pub fn start_with(certs: &Certs, auth_clients: bool) -> TlsServer {
         let port = free_port();
-        let file = |name: &str| certs.dir.join(name).to_string_lossy().into_owned();
+        let log = certs.dir.join(format!("redis-{port}.log"));
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port.to_string()])
             .args([
                 "--tls-cert-file",
-                &file("server.crt"),
+                &certs.path("server.crt"),
                 "--tls-key-file",
-                &file("server.key"),
+                &certs.path("server.key"),
             ])
             .args([
                 "--tls-ca-cert-file",
-                &file("ca.crt"),
+                &certs.path("ca.crt"),
                 "--tls-auth-clients",
                 if auth_clients { "yes" } else { "no" },
             ])
             .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("create the redis-server log"))
             .stderr(Stdio::null())
             .spawn()
-            .ok()?;
+            .unwrap_or_else(|e| panic!("cannot run redis-server for the TLS tests (install redis-server): {e}"));
         let mut server = TlsServer { port, child };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = server.child.try_wait() {
-                println!("TLS test skipped: this redis-server does not start with TLS options ({status})");
-                return None;
+                panic!(
+                    "this redis-server cannot start with TLS options ({status}); the TLS tests need a \
+                     redis-server built with TLS (Debian's redis-server is). Its output:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = server.child.kill();
-        panic!("the TLS redis-server did not start");
+        panic!(
+            "the TLS redis-server did not listen on port {port} within 10 s. Its output:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 
     #[tokio::test]
     async fn rediss_serves_hits_over_tls() {
-        let Some(certs) = make_certs() else { return };
-        let Some(server) = start(&certs) else { return };
+        let certs = make_certs();
+        let server = start(&certs);
         let db = items_db().await;
         // The server's certificate is signed by a CA of this test only:
         // `#insecure` (redis-rs' URL flag) skips verification.
@@ -663,8 +634,8 @@ mod tls {
     /// [`trusted_ca_child`]) rather than with `set_var` in this multi-threaded one.
     #[tokio::test]
     async fn rediss_verifies_the_server_against_a_trusted_ca() {
-        let Some(certs) = make_certs() else { return };
-        let Some(server) = start(&certs) else { return };
+        let certs = make_certs();
+        let server = start(&certs);
         let out = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "tls::trusted_ca_child", "--ignored", "--nocapture"])
             .env("SSL_CERT_FILE", certs.dir.join("ca.crt"))
@@ -713,9 +684,9 @@ mod tls {
     /// A private CA given in the configuration, no `SSL_CERT_FILE`.
     #[tokio::test]
     async fn rediss_trusts_a_root_certificate_given_in_the_config() {
-        let Some(certs) = make_certs() else { return };
-        let Some(server) = start(&certs) else { return };
-        let ca = std::fs::read(certs.dir.join("ca.crt")).unwrap();
+        let certs = make_certs();
+        let server = start(&certs);
+        let ca = certs.read("ca.crt");
         let manager = manager_on(&format!("rediss://127.0.0.1:{}", server.port), |c| {
             c.with_tls_root_cert(ca.clone())
         });
@@ -729,9 +700,9 @@ mod tls {
     /// store still answers from the database); with one it serves.
     #[tokio::test]
     async fn rediss_presents_a_client_certificate_when_the_server_demands_one() {
-        let Some(certs) = make_certs() else { return };
-        let Some(server) = start_with(&certs, true) else { return };
-        let read = |name: &str| std::fs::read(certs.dir.join(name)).unwrap();
+        let certs = make_certs();
+        let server = start_with(&certs, true);
+        let read = |name: &str| certs.read(name);
         let url = format!("rediss://127.0.0.1:{}", server.port);
         let without = manager_on(&url, |c| c.with_tls_root_cert(read("ca.crt")).with_timeout(500));
         assert!(
@@ -750,8 +721,8 @@ mod tls {
 
     #[tokio::test]
     async fn rediss_rejects_an_untrusted_certificate_and_falls_back_to_the_database() {
-        let Some(certs) = make_certs() else { return };
-        let Some(server) = start(&certs) else { return };
+        let certs = make_certs();
+        let server = start(&certs);
         let db = items_db().await;
         let url = format!("rediss://:tls-Secret-1@127.0.0.1:{}", server.port);
         let manager = manager_on(&url, |c| c.with_timeout(500).with_circuit_breaker(1_000, 1_000));

@@ -610,7 +610,7 @@ pub async fn guarded_fill_is_dropped_when_a_write_lands_first(stack: Stack) {
     // The reader reads v1 from the database; its fill is held.
     let pause = env.manager.test_hooks().pause_fill(&key);
     assert_eq!(store.get_by_id(&v1.id).await.unwrap(), Some(v1.clone()));
-    pause.reached().await;
+    reached(&pause).await;
     // A writer commits v2 (and invalidates) while that fill is held.
     let v2 = User {
         name: "ivy2".into(),
@@ -640,7 +640,7 @@ pub async fn guarded_batch_fill_drops_only_the_rewritten_key(stack: Stack) {
         store.get_many(&[a.id, b.id]).await.unwrap(),
         vec![Some(a.clone()), Some(b.clone())]
     );
-    pause.reached().await;
+    reached(&pause).await;
     let a2 = User {
         name: "ja2".into(),
         ..a.clone()

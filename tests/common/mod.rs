@@ -117,6 +117,21 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// How long a test waits for a paused fill to be reached before it fails.
+pub const PAUSE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits until a reader has reached `pause` (it read the database and is
+/// about to fill). Fails the test after [`PAUSE_PATIENCE`] instead of
+/// hanging when no reader ever gets there.
+pub async fn reached(pause: &storehaus::FillPause) {
+    if tokio::time::timeout(PAUSE_PATIENCE, pause.reached()).await.is_err() {
+        panic!(
+            "no reader reached the fill pause within {PAUSE_PATIENCE:?}: the read did not miss, \
+             did not take the lease, or never got to its fill"
+        );
+    }
+}
+
 /// Waits until `key` holds a value (not a fill lease).
 pub async fn wait_for_value(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Vec<u8> {
     let start = Instant::now();
