@@ -298,7 +298,9 @@ async fn every_call_within_one_budget(fault: Fault, retries: u32) {
     let got = clock.call("delete_many (DEL+INCR)", store.delete_many(&[9, 15])).await;
     assert_eq!(got.unwrap(), 2);
 
-    // Reads with invalidations pending: the replay meets the fault first.
+    // Reads with invalidations pending: they bypass the cache, after one
+    // replay step that meets the fault (or at once, while the background
+    // replayer holds the replay).
     let got = clock
         .call("get_by_id, invalidations pending (replay)", store.get_by_id(&4))
         .await;
@@ -324,7 +326,6 @@ async fn every_call_within_one_budget(fault: Fault, retries: u32) {
                 "get_many, cached+corrupt+cold (MGET, DEL, lease)",
                 "update (DEL+INCR)",
                 "update with tags (DEL+INCR, then SADD)",
-                "get_by_id, invalidations pending (replay)",
             ] {
                 assert!(clock.measured(what).timeouts >= 1, "{what} met the stall");
             }
@@ -371,10 +372,12 @@ async fn retries_against_a_refused_connection_stay_inside_one_budget() {
 /// Reads are answered during `CLIENT PAUSE .. WRITE`, so a cached row read
 /// right after another operation stalled on its lease should still be a hit,
 /// answered at once.
+///
+/// (It failed while the backend judged a connection silent by millisecond
+/// timestamps: a reply and the lease sent in the same millisecond looked
+/// like activity, the connection was kept, and the next read queued behind
+/// the held write.)
 #[tokio::test]
-#[ignore = "runtime bug: the stalled lease's connection is kept (its last reply came in the same \
-            millisecond as the lease was sent), so the next read queues behind the held write and \
-            times out: a hit becomes a miss after a full budget"]
 async fn a_cached_read_after_a_stalled_lease_is_a_hit() {
     let _serial = SERIAL.lock().await;
     let server = RedisServer::start().await;

@@ -26,7 +26,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
@@ -103,9 +103,11 @@ struct Slot {
     connecting: Mutex<Option<watch::Receiver<Connected>>>,
     /// Generation of the last connection made in this slot.
     generation: AtomicU64,
-    /// When the current connection last delivered a reply (ms since the
-    /// backend's epoch).
-    last_reply_ms: AtomicU64,
+    /// Replies delivered on this slot's connections so far: a command
+    /// abandoned while this count has not moved since it was sent saw its
+    /// connection silent. (A count, not a clock: a reply and a send in the
+    /// same millisecond must not look alike.)
+    replies: AtomicU64,
     /// Commands sent on this slot and not yet answered or abandoned.
     in_flight: AtomicUsize,
 }
@@ -121,7 +123,6 @@ pub(crate) struct RedisBackend {
     slots: Arc<[Slot]>,
     next: AtomicUsize,
     connection_config: AsyncConnectionConfig,
-    epoch: Instant,
     fill: Script,
     lease_many: Script,
     release: Script,
@@ -201,7 +202,7 @@ struct InFlight<'a> {
     backend: &'a RedisBackend,
     slot: usize,
     generation: u64,
-    sent_ms: u64,
+    replies_at_send: u64,
     done: bool,
 }
 
@@ -212,7 +213,7 @@ impl Drop for InFlight<'_> {
         if self.done {
             return;
         }
-        if slot.last_reply_ms.load(Ordering::Relaxed) < self.sent_ms {
+        if slot.replies.load(Ordering::Acquire) == self.replies_at_send {
             tracing::debug!(
                 slot = self.slot,
                 "abandoned command on a silent connection: dropping it"
@@ -239,17 +240,12 @@ impl RedisBackend {
             slots,
             next: AtomicUsize::new(0),
             connection_config,
-            epoch: Instant::now(),
             fill: Script::new(FILL_SCRIPT),
             lease_many: Script::new(LEASE_MANY_SCRIPT),
             release: Script::new(RELEASE_SCRIPT),
             fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
             drain_tag: Script::new(DRAIN_TAG_SCRIPT),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64 + 1
     }
 
     /// A connection (its slot, its generation): the first slot with fewer
@@ -333,7 +329,6 @@ impl RedisBackend {
         let client = self.client.clone();
         let config = self.connection_config.clone();
         let slots = self.slots.clone();
-        let epoch = self.epoch;
         let this_attempt = rx.clone();
         tokio::spawn(async move {
             tracing::debug!(slot = i, "connecting to redis");
@@ -341,8 +336,7 @@ impl RedisBackend {
                 Ok(conn) => {
                     let slot = &slots[i];
                     let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                    slot.last_reply_ms
-                        .store(epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+                    slot.replies.fetch_add(1, Ordering::Release);
                     if let Ok(mut g) = slot.conn.write() {
                         *g = Some((generation, conn.clone()));
                     }
@@ -380,14 +374,14 @@ impl RedisBackend {
             backend: self,
             slot,
             generation,
-            sent_ms: self.now_ms(),
+            replies_at_send: self.slots[slot].replies.load(Ordering::Acquire),
             done: false,
         };
         let result = cmd.run(&mut conn).await;
         in_flight.done = true;
         match result {
             Ok(v) => {
-                self.slots[slot].last_reply_ms.store(self.now_ms(), Ordering::Relaxed);
+                self.slots[slot].replies.fetch_add(1, Ordering::Release);
                 Ok(v)
             }
             Err(e) => {
@@ -396,7 +390,7 @@ impl RedisBackend {
                     self.reset_generation(slot, generation);
                 } else {
                     // The server answered.
-                    self.slots[slot].last_reply_ms.store(self.now_ms(), Ordering::Relaxed);
+                    self.slots[slot].replies.fetch_add(1, Ordering::Release);
                 }
                 Err(e)
             }
