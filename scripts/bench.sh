@@ -2,13 +2,16 @@
 # Benchmarks: StoreHaus against raw redis-rs, raw sqlx and the `cached` crate
 # (benches/scenarios.rs, release build). Starts the services it needs.
 #
-#   bash scripts/bench.sh             full run (about a minute after the build):
-#                                     prints the table and writes BENCHMARKS.md
+#   bash scripts/bench.sh             full run (about three minutes after the
+#                                     build): prints the tables and writes
+#                                     BENCHMARKS.md
 #   bash scripts/bench.sh --quick     CI smoke run (seconds after the build):
 #                                     prints the table, writes it only under the
 #                                     cargo target dir, never in the work tree
 #   bash scripts/bench.sh --diagnose  where the time goes: each StoreHaus
 #                                     operation rebuilt step by step by hand
+#   bash scripts/bench.sh --replay    a million pending invalidations replayed
+#                                     after an outage (about a minute)
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -19,12 +22,13 @@ for arg in "$@"; do
   case "$arg" in
     --quick) mode=quick ;;
     --diagnose) mode=diagnose ;;
+    --replay) mode=replay ;;
     -h|--help)
-      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay or nothing)" >&2
       exit 2
       ;;
   esac
@@ -37,7 +41,11 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 
 case "$mode" in
-  full) cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md" ;;
+  full)
+    cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
+    cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
+    ;;
   quick) cargo bench --bench scenarios -- --quick --out "$CARGO_TARGET_DIR/bench/BENCHMARKS.quick.md" ;;
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
+  replay) cargo bench --bench replay ;;
 esac
