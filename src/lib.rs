@@ -1,8 +1,17 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+/// `#[derive(Cached)]`: see [the derive's attributes](#the-derive).
 pub use storehaus_derive::Cached;
-pub use storehaus_runtime::*;
+pub use storehaus_runtime::codec;
+pub use storehaus_runtime::Cached;
+#[cfg(feature = "sqlite")]
+pub use storehaus_runtime::SqliteQuery;
+pub use storehaus_runtime::{
+    CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
+    Column, DbPool, Filter, GenericStore, Order, PgQuery, Query, Result, SignalManager, SqlValue, SqliteId,
+    SqliteRecord, Statements, StoreTransaction, StorehausError, MAX_TTL_SECS,
+};
 
 /// The names most programs need: `use storehaus::prelude::*;`.
 pub mod prelude {
@@ -15,10 +24,5 @@ pub mod prelude {
 /// Items used by the code `#[derive(Cached)]` generates. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use storehaus_runtime::key::record_key;
-    pub use storehaus_runtime::{impl_bind_sqlite, Cached, PgQuery, Statements};
-    pub use storehaus_runtime::{
-        AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize, CacheId,
-        CachedBounds, Column, ColumnBounds,
-    };
+    pub use storehaus_runtime::private::*;
 }

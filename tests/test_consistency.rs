@@ -123,7 +123,7 @@ struct StoreHausReader {
     manager: Arc<storehaus::CacheManager>,
     store: GenericStore<Counter>,
     redis: redis::aio::MultiplexedConnection,
-    pause: Option<storehaus::FillPause>,
+    pause: Option<storehaus_runtime::test_hooks::FillPause>,
 }
 
 impl HeldReader for StoreHausReader {

@@ -8,7 +8,7 @@ use super::*;
 
 /// The runtime's own fill script, so the experiments pay exactly what a
 /// fill pays on the server.
-use storehaus::FILL_SCRIPT;
+use storehaus_runtime::test_hooks::FILL_SCRIPT;
 
 async fn lease_get(s: &Shared, i: usize) {
     let id = &s.hot_ids[s.pick(i)];

@@ -2,55 +2,40 @@
 //! backends and [`GenericStore`], the typed store that `#[derive(Cached)]`
 //! records plug into.
 //!
-//! Users depend on the `storehaus` facade crate, which re-exports everything
-//! here together with the derive.
+//! Users depend on the `storehaus` facade crate, which re-exports the public
+//! items here together with the derive.
+//!
+//! The source is laid out by role:
+//! - `store/`: [`GenericStore`] and everything that talks to the database
+//!   (writes, queries, transactions, SQL per dialect);
+//! - `cache/`: [`CacheManager`] and the read-through protocol (reads, leases,
+//!   fills, single-flight, replay of invalidations, breaker, stats, codec,
+//!   keys);
+//! - `backend/`: the cache backends behind one contract (Redis, in-process);
+//! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else.
 #![warn(missing_docs)]
 
-mod assert;
 mod backend;
-mod batch;
-mod breaker;
-mod cached;
-pub mod codec;
+mod cache;
 mod config;
-mod dialect;
 mod error;
-mod find;
-mod flight;
-mod hooks;
-pub mod key;
-pub mod lease;
-mod manager;
-mod memory_backend;
-mod pending;
-mod pool;
-pub mod query;
-mod redis_backend;
-mod signals;
-mod stats;
+#[doc(hidden)]
+pub mod private;
+mod record;
 mod store;
-mod transaction;
 
-#[doc(hidden)]
-pub use assert::{
-    AssertCacheId, AssertClone, AssertColumn, AssertDeserialize, AssertFromRow, AssertSerialize, CachedBounds,
-    ColumnBounds,
-};
-#[cfg(feature = "sqlite")]
-pub use cached::SqliteQuery;
-pub use cached::{CacheId, Cached, PgQuery, Statements};
+pub use cache::codec;
+#[cfg(feature = "test-hooks")]
+pub use cache::hooks as test_hooks;
+pub use cache::stats::CacheStats;
+pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
-pub use dialect::*;
 pub use error::{CacheError, CacheResult, Result, StorehausError};
-#[doc(hidden)]
-pub use hooks::{FillPause, TestHooks};
-pub use manager::{CacheManager, MAX_TTL_SECS};
-pub use pool::DbPool;
-pub use query::{Column, Filter, Order, Query, SqlValue};
-/// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
-#[doc(hidden)]
-pub use redis_backend::FILL_SCRIPT;
-pub use signals::{ChangeEvent, ChangeOp, SignalManager};
-pub use stats::CacheStats;
+#[cfg(feature = "sqlite")]
+pub use record::SqliteQuery;
+pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
+pub use store::pool::DbPool;
+pub use store::query::{Column, Filter, Order, Query, SqlValue};
+pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
+pub use store::transaction::StoreTransaction;
 pub use store::{CacheParams, GenericStore};
-pub use transaction::StoreTransaction;

@@ -123,7 +123,7 @@ pub const PAUSE_PATIENCE: Duration = Duration::from_secs(10);
 /// Waits until a reader has reached `pause` (it read the database and is
 /// about to fill). Fails the test after [`PAUSE_PATIENCE`] instead of
 /// hanging when no reader ever gets there.
-pub async fn reached(pause: &storehaus::FillPause) {
+pub async fn reached(pause: &storehaus_runtime::test_hooks::FillPause) {
     if tokio::time::timeout(PAUSE_PATIENCE, pause.reached()).await.is_err() {
         panic!(
             "no reader reached the fill pause within {PAUSE_PATIENCE:?}: the read did not miss, \

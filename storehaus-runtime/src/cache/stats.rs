@@ -14,9 +14,14 @@ pub struct CacheStats {
     pub misses: u64,
     /// Connection-level failures (refused, dropped, auth).
     pub connection_errors: u64,
-    /// Entries that failed to decode or carried another schema fingerprint;
-    /// each was removed and refilled.
+    /// Corrupt entries met in the cache: values that failed to decode or
+    /// carried another schema fingerprint, lease-shaped values without an
+    /// expiry, generation counters that held no integer. Each was removed or
+    /// replaced, and the database answered.
     pub serialization_errors: u64,
+    /// Values a read loaded but could not encode (serde refused them): the
+    /// reader got its answer, nothing was cached.
+    pub encode_errors: u64,
     /// Cache operations that ran out of their time budget.
     pub timeouts: u64,
     /// Commands the server rejected (out of memory, wrong type, ...).
@@ -68,6 +73,7 @@ pub(crate) struct Counters {
     pub misses: AtomicU64,
     pub connection_errors: AtomicU64,
     pub serialization_errors: AtomicU64,
+    pub encode_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub command_errors: AtomicU64,
     pub fills: AtomicU64,
@@ -96,6 +102,7 @@ impl Counters {
             misses: self.misses.load(Relaxed),
             connection_errors: self.connection_errors.load(Relaxed),
             serialization_errors: self.serialization_errors.load(Relaxed),
+            encode_errors: self.encode_errors.load(Relaxed),
             timeouts: self.timeouts.load(Relaxed),
             command_errors: self.command_errors.load(Relaxed),
             fills: self.fills.load(Relaxed),

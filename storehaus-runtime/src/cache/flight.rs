@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::backend::glob;
-use crate::codec::LEASE_LEN;
+use crate::cache::codec::LEASE_LEN;
 
 type Value = Arc<dyn Any + Send + Sync>;
 

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 
-use crate::cached::CacheId;
-use crate::dialect::SqliteRecord;
+use crate::record::CacheId;
+use crate::store::sqlite::SqliteRecord;
 
 /// The marker of the real impl of an `Assert*` trait.
 #[doc(hidden)]
@@ -100,13 +100,13 @@ pub trait AssertCacheId<M> {
     /// Compiles only when the trait is implemented.
     fn check() {}
 
-    /// [`record_key`](crate::key::record_key) for this id type.
+    /// [`record_key`](crate::cache::key::record_key) for this id type.
     fn record_key(global_prefix: &str, prefix: &str, id: &Self) -> String;
 }
 impl<T: CacheId> AssertCacheId<Implemented> for T {
     #[inline]
     fn record_key(global_prefix: &str, prefix: &str, id: &Self) -> String {
-        crate::key::record_key(global_prefix, prefix, id)
+        crate::cache::key::record_key(global_prefix, prefix, id)
     }
 }
 impl<T: sealed::Never> AssertCacheId<NotImplemented> for T {

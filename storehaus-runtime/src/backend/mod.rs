@@ -1,17 +1,31 @@
 //! The cache backends behind one enum: the URL scheme picks one.
+//! `redis://` / `rediss://` talk to a Redis server (`redis`), `memory://`
+//! keeps everything in this process (`memory`).
 //!
-//! Both speak the same primitives with the same semantics (see
-//! [`crate::lease`] for the protocol built on them): `redis://` /
-//! `rediss://` talk to a Redis server, `memory://` keeps everything in this
-//! process ([`crate::memory_backend`]).
+//! # The contract
+//!
+//! Both backends speak the primitives of [`Backend`] with the same keys, the
+//! same bytes and the same semantics, written down once, on each primitive
+//! below; the read-through protocol (`crate::cache`) is built on them and
+//! on nothing else. Every primitive is *atomic* the way its Redis command or
+//! script is: no other primitive on the same key is seen half done. Values
+//! are byte strings with an expiry; counters (query generations) are
+//! integers without one; sets (tags) have an expiry that only grows.
+//! Errors: a failure to reach the server is `ConnectionError` (or
+//! `AuthenticationFailed`); a command the server refused is `Command`,
+//! its message starting with the server's error code (`OOM`, `WRONGTYPE`).
 
 use std::time::Duration;
 
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
-pub(crate) use crate::memory_backend::glob;
-use crate::memory_backend::MemoryBackend;
-use crate::redis_backend::RedisBackend;
+
+pub(crate) mod glob;
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use self::memory::MemoryBackend;
+use self::redis::RedisBackend;
 
 /// A cache backend.
 // One per `CacheManager`, built once and never moved: its size is
@@ -25,8 +39,9 @@ pub(crate) enum Backend {
 
 /// Delegates a method to the active backend.
 macro_rules! delegate {
-    ($(pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+    ($($(#[$doc:meta])* pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
         $(
+            $(#[$doc])*
             pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match self {
                     Backend::Redis(b) => b.$name($($arg),*).await,
@@ -62,21 +77,61 @@ impl Backend {
     }
 
     delegate! {
+        /// `GET key`: the bytes, or `None` for a missing key. A key of
+        /// another type is a `WRONGTYPE` command error.
         pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;
+        /// `GET key` + `PTTL key`: the bytes and the milliseconds left
+        /// (-1: no expiry, -2: no such key). Not atomic; used only to tell a
+        /// live lease from a leftover one.
         pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)>;
+        /// `MGET keys`: one entry per key, in order; a key of another type
+        /// reads as `None`.
         pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>>;
+        /// `SET key lease NX PX lease_ms GET`, atomically: what the key held
+        /// (a value or another reader's lease), or `None` when it was free
+        /// and now holds `lease`.
         pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>>;
+        /// Takes `lease` on every key that is free, atomically per key:
+        /// `true` where granted. A key that can never hold a value (another
+        /// type, or a string without expiry) is replaced by the lease and
+        /// counted in the second result.
         pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)>;
+        /// Deletes `key` only while it holds exactly `lease`, atomically.
         pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()>;
+        /// For each key still holding `lease`, atomically with respect to
+        /// every other primitive on it, `SET key value PX ttl_ms`: how many
+        /// were written. Keys holding anything else are left alone.
         pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64>;
+        /// `SET key value EX ttl_secs` (a manual write).
         pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()>;
+        /// `DEL keys` (values, leases, counters, sets alike): how many existed.
         pub async fn delete(&self, keys: &[String]) -> CacheResult<u64>;
+        /// A committed write's invalidation (see [`Invalidation`] and
+        /// [`Invalidated`]). Each key's delete and each counter's bump is
+        /// atomic; together they are one round trip, not one transaction.
         pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated>;
+        /// `SET key start NX GET`: `None` when the counter was missing and
+        /// now holds `start`, else what the key held (`WRONGTYPE` for
+        /// another type).
         pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>>;
+        /// `SET key value PX ttl_ms` only while `counter` holds `expected`,
+        /// atomically with respect to every bump of the counter: whether
+        /// it was written.
         pub async fn fill_if_counter(&self, key: &str, value: &[u8], ttl_ms: u64, counter: &str, expected: u64) -> CacheResult<bool>;
+        /// `PING`.
         pub async fn ping(&self) -> CacheResult<()>;
+        /// One step of a walk over the keys matching a Redis glob, removing
+        /// what it finds: start at cursor 0, continue with `next` until it is
+        /// 0. Keys present for the whole walk are removed; keys written
+        /// meanwhile may or may not be.
         pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep>;
+        /// Moves the tag set `set` into `draining` (merging with what is
+        /// there), atomically, so that the tag's name is free for new
+        /// additions: the draining set's size after the move.
         pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64>;
+        /// One step of a walk over a draining set: removes each member's key,
+        /// then the member from the set (so a step cut short leaves its
+        /// members for a later walk). Same cursor rules as `scan_step`.
         pub async fn drain_step(&self, draining: &str, cursor: u64) -> CacheResult<ScanStep>;
     }
 }

@@ -13,6 +13,8 @@ use serde::Serialize;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::Postgres;
 
+pub use crate::store::sqlite::{SqliteId, SqliteRecord};
+
 /// A PostgreSQL query with positional arguments, as the binders receive it.
 pub type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
@@ -70,7 +72,7 @@ pub trait CacheId:
     + sqlx::Type<Postgres>
     + for<'q> sqlx::Encode<'q, Postgres>
     + sqlx::postgres::PgHasArrayType
-    + crate::dialect::SqliteId
+    + SqliteId
 {
 }
 
@@ -86,7 +88,7 @@ impl<T> CacheId for T where
         + sqlx::Type<Postgres>
         + for<'q> sqlx::Encode<'q, Postgres>
         + sqlx::postgres::PgHasArrayType
-        + crate::dialect::SqliteId
+        + SqliteId
 {
 }
 
@@ -97,15 +99,7 @@ impl<T> CacheId for T where
 /// sqlx's `FromRow` for every enabled database, and the auto traits that let a
 /// record cross tasks.
 pub trait Cached:
-    Serialize
-    + DeserializeOwned
-    + Clone
-    + Send
-    + Sync
-    + Unpin
-    + 'static
-    + for<'r> sqlx::FromRow<'r, PgRow>
-    + crate::dialect::SqliteRecord
+    Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static + for<'r> sqlx::FromRow<'r, PgRow> + SqliteRecord
 {
     /// The primary key type.
     type Id: CacheId;

@@ -23,7 +23,7 @@
 //!
 //! Readers that find someone else's lease don't go to the database: when
 //! the lease is the one a load of this process holds, they join that load
-//! (single-flight, `coalesced`; see [`crate::flight`] for why only then);
+//! (single-flight, `coalesced`; see [`crate::cache::flight`] for why only then);
 //! otherwise they poll the key for a bounded time
 //! (`CacheConfig::with_lease_wait`, `lease_waits`) and fall back to the
 //! database without filling if no value appears. A leaseholder that dies
@@ -42,11 +42,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::codec::{self, Entry};
+use crate::cache::codec::{self, Entry};
+use crate::cache::fill::{Fill, Guard};
+use crate::cache::flight::{follow, Lease};
+use crate::cache::stats::Counters;
+use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
-use crate::flight::{follow, Lead, Lease};
-use crate::manager::CacheManager;
-use crate::stats::Counters;
 
 /// A fresh lease token: `0xC1` and 16 random bytes.
 pub(crate) fn new_lease() -> Lease {
@@ -92,60 +93,110 @@ where
     let lease = new_lease();
     let mut retried = false;
     loop {
-        let step = lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await;
-        match step {
+        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await {
             Step::Hit(v) => {
                 Counters::bump(&mgr.counters.hits);
                 return Ok(v);
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
-                let lead = mgr.flights.lead(&key, lease);
-                let value = match load().await {
-                    Ok(value) => value,
-                    Err(e) => {
-                        // Give the lease back, so that other readers need
-                        // not wait for it to expire.
-                        let _ = mgr
-                            .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
-                            .await;
-                        return Err(e);
-                    }
-                };
-                lead.publish(value.clone());
-                spawn_fill(mgr.clone(), key, lease, fingerprint, ttl_secs, value.as_ref(), lead);
-                return Ok(value);
+                return load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
             }
-            Step::Busy(found) => {
-                if let Some(rx) = mgr.flights.join(&key, &found) {
-                    if let Some(v) = follow::<Option<V>>(rx).await {
-                        Counters::bump(&mgr.counters.coalesced);
-                        Counters::bump(&mgr.counters.hits);
-                        return Ok(v);
-                    }
-                } else {
-                    match wait_for_fill::<V>(mgr, &key, &found, fingerprint, deadline).await {
-                        Waited::Filled(v) => {
-                            Counters::bump(&mgr.counters.lease_waits);
-                            Counters::bump(&mgr.counters.hits);
-                            return Ok(v);
-                        }
-                        Waited::NotALease if !retried => {
-                            retried = true;
-                            continue;
-                        }
-                        Waited::NotALease | Waited::GaveUp => {}
-                    }
+            Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
+                Behind::Served(v) => {
+                    Counters::bump(&mgr.counters.hits);
+                    return Ok(v);
                 }
-                Counters::bump(&mgr.counters.misses);
-                return load().await;
-            }
+                Behind::LookAgain if !retried => retried = true,
+                Behind::LookAgain | Behind::Load => {
+                    Counters::bump(&mgr.counters.misses);
+                    return load().await;
+                }
+            },
             Step::Retry if !retried => retried = true,
             Step::Retry | Step::Bypass => {
                 Counters::bump(&mgr.counters.misses);
                 return load().await;
             }
         }
+    }
+}
+
+/// The lease is ours: loads, lets the readers of this process share the
+/// load, and fills the cache behind the lease. A load that fails gives the
+/// lease back, so that other readers need not wait for it to expire.
+async fn load_and_fill<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    lease: Lease,
+    fingerprint: u64,
+    ttl_secs: u64,
+    deadline: tokio::time::Instant,
+    load: F,
+) -> Result<Option<V>>
+where
+    V: Serialize + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let lead = mgr.flights.lead(&key, lease);
+    let value = match load().await {
+        Ok(value) => value,
+        Err(e) => {
+            let _ = mgr
+                .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
+                .await;
+            return Err(e);
+        }
+    };
+    lead.publish(value.clone());
+    if let Some(bytes) = mgr.encode_fill(fingerprint, value.as_ref()) {
+        let fill = Fill {
+            keys: vec![key],
+            values: vec![bytes],
+            guard: Guard::Lease(lease),
+            ttl_secs,
+        };
+        mgr.spawn_fill(fill, Some(lead));
+    }
+    Ok(value)
+}
+
+/// What a reader that found someone else's lease ends up with.
+enum Behind<V> {
+    /// The other reader's value (`None`: a cached "no such row").
+    Served(Option<V>),
+    /// The "lease" was a corrupt entry and is gone: look again.
+    LookAgain,
+    /// Nothing came in time: read the database, don't fill.
+    Load,
+}
+
+/// Another reader holds the key's lease `found`: join its load when it is a
+/// load of this process under that very lease, else wait for its fill.
+async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'static>(
+    mgr: &CacheManager,
+    key: &str,
+    found: &[u8],
+    fingerprint: u64,
+    deadline: tokio::time::Instant,
+) -> Behind<V> {
+    if let Some(rx) = mgr.flights.join(key, found) {
+        return match follow::<Option<V>>(rx).await {
+            Some(v) => {
+                Counters::bump(&mgr.counters.coalesced);
+                Behind::Served(v)
+            }
+            None => Behind::Load,
+        };
+    }
+    match wait_for_fill::<V>(mgr, key, found, fingerprint, deadline).await {
+        Waited::Filled(v) => {
+            Counters::bump(&mgr.counters.lease_waits);
+            Behind::Served(v)
+        }
+        Waited::NotALease => Behind::LookAgain,
+        Waited::GaveUp => Behind::Load,
     }
 }
 
@@ -279,41 +330,4 @@ fn decoded<V: DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Waited<V> {
         Ok(Entry::Absent) => Waited::Filled(None),
         Err(_) => Waited::GaveUp,
     }
-}
-
-/// Encodes the loaded value now and writes it in the background, keeping the
-/// load joinable until the fill has landed.
-fn spawn_fill<V: Serialize>(
-    mgr: Arc<CacheManager>,
-    key: String,
-    lease: Lease,
-    fingerprint: u64,
-    ttl_secs: u64,
-    value: Option<&V>,
-    lead: Lead,
-) {
-    let bytes = match codec::encode(fingerprint, value) {
-        Ok(b) => b,
-        Err(e) => {
-            Counters::bump(&mgr.counters.serialization_errors);
-            mgr.warn("encode", &e);
-            return;
-        }
-    };
-    tokio::spawn(async move {
-        mgr.hooks.before_fill(&key).await;
-        let deadline = mgr.deadline();
-        let ttl_ms = ttl_secs.saturating_mul(1000);
-        let keys = [key.as_str()];
-        let values = [bytes.as_slice()];
-        let filled = mgr
-            .guarded(deadline, "fill", || mgr.backend.fill(&keys, &values, &lease, ttl_ms))
-            .await;
-        match filled {
-            Ok(1) => Counters::bump(&mgr.counters.fills),
-            Ok(_) => Counters::bump(&mgr.counters.fills_rejected),
-            Err(_) => {}
-        }
-        drop(lead);
-    });
 }

@@ -1,6 +1,7 @@
-//! Test hooks: pause points inside the read path, so tests can hold a reader
-//! between its database read and its cache fill and prove the fill guard
-//! works. Not public API; inactive hooks cost one relaxed atomic load.
+//! Test hooks (cargo feature `test-hooks`, for tests and benchmarks only):
+//! pause points inside the read path, so tests can hold a reader between its
+//! database read and its cache fill and prove the fill guard works. Without
+//! the feature they are compiled out.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,9 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
+pub use crate::backend::redis::FILL_SCRIPT;
+
 /// A fill held at the pause point: the test waits for [`reached`](Self::reached),
 /// does its writes, then calls [`release`](Self::release).
-#[doc(hidden)]
 #[derive(Debug, Clone)]
 pub struct FillPause {
     key: String,
@@ -31,7 +34,7 @@ impl FillPause {
     }
 }
 
-#[doc(hidden)]
+/// Pause points in the read path; see [`CacheManager::test_hooks`](crate::CacheManager::test_hooks).
 #[derive(Debug, Default)]
 pub struct TestHooks {
     active: AtomicBool,

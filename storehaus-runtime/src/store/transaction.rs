@@ -1,27 +1,11 @@
 //! [`StoreTransaction`]: several writes, one commit, invalidation after it.
 
-use crate::cached::Cached;
 use crate::error::Result;
-use crate::signals::ChangeOp;
-use crate::store::{
-    check_id, delete_row, from_row, insert_row, joined, not_found, per_dialect, select_row, update_row, Change,
-};
+use crate::record::Cached;
+use crate::store::signals::ChangeOp;
+use crate::store::sql::{self, DbTx};
+use crate::store::{check_id, joined, not_found, Change};
 use crate::GenericStore;
-
-/// An open database transaction of one store.
-#[derive(Debug)]
-enum DbTx {
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-    #[cfg(feature = "sqlite")]
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-}
-
-/// [`per_dialect!`] over the transaction's connection.
-macro_rules! with_tx {
-    ($tx:expr, |$c:ident, $sql:ident, $bind:ident| $body:expr) => {
-        per_dialect!($tx, DbTx, |$c, $sql, $bind| $body)
-    };
-}
 
 /// Writes of one store inside one database transaction, from
 /// [`GenericStore::begin`].
@@ -52,11 +36,7 @@ impl<T: Cached> GenericStore<T> {
     /// transaction can be started.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn begin(&self) -> Result<StoreTransaction<'_, T>> {
-        let tx = match self.pool() {
-            crate::DbPool::Postgres(p) => DbTx::Postgres(p.begin().await?),
-            #[cfg(feature = "sqlite")]
-            crate::DbPool::Sqlite(p) => DbTx::Sqlite(p.begin().await?),
-        };
+        let tx = DbTx::begin(self.pool()).await?;
         Ok(StoreTransaction {
             store: self,
             tx,
@@ -72,7 +52,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the insert fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn create(&mut self, record: T, tags: Option<Vec<String>>) -> Result<T> {
-        let created: T = with_tx!(&mut self.tx, |c, sql, bind| insert_row!(&mut **c, sql, bind, &record));
+        let created = sql::insert(self.tx.conn(), &record).await?;
         self.changes.push(Change {
             op: ChangeOp::Create,
             ids: vec![created.id().clone()],
@@ -88,7 +68,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the query fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn get_by_id(&mut self, id: &T::Id) -> Result<Option<T>> {
-        Ok(with_tx!(&mut self.tx, |c, sql, _bind| select_row!(&mut **c, sql, id)))
+        sql::select(self.tx.conn(), id).await
     }
 
     /// Replaces the row `id` inside the transaction.
@@ -101,9 +81,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn update(&mut self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
-        let updated: Option<T> = with_tx!(&mut self.tx, |c, sql, bind| update_row!(
-            &mut **c, sql, bind, id, &record
-        ));
+        let updated = sql::update(self.tx.conn(), id, &record).await?;
         let updated = updated.ok_or_else(|| not_found::<T>(id))?;
         self.changes.push(Change {
             op: ChangeOp::Update,
@@ -119,7 +97,7 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the delete fails.
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn delete(&mut self, id: &T::Id) -> Result<bool> {
-        let affected = with_tx!(&mut self.tx, |c, sql, _bind| delete_row!(&mut **c, sql, id));
+        let affected = sql::delete::<T>(self.tx.conn(), id).await?;
         self.changes.push(Change {
             op: ChangeOp::Delete,
             ids: vec![id.clone()],
@@ -143,17 +121,12 @@ impl<T: Cached> StoreTransaction<'_, T> {
         let StoreTransaction { store, tx, changes } = self;
         let store = store.clone();
         let task = tokio::spawn(async move {
-            let committed = match tx {
-                DbTx::Postgres(tx) => tx.commit().await,
-                #[cfg(feature = "sqlite")]
-                DbTx::Sqlite(tx) => tx.commit().await,
-            };
-            if let Err(e) = committed {
+            if let Err(e) = tx.commit().await {
                 // The commit may have happened even so (the connection can
                 // die while its answer is on the way): invalidate, publish
                 // nothing.
                 store.invalidate_changes(&changes).await;
-                return Err(e.into());
+                return Err(e);
             }
             store.after_commit_all(&changes).await;
             Ok(())
@@ -168,11 +141,6 @@ impl<T: Cached> StoreTransaction<'_, T> {
     /// rollback fails (the connection is then closed, which also rolls back).
     #[tracing::instrument(skip_all, fields(table = T::TABLE))]
     pub async fn rollback(self) -> Result<()> {
-        match self.tx {
-            DbTx::Postgres(tx) => tx.rollback().await?,
-            #[cfg(feature = "sqlite")]
-            DbTx::Sqlite(tx) => tx.rollback().await?,
-        }
-        Ok(())
+        self.tx.rollback().await
     }
 }

@@ -34,7 +34,7 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::backend::{counter_seed, Invalidated, Invalidation, ScanStep, TagAdd};
+use crate::backend::{counter_seed, glob, Invalidated, Invalidation, ScanStep, TagAdd};
 use crate::error::{CacheError, CacheResult};
 
 /// Entries kept when the URL names no `max_capacity`.
@@ -289,8 +289,6 @@ impl MemoryBackend {
         Ok(self.read(key))
     }
 
-    /// `GET` + `PTTL`: the value and its milliseconds left (-1: no TTL,
-    /// -2: no such key).
     pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)> {
         let pttl = match self.pttl(key) {
             None => -2,
@@ -304,8 +302,6 @@ impl MemoryBackend {
         Ok(keys.iter().map(|k| self.read(k)).collect())
     }
 
-    /// `SET key lease NX PX ms GET`: the current value, or `None` when the
-    /// key was free and the lease is now ours.
     pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
         // A hit needs no lock: reading an existing value is all `SET NX GET`
         // does to it.
@@ -316,8 +312,7 @@ impl MemoryBackend {
         Ok(self.set_nx(key, lease, expires_at).err())
     }
 
-    /// Takes leases on many keys; `true` where granted. (Values here are
-    /// always byte strings, so no key of another type is ever replaced.)
+    // Values here are always byte strings with an expiry: nothing is ever replaced.
     pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
         let expires_at = deadline_in(lease_ms, "set")?;
         Ok((
@@ -326,8 +321,6 @@ impl MemoryBackend {
         ))
     }
 
-    /// Compare-and-set fill of every key still holding `lease`; returns how
-    /// many keys were filled.
     pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64> {
         let expires_at = deadline_in(ttl_ms, "set")?;
         let mut filled = 0;
@@ -346,7 +339,6 @@ impl MemoryBackend {
         Ok(filled)
     }
 
-    /// Deletes `key` only while it still holds `lease`.
     pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()> {
         self.values.entry_by_ref(key).and_compute_with(|entry| match entry {
             Some(entry) if *entry.value().bytes == *lease => Op::Remove,
@@ -355,7 +347,6 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// `SET key value EX secs`.
     pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()> {
         let expires_at = deadline_in(ttl_secs.saturating_mul(1000), "set")?;
         self.remove_counter(key);
@@ -368,13 +359,10 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// `DEL keys`: how many existed.
     pub async fn delete(&self, keys: &[String]) -> CacheResult<u64> {
         Ok(keys.iter().filter(|k| self.delete_one(k)).count() as u64)
     }
 
-    /// Deletes keys, bumps counters (resetting corrupt ones) and adds tag
-    /// members (see [`Invalidation`]).
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
         let mut out = Invalidated {
             deleted: inv.keys.iter().filter(|k| self.delete_one(k)).count() as u64,
@@ -396,8 +384,6 @@ impl MemoryBackend {
         Ok(out)
     }
 
-    /// `SET key start NX GET`: `None` when the counter was missing and now
-    /// starts at `start`, else what the key held.
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
         let start =
             i64::try_from(start).map_err(|_| CacheError::Command(format!("counter start {start} is out of range")))?;
@@ -418,19 +404,19 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// Removes every key matching the Redis glob `pattern`, in one step.
+    // One step: the whole walk at once (the cursor is ignored).
     pub async fn scan_step(&self, _cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
-        let glob = pattern.as_bytes();
+        let bytes = pattern.as_bytes();
         let mut keys: Vec<String> = self
             .values
             .iter()
             .map(|(key, _)| key)
-            .filter(|key| glob::matches(glob, key.as_bytes()))
+            .filter(|key| glob::matches(bytes, key.as_bytes()))
             .map(|key| key.as_ref().clone())
             .collect();
         let mut removed = keys.iter().filter(|key| self.delete_one(key)).count() as u64;
         let mut unlink = |key: &String| {
-            let hit = glob::matches(glob, key.as_bytes());
+            let hit = glob::matches(bytes, key.as_bytes());
             if hit {
                 removed += 1;
                 keys.push(key.clone());
@@ -448,8 +434,7 @@ impl MemoryBackend {
         Ok(ScanStep { next: 0, removed, keys })
     }
 
-    /// Writes `key` (TTL `ttl_ms`) only while `counter` still holds
-    /// `expected`, atomically with respect to `INCR`.
+    // Holding the counters' read guard keeps every bump out until the value is in.
     pub async fn fill_if_counter(
         &self,
         key: &str,
@@ -474,8 +459,6 @@ impl MemoryBackend {
         Ok(true)
     }
 
-    /// Moves the tag set `set` into its draining set (merging with what an
-    /// interrupted invalidation left there); returns the draining set's size.
     pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64> {
         let now = Instant::now();
         let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
@@ -498,7 +481,7 @@ impl MemoryBackend {
         Ok(size)
     }
 
-    /// Unlinks every member of a draining set and removes the set, in one step.
+    // One step: the whole set at once (the cursor is ignored).
     pub async fn drain_step(&self, draining: &str, _cursor: u64) -> CacheResult<ScanStep> {
         let keys: Vec<String> = self.remove_set(draining).unwrap_or_default().into_iter().collect();
         let removed = keys.iter().filter(|member| self.delete_one(member)).count() as u64;
@@ -515,200 +498,9 @@ impl MemoryBackend {
     }
 }
 
-/// Redis glob matching, as `SCAN MATCH` / `KEYS` do it.
-pub(crate) mod glob {
-    /// Whether `key` matches `pattern`, byte by byte and case-sensitively,
-    /// with the rules of Redis' `stringmatchlen`:
-    ///
-    /// - `*` matches any run of bytes (also none), `?` exactly one byte;
-    /// - `[abc]` one byte of the set, `[^abc]` one byte outside it, `[a-z]` a
-    ///   range (`[z-a]` is the same range), `\]` inside a set a literal `]`;
-    ///   a set left open runs to the end of the pattern;
-    /// - `\x` outside a set is a literal `x`; a trailing `\` is itself.
-    ///
-    /// Every token but `*` consumes one byte, so backtracking to the last `*`
-    /// suffices: the cost is O(pattern × key) at worst, never exponential.
-    pub(crate) fn matches(pattern: &[u8], key: &[u8]) -> bool {
-        let (mut p, mut k) = (0, 0);
-        // After a `*`: the pattern position behind it and the key position
-        // from which it is retried, one byte further each time.
-        let mut star: Option<(usize, usize)> = None;
-        loop {
-            if p < pattern.len() && pattern[p] == b'*' {
-                while p < pattern.len() && pattern[p] == b'*' {
-                    p += 1;
-                }
-                if p == pattern.len() {
-                    return true;
-                }
-                star = Some((p, k));
-                continue;
-            }
-            if p == pattern.len() && k == key.len() {
-                return true;
-            }
-            if p < pattern.len() && k < key.len() {
-                if let Some(next) = token(pattern, p, key[k]) {
-                    p = next;
-                    k += 1;
-                    continue;
-                }
-            }
-            match star {
-                Some((after_star, from)) if from < key.len() => {
-                    star = Some((after_star, from + 1));
-                    p = after_star;
-                    k = from + 1;
-                }
-                _ => return false,
-            }
-        }
-    }
-
-    /// Matches the single-byte token at `pattern[p]` against `byte`; the
-    /// position after the token when it matches.
-    fn token(pattern: &[u8], mut p: usize, byte: u8) -> Option<usize> {
-        match pattern[p] {
-            b'?' => Some(p + 1),
-            b'[' => {
-                p += 1;
-                let negated = pattern.get(p) == Some(&b'^');
-                if negated {
-                    p += 1;
-                }
-                let mut hit = false;
-                loop {
-                    match pattern.get(p) {
-                        None => break,
-                        Some(b']') => {
-                            p += 1;
-                            break;
-                        }
-                        Some(b'\\') if p + 1 < pattern.len() => {
-                            hit |= pattern[p + 1] == byte;
-                            p += 2;
-                        }
-                        Some(&start) if p + 2 < pattern.len() && pattern[p + 1] == b'-' => {
-                            let end = pattern[p + 2];
-                            hit |= (start.min(end)..=start.max(end)).contains(&byte);
-                            p += 3;
-                        }
-                        Some(&literal) => {
-                            hit |= literal == byte;
-                            p += 1;
-                        }
-                    }
-                }
-                (hit != negated).then_some(p)
-            }
-            b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == byte).then_some(p + 2),
-            literal => (literal == byte).then_some(p + 1),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::glob::matches;
     use super::*;
-
-    fn m(pattern: &str, key: &str) -> bool {
-        matches(pattern.as_bytes(), key.as_bytes())
-    }
-
-    #[test]
-    fn glob_literals_and_wildcards() {
-        assert!(m("app:users:1", "app:users:1"));
-        assert!(!m("app:users:1", "app:users:12"));
-        assert!(!m("app:users:12", "app:users:1"));
-        assert!(m("app:*", "app:"));
-        assert!(m("app:*", "app:users:1"));
-        assert!(!m("app:*", "apps:users:1"));
-        assert!(!m("app:*", "other:app:x"));
-        assert!(m("*", "anything"));
-        assert!(m("a**b", "ab"));
-        assert!(m("a*b*c", "aXbYbZc"));
-        assert!(m("a*b*c", "abc"));
-        assert!(!m("a*b*c", "aXbYbZ"));
-        assert!(m("*:query:*", "app:users:query:gen"));
-        assert!(m("us?r", "user"));
-        assert!(!m("us?r", "usr"));
-        assert!(!m("us?r", "useer"));
-        assert!(m("?*", "x"));
-        assert!(!m("?*", ""));
-        // Bytes, not characters: `?` takes one byte of a UTF-8 sequence.
-        assert!(m("??", "é"));
-        assert!(!m("?", "é"));
-    }
-
-    #[test]
-    fn glob_sets_ranges_and_negation() {
-        assert!(m("h[ae]llo", "hello"));
-        assert!(m("h[ae]llo", "hallo"));
-        assert!(!m("h[ae]llo", "hillo"));
-        assert!(m("h[^e]llo", "hallo"));
-        assert!(!m("h[^e]llo", "hello"));
-        assert!(m("h[a-b]llo", "hbllo"));
-        assert!(!m("h[a-b]llo", "hcllo"));
-        assert!(m("h[b-a]llo", "hallo"), "a reversed range is the same range");
-        assert!(m("[0-9][0-9]", "42"));
-        assert!(!m("[^0-9]", "4"));
-        assert!(!m("x[]y", "xy"), "an empty set matches nothing");
-        assert!(m("x[^]y", "xzy"), "a negated empty set matches any byte");
-        assert!(m("[a-]", "]"), "as in Redis, `a-]` is a range up to `]`");
-        // A set left open runs to the end of the pattern.
-        assert!(m("ab[cd", "abd"));
-        assert!(!m("ab[cd", "abe"));
-        assert!(!m("ab[", "abc"));
-    }
-
-    #[test]
-    fn glob_escapes() {
-        assert!(m(r"a\*b", "a*b"));
-        assert!(!m(r"a\*b", "axb"));
-        assert!(m(r"a\?", "a?"));
-        assert!(!m(r"a\?", "ab"));
-        assert!(m(r"\[x]", "[x]"));
-        assert!(m(r"[\]]", "]"));
-        assert!(m(r"[\^]", "^"));
-        assert!(m(r"[a\-z]", "-"));
-        assert!(!m(r"[a\-z]", "b"), "an escaped `-` is not a range");
-        assert!(m(r"a\\b", r"a\b"));
-        assert!(m("a\\", "a\\"), "a trailing backslash is literal");
-        // Escaped ids in keys are percent-encoded, so the usual patterns stay simple.
-        assert!(m("app:tags:a%3Ab", "app:tags:a%3Ab"));
-    }
-
-    #[test]
-    fn glob_many_stars_stay_fast() {
-        let key = "a".repeat(5_000);
-        let pattern = format!("{}b", "*a".repeat(50));
-        assert!(!m(&pattern, &key));
-        assert!(m(&pattern, &format!("{key}b")));
-    }
-
-    #[test]
-    fn glob_agrees_with_redis_on_edge_cases() {
-        // Each expectation was checked with `KEYS` on Redis 7.
-        let cases: &[(&str, &str, bool)] = &[
-            ("x[]y", "x]y", false),
-            ("[]]", "]", false),
-            ("[]a]", "a", false),
-            ("[^]a]", "b", false),
-            ("x[^", "xa", true),
-            ("x[^", "x", false),
-            ("ab[", "ab[", false),
-            ("[a-c-e]", "d", false),
-            ("[a-c-e]", "-", true),
-            ("[a-]", "b", false),
-            ("a[\\", "a\\", true),
-            ("a[\\", "ab", false),
-            ("*x", "x", true),
-        ];
-        for (pattern, key, expected) in cases {
-            assert_eq!(m(pattern, key), *expected, "{pattern:?} vs {key:?}");
-        }
-    }
 
     #[test]
     fn urls_are_parsed_and_checked() {

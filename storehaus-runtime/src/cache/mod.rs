@@ -1,24 +1,46 @@
-//! [`CacheManager`]: one per cache server, shared by every store.
+//! [`CacheManager`]: one per cache server, shared by every store, and the
+//! read-through protocol it runs for them.
+//!
+//! - `read` (one key) and `read_many` (`get_many`) read through the cache
+//!   behind fill leases; `query` reads cached query results against the
+//!   store's generation; `fill` is the one background fill they share;
+//!   `flight` is the in-process single-flight table;
+//! - `guard` runs every cache command inside one operation's budget, with
+//!   retries and the circuit breaker (`breaker`);
+//! - `invalidate` delivers a committed write's invalidation, and `pending` +
+//!   `replay` keep and deliver what could not reach the cache;
+//! - `stats`, `codec` (the value format) and `key` (the key grammar).
 
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+pub(crate) mod breaker;
+pub mod codec;
+pub(crate) mod fill;
+pub(crate) mod flight;
+mod guard;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
+mod invalidate;
+pub(crate) mod key;
+pub(crate) mod pending;
+pub(crate) mod query;
+pub(crate) mod read;
+pub(crate) mod read_many;
+mod replay;
+pub(crate) mod stats;
+
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::time::timeout_at;
 
-use crate::backend::{Backend, Invalidated, Invalidation, TagAdd};
-use crate::breaker::{Breaker, Transition};
-use crate::codec::{self, Entry, ANY_FINGERPRINT};
+use self::breaker::Breaker;
+use self::codec::{Entry, ANY_FINGERPRINT};
+use self::flight::Flights;
+use self::pending::Pending;
+use self::stats::{CacheStats, Counters};
+use crate::backend::{Backend, Invalidation};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
-use crate::flight::Flights;
-use crate::hooks::TestHooks;
-use crate::key;
-use crate::pending::{Pending, Replay};
-use crate::stats::{CacheStats, Counters};
 
 /// The largest TTL accepted anywhere: one year, in seconds.
 pub const MAX_TTL_SECS: u64 = 31_536_000;
@@ -53,7 +75,8 @@ pub struct CacheManager {
     suppressed_warnings: AtomicU64,
     started: Instant,
     timeout: Duration,
-    pub(crate) hooks: TestHooks,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) hooks: hooks::TestHooks,
 }
 
 impl CacheManager {
@@ -85,7 +108,8 @@ impl CacheManager {
             suppressed_warnings: AtomicU64::new(0),
             started: Instant::now(),
             timeout,
-            hooks: TestHooks::default(),
+            #[cfg(feature = "test-hooks")]
+            hooks: hooks::TestHooks::default(),
         })
     }
 
@@ -260,9 +284,10 @@ impl CacheManager {
         }
     }
 
-    /// Test hooks (pause points in the read path). Not public API.
-    #[doc(hidden)]
-    pub fn test_hooks(&self) -> &TestHooks {
+    /// Test hooks: pause points in the read path (feature `test-hooks`,
+    /// for tests only).
+    #[cfg(feature = "test-hooks")]
+    pub fn test_hooks(&self) -> &hooks::TestHooks {
         &self.hooks
     }
 
@@ -329,326 +354,6 @@ impl CacheManager {
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
         Ok(key::str_key(self.global_prefix(), prefix, id))
-    }
-
-    // ----- crate-internal machinery used by the stores -----
-
-    /// The deadline of one operation's cache budget.
-    pub(crate) fn deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.timeout
-    }
-
-    /// The deadline of a walk over many keys: ten budgets.
-    fn long_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.timeout * 10
-    }
-
-    /// Counts the generation counters an invalidation had to reset.
-    pub(crate) fn count_resets(&self, done: &Invalidated) {
-        if done.corrupt > 0 {
-            Counters::add(&self.counters.serialization_errors, done.corrupt);
-            tracing::warn!(
-                counters = done.corrupt,
-                "a query generation counter held something else than an integer: replaced by a fresh seed"
-            );
-        }
-        Counters::add(&self.counters.command_errors, done.refused);
-    }
-
-    pub(crate) fn lease_ms(&self) -> u64 {
-        self.config.lease_ms
-    }
-
-    pub(crate) fn lease_wait(&self) -> Duration {
-        Duration::from_millis(self.config.lease_wait_ms)
-    }
-
-    /// Runs one cache primitive through the breaker, with retries of
-    /// connection-level failures (jittered exponential backoff), all inside
-    /// `deadline`. Counts and logs failures.
-    pub(crate) async fn guarded<R, F, Fut>(
-        &self,
-        deadline: tokio::time::Instant,
-        op: &'static str,
-        call: F,
-    ) -> CacheResult<R>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = CacheResult<R>>,
-    {
-        if tokio::time::Instant::now() >= deadline {
-            // The budget went to earlier steps of this operation: the cache
-            // is not at fault, so neither the breaker nor the stats hear of it.
-            return Err(CacheError::Timeout {
-                budget_ms: self.config.timeout_ms,
-            });
-        }
-        let probe = match self.breaker.allow() {
-            Ok(probe) => probe,
-            Err(open) => {
-                Counters::bump(&self.counters.breaker_skips);
-                return Err(CacheError::CircuitOpen {
-                    failures: open.failures,
-                    retry_in_ms: open.retry_in_ms,
-                });
-            }
-        };
-        let mut attempt = 0u32;
-        loop {
-            let err = match timeout_at(deadline, call()).await {
-                Ok(Ok(v)) => {
-                    if self.breaker.success() == Transition::Closed {
-                        tracing::info!("cache reachable again: circuit breaker closed");
-                    }
-                    return Ok(v);
-                }
-                Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
-                    Counters::bump(&self.counters.connection_errors);
-                    e
-                }
-                Ok(Err(e)) => {
-                    // The server answered: it is alive, the command was refused.
-                    Counters::bump(&self.counters.command_errors);
-                    self.breaker.success();
-                    self.warn(op, &e);
-                    return Err(e);
-                }
-                Err(_elapsed) => {
-                    Counters::bump(&self.counters.timeouts);
-                    CacheError::Timeout {
-                        budget_ms: self.config.timeout_ms,
-                    }
-                }
-            };
-            if matches!(err, CacheError::ConnectionError(_)) && attempt < self.config.retry_attempts {
-                let backoff = self.backoff(attempt);
-                if tokio::time::Instant::now()
-                    .checked_add(backoff)
-                    .is_some_and(|t| t < deadline)
-                {
-                    tokio::time::sleep(backoff).await;
-                    attempt += 1;
-                    continue;
-                }
-            }
-            if self.breaker.failure(probe) == Transition::Opened {
-                Counters::bump(&self.counters.breaker_opened);
-                tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
-            }
-            self.warn(op, &err);
-            return Err(err);
-        }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.config.retry_delay_ms.max(1).saturating_mul(1 << attempt.min(10));
-        // Full jitter between half and all of the exponential delay.
-        let jittered = base / 2 + rand::random_range(0..=base / 2);
-        Duration::from_millis(jittered)
-    }
-
-    /// Logs a cache failure at WARN at most once every 5 s (with a count of
-    /// the suppressed ones), at DEBUG otherwise.
-    pub(crate) fn warn(&self, op: &str, err: &CacheError) {
-        let now = self.started.elapsed().as_millis() as u64 + 5_001;
-        let last = self.last_warning_ms.load(Ordering::Relaxed);
-        if now >= last + 5_000
-            && self
-                .last_warning_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let suppressed = self.suppressed_warnings.swap(0, Ordering::Relaxed);
-            tracing::warn!(op, error = %err, suppressed, "cache operation failed; falling back to the database");
-        } else {
-            self.suppressed_warnings.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(op, error = %err, "cache operation failed");
-        }
-    }
-
-    /// Whether cached reads may proceed: nothing waits for replay, or this
-    /// read's one replay step (bounded: one batch) delivered the last of it.
-    /// Costs one atomic load when nothing is pending.
-    pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
-        if !self.pending.any() {
-            return true;
-        }
-        self.replay_step(deadline).await;
-        !self.pending.any()
-    }
-
-    /// Delivers one batch of pending work (see [`crate::pending`]) within
-    /// `deadline`, unless another task is delivering one.
-    async fn replay_step(&self, deadline: tokio::time::Instant) -> Replay {
-        let Some(claim) = self.pending.claim() else {
-            return Replay::Busy;
-        };
-        let batch = claim.next_batch();
-        if let Some((glob, cursor)) = &batch.scope {
-            let stepped = self
-                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob))
-                .await;
-            return match stepped {
-                Ok(step) => {
-                    Counters::add(&self.counters.invalidations, step.removed);
-                    claim.scope_step(&batch, step.next)
-                }
-                Err(_) => {
-                    claim.scope_failed(&batch);
-                    Replay::Failed
-                }
-            };
-        }
-        let inv = Invalidation {
-            keys: &batch.keys,
-            counters: &batch.counters,
-            tags: &batch.tags,
-        };
-        let Ok(done) = self
-            .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&inv))
-            .await
-        else {
-            return Replay::Failed;
-        };
-        self.count_resets(&done);
-        Counters::add(&self.counters.invalidations, batch.keys.len() as u64);
-        tracing::info!(
-            keys = batch.keys.len(),
-            counters = batch.counters.len(),
-            "replayed invalidations that failed during a cache outage"
-        );
-        match claim.delivered(&batch, !done.tags_refused) {
-            // Refused tag additions (out of memory) stay; back off.
-            Replay::Progress if done.tags_refused => Replay::Failed,
-            outcome => outcome,
-        }
-    }
-
-    /// Invalidates `keys` and bumps `counters` after a committed write, and
-    /// records `tags`, in one round trip under one budget: a write's cache
-    /// work never takes more than one timeout. Detaches in-flight loads first.
-    /// `scope` is the writing store's key space, `{global}:{prefix}:`.
-    ///
-    /// What cannot reach the cache is remembered: cached reads bypass the
-    /// cache until it has been replayed, by the next read or by a background
-    /// task. That includes a caller whose future is dropped before the
-    /// invalidation answered: the drop remembers it.
-    pub(crate) async fn invalidate_committed(
-        self: &Arc<Self>,
-        scope: &str,
-        keys: Vec<String>,
-        counters: Vec<String>,
-        tags: Vec<TagAdd>,
-    ) {
-        self.flights.detach(&keys);
-        if keys.is_empty() && counters.is_empty() && tags.is_empty() {
-            return;
-        }
-        let mut work = Unfinished {
-            manager: self,
-            scope,
-            keys,
-            counters,
-            tags,
-            done: false,
-        };
-        let inv = Invalidation {
-            keys: &work.keys,
-            counters: &work.counters,
-            tags: &work.tags,
-        };
-        let delivered = self
-            .guarded(self.deadline(), "invalidate", || self.backend.invalidate(&inv))
-            .await;
-        work.done = true;
-        match delivered {
-            Ok(done) => {
-                self.count_resets(&done);
-                Counters::add(&self.counters.invalidations, work.keys.len() as u64);
-                if done.tags_refused {
-                    self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
-                }
-            }
-            Err(_) => work.remember(),
-        }
-    }
-
-    /// Remembers invalidations for replay and makes sure a replayer runs.
-    fn remember(self: &Arc<Self>, scope: &str, keys: Vec<String>, counters: Vec<String>, tags: Vec<TagAdd>) {
-        if !self.pending.remember(scope, keys, counters, tags) {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(replay_in_background(Arc::downgrade(self)));
-            }
-            // Outside a runtime (a drop during shutdown) the next read replays.
-            Err(_) => {
-                self.pending.replayer_may_stop(true);
-            }
-        }
-    }
-}
-
-/// Replays the pending invalidations, batch after batch, with backoff after
-/// a failure, so that a process that only writes still cleans up after an
-/// outage. Ends when nothing is pending, or when the manager is gone.
-async fn replay_in_background(manager: Weak<CacheManager>) {
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let Some(this) = manager.upgrade() else {
-            return;
-        };
-        let outcome = this.replay_step(this.deadline()).await;
-        let wait = match outcome {
-            Replay::Done if this.pending.replayer_may_stop(false) => return,
-            Replay::Done | Replay::Progress => {
-                pause = Duration::from_millis(50);
-                Duration::ZERO
-            }
-            Replay::Failed => {
-                let wait = pause;
-                pause = (pause * 2).min(Duration::from_secs(5));
-                wait
-            }
-            Replay::Busy => Duration::from_millis(5),
-        };
-        drop(this);
-        if wait.is_zero() {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-/// An invalidation under way; if its future is dropped before the cache
-/// answered, the work is remembered for replay.
-struct Unfinished<'a> {
-    manager: &'a Arc<CacheManager>,
-    scope: &'a str,
-    keys: Vec<String>,
-    counters: Vec<String>,
-    tags: Vec<TagAdd>,
-    done: bool,
-}
-
-impl Unfinished<'_> {
-    fn remember(&mut self) {
-        self.manager.remember(
-            self.scope,
-            std::mem::take(&mut self.keys),
-            std::mem::take(&mut self.counters),
-            std::mem::take(&mut self.tags),
-        );
-    }
-}
-
-impl Drop for Unfinished<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.remember();
-        }
     }
 }
 

@@ -1,0 +1,340 @@
+//! The connections of the Redis backend: a fixed number of slots, each with
+//! at most one multiplexed connection, connected lazily off the caller's
+//! path, and dropped when a command on them fails at the connection level or
+//! goes unanswered on a silent connection (see the module above).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
+use tokio::sync::watch;
+
+use crate::config::{redact_url, TlsCerts};
+use crate::error::{CacheError, CacheResult};
+
+/// Commands in flight on one connection beyond which new commands go to the
+/// next connection of the pool.
+const SPILL_IN_FLIGHT: usize = 64;
+
+/// The least time a background connect is given, whatever the budget.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a finished connect attempt left for its waiters.
+type Connected = Option<CacheResult<(u64, MultiplexedConnection)>>;
+
+#[derive(Default)]
+struct Slot {
+    /// The live connection and its generation (which connect made it).
+    conn: RwLock<Option<(u64, MultiplexedConnection)>>,
+    /// The connect attempt in flight, if any.
+    connecting: Mutex<Option<watch::Receiver<Connected>>>,
+    /// Generation of the last connection made in this slot.
+    generation: AtomicU64,
+    /// Replies delivered on this slot's connections so far: a command
+    /// abandoned while this count has not moved since it was sent saw its
+    /// connection silent. (A count, not a clock: a reply and a send in the
+    /// same millisecond must not look alike.)
+    replies: AtomicU64,
+    /// Commands sent on this slot and not yet answered or abandoned.
+    in_flight: AtomicUsize,
+}
+
+impl Slot {
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.conn.read().ok().and_then(|g| g.clone())
+    }
+}
+
+/// The slots and what they connect to.
+pub(super) struct Pool {
+    client: Client,
+    slots: Arc<[Slot]>,
+    next: AtomicUsize,
+    connection_config: AsyncConnectionConfig,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("connections", &self.slots.len()).finish()
+    }
+}
+
+/// Maps a redis-rs error to ours. The URL (and so any password) is never part
+/// of redis-rs error messages; we add none.
+pub(crate) fn map_err(err: RedisError) -> CacheError {
+    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
+        || err.code() == Some("NOAUTH")
+        || err.code() == Some("WRONGPASS")
+    {
+        CacheError::AuthenticationFailed(err.to_string())
+    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
+        CacheError::ConnectionError(err.to_string())
+    } else {
+        // Lead with the server's error code (`OOM`, `WRONGTYPE`, ...), which
+        // the read path matches on.
+        match err.code() {
+            Some(code) if !err.to_string().starts_with(code) => CacheError::Command(format!("{code}: {err}")),
+            _ => CacheError::Command(err.to_string()),
+        }
+    }
+}
+
+/// A client for `url`, with the configured certificates when there are any.
+fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
+    if !tls.is_set() {
+        return Client::open(url);
+    }
+    #[cfg(feature = "tls")]
+    {
+        let certs = redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: tls.root.clone(),
+        };
+        Client::build_with_tls(url, certs)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "TLS certificates need the `tls` feature of storehaus",
+        )))
+    }
+}
+
+/// rustls needs a process-wide CryptoProvider. Applications that chose one
+/// (ring, aws-lc-rs, ...) keep theirs; otherwise ring's is installed, so that
+/// `rediss://` works even when several providers are compiled in (where
+/// rustls cannot pick one by itself and would panic).
+#[cfg(feature = "tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// Marks a command in flight on one connection; if the caller drops it
+/// before the reply (its budget ran out) and the connection has delivered
+/// nothing since, the connection is presumed stalled and dropped.
+struct InFlight<'a> {
+    pool: &'a Pool,
+    slot: usize,
+    generation: u64,
+    replies_at_send: u64,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let slot = &self.pool.slots[self.slot];
+        slot.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.done {
+            return;
+        }
+        if slot.replies.load(Ordering::Acquire) == self.replies_at_send {
+            tracing::debug!(
+                slot = self.slot,
+                "abandoned command on a silent connection: dropping it"
+            );
+            self.pool.reset_generation(self.slot, self.generation);
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
+        #[cfg(feature = "tls")]
+        if url.starts_with("rediss://") {
+            install_crypto_provider();
+        }
+        let client = open_client(url, tls)
+            .map_err(|e| CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e)))?;
+        let slots = (0..pool_size).map(|_| Slot::default()).collect();
+        let connection_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout.max(MIN_CONNECT_TIMEOUT)))
+            .set_response_timeout(None);
+        Ok(Pool {
+            client,
+            slots,
+            next: AtomicUsize::new(0),
+            connection_config,
+        })
+    }
+
+    /// A connection (its slot, its generation): the first slot with fewer
+    /// than [`SPILL_IN_FLIGHT`] commands in flight (round-robin when all are
+    /// that busy), connecting lazily.
+    async fn conn_with_generation(&self) -> CacheResult<(usize, u64, MultiplexedConnection)> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.in_flight.load(Ordering::Relaxed) < SPILL_IN_FLIGHT)
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len());
+        if let Some((generation, c)) = self.slots[i].current() {
+            return Ok((i, generation, c));
+        }
+        // The spare: keep a second connection open so that the borrowing
+        // below finds one while this slot (re)connects.
+        if i == 0 && self.slots.len() > 1 {
+            self.ensure_connecting(1);
+        }
+        let mut rx = {
+            let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((generation, c)) = self.slots[i].current() {
+                return Ok((i, generation, c));
+            }
+            match connecting.as_ref() {
+                // Join the attempt in flight; a finished one (or one whose
+                // task died without an answer) is replaced by a new attempt.
+                Some(rx) if rx.borrow().is_none() && rx.has_changed().is_ok() => rx.clone(),
+                _ => {
+                    let rx = self.spawn_connect(i);
+                    *connecting = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        // While this slot connects in the background, borrow a connected
+        // neighbour: a caller never waits for a (re)connect while any
+        // connection is up.
+        if let Some(found) = self.any_connected(i) {
+            return Ok(found);
+        }
+        // Only this wait is bounded by the caller's deadline; the connect
+        // itself goes on for whoever comes next.
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| CacheError::ConnectionError("connect task ended".into()))?;
+        match done.as_ref() {
+            Some(Ok((generation, c))) => Ok((i, *generation, c.clone())),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(CacheError::ConnectionError("connect task ended".into())),
+        }
+    }
+
+    /// Starts connecting slot `i` in the background unless it is connected
+    /// or connecting.
+    fn ensure_connecting(&self, i: usize) {
+        if self.slots[i].current().is_some() {
+            return;
+        }
+        let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = connecting
+            .as_ref()
+            .is_some_and(|rx| rx.borrow().is_none() && rx.has_changed().is_ok());
+        if !busy && self.slots[i].current().is_none() {
+            *connecting = Some(self.spawn_connect(i));
+        }
+    }
+
+    /// The first connected slot after `i`, if any.
+    fn any_connected(&self, i: usize) -> Option<(usize, u64, MultiplexedConnection)> {
+        let n = self.slots.len();
+        (1..n)
+            .map(|k| (i + k) % n)
+            .find_map(|j| self.slots[j].current().map(|(generation, c)| (j, generation, c)))
+    }
+
+    /// Connects slot `i` in a task of its own and publishes the outcome.
+    fn spawn_connect(&self, i: usize) -> watch::Receiver<Connected> {
+        let (tx, rx) = watch::channel(None);
+        let client = self.client.clone();
+        let config = self.connection_config.clone();
+        let slots = self.slots.clone();
+        let this_attempt = rx.clone();
+        tokio::spawn(async move {
+            tracing::debug!(slot = i, "connecting to redis");
+            let outcome = match client.get_multiplexed_async_connection_with_config(&config).await {
+                Ok(conn) => {
+                    let slot = &slots[i];
+                    let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                    slot.replies.fetch_add(1, Ordering::Release);
+                    if let Ok(mut g) = slot.conn.write() {
+                        *g = Some((generation, conn.clone()));
+                    }
+                    Ok((generation, conn))
+                }
+                Err(e) => Err(map_err(e)),
+            };
+            let _ = tx.send(Some(outcome));
+            // Waiters hold their own receivers; the slot forgets this attempt
+            // (and the connection it carries) unless a newer one replaced it.
+            let mut connecting = slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
+            if connecting.as_ref().is_some_and(|r| r.same_channel(&this_attempt)) {
+                *connecting = None;
+            }
+        });
+        rx
+    }
+
+    /// Drops the connection of `slot` if it is still the one of `generation`
+    /// (a newer connection is left alone).
+    fn reset_generation(&self, slot: usize, generation: u64) {
+        if let Ok(mut g) = self.slots[slot].conn.write() {
+            if g.as_ref().is_some_and(|(current, _)| *current == generation) {
+                *g = None;
+            }
+        }
+    }
+
+    /// Runs one command, pipeline or script on a connection, dropping the
+    /// connection when it failed at the connection level or went silent.
+    pub(super) async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
+        let (slot, generation, mut conn) = self.conn_with_generation().await?;
+        self.slots[slot].in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut in_flight = InFlight {
+            pool: self,
+            slot,
+            generation,
+            replies_at_send: self.slots[slot].replies.load(Ordering::Acquire),
+            done: false,
+        };
+        let result = cmd.run(&mut conn).await;
+        in_flight.done = true;
+        match result {
+            Ok(v) => {
+                self.slots[slot].replies.fetch_add(1, Ordering::Release);
+                Ok(v)
+            }
+            Err(e) => {
+                let e = map_err(e);
+                if matches!(e, CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)) {
+                    self.reset_generation(slot, generation);
+                } else {
+                    // The server answered.
+                    self.slots[slot].replies.fetch_add(1, Ordering::Release);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A command, a pipeline or a script invocation.
+pub(super) trait RunOn {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T>;
+}
+
+impl RunOn for redis::Cmd {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl RunOn for redis::Pipeline {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl RunOn for redis::ScriptInvocation<'_> {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
+        self.invoke_async(conn).await
+    }
+}

@@ -1,0 +1,138 @@
+//! The budget of one operation: every cache command runs through
+//! [`CacheManager::guarded`], which applies the circuit breaker, retries
+//! connection-level failures with a jittered exponential backoff, and stops
+//! at the operation's deadline, however many commands the operation sends.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::timeout_at;
+
+use crate::cache::breaker::Transition;
+use crate::cache::stats::Counters;
+use crate::cache::CacheManager;
+use crate::error::{CacheError, CacheResult};
+
+impl CacheManager {
+    /// The deadline of one operation's cache budget.
+    pub(crate) fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
+    /// The deadline of a walk over many keys: ten budgets.
+    pub(crate) fn long_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout * 10
+    }
+
+    pub(crate) fn lease_ms(&self) -> u64 {
+        self.config.lease_ms
+    }
+
+    pub(crate) fn lease_wait(&self) -> Duration {
+        Duration::from_millis(self.config.lease_wait_ms)
+    }
+
+    /// Runs one cache primitive through the breaker, with retries of
+    /// connection-level failures (jittered exponential backoff), all inside
+    /// `deadline`. Counts and logs failures.
+    pub(crate) async fn guarded<R, F, Fut>(
+        &self,
+        deadline: tokio::time::Instant,
+        op: &'static str,
+        call: F,
+    ) -> CacheResult<R>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = CacheResult<R>>,
+    {
+        if tokio::time::Instant::now() >= deadline {
+            // The budget went to earlier steps of this operation: the cache
+            // is not at fault, so neither the breaker nor the stats hear of it.
+            return Err(CacheError::Timeout {
+                budget_ms: self.config.timeout_ms,
+            });
+        }
+        let probe = match self.breaker.allow() {
+            Ok(probe) => probe,
+            Err(open) => {
+                Counters::bump(&self.counters.breaker_skips);
+                return Err(CacheError::CircuitOpen {
+                    failures: open.failures,
+                    retry_in_ms: open.retry_in_ms,
+                });
+            }
+        };
+        let mut attempt = 0u32;
+        loop {
+            let err = match timeout_at(deadline, call()).await {
+                Ok(Ok(v)) => {
+                    if self.breaker.success() == Transition::Closed {
+                        tracing::info!("cache reachable again: circuit breaker closed");
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
+                    Counters::bump(&self.counters.connection_errors);
+                    e
+                }
+                Ok(Err(e)) => {
+                    // The server answered: it is alive, the command was refused.
+                    Counters::bump(&self.counters.command_errors);
+                    self.breaker.success();
+                    self.warn(op, &e);
+                    return Err(e);
+                }
+                Err(_elapsed) => {
+                    Counters::bump(&self.counters.timeouts);
+                    CacheError::Timeout {
+                        budget_ms: self.config.timeout_ms,
+                    }
+                }
+            };
+            if matches!(err, CacheError::ConnectionError(_)) && attempt < self.config.retry_attempts {
+                let backoff = self.backoff(attempt);
+                if tokio::time::Instant::now()
+                    .checked_add(backoff)
+                    .is_some_and(|t| t < deadline)
+                {
+                    tokio::time::sleep(backoff).await;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            if self.breaker.failure(probe) == Transition::Opened {
+                Counters::bump(&self.counters.breaker_opened);
+                tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
+            }
+            self.warn(op, &err);
+            return Err(err);
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.config.retry_delay_ms.max(1).saturating_mul(1 << attempt.min(10));
+        // Full jitter between half and all of the exponential delay.
+        let jittered = base / 2 + rand::random_range(0..=base / 2);
+        Duration::from_millis(jittered)
+    }
+
+    /// Logs a cache failure at WARN at most once every 5 s (with a count of
+    /// the suppressed ones), at DEBUG otherwise.
+    pub(crate) fn warn(&self, op: &str, err: &CacheError) {
+        let now = self.started.elapsed().as_millis() as u64 + 5_001;
+        let last = self.last_warning_ms.load(Ordering::Relaxed);
+        if now >= last + 5_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed_warnings.swap(0, Ordering::Relaxed);
+            tracing::warn!(op, error = %err, suppressed, "cache operation failed; falling back to the database");
+        } else {
+            self.suppressed_warnings.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(op, error = %err, "cache operation failed");
+        }
+    }
+}

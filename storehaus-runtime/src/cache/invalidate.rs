@@ -1,0 +1,102 @@
+//! A committed write's invalidation: delete its keys, bump its store's query
+//! generation and record its tags, in one round trip under one budget.
+//! What cannot be delivered is remembered for replay (see `replay`).
+
+use std::sync::Arc;
+
+use crate::backend::{Invalidated, Invalidation, TagAdd};
+use crate::cache::stats::Counters;
+use crate::cache::CacheManager;
+
+impl CacheManager {
+    /// Invalidates `keys` and bumps `counters` after a committed write, and
+    /// records `tags`, in one round trip under one budget: a write's cache
+    /// work never takes more than one timeout. Detaches in-flight loads first.
+    /// `scope` is the writing store's key space, `{global}:{prefix}:`.
+    ///
+    /// What cannot reach the cache is remembered: cached reads bypass the
+    /// cache until it has been replayed, by the next read or by a background
+    /// task. That includes a caller whose future is dropped before the
+    /// invalidation answered: the drop remembers it.
+    pub(crate) async fn invalidate_committed(
+        self: &Arc<Self>,
+        scope: &str,
+        keys: Vec<String>,
+        counters: Vec<String>,
+        tags: Vec<TagAdd>,
+    ) {
+        self.flights.detach(&keys);
+        if keys.is_empty() && counters.is_empty() && tags.is_empty() {
+            return;
+        }
+        let mut work = Unfinished {
+            manager: self,
+            scope,
+            keys,
+            counters,
+            tags,
+            done: false,
+        };
+        let inv = Invalidation {
+            keys: &work.keys,
+            counters: &work.counters,
+            tags: &work.tags,
+        };
+        let delivered = self
+            .guarded(self.deadline(), "invalidate", || self.backend.invalidate(&inv))
+            .await;
+        work.done = true;
+        match delivered {
+            Ok(done) => {
+                self.count_resets(&done);
+                Counters::add(&self.counters.invalidations, work.keys.len() as u64);
+                if done.tags_refused {
+                    self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
+                }
+            }
+            Err(_) => work.remember(),
+        }
+    }
+
+    /// Counts the generation counters an invalidation had to reset.
+    pub(crate) fn count_resets(&self, done: &Invalidated) {
+        if done.corrupt > 0 {
+            Counters::add(&self.counters.serialization_errors, done.corrupt);
+            tracing::warn!(
+                counters = done.corrupt,
+                "a query generation counter held something else than an integer: replaced by a fresh seed"
+            );
+        }
+        Counters::add(&self.counters.command_errors, done.refused);
+    }
+}
+
+/// An invalidation under way; if its future is dropped before the cache
+/// answered, the work is remembered for replay.
+struct Unfinished<'a> {
+    manager: &'a Arc<CacheManager>,
+    scope: &'a str,
+    keys: Vec<String>,
+    counters: Vec<String>,
+    tags: Vec<TagAdd>,
+    done: bool,
+}
+
+impl Unfinished<'_> {
+    fn remember(&mut self) {
+        self.manager.remember(
+            self.scope,
+            std::mem::take(&mut self.keys),
+            std::mem::take(&mut self.counters),
+            std::mem::take(&mut self.tags),
+        );
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.remember();
+        }
+    }
+}

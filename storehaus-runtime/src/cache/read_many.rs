@@ -1,0 +1,152 @@
+//! Batched read-through for `get_many`: one MGET for the hits, one database
+//! query for the misses, one guarded fill for the misses that won their
+//! leases (see `read` for the protocol).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cache::codec::{self, Entry};
+use crate::cache::fill::{Fill, Guard};
+use crate::cache::flight::Lease;
+use crate::cache::read::new_lease;
+use crate::cache::stats::Counters;
+use crate::cache::CacheManager;
+use crate::error::Result;
+
+/// Reads `keys` (one per id, same order) through the cache.
+pub(crate) async fn read_many<V, Id, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    keys: &[String],
+    ids: &[Id],
+    fingerprint: u64,
+    ttl_secs: u64,
+    load: F,
+) -> Result<Vec<Option<V>>>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Id: Clone + Eq + Hash,
+    F: FnOnce(Vec<Id>) -> Fut,
+    Fut: Future<Output = Result<HashMap<Id, V>>>,
+{
+    let deadline = mgr.deadline();
+    let cached = if mgr.ready(deadline).await {
+        mgr.guarded(deadline, "mget", || mgr.backend.mget(keys)).await.ok()
+    } else {
+        None
+    };
+    let Some(cached) = cached else {
+        Counters::add(&mgr.counters.misses, ids.len() as u64);
+        let rows = load(ids.to_vec()).await?;
+        return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
+    };
+
+    let Decoded {
+        mut out,
+        missing,
+        corrupt,
+    } = decode_all::<V>(mgr, keys, cached, fingerprint);
+    Counters::add(&mgr.counters.hits, (ids.len() - missing.len()) as u64);
+    Counters::add(&mgr.counters.misses, missing.len() as u64);
+    if missing.is_empty() {
+        return Ok(out);
+    }
+
+    if !corrupt.is_empty() {
+        let _ = mgr.guarded(deadline, "discard", || mgr.backend.delete(&corrupt)).await;
+    }
+    let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+    let lease = new_lease();
+    let granted = lease_missing(mgr, &missing_keys, &lease, deadline).await;
+
+    let rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
+    let mut fill = Fill {
+        keys: Vec::new(),
+        values: Vec::new(),
+        guard: Guard::Lease(lease),
+        ttl_secs,
+    };
+    for (n, &i) in missing.iter().enumerate() {
+        // `get`, not `remove`: an id may be asked for twice.
+        let row = rows.get(&ids[i]).cloned();
+        if granted.get(n).copied().unwrap_or(false) {
+            if let Some(bytes) = mgr.encode_fill(fingerprint, row.as_ref()) {
+                fill.keys.push(keys[i].clone());
+                fill.values.push(bytes);
+            }
+        }
+        out[i] = row;
+    }
+    mgr.spawn_fill(fill, None);
+    Ok(out)
+}
+
+/// What one MGET answered, decoded.
+struct Decoded<V> {
+    /// One slot per key: the hits filled in, `None` elsewhere for now.
+    out: Vec<Option<V>>,
+    /// Positions of the keys the cache could not answer.
+    missing: Vec<usize>,
+    /// Keys holding corrupt entries (counted, to be removed).
+    corrupt: Vec<String>,
+}
+
+fn decode_all<V: DeserializeOwned>(
+    mgr: &CacheManager,
+    keys: &[String],
+    cached: Vec<Option<Vec<u8>>>,
+    fingerprint: u64,
+) -> Decoded<V> {
+    let mut d = Decoded {
+        out: Vec::with_capacity(keys.len()),
+        missing: Vec::new(),
+        corrupt: Vec::new(),
+    };
+    for (i, bytes) in cached.into_iter().enumerate() {
+        let value = match bytes {
+            Some(b) if !codec::is_lease(&b) => match codec::decode::<V>(fingerprint, &b) {
+                Ok(Entry::Record(v)) => Some(Some(v)),
+                Ok(Entry::Absent) => Some(None),
+                Err(e) => {
+                    Counters::bump(&mgr.counters.serialization_errors);
+                    mgr.warn("decode", &e);
+                    d.corrupt.push(keys[i].clone());
+                    None
+                }
+            },
+            _ => None,
+        };
+        match value {
+            Some(v) => d.out.push(v),
+            None => {
+                d.missing.push(i);
+                d.out.push(None);
+            }
+        }
+    }
+    d
+}
+
+/// Takes fill leases on the missing keys in one round trip; `true` where
+/// granted. Keys of another Redis type (MGET reads them as nil) and strings
+/// without expiry (a lease never lacks one) are replaced, and counted as
+/// corrupt.
+async fn lease_missing(
+    mgr: &CacheManager,
+    keys: &[String],
+    lease: &Lease,
+    deadline: tokio::time::Instant,
+) -> Vec<bool> {
+    let (granted, replaced) = mgr
+        .guarded(deadline, "lease", || {
+            mgr.backend.lease_many(keys, lease, mgr.lease_ms())
+        })
+        .await
+        .unwrap_or_default();
+    Counters::add(&mgr.counters.serialization_errors, replaced);
+    granted
+}

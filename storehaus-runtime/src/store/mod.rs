@@ -1,0 +1,278 @@
+//! [`GenericStore`]: typed CRUD over one table, cached.
+//!
+//! This file holds the store, its settings and its reads; `write` its
+//! writes (each run to its outcome, then invalidated); `find` and `query`
+//! the typed, cached queries; `transaction` several writes under one commit;
+//! `sql` the SQL of each dialect; `pool`, `sqlite` and `signals` the
+//! database pool, the SQLite glue and the change events.
+
+pub(crate) mod find;
+pub(crate) mod pool;
+pub(crate) mod query;
+pub(crate) mod signals;
+pub(crate) mod sql;
+pub(crate) mod sqlite;
+pub(crate) mod transaction;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cache::key;
+use crate::cache::read::read_through;
+use crate::cache::{CacheManager, MAX_TTL_SECS};
+use crate::error::{Result, StorehausError};
+use crate::record::Cached;
+use crate::store::pool::DbPool;
+use crate::store::signals::SignalManager;
+use crate::store::sql::Pooled;
+
+pub(crate) use write::{joined, Change};
+
+/// Per-store cache settings: which [`CacheManager`], and optionally a TTL and
+/// a prefix that override the record type's `#[cache(...)]` values.
+///
+/// TTL precedence: [`with_ttl`](Self::with_ttl) > `#[cache(ttl)]` >
+/// [`CacheConfig`](crate::CacheConfig)'s default. Prefix precedence:
+/// [`with_prefix`](Self::with_prefix) > `#[cache(prefix)]` > the table name.
+#[derive(Debug, Clone)]
+pub struct CacheParams {
+    manager: Arc<CacheManager>,
+    ttl: Option<u64>,
+    prefix: Option<String>,
+}
+
+impl CacheParams {
+    /// Cache through `manager` with the record type's own TTL and prefix.
+    pub fn new(manager: Arc<CacheManager>) -> Self {
+        CacheParams {
+            manager,
+            ttl: None,
+            prefix: None,
+        }
+    }
+
+    /// TTL in seconds for this store (clamped to 1..=31 536 000).
+    pub fn with_ttl(mut self, ttl: u64) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Key prefix for this store. Characters outside `[A-Za-z0-9_.-]` are
+    /// percent-escaped in keys (use [`GenericStore::try_new`] to reject them).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+}
+
+/// The resolved cache settings of one store.
+#[derive(Debug)]
+pub(crate) struct StoreCache {
+    pub manager: Arc<CacheManager>,
+    pub prefix: String,
+    pub ttl: u64,
+    pub generation_key: String,
+    /// The store's key space: `{global}:{prefix}:`.
+    pub scope: String,
+}
+
+/// Typed, cached access to the table of `T`.
+///
+/// ```ignore
+/// let store = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager)));
+/// let user = store.get_by_id(&id).await?;      // miss: database, then cached
+/// let same = store.get_by_id(&id).await?;      // hit
+/// store.update(&id, changed, None).await?;     // invalidated after commit
+/// ```
+///
+/// Reads go through the cache when one is configured and fall back to the
+/// database whenever the cache is slow, down or returns garbage. Writes run
+/// on the database and invalidate after commit. No cache failure is ever
+/// returned from a store operation.
+#[derive(Debug, Clone)]
+pub struct GenericStore<T: Cached> {
+    pool: DbPool,
+    signals: Option<Arc<SignalManager>>,
+    cache: Option<Arc<StoreCache>>,
+    _marker: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Cached> GenericStore<T> {
+    /// A store over `pool` (a `sqlx::PgPool` or `sqlx::SqlitePool`), with
+    /// optional change signals and optional caching.
+    ///
+    /// Never fails: a store prefix with forbidden characters, or one that
+    /// starts with `__` (a namespace StoreHaus reserves for its own keys), is
+    /// escaped in keys (with a warning) and a TTL outside 1..=31 536 000 is
+    /// clamped. Use [`try_new`](Self::try_new) to have them rejected instead.
+    pub fn new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Self {
+        let cache = cache.map(|params| {
+            let prefix = params.prefix.unwrap_or_else(|| T::PREFIX.to_string());
+            let escaped = key::escape_store_prefix(&prefix);
+            if escaped != prefix {
+                tracing::warn!(prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-] or starts with the reserved \"__\"; it is escaped in keys");
+            }
+            let ttl = params
+                .ttl
+                .or(T::TTL)
+                .unwrap_or(params.manager.config().default_ttl)
+                .clamp(1, MAX_TTL_SECS);
+            let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
+            let scope = key::store_scope(params.manager.global_prefix(), &escaped);
+            Arc::new(StoreCache {
+                manager: params.manager,
+                prefix: escaped,
+                ttl,
+                generation_key,
+                scope,
+            })
+        });
+        GenericStore {
+            pool: pool.into(),
+            signals,
+            cache,
+            _marker: std::marker::PhantomData,
+        }
+    }
+
+    /// Like [`new`](Self::new), but rejects a bad store prefix or TTL.
+    ///
+    /// # Errors
+    /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
+    /// for a prefix that is empty, starts with `__` or holds characters outside
+    /// `[A-Za-z0-9_.-]`, or a TTL outside 1..=31 536 000.
+    pub fn try_new(
+        pool: impl Into<DbPool>,
+        signals: Option<Arc<SignalManager>>,
+        cache: Option<CacheParams>,
+    ) -> Result<Self> {
+        if let Some(params) = &cache {
+            if let Some(prefix) = &params.prefix {
+                key::validate_prefix("store prefix", prefix)?;
+            }
+            if let Some(ttl) = params.ttl {
+                if !(1..=MAX_TTL_SECS).contains(&ttl) {
+                    return Err(crate::CacheError::InvalidConfig(format!(
+                        "store TTL must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Self::new(pool, signals, cache))
+    }
+
+    pub(crate) fn cache_settings(&self) -> Option<&StoreCache> {
+        self.cache.as_deref()
+    }
+
+    /// The database pool.
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// The cache manager of this store.
+    ///
+    /// # Errors
+    /// [`StorehausError::CacheDisabled`] when the store was built without
+    /// [`CacheParams`].
+    pub fn cache_manager(&self) -> Result<Arc<CacheManager>> {
+        self.cache
+            .as_ref()
+            .map(|c| c.manager.clone())
+            .ok_or(StorehausError::CacheDisabled)
+    }
+
+    /// The effective store prefix (as used in keys), if caching is enabled.
+    pub fn cache_prefix(&self) -> Option<&str> {
+        self.cache.as_ref().map(|c| c.prefix.as_str())
+    }
+
+    /// The effective TTL in seconds, if caching is enabled.
+    pub fn cache_ttl(&self) -> Option<u64> {
+        self.cache.as_ref().map(|c| c.ttl)
+    }
+
+    /// The cache key of `id`: `{global}:{prefix}:{id}`. Without caching, the
+    /// key the record type would use with an empty global prefix.
+    pub fn cache_key(&self, id: &T::Id) -> String {
+        match &self.cache {
+            Some(c) => key::record_key(c.manager.global_prefix(), &c.prefix, id),
+            None => key::record_key("", T::PREFIX, id),
+        }
+    }
+
+    /// The record with `id`, from the cache when it holds it, else from the
+    /// database (and then cached, "no such row" included).
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails. Cache failures
+    /// are never returned: the database answers instead.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn get_by_id(&self, id: &T::Id) -> Result<Option<T>> {
+        let Some(cache) = &self.cache else {
+            return self.load_one(id).await;
+        };
+        let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+    }
+
+    async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
+        let mut conn = Pooled::acquire(&self.pool).await?;
+        sql::select(conn.conn(), id).await
+    }
+
+    /// The records of `ids`, in the same order (`None` where no row exists).
+    /// Hits come from one MGET; the misses from one database query, and are
+    /// then cached behind leases.
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the database fails.
+    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = ids.len()))]
+    pub async fn get_many(&self, ids: &[T::Id]) -> Result<Vec<Option<T>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(cache) = &self.cache else {
+            let rows = self.load_many(ids).await?;
+            return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
+        };
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
+            .collect();
+        crate::cache::read_many::read_many(
+            &cache.manager,
+            &keys,
+            ids,
+            T::FINGERPRINT,
+            cache.ttl,
+            |missing| async move { self.load_many(&missing).await },
+        )
+        .await
+    }
+
+    /// One query for many ids: `= ANY($1)` on PostgreSQL, `IN (...)` on SQLite.
+    async fn load_many(&self, ids: &[T::Id]) -> Result<HashMap<T::Id, T>> {
+        let mut conn = Pooled::acquire(&self.pool).await?;
+        sql::select_many(conn.conn(), ids).await
+    }
+}
+
+pub(crate) fn check_id<T: Cached>(id: &T::Id, record: &T) -> Result<()> {
+    if record.id() != id {
+        return Err(StorehausError::IdMismatch {
+            expected: id.to_string(),
+            found: record.id().to_string(),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn not_found<T: Cached>(id: &T::Id) -> StorehausError {
+    StorehausError::NotFound {
+        table: T::TABLE,
+        id: id.to_string(),
+    }
+}
