@@ -5,6 +5,7 @@ use syn::{Data, DeriveInput, Fields, Ident, Type};
 use crate::attr;
 use crate::case;
 use crate::ctxt::Ctxt;
+use crate::symbol::ID;
 
 /// A struct with named fields and no generics: the only shape a record has.
 pub struct Container<'a> {
@@ -150,7 +151,7 @@ impl<'a> Container<'a> {
     pub fn id_field(&self) -> Option<&Field<'a>> {
         self.marked_ids()
             .next()
-            .or_else(|| self.fields.iter().find(|field| case::unraw(field.ident) == "id"))
+            .or_else(|| self.fields.iter().find(|field| case::unraw(field.ident) == ID.as_str()))
     }
 
     /// The fields that are columns (not `#[sqlx(skip)]`), in field order,

@@ -5,8 +5,6 @@
 //! and that its value has the right form. Whether the values make sense
 //! together (one id, a valid prefix, a TTL in range) is `check.rs`'s job.
 
-use std::fmt::{self, Display};
-
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::meta::ParseNestedMeta;
@@ -14,66 +12,9 @@ use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Meta, Path, Token, U
 
 use crate::case::RenameRule;
 use crate::ctxt::Ctxt;
-
-/// An attribute or key name (serde_derive's `Symbol`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Symbol(&'static str);
-
-/// `#[cache(...)]`, this derive's attribute.
-pub const CACHE: Symbol = Symbol("cache");
-/// `#[cache(table = "...")]` on the struct.
-pub const TABLE: Symbol = Symbol("table");
-/// `#[cache(prefix = "...")]` on the struct.
-pub const PREFIX: Symbol = Symbol("prefix");
-/// `#[cache(ttl = N)]` on the struct.
-pub const TTL: Symbol = Symbol("ttl");
-/// `#[cache(id)]` on the primary-key field.
-pub const ID: Symbol = Symbol("id");
-
-/// `#[sqlx(...)]`, read for column names only.
-pub const SQLX: Symbol = Symbol("sqlx");
-/// `#[sqlx(rename = "...")]` on a field.
-pub const RENAME: Symbol = Symbol("rename");
-/// `#[sqlx(rename_all = "...")]` on the struct.
-pub const RENAME_ALL: Symbol = Symbol("rename_all");
-/// `#[sqlx(skip)]` on a field: not a column.
-pub const SKIP: Symbol = Symbol("skip");
-/// `#[sqlx(flatten)]` on a field: rejected, a record maps to one table.
-pub const FLATTEN: Symbol = Symbol("flatten");
-/// `#[sqlx(json)]` on a field: rejected, the field is bound as it is.
-pub const JSON: Symbol = Symbol("json");
-/// `#[sqlx(try_from = "...")]` on a field: rejected, the field is bound as it is.
-pub const TRY_FROM: Symbol = Symbol("try_from");
-
-/// `#[serde(...)]`: hashed into the fingerprint, never interpreted.
-pub const SERDE: Symbol = Symbol("serde");
-
-/// The keys `#[cache(...)]` accepts on the struct.
-pub const CONTAINER_KEYS: &[Symbol] = &[TABLE, PREFIX, TTL];
-
-impl Symbol {
-    pub fn as_str(self) -> &'static str {
-        self.0
-    }
-}
-
-impl PartialEq<Symbol> for Path {
-    fn eq(&self, word: &Symbol) -> bool {
-        self.is_ident(word.0)
-    }
-}
-
-impl PartialEq<Symbol> for &Path {
-    fn eq(&self, word: &Symbol) -> bool {
-        self.is_ident(word.0)
-    }
-}
-
-impl Display for Symbol {
-    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str(self.0)
-    }
-}
+use crate::symbol::{
+    Symbol, CACHE, CONTAINER_KEYS, FLATTEN, ID, JSON, PREFIX, RENAME, RENAME_ALL, SKIP, SQLX, TABLE, TRY_FROM, TTL,
+};
 
 /// One key's value, remembering where it was set so a second occurrence can
 /// be reported as a duplicate.
@@ -223,8 +164,7 @@ impl Field {
                             let path = &meta.path;
                             cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
                         }
-                    } else if CONTAINER_KEYS.iter().any(|key| meta.path == *key) {
-                        let key = path_to_string(&meta.path);
+                    } else if let Some(key) = CONTAINER_KEYS.iter().find(|key| meta.path == **key) {
                         cx.error_spanned_by(
                             &meta.path,
                             format!("`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"),

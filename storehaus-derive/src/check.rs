@@ -1,8 +1,9 @@
 //! Semantic checks: the keys parse, but do they make sense together?
 
 use crate::ast::Container;
-use crate::attr::{Ttl, ID};
+use crate::attr::Ttl;
 use crate::ctxt::Ctxt;
+use crate::symbol::ID;
 
 /// The largest `ttl`: one year.
 pub const MAX_TTL: u128 = 31_536_000;

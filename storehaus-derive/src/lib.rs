@@ -5,8 +5,8 @@
 //! Layout (after thiserror's `impl/` and serde_derive's `internals/`):
 //! `attr` reads the attributes, `ast` is the parsed struct, `check` validates
 //! it, `expand` writes the impl, `fallback` is what a failed derive still
-//! emits, `ctxt` collects errors; `case`, `sql` and `fingerprint` are the pure
-//! helpers.
+//! emits, `ctxt` collects errors, `symbol` names the attributes and keys;
+//! `case`, `sql` and `fingerprint` are the pure helpers.
 
 mod ast;
 mod attr;
@@ -17,6 +17,7 @@ mod expand;
 mod fallback;
 mod fingerprint;
 mod sql;
+mod symbol;
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
