@@ -2,20 +2,31 @@
 //! (`storehaus::Cached` or `storehaus::prelude::*`), never directly: the
 //! generated code refers to `::storehaus::__private`.
 //!
-//! Layout (after thiserror's `impl/` and serde_derive's `internals/`):
-//! `attr` reads the attributes, `ast` is the parsed struct, `check` validates
-//! it, `expand` writes the impl, `fallback` is what a failed derive still
-//! emits, `ctxt` collects errors, `symbol` names the attributes and keys;
-//! `case`, `sql` and `fingerprint` are the pure helpers.
+//! Layout (after thiserror's `impl/` and serde_derive's `internals/`), each
+//! module importing only modules listed before it:
+//!
+//! - groundwork: `symbol` names the attributes and keys, `ctxt` collects
+//!   errors, `case` converts names as sqlx does;
+//! - reading: `attr` reads the attributes, `ast` is the parsed struct,
+//!   `check` validates it;
+//! - pure helpers of the output: `sql` builds the statements, `fingerprint`
+//!   hashes the schema, `private` is the path generated code goes through;
+//! - writing: `bound` the where clauses, `assert` the trait checks, `handles`
+//!   the column handles, `fallback` what a failed derive still emits, and
+//!   `expand` the whole output of a valid one.
 
+mod assert;
 mod ast;
 mod attr;
+mod bound;
 mod case;
 mod check;
 mod ctxt;
 mod expand;
 mod fallback;
 mod fingerprint;
+mod handles;
+mod private;
 mod sql;
 mod symbol;
 
