@@ -10,6 +10,8 @@ use quote::{quote, ToTokens};
 use syn::meta::ParseNestedMeta;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Meta, Path, Token, UnOp};
 
+use storehaus_limits::MAX_TTL_SECS;
+
 use crate::case::RenameRule;
 use crate::ctxt::Ctxt;
 use crate::symbol::{
@@ -340,9 +342,27 @@ fn parse_lit_str(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol, sample: &str) -
     }
 }
 
+/// [`MAX_TTL_SECS`] as a user would write it: `31_536_000`.
+pub fn max_ttl_literal() -> String {
+    grouped(MAX_TTL_SECS)
+}
+
+/// An integer literal with `_` between groups of three digits.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() * 4 / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('_');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// `ttl = N`: an integer literal (any suffix), range-checked in `check.rs`.
 fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
-    const RANGE: &str = "from 1 to 31_536_000 (one year)";
+    let range = format!("from 1 to {} (one year)", max_ttl_literal());
     let Some(expr) = parse_value(cx, meta, TTL, "ttl = 3600")? else {
         return Ok(None);
     };
@@ -358,13 +378,13 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
         }
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
-        }) => format!("`ttl` cannot be negative: write a number of seconds {RANGE}, e.g. ttl = 3600"),
+        }) => format!("`ttl` cannot be negative: write a number of seconds {range}, e.g. ttl = 3600"),
         Expr::Lit(ExprLit {
             lit: Lit::Float(float),
             ..
         }) => {
             let suggestion = match float.base10_parse::<f64>() {
-                Ok(f) if f > 0.0 && f <= 31_536_000.0 => format!("ttl = {}", f.ceil()),
+                Ok(f) if f > 0.0 && f <= MAX_TTL_SECS as f64 => format!("ttl = {}", f.ceil()),
                 _ => "ttl = 3600".to_owned(),
             };
             format!("`ttl` takes whole seconds, not a float: write e.g. {suggestion}")
@@ -379,7 +399,7 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
             format!("`ttl` takes an integer literal, not a string: write {suggestion}")
         }
         _ => format!(
-            "`ttl` takes an integer literal, not a constant or an expression: write the seconds {RANGE}, e.g. ttl = 3600"
+            "`ttl` takes an integer literal, not a constant or an expression: write the seconds {range}, e.g. ttl = 3600"
         ),
     };
     cx.error_spanned_by(expr, message);
@@ -397,6 +417,16 @@ mod tests {
         assert_eq!(did_you_mean("prefx", CONTAINER_KEYS), Some("prefix"));
         assert_eq!(did_you_mean("expire", CONTAINER_KEYS), None);
         assert_eq!(did_you_mean("key", CONTAINER_KEYS), None);
+    }
+
+    #[test]
+    fn ttl_limit_is_written_as_a_literal() {
+        assert_eq!(max_ttl_literal(), "31_536_000");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1_000");
+        assert_eq!(grouped(123_456), "123_456");
+        assert_eq!(grouped(u64::MAX), "18_446_744_073_709_551_615");
     }
 
     #[test]

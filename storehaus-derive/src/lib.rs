@@ -65,8 +65,8 @@ use syn::{parse_macro_input, DeriveInput};
 ///   (`{global_prefix}:{prefix}:{id}`). Default: the table.
 ///   `CacheParams::with_prefix` overrides it at run time.
 /// - `ttl = 1800`: seconds a cached record lives, an integer literal from 1
-///   to 31_536_000 (one year). Default: the `CacheConfig` TTL.
-///   `CacheParams::with_ttl` overrides it.
+///   to 31_536_000 (one year, `storehaus::MAX_TTL_SECS`). Default: the
+///   `CacheConfig` TTL. `CacheParams::with_ttl` overrides it.
 ///
 /// Tables and prefixes hold only `[A-Za-z0-9_.-]`; prefixes starting with
 /// `__` are reserved for StoreHaus.
