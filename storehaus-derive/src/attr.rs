@@ -5,75 +5,18 @@
 //! and that its value has the right form. Whether the values make sense
 //! together (one id, a valid prefix, a TTL in range) is `check.rs`'s job.
 
-use std::fmt::{self, Display};
-
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 use syn::meta::ParseNestedMeta;
 use syn::{Attribute, Expr, ExprLit, ExprUnary, Lit, LitStr, Meta, Path, Token, UnOp};
 
+use storehaus_limits::MAX_TTL_SECS;
+
 use crate::case::RenameRule;
 use crate::ctxt::Ctxt;
-
-/// An attribute or key name (serde_derive's `Symbol`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Symbol(&'static str);
-
-/// `#[cache(...)]`, this derive's attribute.
-pub const CACHE: Symbol = Symbol("cache");
-/// `#[cache(table = "...")]` on the struct.
-pub const TABLE: Symbol = Symbol("table");
-/// `#[cache(prefix = "...")]` on the struct.
-pub const PREFIX: Symbol = Symbol("prefix");
-/// `#[cache(ttl = N)]` on the struct.
-pub const TTL: Symbol = Symbol("ttl");
-/// `#[cache(id)]` on the primary-key field.
-pub const ID: Symbol = Symbol("id");
-
-/// `#[sqlx(...)]`, read for column names only.
-pub const SQLX: Symbol = Symbol("sqlx");
-/// `#[sqlx(rename = "...")]` on a field.
-pub const RENAME: Symbol = Symbol("rename");
-/// `#[sqlx(rename_all = "...")]` on the struct.
-pub const RENAME_ALL: Symbol = Symbol("rename_all");
-/// `#[sqlx(skip)]` on a field: not a column.
-pub const SKIP: Symbol = Symbol("skip");
-/// `#[sqlx(flatten)]` on a field: rejected, a record maps to one table.
-pub const FLATTEN: Symbol = Symbol("flatten");
-/// `#[sqlx(json)]` on a field: rejected, the field is bound as it is.
-pub const JSON: Symbol = Symbol("json");
-/// `#[sqlx(try_from = "...")]` on a field: rejected, the field is bound as it is.
-pub const TRY_FROM: Symbol = Symbol("try_from");
-
-/// `#[serde(...)]`: hashed into the fingerprint, never interpreted.
-pub const SERDE: Symbol = Symbol("serde");
-
-/// The keys `#[cache(...)]` accepts on the struct.
-pub const CONTAINER_KEYS: &[Symbol] = &[TABLE, PREFIX, TTL];
-
-impl Symbol {
-    pub fn as_str(self) -> &'static str {
-        self.0
-    }
-}
-
-impl PartialEq<Symbol> for Path {
-    fn eq(&self, word: &Symbol) -> bool {
-        self.is_ident(word.0)
-    }
-}
-
-impl PartialEq<Symbol> for &Path {
-    fn eq(&self, word: &Symbol) -> bool {
-        self.is_ident(word.0)
-    }
-}
-
-impl Display for Symbol {
-    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str(self.0)
-    }
-}
+use crate::symbol::{
+    Symbol, CACHE, CONTAINER_KEYS, FLATTEN, ID, JSON, PREFIX, RENAME, RENAME_ALL, SKIP, SQLX, TABLE, TRY_FROM, TTL,
+};
 
 /// One key's value, remembering where it was set so a second occurrence can
 /// be reported as a duplicate.
@@ -223,8 +166,7 @@ impl Field {
                             let path = &meta.path;
                             cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
                         }
-                    } else if CONTAINER_KEYS.iter().any(|key| meta.path == *key) {
-                        let key = path_to_string(&meta.path);
+                    } else if let Some(key) = CONTAINER_KEYS.iter().find(|key| meta.path == **key) {
                         cx.error_spanned_by(
                             &meta.path,
                             format!("`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"),
@@ -400,9 +342,27 @@ fn parse_lit_str(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol, sample: &str) -
     }
 }
 
+/// [`MAX_TTL_SECS`] as a user would write it: `31_536_000`.
+pub fn max_ttl_literal() -> String {
+    grouped(MAX_TTL_SECS)
+}
+
+/// An integer literal with `_` between groups of three digits.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() * 4 / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push('_');
+        }
+        out.push(digit);
+    }
+    out
+}
+
 /// `ttl = N`: an integer literal (any suffix), range-checked in `check.rs`.
 fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
-    const RANGE: &str = "from 1 to 31_536_000 (one year)";
+    let range = format!("from 1 to {} (one year)", max_ttl_literal());
     let Some(expr) = parse_value(cx, meta, TTL, "ttl = 3600")? else {
         return Ok(None);
     };
@@ -418,13 +378,13 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
         }
         Expr::Unary(ExprUnary {
             op: UnOp::Neg(_), ..
-        }) => format!("`ttl` cannot be negative: write a number of seconds {RANGE}, e.g. ttl = 3600"),
+        }) => format!("`ttl` cannot be negative: write a number of seconds {range}, e.g. ttl = 3600"),
         Expr::Lit(ExprLit {
             lit: Lit::Float(float),
             ..
         }) => {
             let suggestion = match float.base10_parse::<f64>() {
-                Ok(f) if f > 0.0 && f <= 31_536_000.0 => format!("ttl = {}", f.ceil()),
+                Ok(f) if f > 0.0 && f <= MAX_TTL_SECS as f64 => format!("ttl = {}", f.ceil()),
                 _ => "ttl = 3600".to_owned(),
             };
             format!("`ttl` takes whole seconds, not a float: write e.g. {suggestion}")
@@ -439,7 +399,7 @@ fn parse_ttl(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Ttl>> {
             format!("`ttl` takes an integer literal, not a string: write {suggestion}")
         }
         _ => format!(
-            "`ttl` takes an integer literal, not a constant or an expression: write the seconds {RANGE}, e.g. ttl = 3600"
+            "`ttl` takes an integer literal, not a constant or an expression: write the seconds {range}, e.g. ttl = 3600"
         ),
     };
     cx.error_spanned_by(expr, message);
@@ -457,6 +417,16 @@ mod tests {
         assert_eq!(did_you_mean("prefx", CONTAINER_KEYS), Some("prefix"));
         assert_eq!(did_you_mean("expire", CONTAINER_KEYS), None);
         assert_eq!(did_you_mean("key", CONTAINER_KEYS), None);
+    }
+
+    #[test]
+    fn ttl_limit_is_written_as_a_literal() {
+        assert_eq!(max_ttl_literal(), "31_536_000");
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1_000");
+        assert_eq!(grouped(123_456), "123_456");
+        assert_eq!(grouped(u64::MAX), "18_446_744_073_709_551_615");
     }
 
     #[test]

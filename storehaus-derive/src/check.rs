@@ -1,11 +1,11 @@
 //! Semantic checks: the keys parse, but do they make sense together?
 
-use crate::ast::Container;
-use crate::attr::{Ttl, ID};
-use crate::ctxt::Ctxt;
+use storehaus_limits::{is_key_safe, is_reserved_prefix, MAX_TTL_SECS};
 
-/// The largest `ttl`: one year.
-pub const MAX_TTL: u128 = 31_536_000;
+use crate::ast::Container;
+use crate::attr::{self, Ttl};
+use crate::ctxt::Ctxt;
+use crate::symbol::ID;
 
 /// Records every semantic mistake of `cont` in `cx`.
 pub fn check(cx: &Ctxt, cont: &Container) {
@@ -18,9 +18,10 @@ pub fn check(cx: &Ctxt, cont: &Container) {
     check_fields(cx, cont);
 }
 
-/// Whether `b` may appear in a table or prefix (the cache key grammar).
+/// Whether `c` may appear in a table or prefix: the byte rule of the cache
+/// key grammar, shared with the runtime.
 fn is_safe(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+    u8::try_from(c).is_ok_and(is_key_safe)
 }
 
 const SAFE_SET: &str = "use only letters, digits, '_', '.' and '-'";
@@ -80,7 +81,7 @@ fn check_prefix(cx: &Ctxt, cont: &Container, table_ok: bool) {
                     lit,
                     format!("prefix {prefix:?} holds {bad:?}: {SAFE_SET}, e.g. prefix = \"users\""),
                 );
-            } else if prefix.starts_with("__") {
+            } else if is_reserved_prefix(&prefix) {
                 cx.error_spanned_by(
                     lit,
                     format!(
@@ -91,7 +92,7 @@ fn check_prefix(cx: &Ctxt, cont: &Container, table_ok: bool) {
             }
         }
         // The table was checked already; only the reserved start is left.
-        None if table_ok && prefix.starts_with("__") => {
+        None if table_ok && is_reserved_prefix(&prefix) => {
             let message = format!(
                 "the cache prefix defaults to the table name, and {prefix:?} starts with \"__\", which StoreHaus reserves for its own keys: add prefix = {:?}",
                 suggestion(&prefix)
@@ -121,10 +122,13 @@ fn check_ttl(cx: &Ctxt, ttl: &Ttl) {
             &ttl.tokens,
             "`ttl` must be at least 1 second: write e.g. ttl = 3600, or remove the key to use the CacheConfig default",
         );
-    } else if ttl.seconds > MAX_TTL {
+    } else if ttl.seconds > u128::from(MAX_TTL_SECS) {
         cx.error_spanned_by(
             &ttl.tokens,
-            "`ttl` is more than one year: write at most ttl = 31_536_000 (365 days), or remove the key to use the CacheConfig default",
+            format!(
+                "`ttl` is more than one year: write at most ttl = {} (365 days), or remove the key to use the CacheConfig default",
+                attr::max_ttl_literal()
+            ),
         );
     }
 }

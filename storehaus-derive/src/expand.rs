@@ -1,15 +1,20 @@
-//! The generated code: `impl Cached`, the SQLite binder, `cache_key` and the
-//! trait checks.
+//! The generated code of a valid record: `impl Cached`, the SQLite binder and
+//! `cache_key`, beside the column handles (`handles`) and the trait checks
+//! (`assert`). On any error it hands over to `fallback`.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, ToTokens};
 use syn::DeriveInput;
 
-use crate::ast::Container;
+use crate::assert;
+use crate::ast::{Container, Field};
+use crate::bound;
 use crate::check;
 use crate::ctxt::Ctxt;
 use crate::fallback;
-use crate::fingerprint::{fingerprint, normalized};
+use crate::fingerprint::fingerprint;
+use crate::handles;
+use crate::private;
 use crate::sql::{self, Dialect};
 
 /// Expands `#[derive(Cached)]`: the impl, or every error with a fallback.
@@ -33,37 +38,77 @@ pub fn derive(input: &DeriveInput) -> TokenStream {
     }
 }
 
-/// The hidden module of the facade that generated code refers to.
-pub fn private() -> TokenStream {
-    quote!(::storehaus::__private)
+/// The primary key among the columns, as the statements and binders need it.
+struct Layout<'c> {
+    /// The primary-key field.
+    id: &'c Field<'c>,
+    /// Every column name, in field order.
+    names: Vec<&'c str>,
+    /// Where the id is in `names`.
+    id_index: usize,
+    /// The value fields (every column but the id), in field order.
+    values: Vec<&'c syn::Ident>,
+}
+
+impl<'c> Layout<'c> {
+    /// `check` has made sure there is one primary key and that it is a
+    /// column; an error here is a bug in the derive, reported all the same.
+    fn new(cont: &'c Container<'c>) -> syn::Result<Self> {
+        let Some(id) = cont.id_field() else {
+            return Err(syn::Error::new_spanned(cont.ident, "no primary key"));
+        };
+        let columns: Vec<_> = cont.columns().collect();
+        let Some(id_index) = columns.iter().position(|(field, _)| std::ptr::eq(*field, id)) else {
+            return Err(syn::Error::new_spanned(id.ident, "the primary key must be a column"));
+        };
+        let names = columns.iter().map(|(_, name)| *name).collect();
+        let values = columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != id_index)
+            .map(|(_, (field, _))| field.ident)
+            .collect();
+        Ok(Layout {
+            id,
+            names,
+            id_index,
+            values,
+        })
+    }
 }
 
 fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
-    let p = private();
+    let layout = Layout::new(cont)?;
+    let id_ty = layout.id.ty.to_token_stream();
+    let cached = cached_impl(cont, &layout, &id_ty);
+    let sqlite_binder = sqlite_binder(cont, &layout);
+    let cache_key = cache_key(cont, &id_ty);
+    let handles = handles::expand(cont);
+    let asserts = assert::traits_and_columns(cont, Some(&id_ty));
+    Ok(quote! {
+        #cached
+
+        #sqlite_binder
+
+        #cache_key
+
+        #handles
+
+        #asserts
+    })
+}
+
+/// `impl Cached for User`.
+fn cached_impl(cont: &Container, layout: &Layout, id_ty: &TokenStream) -> TokenStream {
+    let p = private::path();
     let ident = cont.ident;
-    let Some(id) = cont.id_field() else {
-        return Err(syn::Error::new_spanned(ident, "no primary key"));
-    };
-    let id_member = id.ident;
-    let id_ty = id.ty;
-
-    let columns: Vec<_> = cont.columns().collect();
-    let Some(id_index) = columns.iter().position(|(field, _)| std::ptr::eq(*field, id)) else {
-        return Err(syn::Error::new_spanned(id.ident, "the primary key must be a column"));
-    };
-    let names: Vec<&str> = columns.iter().map(|(_, name)| *name).collect();
-    let id_column = names[id_index];
-    let values: Vec<_> = columns
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != id_index)
-        .map(|(_, (field, _))| field.ident)
-        .collect();
-
+    let id_member = layout.id.ident;
+    let names = &layout.names;
+    let id_column = names[layout.id_index];
     let table = cont.table();
     let prefix = cont.prefix();
     let ttl = match &cont.attrs.ttl {
-        // Range-checked: 1 ..= one year.
+        // Range-checked by `check`: 1 ..= MAX_TTL_SECS.
         Some(ttl) => {
             let seconds = Literal::u64_suffixed(u64::try_from(ttl.seconds).unwrap_or(u64::MAX));
             quote!(::core::option::Option::Some(#seconds))
@@ -71,22 +116,13 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
         None => quote!(::core::option::Option::None),
     };
     let fingerprint = Literal::u64_suffixed(fingerprint(cont));
-    let pg = statements(&sql::statements(Dialect::Postgres, &table, &names, id_index));
-    let sqlite = statements(&sql::statements(Dialect::Sqlite, &table, &names, id_index));
-    // Every value type is bounded by `ColumnBounds` (see `bounds`), so these
-    // never fail: a bad column type is reported once, by `asserts`.
-    let binds = values.iter().map(|field| quote!(.bind(&self.#field)));
-    // The same bounds on the SQLite binder, so a bad column type is not
-    // reported again from inside `impl_bind_sqlite!`.
-    let value_types = column_types(cont, false);
-
-    let id_tokens = quote!(#id_ty);
-    let bounds = bounds(cont, Some(&id_tokens));
-    let cache_key = cache_key(cont, &id_tokens, &prefix, &table);
-    let column_handles = self::columns(cont);
-    let asserts = asserts(cont, Some(&id_tokens), true);
-
-    Ok(quote! {
+    let pg = statements(&sql::statements(Dialect::Postgres, &table, names, layout.id_index));
+    let sqlite = statements(&sql::statements(Dialect::Sqlite, &table, names, layout.id_index));
+    // Every value type is bounded by `ColumnBounds` (see `bound`), so these
+    // never fail: a bad column type is reported once, by `assert`.
+    let binds = layout.values.iter().map(|field| quote!(.bind(&self.#field)));
+    let bounds = bound::where_clause(cont, Some(id_ty));
+    quote! {
         #[automatically_derived]
         impl #p::Cached for #ident
         #bounds
@@ -112,101 +148,27 @@ fn impl_cached(cont: &Container) -> syn::Result<TokenStream> {
                 query #(#binds)*
             }
         }
+    }
+}
 
+/// The SQLite binder, under the same column bounds as the impl, so a bad
+/// column type is not reported again from inside `impl_bind_sqlite!`.
+fn sqlite_binder(cont: &Container, layout: &Layout) -> TokenStream {
+    let p = private::path();
+    let ident = cont.ident;
+    let values = &layout.values;
+    let value_types = bound::value_types(cont);
+    quote! {
         #p::impl_bind_sqlite!(#ident; #(#values),*; where #(for<'__storehaus> #value_types: #p::ColumnBounds,)*);
-
-        #cache_key
-
-        #column_handles
-
-        #asserts
-    })
-}
-
-/// The types of the columns (without repeats), with or without the id.
-fn column_types<'c>(cont: &'c Container, with_id: bool) -> Vec<&'c syn::Type> {
-    let id = cont.id_field();
-    let mut seen = Vec::new();
-    let mut types = Vec::new();
-    for (field, _) in cont.columns() {
-        if !with_id && id.is_some_and(|id| std::ptr::eq(id, field)) {
-            continue;
-        }
-        let key = normalized(field.ty.to_token_stream());
-        if !seen.contains(&key) {
-            seen.push(key);
-            types.push(field.ty);
-        }
-    }
-    types
-}
-
-/// The bounds of the `Cached` impl: the supertraits the user derives,
-/// `Id: CacheId` and a column bound per value type. Each one is checked,
-/// with a message saying what to write, by [`asserts`]; as `for<'_>` bounds
-/// rustc does not check them again on the impl itself (they are only checked
-/// where the impl is used), so one mistake makes one error. `id_ty` is
-/// `None` when the id is unknown (fallback).
-pub fn bounds(cont: &Container, id_ty: Option<&TokenStream>) -> TokenStream {
-    let p = private();
-    let ident = cont.ident;
-    let id_bound = id_ty.map(|ty| quote!(for<'__storehaus> #ty: #p::CacheId,));
-    let columns = column_types(cont, false);
-    quote! {
-        where
-            for<'__storehaus> #ident: #p::CachedBounds,
-            #id_bound
-            #(for<'__storehaus> #columns: #p::ColumnBounds,)*
-    }
-}
-
-/// One check per thing the user must provide. Each helper trait has an
-/// `on_unimplemented` message and two candidate impls, so rustc reports the
-/// helper (not the nested bound) once, at the struct's name, the id's type
-/// or the column's type. The `FromRow` check assumes the column types are
-/// fine: a bad column is reported by its own check, not as a missing
-/// `FromRow`. The fallback passes `check_columns = false`: a field the
-/// derive rejected already has its error.
-pub fn asserts(cont: &Container, id_ty: Option<&TokenStream>, check_columns: bool) -> TokenStream {
-    let p = private();
-    let ident = cont.ident;
-    let checks = ["AssertClone", "AssertSerialize", "AssertDeserialize"]
-        .iter()
-        .map(|name| {
-            let helper = syn::Ident::new(name, Span::call_site());
-            quote!(<#ident as #p::#helper<_>>::check();)
-        });
-    let id_check = id_ty.map(|ty| quote!(<#ty as #p::AssertCacheId<_>>::check();));
-    let values = if check_columns {
-        column_types(cont, false)
-    } else {
-        Vec::new()
-    };
-    let all = column_types(cont, true);
-    quote! {
-        const _: () = {
-            #[allow(dead_code)]
-            fn __storehaus_assert_traits() {
-                #(#checks)*
-                #id_check
-                #(<#values as #p::AssertColumn<_>>::check();)*
-            }
-
-            #[allow(dead_code)]
-            fn __storehaus_assert_from_row()
-            where
-                #(for<'__storehaus> #all: #p::ColumnBounds,)*
-            {
-                <#ident as #p::AssertFromRow<_>>::check();
-            }
-        };
     }
 }
 
 /// `User::cache_key(global_prefix, &id)`, with rustdoc.
-pub fn cache_key(cont: &Container, id_ty: &TokenStream, prefix: &str, table: &str) -> TokenStream {
-    let p = private();
+fn cache_key(cont: &Container, id_ty: &TokenStream) -> TokenStream {
+    let p = private::path();
     let ident = cont.ident;
+    let prefix = cont.prefix();
+    let table = cont.table();
     let summary = format!(" The cache key of the `{ident}` record with this id: `{{global_prefix}}:{prefix}:{{id}}`.");
     let details = format!(
         " The id is rendered with `Display`; characters outside `[A-Za-z0-9_.-]` are \
@@ -228,56 +190,9 @@ pub fn cache_key(cont: &Container, id_ty: &TokenStream, prefix: &str, table: &st
     }
 }
 
-/// `User::columns()`: typed `Column` handles for `storehaus::Query`, in a
-/// `UserColumns` struct with one field per column.
-pub fn columns(cont: &Container) -> TokenStream {
-    let p = private();
-    let ident = cont.ident;
-    let vis = &cont.original.vis;
-    let handles = syn::Ident::new(&format!("{}Columns", crate::case::unraw(ident)), ident.span());
-    let struct_doc = format!(
-        " Typed handles on the columns of [`{ident}`], from [`{ident}::columns`], for \
-         building `storehaus::Query` filters and orderings. Generated by `#[derive(Cached)]`."
-    );
-    let fn_doc = format!(" The typed column handles of `{ident}`: `{ident}::columns().<field>`.");
-    let (fields, inits): (Vec<_>, Vec<_>) = cont
-        .columns()
-        .map(|(field, column)| {
-            let member = field.ident;
-            let ty = field.ty;
-            let doc = format!(" The `{column}` column.");
-            (
-                quote! {
-                    #[doc = #doc]
-                    pub #member: #p::Column<#ident, #ty>,
-                },
-                quote!(#member: #p::Column::new(#column),),
-            )
-        })
-        .unzip();
-    quote! {
-        #[doc = #struct_doc]
-        #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug)]
-        #[automatically_derived]
-        #vis struct #handles {
-            #(#fields)*
-        }
-
-        #[automatically_derived]
-        impl #ident {
-            #[doc = #fn_doc]
-            #[must_use]
-            #vis const fn columns() -> #handles {
-                #handles {
-                    #(#inits)*
-                }
-            }
-        }
-    }
-}
-
+/// A runtime `Statements` literal.
 fn statements(s: &sql::Statements) -> TokenStream {
-    let p = private();
+    let p = private::path();
     let sql::Statements {
         select_by_id,
         select_many,

@@ -5,8 +5,11 @@
 use proc_macro2::TokenStream;
 use quote::{quote, ToTokens};
 
+use crate::assert;
 use crate::ast::Container;
-use crate::expand::{asserts, bounds, columns, private};
+use crate::bound;
+use crate::handles;
+use crate::private;
 
 /// The errors, plus the fallback items when the input is a struct the derive
 /// could read (for an enum or a generic struct there is nothing sensible to
@@ -16,32 +19,42 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
     let Some(cont) = cont else {
         return error;
     };
-    let p = private();
+    let p = private::path();
     let ident = cont.ident;
     let id_ty = cont.id_field().map(|field| field.ty.to_token_stream());
-    let (id_type, cache_key) = match &id_ty {
-        Some(ty) => (
-            ty.clone(),
-            quote! {
-                #[allow(missing_docs)]
-                pub fn cache_key(_global_prefix: &::core::primitive::str, _id: &#ty) -> ::std::string::String {
-                    ::core::unreachable!()
-                }
-            },
-        ),
-        None => (
-            quote!(::core::primitive::i64),
-            quote! {
-                #[allow(missing_docs)]
-                pub fn cache_key<I: ?::core::marker::Sized>(_global_prefix: &::core::primitive::str, _id: &I) -> ::std::string::String {
-                    ::core::unreachable!()
-                }
-            },
-        ),
+    let cached = cached_impl(cont, id_ty.as_ref());
+    let cache_key = cache_key(id_ty.as_ref());
+    let handles = handles::expand(cont);
+    let asserts = assert::traits_only(cont, id_ty.as_ref());
+
+    quote! {
+        #error
+
+        #cached
+
+        #p::impl_bind_sqlite!(#ident;);
+
+        #[automatically_derived]
+        impl #ident {
+            #cache_key
+        }
+
+        #handles
+
+        #asserts
+    }
+}
+
+/// `impl Cached` with the right bounds and id type and empty constants. With
+/// no known id, the id type is `i64`.
+fn cached_impl(cont: &Container, id_ty: Option<&TokenStream>) -> TokenStream {
+    let p = private::path();
+    let ident = cont.ident;
+    let id_type = match id_ty {
+        Some(ty) => ty.clone(),
+        None => quote!(::core::primitive::i64),
     };
-    let bounds = bounds(cont, id_ty.as_ref());
-    let asserts = asserts(cont, id_ty.as_ref(), false);
-    let columns = columns(cont);
+    let bounds = bound::where_clause(cont, id_ty);
     let empty = quote! {
         #p::Statements {
             select_by_id: "",
@@ -53,10 +66,7 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
             select_all: "",
         }
     };
-
     quote! {
-        #error
-
         #[automatically_derived]
         impl #p::Cached for #ident
         #bounds
@@ -79,16 +89,24 @@ pub fn expand(cont: Option<&Container>, error: syn::Error) -> TokenStream {
                 ::core::unreachable!()
             }
         }
+    }
+}
 
-        #p::impl_bind_sqlite!(#ident;);
-
-        #[automatically_derived]
-        impl #ident {
-            #cache_key
-        }
-
-        #columns
-
-        #asserts
+/// A `cache_key` with the real signature; with no known id it takes any id,
+/// so no call of it adds an error.
+fn cache_key(id_ty: Option<&TokenStream>) -> TokenStream {
+    match id_ty {
+        Some(ty) => quote! {
+            #[allow(missing_docs)]
+            pub fn cache_key(_global_prefix: &::core::primitive::str, _id: &#ty) -> ::std::string::String {
+                ::core::unreachable!()
+            }
+        },
+        None => quote! {
+            #[allow(missing_docs)]
+            pub fn cache_key<I: ?::core::marker::Sized>(_global_prefix: &::core::primitive::str, _id: &I) -> ::std::string::String {
+                ::core::unreachable!()
+            }
+        },
     }
 }

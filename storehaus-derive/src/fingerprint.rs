@@ -10,7 +10,7 @@ use proc_macro2::{Delimiter, TokenStream, TokenTree};
 use quote::ToTokens;
 
 use crate::ast::Container;
-use crate::attr::SERDE;
+use crate::symbol::SERDE;
 
 /// FNV-1a, 64 bits.
 pub struct Fnv1a(u64);

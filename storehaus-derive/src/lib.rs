@@ -2,21 +2,33 @@
 //! (`storehaus::Cached` or `storehaus::prelude::*`), never directly: the
 //! generated code refers to `::storehaus::__private`.
 //!
-//! Layout (after thiserror's `impl/` and serde_derive's `internals/`):
-//! `attr` reads the attributes, `ast` is the parsed struct, `check` validates
-//! it, `expand` writes the impl, `fallback` is what a failed derive still
-//! emits, `ctxt` collects errors; `case`, `sql` and `fingerprint` are the pure
-//! helpers.
+//! Layout (after thiserror's `impl/` and serde_derive's `internals/`), each
+//! module importing only modules listed before it:
+//!
+//! - groundwork: `symbol` names the attributes and keys, `ctxt` collects
+//!   errors, `case` converts names as sqlx does;
+//! - reading: `attr` reads the attributes, `ast` is the parsed struct,
+//!   `check` validates it;
+//! - pure helpers of the output: `sql` builds the statements, `fingerprint`
+//!   hashes the schema, `private` is the path generated code goes through;
+//! - writing: `bound` the where clauses, `assert` the trait checks, `handles`
+//!   the column handles, `fallback` what a failed derive still emits, and
+//!   `expand` the whole output of a valid one.
 
+mod assert;
 mod ast;
 mod attr;
+mod bound;
 mod case;
 mod check;
 mod ctxt;
 mod expand;
 mod fallback;
 mod fingerprint;
+mod handles;
+mod private;
 mod sql;
+mod symbol;
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
@@ -53,8 +65,8 @@ use syn::{parse_macro_input, DeriveInput};
 ///   (`{global_prefix}:{prefix}:{id}`). Default: the table.
 ///   `CacheParams::with_prefix` overrides it at run time.
 /// - `ttl = 1800`: seconds a cached record lives, an integer literal from 1
-///   to 31_536_000 (one year). Default: the `CacheConfig` TTL.
-///   `CacheParams::with_ttl` overrides it.
+///   to 31_536_000 (one year, `storehaus::MAX_TTL_SECS`). Default: the
+///   `CacheConfig` TTL. `CacheParams::with_ttl` overrides it.
 ///
 /// Tables and prefixes hold only `[A-Za-z0-9_.-]`; prefixes starting with
 /// `__` are reserved for StoreHaus.

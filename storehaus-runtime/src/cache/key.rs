@@ -12,10 +12,11 @@ use std::fmt::{Display, Write};
 
 use crate::error::CacheError;
 
-/// Whether `b` may appear unescaped in a key segment.
+/// Whether `b` may appear unescaped in a key segment: `[A-Za-z0-9_.-]`, the
+/// set the derive checks tables and prefixes against too.
 #[inline]
 fn is_safe(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+    storehaus_limits::is_key_safe(b)
 }
 
 /// Checks a global or store prefix: non-empty, only `[A-Za-z0-9_.-]`, and not
@@ -33,7 +34,7 @@ pub fn validate_prefix(what: &str, prefix: &str) -> Result<(), CacheError> {
             bad as char
         )));
     }
-    if prefix.starts_with("__") {
+    if storehaus_limits::is_reserved_prefix(prefix) {
         return Err(CacheError::InvalidConfig(format!(
             "{what} {prefix:?} starts with \"__\", which StoreHaus reserves for its own keys"
         )));

@@ -42,8 +42,9 @@ use crate::backend::{Backend, Invalidation};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
 
-/// The largest TTL accepted anywhere: one year, in seconds.
-pub const MAX_TTL_SECS: u64 = 31_536_000;
+/// The largest TTL accepted anywhere: one year, in seconds. Defined in
+/// `storehaus-limits`, which `#[derive(Cached)]` checks `ttl = N` against too.
+pub use storehaus_limits::MAX_TTL_SECS;
 
 /// Talks to the cache for every store built on it: holds the connections,
 /// the counters, the circuit breaker, the in-process single-flight table and
