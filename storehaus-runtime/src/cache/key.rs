@@ -63,9 +63,10 @@ pub fn push_escaped(out: &mut String, segment: &str) {
 /// `{global}:__tag:`) escaped as `%5F_`, so no store key can land there.
 pub fn escape_store_prefix(prefix: &str) -> String {
     let mut out = String::with_capacity(prefix.len() + 2);
-    if let Some(rest) = prefix.strip_prefix('_').filter(|rest| rest.starts_with('_')) {
+    if storehaus_limits::is_reserved_prefix(prefix) {
+        // `_` is safe, so escape the first one by hand: `__x` becomes `%5F_x`.
         out.push_str("%5F");
-        push_escaped(&mut out, rest);
+        push_escaped(&mut out, &prefix[1..]);
     } else {
         push_escaped(&mut out, prefix);
     }
@@ -114,7 +115,7 @@ pub fn generation_key(global_prefix: &str, prefix: &str) -> String {
 
 /// The set of keys carrying `tag`: `{global}:__tag:{escaped tag}`.
 pub fn tag_key(global_prefix: &str, tag: &str) -> String {
-    let mut out = format!("{global_prefix}:__tag:");
+    let mut out = format!("{global_prefix}:{}tag:", storehaus_limits::RESERVED_PREFIX);
     push_escaped(&mut out, tag);
     out
 }
