@@ -1,4 +1,4 @@
-//! The seed's flow, end to end: create, miss, hit, update + invalidation,
+//! The whole flow, end to end: create, miss, hit, update + invalidation,
 //! stats. Run it with `cargo run --example quickstart`.
 //!
 //! Runs anywhere: without `DATABASE_URL` it uses a private in-memory SQLite

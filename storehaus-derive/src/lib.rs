@@ -36,14 +36,14 @@ use syn::{parse_macro_input, DeriveInput};
 /// Implements `storehaus::Cached` for a struct with named fields, and adds
 /// `Type::cache_key(global_prefix, &id) -> String`.
 ///
-/// ```ignore
+/// ```
 /// use storehaus::prelude::*;
 ///
 /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
 /// #[cache(table = "users", prefix = "users", ttl = 1800)]
 /// pub struct User {
 ///     #[cache(id)]
-///     pub id: uuid::Uuid,
+///     pub id: i64,
 ///     pub name: String,
 ///     #[sqlx(rename = "email_address")]
 ///     pub email: String,
@@ -53,7 +53,7 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// assert_eq!(User::TABLE, "users");
 /// assert_eq!(User::COLUMNS, ["id", "name", "email_address"]);
-/// assert_eq!(User::cache_key("myapp", &id), format!("myapp:users:{id}"));
+/// assert_eq!(User::cache_key("myapp", &42), "myapp:users:42");
 /// ```
 ///
 /// # Struct keys: `#[cache(...)]` above the struct, all optional

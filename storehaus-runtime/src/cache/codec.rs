@@ -15,7 +15,7 @@
 //! Manual writes ([`CacheManager::set_record`](crate::CacheManager::set_record))
 //! carry fingerprint 0, which every reader accepts.
 //!
-//! Fill leases (see [`crate::cache::read`]) are stored under the same keys; they
+//! Fill leases (see the read path, `cache::read`) are stored under the same keys; they
 //! start with the byte `0xC1`, which MessagePack reserves as "never used", so
 //! a lease can never be mistaken for a value.
 

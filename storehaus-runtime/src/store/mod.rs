@@ -79,11 +79,24 @@ pub(crate) struct StoreCache {
 
 /// Typed, cached access to the table of `T`.
 ///
-/// ```ignore
+/// ```
+/// # use std::sync::Arc;
+/// # use storehaus::prelude::*;
+/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+/// # #[cache(table = "users")]
+/// # struct User { id: i64, name: String }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db_pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&db_pool).await?;
+/// # let cache_manager = Arc::new(CacheManager::new(CacheConfig::new("memory://", 60, "app"))?);
 /// let store = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager)));
-/// let user = store.get_by_id(&id).await?;      // miss: database, then cached
-/// let same = store.get_by_id(&id).await?;      // hit
-/// store.update(&id, changed, None).await?;     // invalidated after commit
+/// store.create(User { id: 1, name: "Ada".into() }, None).await?;
+/// let user = store.get_by_id(&1).await?;      // miss: database, then cached
+/// let changed = User { id: 1, name: "Ada L.".into() };
+/// store.update(&1, changed.clone(), None).await?; // invalidated after commit
+/// assert_eq!(store.get_by_id(&1).await?, Some(changed));
+/// # Ok(()) }
 /// ```
 ///
 /// Reads go through the cache when one is configured and fall back to the

@@ -15,11 +15,25 @@ use crate::GenericStore;
 /// per write. [`rollback`](Self::rollback), or dropping the handle without
 /// committing, rolls the database back and leaves the cache untouched.
 ///
-/// ```ignore
+/// ```
+/// # use std::sync::Arc;
+/// # use storehaus::prelude::*;
+/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+/// # #[cache(table = "users")]
+/// # struct User { id: i64, name: String }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db_pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&db_pool).await?;
+/// # let cache_manager = Arc::new(CacheManager::new(CacheConfig::new("memory://", 60, "app"))?);
+/// # let store = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager)));
+/// # for id in [1, 2] { store.create(User { id, name: "x".into() }, None).await?; }
 /// let mut tx = store.begin().await?;
-/// tx.update(&a.id, a2, None).await?;
-/// tx.delete(&b.id).await?;
+/// tx.update(&1, User { id: 1, name: "a2".into() }, None).await?;
+/// tx.delete(&2).await?;
 /// tx.commit().await?; // both keys invalidated now, not before
+/// assert_eq!(store.get_by_id(&2).await?, None);
+/// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct StoreTransaction<'s, T: Cached> {
