@@ -72,58 +72,76 @@ impl Container {
         let mut ttl = Attr::none(cx, TTL);
         let mut rename_all = None;
 
-        for attr in attrs {
-            if attr.path() == CACHE {
-                if !is_list(cx, attr, CONTAINER_EXAMPLE) {
-                    continue;
-                }
-                let parsed = attr.parse_nested_meta(|meta| {
-                    if meta.path == TABLE {
-                        if let Some(s) = parse_lit_str(cx, &meta, TABLE, "users")? {
-                            table.set(&meta.path, s);
-                        }
-                    } else if meta.path == PREFIX {
-                        if let Some(s) = parse_lit_str(cx, &meta, PREFIX, "users")? {
-                            prefix.set(&meta.path, s);
-                        }
-                    } else if meta.path == TTL {
-                        if let Some(t) = parse_ttl(cx, &meta)? {
-                            ttl.set(&meta.path, t);
-                        }
-                    } else if meta.path == ID {
-                        cx.error_spanned_by(
-                            &meta.path,
-                            "`id` is a field key: put #[cache(id)] on the primary-key field, not on the struct",
-                        );
-                        skip_value(&meta)?;
-                    } else {
-                        unknown_key(cx, &meta.path, Place::Struct);
-                        skip_value(&meta)?;
+        read_attrs(
+            cx,
+            attrs,
+            CONTAINER_EXAMPLE,
+            |meta| {
+                if meta.path == TABLE {
+                    if let Some(s) = parse_lit_str(cx, &meta, TABLE, "users")? {
+                        table.set(&meta.path, s);
                     }
-                    Ok(())
-                });
-                if let Err(err) = parsed {
-                    cx.syn_error(err);
-                }
-            } else if attr.path() == SQLX {
-                // sqlx reports its own syntax errors; read leniently.
-                let _ = attr.parse_nested_meta(|meta| {
-                    if meta.path == RENAME_ALL {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        rename_all = RenameRule::from_str(&lit.value());
-                    } else {
-                        skip_value(&meta)?;
+                } else if meta.path == PREFIX {
+                    if let Some(s) = parse_lit_str(cx, &meta, PREFIX, "users")? {
+                        prefix.set(&meta.path, s);
                     }
-                    Ok(())
-                });
-            }
-        }
+                } else if meta.path == TTL {
+                    if let Some(t) = parse_ttl(cx, &meta)? {
+                        ttl.set(&meta.path, t);
+                    }
+                } else if meta.path == ID {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "`id` is a field key: put #[cache(id)] on the primary-key field, not on the struct",
+                    );
+                    skip_value(&meta)?;
+                } else {
+                    unknown_key(cx, &meta.path, Place::Struct);
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            },
+            |meta| {
+                if meta.path == RENAME_ALL {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    rename_all = RenameRule::from_str(&lit.value());
+                } else {
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            },
+        );
 
         Container {
             table: table.get(),
             prefix: prefix.get(),
             ttl: ttl.get(),
             rename_all,
+        }
+    }
+}
+
+/// Reads every `#[cache(...)]` of `attrs` strictly (each mistake is an
+/// error in `cx`; `example` shows the list form) and every `#[sqlx(...)]`
+/// leniently (sqlx reports its own syntax errors), handing each key to its
+/// reader.
+fn read_attrs(
+    cx: &Ctxt,
+    attrs: &[Attribute],
+    example: &str,
+    mut cache: impl FnMut(ParseNestedMeta) -> syn::Result<()>,
+    mut sqlx: impl FnMut(ParseNestedMeta) -> syn::Result<()>,
+) {
+    for attr in attrs {
+        if attr.path() == CACHE {
+            if !is_list(cx, attr, example) {
+                continue;
+            }
+            if let Err(err) = attr.parse_nested_meta(&mut cache) {
+                cx.syn_error(err);
+            }
+        } else if attr.path() == SQLX {
+            let _ = attr.parse_nested_meta(&mut sqlx);
         }
     }
 }
@@ -152,58 +170,51 @@ impl Field {
         let mut json = None;
         let mut try_from = None;
 
-        for attr in attrs {
-            if attr.path() == CACHE {
-                if !is_list(cx, attr, FIELD_EXAMPLE) {
-                    continue;
-                }
-                let parsed = attr.parse_nested_meta(|meta| {
-                    if meta.path == ID {
-                        if meta.input.is_empty() || meta.input.peek(Token![,]) {
-                            id.set(&meta.path, meta.path.clone());
-                        } else {
-                            let value = skip_value(&meta)?;
-                            let path = &meta.path;
-                            cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
-                        }
-                    } else if let Some(key) = CONTAINER_KEYS.iter().find(|key| meta.path == **key) {
-                        cx.error_spanned_by(
-                            &meta.path,
-                            format!("`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"),
-                        );
-                        skip_value(&meta)?;
+        read_attrs(
+            cx,
+            attrs,
+            FIELD_EXAMPLE,
+            |meta| {
+                if meta.path == ID {
+                    if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                        id.set(&meta.path, meta.path.clone());
                     } else {
-                        unknown_key(cx, &meta.path, Place::Field);
-                        skip_value(&meta)?;
+                        let value = skip_value(&meta)?;
+                        let path = &meta.path;
+                        cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
                     }
-                    Ok(())
-                });
-                if let Err(err) = parsed {
-                    cx.syn_error(err);
+                } else if let Some(key) = CONTAINER_KEYS.iter().find(|key| meta.path == **key) {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        format!("`{key}` is a struct key: move it to #[cache({key} = ...)] above the struct"),
+                    );
+                    skip_value(&meta)?;
+                } else {
+                    unknown_key(cx, &meta.path, Place::Field);
+                    skip_value(&meta)?;
                 }
-            } else if attr.path() == SQLX {
-                // sqlx reports its own syntax errors; read leniently.
-                let _ = attr.parse_nested_meta(|meta| {
-                    if meta.path == RENAME {
-                        let lit: LitStr = meta.value()?.parse()?;
-                        rename = Some(lit.value());
-                    } else if meta.path == SKIP {
-                        skip = Some(meta.path.clone());
-                    } else if meta.path == FLATTEN {
-                        flatten = Some(meta.path.clone());
-                    } else if meta.path == JSON {
-                        json = Some(meta.path.clone());
-                        skip_value(&meta)?;
-                    } else if meta.path == TRY_FROM {
-                        try_from = Some(meta.path.clone());
-                        skip_value(&meta)?;
-                    } else {
-                        skip_value(&meta)?;
-                    }
-                    Ok(())
-                });
-            }
-        }
+                Ok(())
+            },
+            |meta| {
+                if meta.path == RENAME {
+                    let lit: LitStr = meta.value()?.parse()?;
+                    rename = Some(lit.value());
+                } else if meta.path == SKIP {
+                    skip = Some(meta.path.clone());
+                } else if meta.path == FLATTEN {
+                    flatten = Some(meta.path.clone());
+                } else if meta.path == JSON {
+                    json = Some(meta.path.clone());
+                    skip_value(&meta)?;
+                } else if meta.path == TRY_FROM {
+                    try_from = Some(meta.path.clone());
+                    skip_value(&meta)?;
+                } else {
+                    skip_value(&meta)?;
+                }
+                Ok(())
+            },
+        );
 
         Field {
             id: id.get(),

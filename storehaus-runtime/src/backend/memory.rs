@@ -434,7 +434,6 @@ impl MemoryBackend {
         Ok(ScanStep { next: 0, removed, keys })
     }
 
-    // Holding the counters' read guard keeps every bump out until the value is in.
     pub async fn fill_if_counter(
         &self,
         key: &str,
