@@ -21,16 +21,13 @@
 //! These bounds are tight for a noisy 2-core machine, so this binary holds
 //! only these tests and runs them one at a time ([`SERIAL`]).
 
-mod common;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
-use storehaus::CacheStats;
+use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "items", prefix = "items")]
@@ -75,10 +72,6 @@ async fn db_row(db: &Db, id: i64) -> Option<Item> {
         .fetch_optional(&db.pool)
         .await
         .unwrap()
-}
-
-async fn stats(manager: &CacheManager) -> CacheStats {
-    manager.get_stats().await.unwrap()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,11 +7,9 @@
 //! with a plain Redis client, and a Redis that is down.
 
 mod behaviour;
-mod common;
-
 use behaviour::{Env, Note, Stack, User};
-use common::*;
 use storehaus::{CacheParams, GenericStore};
+use storehaus_testkit::*;
 use uuid::Uuid;
 
 fn user(name: &str) -> User {

@@ -8,17 +8,14 @@
 //! asserted, with generous margins for a noisy machine. Raw speed is not: the
 //! `#[ignore]`d `fault_matrix` test prints latency figures instead.
 
-mod common;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
-use storehaus::CacheStats;
+use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "items", prefix = "items")]
@@ -103,10 +100,6 @@ async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
         "{what} took {took:?}, more than the {TIMEOUT_MS} ms budget + {MARGIN_MS} ms"
     );
     out
-}
-
-async fn stats(manager: &CacheManager) -> CacheStats {
-    manager.get_stats().await.unwrap()
 }
 
 /// Reads every id once and waits until each is cached.
@@ -450,30 +443,6 @@ async fn resumed_after_stall_the_breaker_closes_invalidations_replay_and_hits_re
 
 // ----- out of memory -----
 
-async fn config_set(redis: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async(redis)
-        .await
-        .unwrap();
-}
-
-/// Fills the server past a tiny `maxmemory` with eviction off, so that every
-/// command that may grow memory is refused with OOM.
-async fn starve(redis: &mut redis::aio::MultiplexedConnection) {
-    let junk = vec![b'x'; 2 << 20];
-    let _: () = redis::cmd("SET")
-        .arg("junk")
-        .arg(junk)
-        .query_async(redis)
-        .await
-        .unwrap();
-    config_set(redis, "maxmemory-policy", "noeviction").await;
-    config_set(redis, "maxmemory", "1mb").await;
-}
-
 #[tokio::test]
 async fn out_of_memory_server_reads_and_writes_succeed_and_errors_are_counted() {
     let server = RedisServer::start().await;
@@ -647,10 +616,6 @@ async fn bad_entry_is_a_counted_miss_and_replaced(
     assert_eq!(parts[1].as_u64(), Some(Item::FINGERPRINT), "rewritten with this schema");
     assert_cache_hit(&db, &store, 1).await;
     db.cleanup().await;
-}
-
-async fn set_raw(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
-    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
 }
 
 #[tokio::test]

@@ -6,16 +6,14 @@
 //! suite (`behaviour::memory_sqlite::*` in `test_core`).
 #![cfg(feature = "sqlite")]
 
-mod common;
-
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use common::*;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use storehaus::prelude::*;
 use storehaus::{CacheManager, Cached};
+use storehaus_testkit::*;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]

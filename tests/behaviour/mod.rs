@@ -20,7 +20,7 @@ use storehaus::{
 };
 use uuid::Uuid;
 
-use crate::common::*;
+use storehaus_testkit::*;
 
 /// Runs a statement with bound arguments on the test's database. Write it
 /// with PostgreSQL's `$N` placeholders; SQLite gets `?N`.
