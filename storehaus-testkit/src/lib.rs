@@ -12,23 +12,27 @@
 //!
 //! Assertions read Redis with a plain client ([`raw_redis`], [`raw_get`],
 //! [`set_raw`]) and wait with a deadline instead of hanging ([`eventually`],
-//! [`wait_for_value`], [`wait_for_fills`], [`reached`]).
+//! [`wait_for_value`], [`wait_for_fills`], [`reached`]). The records that
+//! more than one test file uses live in [`records`].
 //!
 //! Services: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `REDIS_URL` (default `redis://127.0.0.1:6379`); `bash scripts/services.sh`
 //! starts both. Every helper panics on a failure: it is the test's failure.
 //!
 //! ```no_run
-//! use storehaus_testkit::{clear_prefix, manager, raw_get, raw_redis, redis_url, Db};
+//! use storehaus::{CacheParams, GenericStore};
+//! use storehaus_testkit::records::users::{self, user, User};
+//! use storehaus_testkit::{clear_prefix, manager, raw_redis, redis_url, wait_for_value, Db};
 //!
 //! # async fn example() {
 //! let db = Db::new().await;
-//! db.exec("CREATE TABLE notes (id bigint PRIMARY KEY, body text NOT NULL)").await;
+//! db.exec(users::CREATE_TABLE_POSTGRES).await;
 //! let manager = manager();
-//! manager.set_record("notes", "1", "hello", 60).await.unwrap();
+//! let store = GenericStore::<User>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+//! let ada = store.create(user("ada"), None).await.unwrap();
+//! store.get_by_id(&ada.id).await.unwrap();
 //! let mut redis = raw_redis(&redis_url()).await;
-//! let key = format!("{}:notes:1", manager.global_prefix());
-//! assert!(raw_get(&mut redis, &key).await.is_some());
+//! wait_for_value(&mut redis, &store.cache_key(&ada.id)).await;
 //! clear_prefix(&manager).await;
 //! db.cleanup().await;
 //! # }
@@ -38,6 +42,7 @@
 mod cache;
 mod db;
 mod raw;
+pub mod records;
 mod server;
 mod wait;
 
