@@ -13,7 +13,8 @@
 //! Assertions read Redis with a plain client ([`raw_redis`], [`raw_get`],
 //! [`set_raw`]) and wait with a deadline instead of hanging ([`eventually`],
 //! [`wait_for_value`], [`wait_for_fills`], [`reached`]). The records that
-//! more than one test file uses live in [`records`].
+//! more than one test file uses live in [`records`]; the fault suite's
+//! managers, shared with the fault matrix benchmark, in [`faults`].
 //!
 //! Services: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
 //! and `REDIS_URL` (default `redis://127.0.0.1:6379`); `bash scripts/services.sh`
@@ -41,6 +42,7 @@
 
 mod cache;
 mod db;
+pub mod faults;
 mod raw;
 pub mod records;
 mod server;

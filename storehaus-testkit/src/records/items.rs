@@ -1,5 +1,5 @@
-//! [`Item`]: an `i64` id and a version. Used by `tests/test_faults.rs` and
-//! `tests/test_budget.rs`.
+//! [`Item`]: an `i64` id and a version. Used by `tests/test_faults.rs`,
+//! `tests/test_budget.rs` and `benches/faults.rs`.
 
 use serde::{Deserialize, Serialize};
 use storehaus::Cached;
