@@ -10,6 +10,9 @@
 //! cache's back. Cache contents are read through the manager's manual
 //! operations, which work on both backends; assertions on Redis' raw bytes
 //! and TTLs run on the Redis stack only (`Env::raw_redis`).
+//!
+//! A module of `tests/test_core.rs`: it holds tests, not harness, so it is
+//! not in `storehaus-testkit` (which it uses, with `records::users::User`).
 
 use std::sync::Arc;
 use std::time::Duration;
