@@ -19,14 +19,13 @@
 //! `bash scripts/bench.sh` run appends it to `BENCHMARKS.md`).
 
 use std::fmt::Write as _;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use storehaus::prelude::*;
+use storehaus_testkit::{raw_redis_without_timeout, Db, RedisServer};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "pending_rows", prefix = "rows")]
@@ -59,24 +58,9 @@ fn main() {
 }
 
 async fn run() -> String {
-    let database_url =
-        std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("sh_replay_{:08x}", rand::random::<u32>());
-    let admin = PgPool::connect(&database_url).await.expect("connect to PostgreSQL");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .expect("create schema");
-    let opts: PgConnectOptions = database_url.parse().expect("DATABASE_URL");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(opts.options([("search_path", schema.as_str())]))
-        .await
-        .expect("connect");
-    sqlx::query("CREATE TABLE pending_rows (id bigint PRIMARY KEY, version bigint NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("create table");
+    let db = Db::with_max_connections(4).await;
+    db.exec("CREATE TABLE pending_rows (id bigint PRIMARY KEY, version bigint NOT NULL)")
+        .await;
 
     let mut out = String::from(
         "## Replay after an outage\n\n\
@@ -95,7 +79,7 @@ async fn run() -> String {
             "the store's key space (SCAN + UNLINK walk)",
         ),
     ] {
-        let r = outage(&pool, bound).await;
+        let r = outage(&db.pool, bound).await;
         let _ = writeln!(
             out,
             "| {KEYS} keys of one store | {bound} | {what}: {} entries | {:.1} MiB | {:.2} s | {} |",
@@ -105,10 +89,7 @@ async fn run() -> String {
             r.left
         );
     }
-    pool.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await;
+    db.cleanup().await;
     out
 }
 
@@ -120,9 +101,9 @@ struct Outcome {
 }
 
 async fn outage(pool: &PgPool, bound: usize) -> Outcome {
-    let server = Server::start();
-    let url = format!("redis://127.0.0.1:{}", server.port);
-    let mut raw = server.connect().await;
+    let server = RedisServer::start_with(&["--enable-debug-command", "local"]).await;
+    let url = server.url();
+    let mut raw = raw_redis_without_timeout(&url).await;
     let global = format!("r{:08x}", rand::random::<u32>());
     let _: () = redis::cmd("DEBUG")
         .arg("POPULATE")
@@ -200,56 +181,4 @@ fn rss() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * 4096
-}
-
-/// A private `redis-server` on a free loopback port, killed on drop.
-struct Server {
-    port: u16,
-    child: Child,
-}
-
-impl Server {
-    fn start() -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--enable-debug-command", "local"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        Server { port, child }
-    }
-
-    async fn connect(&self) -> redis::aio::MultiplexedConnection {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).expect("url");
-        let start = Instant::now();
-        loop {
-            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-            if let Ok(c) = client.get_multiplexed_async_connection_with_config(&config).await {
-                return c;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -18,9 +18,6 @@
 //! created_at). PostgreSQL tables live in a fresh schema; Redis keys under a
 //! random global prefix; both are removed at the end.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::fmt::Write as _;
 use std::future::Future;
 use std::hint::black_box;
@@ -36,10 +33,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use storehaus::codec::{self, Entry};
 use storehaus::prelude::*;
+use storehaus_testkit::{database_url, free_port, random_name, raw_redis, redis_url, Db};
 use tokio::task::JoinSet;
 use uuid::Uuid;
-
-use common::{database_url, free_port, random_name, redis_url, Db};
 
 // ----- payload -----
 
@@ -398,14 +394,6 @@ async fn hit_cached(s: &Shared, i: usize) {
 fn manager(url: &str, tweak: impl FnOnce(CacheConfig) -> CacheConfig) -> Arc<CacheManager> {
     let config = tweak(CacheConfig::new(url, 3600, random_name("bench")));
     Arc::new(CacheManager::new(config).expect("valid cache config"))
-}
-
-async fn raw_connection(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url)
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis")
 }
 
 /// Waits until every key holds a value (not a fill lease).
@@ -1245,7 +1233,7 @@ async fn run(plan: Plan, diagnose: bool, profile: Option<(String, usize)>) -> St
     let db = Db::with_max_connections(10).await;
     db.exec(&format!("CREATE TABLE bench_users {COLUMNS_DDL}")).await;
     let mgr = manager(&redis_url(), |c| c);
-    let raw = raw_connection(&redis_url()).await;
+    let raw = raw_redis(&redis_url()).await;
     let machine = Machine::probe(&raw, &db.pool, profile.is_none()).await;
 
     // 100 hot rows, cached three ways: by StoreHaus, raw, and by the `cached` crate.

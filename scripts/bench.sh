@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks: StoreHaus against raw redis-rs, raw sqlx and the `cached` crate
-# (benches/scenarios.rs, release build). Starts the services it needs.
+# (benches/scenarios.rs, replay.rs and faults.rs, release build). Starts the
+# services it needs.
 #
 #   bash scripts/bench.sh             full run (about three minutes after the
 #                                     build): prints the tables and writes
@@ -12,6 +13,9 @@
 #                                     operation rebuilt step by step by hand
 #   bash scripts/bench.sh --replay    a million pending invalidations replayed
 #                                     after an outage (about a minute)
+#   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
+#                                     under each Redis fault (about a minute;
+#                                     README, "What a fault costs")
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -23,12 +27,13 @@ for arg in "$@"; do
     --quick) mode=quick ;;
     --diagnose) mode=diagnose ;;
     --replay) mode=replay ;;
+    --faults) mode=faults ;;
     -h|--help)
-      sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --faults or nothing)" >&2
       exit 2
       ;;
   esac
@@ -48,4 +53,5 @@ case "$mode" in
   quick) cargo bench --bench scenarios -- --quick --out "$CARGO_TARGET_DIR/bench/BENCHMARKS.quick.md" ;;
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
   replay) cargo bench --bench replay ;;
+  faults) cargo bench --bench faults ;;
 esac

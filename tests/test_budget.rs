@@ -21,24 +21,13 @@
 //! These bounds are tight for a noisy 2-core machine, so this binary holds
 //! only these tests and runs them one at a time ([`SERIAL`]).
 
-mod common;
-
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
-use storehaus::CacheStats;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "items", prefix = "items")]
-pub struct Item {
-    pub id: i64,
-    pub name: String,
-    pub version: i32,
-}
+use storehaus_testkit::records::items::{db_row, item, items_db, Item};
+use storehaus_testkit::*;
 
 /// The cache budget of one store operation, in ms.
 const BUDGET_MS: u64 = 200;
@@ -47,39 +36,6 @@ const MARGIN_MS: u64 = 100;
 
 /// The tests of this binary run one at a time: they measure wall time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn item(id: i64, version: i32) -> Item {
-    Item {
-        id,
-        name: format!("item-{id}-v{version}"),
-        version,
-    }
-}
-
-/// A fresh schema with `items` rows `0..n` at version 0.
-async fn items_db(n: i64) -> Db {
-    let db = Db::new().await;
-    db.exec("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, version integer NOT NULL)")
-        .await;
-    db.exec(&format!(
-        "INSERT INTO items SELECT g, 'item-' || g || '-v0', 0 FROM generate_series(0, {}) g",
-        n - 1
-    ))
-    .await;
-    db
-}
-
-async fn db_row(db: &Db, id: i64) -> Option<Item> {
-    sqlx::query_as::<_, Item>("SELECT id, name, version FROM items WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
-}
-
-async fn stats(manager: &CacheManager) -> CacheStats {
-    manager.get_stats().await.unwrap()
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Fault {

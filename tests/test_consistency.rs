@@ -2,17 +2,15 @@
 //! replayed invalidations and read-your-writes, against real PostgreSQL and
 //! Redis.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
 use storehaus::{CacheParams, ChangeOp, GenericStore, SignalManager};
+use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "counters", prefix = "counters")]

@@ -7,20 +7,11 @@
 //! with a plain Redis client, and a Redis that is down.
 
 mod behaviour;
-mod common;
 
-use behaviour::{Env, Note, Stack, User};
-use common::*;
+use behaviour::{Env, Note, Stack};
 use storehaus::{CacheParams, GenericStore};
-use uuid::Uuid;
-
-fn user(name: &str) -> User {
-    User {
-        id: Uuid::new_v4(),
-        name: name.to_string(),
-        email: format!("{name}@example.com"),
-    }
-}
+use storehaus_testkit::records::users::{self, user, User};
+use storehaus_testkit::*;
 
 #[tokio::test]
 async fn keys_follow_the_documented_format_and_ttl_precedence() {
@@ -143,8 +134,7 @@ async fn a_write_the_database_failed_still_invalidates_its_key() {
 #[tokio::test]
 async fn redis_down_every_operation_still_answers_from_the_database() {
     let db = Db::new().await;
-    db.exec("CREATE TABLE users (id uuid PRIMARY KEY, name text NOT NULL, email text NOT NULL)")
-        .await;
+    db.exec(users::CREATE_TABLE_POSTGRES).await;
     let dead = format!("redis://127.0.0.1:{}", free_port());
     let manager = manager_on(&dead, |c| c.with_timeout(200).with_retry_delay(5));
     let store = GenericStore::<User>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));

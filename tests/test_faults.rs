@@ -5,31 +5,20 @@
 //! the cache for longer than one `with_timeout` budget per call.
 //!
 //! Deadline bounds are behaviours (the product promises them), so they are
-//! asserted, with generous margins for a noisy machine. Raw speed is not: the
-//! `#[ignore]`d `fault_matrix` test prints latency figures instead.
-
-mod common;
+//! asserted, with generous margins for a noisy machine. Raw speed is not:
+//! the fault matrix (`benches/faults.rs`, `bash scripts/bench.sh --faults`)
+//! measures it with the same managers ([`fault_manager`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
-use storehaus::CacheStats;
+use storehaus_testkit::faults::{fault_manager, store_on, timed, warm, TIMEOUT_MS};
+use storehaus_testkit::records::items::{db_row, item, items_db, Item};
+use storehaus_testkit::*;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "items", prefix = "items")]
-pub struct Item {
-    pub id: i64,
-    pub name: String,
-    pub version: i32,
-}
-
-/// The cache budget of every manager here, in ms.
-const TIMEOUT_MS: u64 = 200;
 /// What a noisy 2-core machine may add on top of the budget (database,
 /// scheduling), while these tests run in parallel. A call slower than
 /// budget + margin waited on the cache. This margin would pass an operation
@@ -42,59 +31,6 @@ fn bound() -> Duration {
     Duration::from_millis(TIMEOUT_MS + MARGIN_MS)
 }
 
-fn item(id: i64, version: i32) -> Item {
-    Item {
-        id,
-        name: format!("item-{id}-v{version}"),
-        version,
-    }
-}
-
-/// A fresh schema with `items` rows `0..n` at version 0.
-async fn items_db(n: i64) -> Db {
-    let db = Db::new().await;
-    db.exec("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL, version integer NOT NULL)")
-        .await;
-    db.exec(&format!(
-        "INSERT INTO items SELECT g, 'item-' || g || '-v0', 0 FROM generate_series(0, {}) g",
-        n - 1
-    ))
-    .await;
-    db
-}
-
-/// The row as the database holds it, bypassing StoreHaus.
-async fn db_row(db: &Db, id: i64) -> Option<Item> {
-    sqlx::query_as::<_, Item>("SELECT id, name, version FROM items WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&db.pool)
-        .await
-        .unwrap()
-}
-
-/// A manager on `url` with the suite's budget, quick retries and the given
-/// breaker settings.
-fn fault_manager(url: &str, breaker_threshold: u32, cooldown_ms: u64) -> Arc<CacheManager> {
-    manager_on(url, |c| {
-        c.with_timeout(TIMEOUT_MS)
-            .with_retry_attempts(2)
-            .with_retry_delay(5)
-            .with_pool_size(4)
-            .with_circuit_breaker(breaker_threshold, cooldown_ms)
-    })
-}
-
-fn store_on(db: &Db, manager: &Arc<CacheManager>) -> GenericStore<Item> {
-    GenericStore::<Item>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())))
-}
-
-/// Runs `f`, returning its output and how long it took.
-async fn timed<F: Future>(f: F) -> (F::Output, Duration) {
-    let start = Instant::now();
-    let out = f.await;
-    (out, start.elapsed())
-}
-
 /// Runs one store call and asserts it came back within budget + margin.
 async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
     let (out, took) = timed(f).await;
@@ -103,19 +39,6 @@ async fn bounded<F: Future>(what: &str, f: F) -> F::Output {
         "{what} took {took:?}, more than the {TIMEOUT_MS} ms budget + {MARGIN_MS} ms"
     );
     out
-}
-
-async fn stats(manager: &CacheManager) -> CacheStats {
-    manager.get_stats().await.unwrap()
-}
-
-/// Reads every id once and waits until each is cached.
-async fn warm(store: &GenericStore<Item>, url: &str, ids: impl IntoIterator<Item = i64>) {
-    let mut redis = raw_redis(url).await;
-    for id in ids {
-        store.get_by_id(&id).await.unwrap();
-        wait_for_value(&mut redis, &store.cache_key(&id)).await;
-    }
 }
 
 /// Proves `id` is served from the cache: changes its row behind the cache's
@@ -450,30 +373,6 @@ async fn resumed_after_stall_the_breaker_closes_invalidations_replay_and_hits_re
 
 // ----- out of memory -----
 
-async fn config_set(redis: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async(redis)
-        .await
-        .unwrap();
-}
-
-/// Fills the server past a tiny `maxmemory` with eviction off, so that every
-/// command that may grow memory is refused with OOM.
-async fn starve(redis: &mut redis::aio::MultiplexedConnection) {
-    let junk = vec![b'x'; 2 << 20];
-    let _: () = redis::cmd("SET")
-        .arg("junk")
-        .arg(junk)
-        .query_async(redis)
-        .await
-        .unwrap();
-    config_set(redis, "maxmemory-policy", "noeviction").await;
-    config_set(redis, "maxmemory", "1mb").await;
-}
-
 #[tokio::test]
 async fn out_of_memory_server_reads_and_writes_succeed_and_errors_are_counted() {
     let server = RedisServer::start().await;
@@ -649,10 +548,6 @@ async fn bad_entry_is_a_counted_miss_and_replaced(
     db.cleanup().await;
 }
 
-async fn set_raw(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
-    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
-}
-
 #[tokio::test]
 async fn value_that_is_not_an_envelope_is_a_counted_miss_and_replaced() {
     bad_entry_is_a_counted_miss_and_replaced(async |redis, key| {
@@ -733,165 +628,5 @@ async fn bad_entries_read_by_get_many_are_counted_misses_and_replaced() {
     }
     assert_eq!(store.get_many(&ids).await.unwrap(), want);
     assert_eq!(stats(&manager).await.hits, 5);
-    db.cleanup().await;
-}
-
-// ----- the fault matrix (figures, not assertions) -----
-
-/// `n` sequential reads of cached rows, sorted by latency.
-async fn sample(store: &GenericStore<Item>, n: usize) -> Vec<Duration> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let id = (i % 50) as i64;
-        let (got, took) = timed(store.get_by_id(&id)).await;
-        got.unwrap();
-        out.push(took);
-    }
-    out.sort();
-    out
-}
-
-/// Reads until the breaker is open: how many reads it took and the slowest.
-async fn until_open(store: &GenericStore<Item>, manager: &CacheManager) -> (usize, Duration) {
-    let (mut n, mut worst) = (0, Duration::ZERO);
-    while !stats(manager).await.breaker_open {
-        let (got, took) = timed(store.get_by_id(&((n % 50) as i64))).await;
-        got.unwrap();
-        worst = worst.max(took);
-        n += 1;
-    }
-    (n, worst)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    ms(sorted[((sorted.len() as f64 - 1.0) * p).round() as usize])
-}
-
-/// Latency of one store read (`get_by_id` of a row that was cached) under
-/// each fault, for the README's resilience section. Prints a Markdown table.
-/// Run with `cargo test --release --test test_faults fault_matrix -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "prints figures; run on demand"]
-async fn fault_matrix() {
-    const N: usize = 400;
-    let db = items_db(50).await;
-    // (fault, what the user sees, sorted latencies, note)
-    let mut rows: Vec<(String, &str, Vec<Duration>, String)> = Vec::new();
-
-    let plain = GenericStore::<Item>::new(db.pool.clone(), None, None);
-    sample(&plain, 100).await;
-    rows.push((
-        "none, no cache (database only)".into(),
-        "rows from the database",
-        sample(&plain, N).await,
-        String::new(),
-    ));
-
-    {
-        let server = RedisServer::start().await;
-        let manager = fault_manager(&server.url(), 5, 60_000);
-        let store = store_on(&db, &manager);
-        warm(&store, &server.url(), 0..50).await;
-        sample(&store, 100).await;
-        rows.push((
-            "none, healthy cache (hits)".into(),
-            "cached rows",
-            sample(&store, N).await,
-            String::new(),
-        ));
-
-        let mut redis = raw_redis(&server.url()).await;
-        let mut bad = Vec::with_capacity(N);
-        for i in 0..N {
-            let id = (i % 50) as i64;
-            set_raw(&mut redis, &store.cache_key(&id), b"garbage").await;
-            bad.push(timed(store.get_by_id(&id)).await.1);
-        }
-        bad.sort();
-        rows.push((
-            "corrupt entry under every read".into(),
-            "database row; serialization_errors; entry replaced",
-            bad,
-            String::new(),
-        ));
-
-        warm(&store, &server.url(), 0..50).await;
-        starve(&mut redis).await;
-        let s0 = stats(&manager).await.command_errors;
-        let oom = sample(&store, N).await;
-        let errors = stats(&manager).await.command_errors - s0;
-        rows.push((
-            "out of memory (maxmemory 1mb, noeviction)".into(),
-            "cached rows (reads are plain GETs); writes' invalidations refused and counted",
-            oom,
-            format!("{errors} command_errors, breaker stays closed"),
-        ));
-    }
-
-    for (fault, kill) in [("redis killed", true), ("redis stalled (SIGSTOP)", false)] {
-        for breaker_on in [true, false] {
-            let mut server = RedisServer::start().await;
-            let threshold = if breaker_on { 5 } else { u32::MAX };
-            let manager = fault_manager(&server.url(), threshold, 60_000);
-            let store = store_on(&db, &manager);
-            warm(&store, &server.url(), 0..50).await;
-            if kill {
-                server.kill();
-            } else {
-                server.pause();
-            }
-            let (name, note, n) = if breaker_on {
-                let (calls, worst) = until_open(&store, &manager).await;
-                (
-                    format!("{fault}, breaker open"),
-                    format!("breaker opened after {calls} reads, slowest {:.1} ms", ms(worst)),
-                    N,
-                )
-            } else {
-                (
-                    "breaker off: ".to_string() + fault,
-                    "every read pays the fault".to_string(),
-                    if kill { N } else { 20 },
-                )
-            };
-            rows.push((name, "database rows", sample(&store, n).await, note));
-            server.resume();
-        }
-    }
-
-    {
-        let server = RedisServer::start_with(&["--requirepass", "right-pw"]).await;
-        let url = format!("redis://:wrong-pw@127.0.0.1:{}", server.port);
-        let manager = fault_manager(&url, 5, 60_000);
-        let store = store_on(&db, &manager);
-        let (calls, worst) = until_open(&store, &manager).await;
-        rows.push((
-            "wrong password, breaker open".into(),
-            "database rows; connection_errors",
-            sample(&store, N).await,
-            format!("breaker opened after {calls} reads, slowest {:.1} ms", ms(worst)),
-        ));
-    }
-
-    let healthy = pct(&rows[1].2, 0.99);
-    let database = pct(&rows[0].2, 0.99);
-    println!("\nbudget {TIMEOUT_MS} ms, retries 2 x 5 ms, sequential reads of 50 rows; p99 added vs healthy hits and vs no cache");
-    println!("| fault | what the user sees | n | p50 ms | p99 ms | p99 +vs hits | p99 +vs no cache | note |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (name, sees, d, note) in &rows {
-        let p99 = pct(d, 0.99);
-        println!(
-            "| {name} | {sees} | {} | {:.2} | {:.2} | {:+.2} | {:+.2} | {note} |",
-            d.len(),
-            pct(d, 0.5),
-            p99,
-            p99 - healthy,
-            p99 - database
-        );
-    }
     db.cleanup().await;
 }

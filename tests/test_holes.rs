@@ -4,16 +4,14 @@
 //! Redis, private `redis-server`s out of memory or restarted from a dump,
 //! and values planted in Redis by hand.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use storehaus::prelude::*;
 use storehaus::{CacheParams, GenericStore, Query};
+use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "docs", prefix = "docs")]
@@ -284,30 +282,6 @@ async fn a_reader_never_joins_a_local_load_that_began_before_another_processs_wr
 
 // ----- 3. Out of memory: query generations still move -----
 
-async fn config_set(redis: &mut redis::aio::MultiplexedConnection, name: &str, value: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg(name)
-        .arg(value)
-        .query_async(redis)
-        .await
-        .unwrap();
-}
-
-/// Fills the server past a tiny `maxmemory` with eviction off: every
-/// command that may grow memory (SET, INCR, SADD...) is refused; DEL works.
-async fn starve(redis: &mut redis::aio::MultiplexedConnection) {
-    let junk = vec![b'x'; 2 << 20];
-    let _: () = redis::cmd("SET")
-        .arg("junk")
-        .arg(junk)
-        .query_async(redis)
-        .await
-        .unwrap();
-    config_set(redis, "maxmemory-policy", "noeviction").await;
-    config_set(redis, "maxmemory", "1mb").await;
-}
-
 async fn unstarve(redis: &mut redis::aio::MultiplexedConnection) {
     let _: () = redis::cmd("DEL").arg("junk").query_async(redis).await.unwrap();
     config_set(redis, "maxmemory", "0").await;
@@ -411,10 +385,6 @@ async fn the_first_query_of_a_store_is_cached() {
 }
 
 // ----- 6 and 7. Bad data: fake leases, corrupt generation counters -----
-
-async fn set_raw(redis: &mut redis::aio::MultiplexedConnection, key: &str, value: &[u8]) {
-    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
-}
 
 #[tokio::test]
 async fn a_lease_without_expiry_or_of_the_wrong_length_is_a_corrupt_entry_not_a_lease() {

@@ -1,13 +1,11 @@
 //! Cached queries with O(1) invalidation, change signals and tags.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
 use storehaus::{CacheParams, ChangeOp, GenericStore, Order, Query, SignalManager};
+use storehaus_testkit::*;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]

@@ -9,14 +9,12 @@
 //! redis-server that cannot start with TLS options fails them: they never
 //! skip.
 
-mod common;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
+use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "items", prefix = "items")]

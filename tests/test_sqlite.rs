@@ -6,26 +6,16 @@
 //! suite (`behaviour::memory_sqlite::*` in `test_core`).
 #![cfg(feature = "sqlite")]
 
-mod common;
-
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use common::*;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use storehaus::prelude::*;
 use storehaus::{CacheManager, Cached};
+use storehaus_testkit::records::users::{self, user, User};
+use storehaus_testkit::*;
 use uuid::Uuid;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "users", ttl = 1800, prefix = "users")]
-pub struct User {
-    #[cache(id)]
-    pub id: Uuid,
-    pub name: String,
-    pub email: String,
-}
 
 /// One column of each type SQLite gets from sqlx: uuid, chrono, bool, float,
 /// an optional column and raw bytes.
@@ -51,7 +41,7 @@ pub struct Counter {
 }
 
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE users (id BLOB PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL)",
+    users::CREATE_TABLE_SQLITE,
     "CREATE TABLE events (id BLOB PRIMARY KEY, title TEXT NOT NULL, at TEXT NOT NULL, day TEXT NOT NULL, \
      done BOOLEAN NOT NULL, score REAL NOT NULL, note TEXT, attendees INTEGER NOT NULL, payload BLOB NOT NULL)",
     "CREATE TABLE counters (id INTEGER PRIMARY KEY, hits INTEGER NOT NULL)",
@@ -63,14 +53,6 @@ async fn setup() -> (SqlitePool, Arc<CacheManager>) {
         sqlx::query(ddl).execute(&pool).await.unwrap();
     }
     (pool, memory_manager())
-}
-
-fn user(name: &str) -> User {
-    User {
-        id: Uuid::new_v4(),
-        name: name.to_string(),
-        email: format!("{name}@example.com"),
-    }
 }
 
 fn event(title: &str) -> Event {

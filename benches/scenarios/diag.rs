@@ -113,7 +113,7 @@ pub(crate) async fn run(s: &Shared, plan: &Plan) {
     wait_filled(&s.raw, &keys).await;
     let mut conns = Vec::new();
     for _ in 0..10 {
-        conns.push(raw_connection(&redis_url()).await);
+        conns.push(raw_redis(&redis_url()).await);
     }
     let two = Pooled {
         s: s.clone(),
@@ -613,7 +613,7 @@ async fn server_cpu_ns(conn: &MultiplexedConnection) -> u64 {
 /// machine than throughput.
 pub(crate) async fn cpu_study(s: &Shared, plan: &Plan) {
     eprintln!("diagnose: CPU per hit at {} tasks (private redis-server)", plan.tasks);
-    let server = common::RedisServer::start().await;
+    let server = storehaus_testkit::RedisServer::start().await;
     let url = server.url();
     let mut stores = Vec::new();
     for pool in [10, 2, 1] {
@@ -627,11 +627,11 @@ pub(crate) async fn cpu_study(s: &Shared, plan: &Plan) {
             store.get_by_id(id).await.expect("fill");
         }
         let keys: Vec<String> = s.hot_ids.iter().map(|id| store.cache_key(id)).collect();
-        let probe = raw_connection(&url).await;
+        let probe = raw_redis(&url).await;
         wait_filled(&probe, &keys).await;
         stores.push(store);
     }
-    let raw = raw_connection(&url).await;
+    let raw = raw_redis(&url).await;
     let mut conn = raw.clone();
     for u in s.hot.iter() {
         let _: () = redis::cmd("SET")
@@ -643,7 +643,7 @@ pub(crate) async fn cpu_study(s: &Shared, plan: &Plan) {
     }
     let mut conns = Vec::new();
     for _ in 0..10 {
-        conns.push(raw_connection(&url).await);
+        conns.push(raw_redis(&url).await);
     }
     let base = Shared {
         raw: raw.clone(),

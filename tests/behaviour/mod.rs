@@ -10,6 +10,9 @@
 //! cache's back. Cache contents are read through the manager's manual
 //! operations, which work on both backends; assertions on Redis' raw bytes
 //! and TTLs run on the Redis stack only (`Env::raw_redis`).
+//!
+//! A module of `tests/test_core.rs`: it holds tests, not harness, so it is
+//! not in `storehaus-testkit` (which it uses, with `records::users::User`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use storehaus::{
     CacheConfig, CacheError, CacheManager, CacheParams, Cached, DbPool, GenericStore, Order, Query, StorehausError,
 };
+use storehaus_testkit::records::users::{self, user, User};
+use storehaus_testkit::*;
 use uuid::Uuid;
-
-use crate::common::*;
 
 /// Runs a statement with bound arguments on the test's database. Write it
 /// with PostgreSQL's `$N` placeholders; SQLite gets `?N`.
@@ -59,15 +62,6 @@ macro_rules! fetch_scalar {
         }
         .unwrap_or_else(|e| panic!("{}: {e}", $sql))
     };
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "users", ttl = 1800, prefix = "users")]
-pub struct User {
-    #[cache(id)]
-    pub id: Uuid,
-    pub name: String,
-    pub email: String,
 }
 
 /// The same table and prefix as [`User`] with fewer columns: another schema
@@ -140,10 +134,10 @@ impl Env {
 
     /// With `default_ttl` seconds as the config's default TTL.
     pub async fn with_default_ttl(stack: Stack, default_ttl: u64) -> Env {
-        let (db, uuid) = match stack {
-            Stack::RedisPostgres => (TestDb::Postgres(Db::new().await), "uuid"),
+        let (db, users_table) = match stack {
+            Stack::RedisPostgres => (TestDb::Postgres(Db::new().await), users::CREATE_TABLE_POSTGRES),
             #[cfg(feature = "sqlite")]
-            Stack::MemorySqlite => (TestDb::Sqlite(sqlite_memory().await), "blob"),
+            Stack::MemorySqlite => (TestDb::Sqlite(sqlite_memory().await), users::CREATE_TABLE_SQLITE),
             #[cfg(not(feature = "sqlite"))]
             Stack::MemorySqlite => unreachable!("the memory_sqlite suite needs the sqlite feature"),
         };
@@ -154,7 +148,7 @@ impl Env {
             manager: Arc::new(CacheManager::new(config).expect("valid cache config")),
         };
         for ddl in [
-            format!("CREATE TABLE users (id {uuid} PRIMARY KEY, name text NOT NULL, email text NOT NULL)"),
+            users_table.to_string(),
             "CREATE TABLE note (id bigint PRIMARY KEY, body text NOT NULL)".to_string(),
             "CREATE TABLE tags (name text PRIMARY KEY, use_count integer NOT NULL)".to_string(),
         ] {
@@ -204,14 +198,6 @@ impl Env {
             #[cfg(feature = "sqlite")]
             TestDb::Sqlite(pool) => pool.close().await,
         }
-    }
-}
-
-fn user(name: &str) -> User {
-    User {
-        id: Uuid::new_v4(),
-        name: name.to_string(),
-        email: format!("{name}@example.com"),
     }
 }
 

@@ -1,0 +1,62 @@
+//! The harness of StoreHaus' tests (`tests/`) and benchmarks (`benches/`).
+//!
+//! Every test gets its own world, so tests run in parallel and never see
+//! each other's data:
+//!
+//! - a fresh PostgreSQL schema ([`Db`]; `search_path` on its pool) or a fresh
+//!   in-memory SQLite database ([`sqlite_memory`]);
+//! - a cache manager with a random global key prefix ([`manager`],
+//!   [`manager_on`], [`memory_manager`]);
+//! - where a test breaks Redis, a private `redis-server` on a free loopback
+//!   port ([`RedisServer`]: kill, pause, resume, restart, lock).
+//!
+//! Assertions read Redis with a plain client ([`raw_redis`], [`raw_get`],
+//! [`set_raw`]) and wait with a deadline instead of hanging ([`eventually`],
+//! [`wait_for_value`], [`wait_for_fills`], [`reached`]). The records that
+//! more than one test file uses live in [`records`]; the fault suite's
+//! managers, shared with the fault matrix benchmark, in [`faults`].
+//!
+//! Services: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! and `REDIS_URL` (default `redis://127.0.0.1:6379`); `bash scripts/services.sh`
+//! starts both. Every helper panics on a failure: it is the test's failure.
+//!
+//! ```no_run
+//! use storehaus::{CacheParams, GenericStore};
+//! use storehaus_testkit::records::users::{self, user, User};
+//! use storehaus_testkit::{clear_prefix, manager, raw_redis, redis_url, wait_for_value, Db};
+//!
+//! # async fn example() {
+//! let db = Db::new().await;
+//! db.exec(users::CREATE_TABLE_POSTGRES).await;
+//! let manager = manager();
+//! let store = GenericStore::<User>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())));
+//! let ada = store.create(user("ada"), None).await.unwrap();
+//! store.get_by_id(&ada.id).await.unwrap();
+//! let mut redis = raw_redis(&redis_url()).await;
+//! wait_for_value(&mut redis, &store.cache_key(&ada.id)).await;
+//! clear_prefix(&manager).await;
+//! db.cleanup().await;
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod cache;
+mod db;
+pub mod faults;
+mod raw;
+pub mod records;
+mod server;
+mod wait;
+
+pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
+pub use db::{database_url, sqlite_memory, Db};
+pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve};
+pub use server::{free_port, RedisServer};
+pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
+
+/// A random lowercase name with a prefix, e.g. `t_3f9a0c1b2d4e5f60`: the
+/// global key prefix of a test's manager, a schema, a file name.
+pub fn random_name(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{prefix}_{n:016x}")
+}

@@ -1,0 +1,61 @@
+//! Redis read and written with a plain client, bypassing StoreHaus: what a
+//! test asserts on, and the bad data or conditions it plants.
+
+use redis::aio::MultiplexedConnection;
+
+/// A raw Redis connection for assertions, bypassing StoreHaus.
+pub async fn raw_redis(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+/// A raw Redis connection without a response timeout, for commands that
+/// take longer than redis-rs' default allows (`DEBUG POPULATE` of a million
+/// keys).
+pub async fn raw_redis_without_timeout(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("connect to redis")
+}
+
+/// `GET key`: the raw bytes, `None` when there is no such key.
+pub async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query_async(conn).await.expect("GET")
+}
+
+/// `SET key value`: plants bytes under `key`.
+pub async fn set_raw(redis: &mut MultiplexedConnection, key: &str, value: &[u8]) {
+    let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
+}
+
+/// `CONFIG SET name value`.
+pub async fn config_set(redis: &mut MultiplexedConnection, name: &str, value: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
+/// Fills the server past a tiny `maxmemory` with eviction off, so that every
+/// command that may grow memory (SET, INCR, SADD...) is refused with OOM;
+/// DEL works. Use it on a private [`RedisServer`](crate::RedisServer) only.
+pub async fn starve(redis: &mut MultiplexedConnection) {
+    let junk = vec![b'x'; 2 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("junk")
+        .arg(junk)
+        .query_async(redis)
+        .await
+        .unwrap();
+    config_set(redis, "maxmemory-policy", "noeviction").await;
+    config_set(redis, "maxmemory", "1mb").await;
+}
