@@ -29,7 +29,7 @@ for arg in "$@"; do
     --replay) mode=replay ;;
     --faults) mode=faults ;;
     -h|--help)
-      sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
