@@ -9,8 +9,8 @@ pub use storehaus_runtime::Cached;
 pub use storehaus_runtime::SqliteQuery;
 pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
-    Column, DbPool, Filter, GenericStore, Order, PgQuery, Query, Result, SignalManager, SqlValue, SqliteId,
-    SqliteRecord, Statements, StoreTransaction, StorehausError, MAX_TTL_SECS,
+    Column, DbPool, DeploymentStatus, Filter, GenericStore, InTransaction, Order, PgQuery, Query, Result,
+    SignalManager, SqlValue, SqliteId, SqliteRecord, Statements, StoreTransaction, StorehausError, MAX_TTL_SECS,
 };
 
 /// The names most programs need: `use storehaus::prelude::*;`.

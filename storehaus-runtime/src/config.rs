@@ -37,6 +37,8 @@ pub struct CacheConfig {
     pub(crate) tls: TlsCerts,
     pub(crate) single_command_reads: bool,
     pub(crate) max_pending: usize,
+    pub(crate) deployment: Option<String>,
+    pub(crate) outbox_poll_ms: u64,
 }
 
 /// Certificates for `rediss://` beyond the system's trust store.
@@ -66,6 +68,8 @@ impl CacheConfig {
     /// Default number of invalidated keys remembered one by one during an
     /// outage (see [`with_max_pending_invalidations`](Self::with_max_pending_invalidations)).
     pub const DEFAULT_MAX_PENDING_INVALIDATIONS: usize = 100_000;
+    /// Default interval at which the outbox worker polls, in ms.
+    pub const DEFAULT_OUTBOX_POLL_MS: u64 = 1_000;
 
     /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
     /// the default TTL in seconds and the global key prefix.
@@ -95,6 +99,8 @@ impl CacheConfig {
             tls: TlsCerts::default(),
             single_command_reads: false,
             max_pending: Self::DEFAULT_MAX_PENDING_INVALIDATIONS,
+            deployment: None,
+            outbox_poll_ms: Self::DEFAULT_OUTBOX_POLL_MS,
         }
     }
 
@@ -189,6 +195,34 @@ impl CacheConfig {
         self
     }
 
+    /// The name of this cache deployment in the database's outbox (default:
+    /// the global prefix). Processes that share a cache (one Redis, one
+    /// global prefix) share a deployment: each outbox entry is delivered to
+    /// it at least once, by any of its processes. See
+    /// [`GenericStore::watch_external_writes`](crate::GenericStore::watch_external_writes).
+    pub fn with_deployment(mut self, name: impl Into<String>) -> Self {
+        self.deployment = Some(name.into());
+        self
+    }
+
+    /// How often the outbox worker looks for entries when no `pg_notify`
+    /// wakes it, in ms (default 1000): the bound on an external write's
+    /// invalidation delay while notifications are lost.
+    pub fn with_outbox_poll_interval(mut self, interval_ms: u64) -> Self {
+        self.outbox_poll_ms = interval_ms;
+        self
+    }
+
+    /// The deployment name in the outbox.
+    pub fn deployment(&self) -> &str {
+        self.deployment.as_deref().unwrap_or(&self.global_prefix)
+    }
+
+    /// The outbox worker's poll interval.
+    pub fn outbox_poll_interval(&self) -> Duration {
+        Duration::from_millis(self.outbox_poll_ms)
+    }
+
     /// Checks every setting; [`CacheManager::new`](crate::CacheManager::new)
     /// calls it.
     pub(crate) fn validate(&self) -> CacheResult<()> {
@@ -215,6 +249,10 @@ impl CacheConfig {
         )?;
         in_range("default TTL", self.default_ttl, 1, crate::MAX_TTL_SECS, " s")?;
         in_range("max pending invalidations", self.max_pending as u64, 1, 100_000_000, "")?;
+        in_range("outbox poll interval", self.outbox_poll_ms, 10, ONE_DAY_MS, " ms")?;
+        if self.deployment.as_deref().is_some_and(str::is_empty) {
+            return Err(CacheError::InvalidConfig("deployment name must not be empty".into()));
+        }
         Ok(())
     }
 
@@ -282,6 +320,8 @@ impl fmt::Debug for CacheConfig {
             .field("breaker_cooldown_ms", &self.breaker_cooldown_ms)
             .field("single_command_reads", &self.single_command_reads)
             .field("max_pending", &self.max_pending)
+            .field("deployment", &self.deployment())
+            .field("outbox_poll_ms", &self.outbox_poll_ms)
             .field("tls_root_cert", &self.tls.root.as_ref().map(|_| "set"))
             .field(
                 "tls_client_cert",

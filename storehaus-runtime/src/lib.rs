@@ -12,6 +12,8 @@
 //!   fills, single-flight, replay of invalidations, breaker, stats, codec,
 //!   keys);
 //! - `backend/`: the cache backends behind one contract (Redis, in-process);
+//! - `outbox/`: invalidation from the database itself (triggers, a durable
+//!   outbox, the worker that drains it);
 //! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else.
 #![warn(missing_docs)]
 
@@ -19,6 +21,7 @@ mod backend;
 mod cache;
 mod config;
 mod error;
+mod outbox;
 #[doc(hidden)]
 pub mod private;
 mod record;
@@ -31,11 +34,12 @@ pub use cache::stats::CacheStats;
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
 pub use error::{CacheError, CacheResult, Result, StorehausError};
+pub use outbox::DeploymentStatus;
 #[cfg(feature = "sqlite")]
 pub use record::SqliteQuery;
 pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
 pub use store::pool::DbPool;
 pub use store::query::{Column, Filter, Order, Query, SqlValue};
 pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
-pub use store::transaction::StoreTransaction;
+pub use store::transaction::{InTransaction, StoreTransaction};
 pub use store::{CacheParams, GenericStore};

@@ -72,6 +72,7 @@ pub struct CacheManager {
     breaker: Breaker,
     pending: Pending,
     pub(crate) flights: Flights,
+    pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
     started: Instant,
@@ -105,6 +106,7 @@ impl CacheManager {
             backend,
             counters: Counters::default(),
             flights: Flights::default(),
+            outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
             started: Instant::now(),
@@ -131,6 +133,7 @@ impl CacheManager {
     pub async fn get_stats(&self) -> CacheResult<CacheStats> {
         let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
         stats.pending_overflows = self.pending.overflows();
+        (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
         Ok(stats)
     }
 
@@ -269,13 +272,19 @@ impl CacheManager {
             return Err(CacheError::InvalidInput("pattern must not be empty".into()));
         }
         let glob = key::confined_pattern(self.global_prefix(), pattern);
+        self.clear_glob(&glob).await
+    }
+
+    /// Removes every key matching the absolute glob `glob` (SCAN + UNLINK in
+    /// steps, under ten budgets), detaching in-flight loads of those keys.
+    pub(crate) async fn clear_glob(&self, glob: &str) -> CacheResult<u64> {
         let deadline = self.long_deadline();
-        self.flights.detach_matching(&glob);
+        self.flights.detach_matching(glob);
         let mut removed = 0;
         let mut cursor = 0;
         loop {
             let step = self
-                .guarded(deadline, "delete_pattern", || self.backend.scan_step(cursor, &glob))
+                .guarded(deadline, "delete_pattern", || self.backend.scan_step(cursor, glob))
                 .await?;
             removed += step.removed;
             cursor = step.next;

@@ -11,15 +11,16 @@ use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 
 impl CacheManager {
-    /// Whether cached reads may proceed: nothing waits for replay, or this
-    /// read's one replay step (bounded: one batch) delivered the last of it.
-    /// Costs one atomic load when nothing is pending.
+    /// Whether cached reads may proceed: nothing waits for replay (or this
+    /// read's one replay step, bounded to one batch, delivered the last of
+    /// it), and no outbox worker of this manager is behind. Costs two atomic
+    /// loads when nothing is pending.
     pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
         if !self.pending.any() {
-            return true;
+            return !self.outbox.lagging();
         }
         self.replay_step(deadline).await;
-        !self.pending.any()
+        !self.pending.any() && !self.outbox.lagging()
     }
 
     /// Delivers one batch of pending work (see [`crate::cache::pending`]) within

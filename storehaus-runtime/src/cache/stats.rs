@@ -45,6 +45,15 @@ pub struct CacheStats {
     /// replaced by its whole key space, to be cleared on recovery (or a tag
     /// addition was dropped).
     pub pending_overflows: u64,
+    /// Outbox entries this manager's workers have still to deliver
+    /// (`GenericStore::watch_external_writes`), counted up to 100 000 per
+    /// database after a full batch; 0 when they are caught up.
+    pub outbox_backlog: u64,
+    /// How old the oldest undelivered outbox entry is, in ms (0 when the
+    /// workers are caught up).
+    pub outbox_lag_ms: u64,
+    /// Outbox entries delivered to the cache.
+    pub outbox_delivered: u64,
     /// Cache operations skipped because the circuit breaker was open.
     pub breaker_skips: u64,
     /// Times the circuit breaker opened.
@@ -112,6 +121,9 @@ impl Counters {
             invalidations: self.invalidations.load(Relaxed),
             pending_invalidations,
             pending_overflows: 0,
+            outbox_backlog: 0,
+            outbox_lag_ms: 0,
+            outbox_delivered: 0,
             breaker_skips: self.breaker_skips.load(Relaxed),
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_open,

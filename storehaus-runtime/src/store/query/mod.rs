@@ -41,7 +41,7 @@ use crate::record::PgQuery;
 
 mod render;
 use render::SqlBuilder;
-pub(crate) use render::{Dialect, Rendered, Select};
+pub(crate) use render::{quote_ident, Dialect, Rendered, Select};
 
 /// A value a query can bind: encodable by every enabled database, and
 /// serializable (its MessagePack form keys the cached result).

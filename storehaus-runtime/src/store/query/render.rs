@@ -63,7 +63,8 @@ pub(super) struct SqlBuilder {
     error: Option<String>,
 }
 
-fn quote_ident(out: &mut String, ident: &str) {
+/// Appends `ident` as a quoted SQL identifier (`"` doubled).
+pub(crate) fn quote_ident(out: &mut String, ident: &str) {
     out.push('"');
     for c in ident.chars() {
         if c == '"' {

@@ -1,0 +1,121 @@
+//! Invalidation from the database itself: every committed write to a
+//! watched table, by a store, raw SQL or another service, reaches the
+//! cache through a durable outbox, even if the writing process dies.
+//!
+//! [`GenericStore::watch_external_writes`] installs, for the store's table,
+//! triggers that log each changed primary key into `storehaus_outbox` in the
+//! writing transaction (see `ddl`), registers this cache deployment (its
+//! global prefix, or [`CacheConfig::with_deployment`](crate::CacheConfig::with_deployment))
+//! with its own position in that log, and makes sure one worker per cache
+//! manager and database drains the log into the cache (see `worker`): it
+//! deletes the record keys, bumps the store's query generation, and moves
+//! the deployment's position only after the cache confirmed. The store's own
+//! after-commit `DEL` stays the fast path; the outbox catches everything
+//! else, at least once.
+
+mod ddl;
+mod status;
+mod worker;
+
+use crate::error::{Result, StorehausError};
+use crate::record::Cached;
+use crate::store::pool::DbPool;
+use crate::GenericStore;
+
+pub use status::DeploymentStatus;
+pub(crate) use worker::Watchers;
+
+impl<T: Cached> GenericStore<T> {
+    /// Makes every committed write to `T`'s table reach this store's cache,
+    /// whoever makes it (raw SQL, migrations, other services, a process that
+    /// died before its own invalidation): idempotently installs the outbox
+    /// and the table's triggers unless they exist, registers this
+    /// deployment (resuming where it stopped if it was registered before),
+    /// starts this cache manager's worker for the database if none runs,
+    /// and returns once that worker has tried to deliver what the outbox
+    /// holds. While the worker cannot deliver (the cache is down, or a
+    /// backlog is larger than one batch), cached reads bypass the cache.
+    ///
+    /// Call it when the application starts, before it serves reads. The
+    /// worker listens for `pg_notify` wake-ups and polls every
+    /// [`with_outbox_poll_interval`](crate::CacheConfig::with_outbox_poll_interval)
+    /// (SQLite: polls only). PostgreSQL 13 or later.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storehaus::prelude::*;
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+    /// # #[cache(table = "users")]
+    /// # struct User { id: i64, name: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&pool).await?;
+    /// # let cache_manager = Arc::new(CacheManager::new(CacheConfig::new("memory://", 60, "app"))?);
+    /// let users = GenericStore::<User>::new(pool.clone(), None, Some(CacheParams::new(cache_manager)));
+    /// users.watch_external_writes().await?;
+    /// users.create(User { id: 1, name: "Ada".into() }, None).await?;
+    /// assert_eq!(users.get_by_id(&1).await?.unwrap().name, "Ada");
+    /// // Another service writes behind the store's back...
+    /// sqlx::query("UPDATE users SET name = 'Ada Lovelace' WHERE id = 1").execute(&pool).await?;
+    /// // ...and the worker invalidates the cached row.
+    /// # let start = std::time::Instant::now();
+    /// # while users.get_by_id(&1).await?.unwrap().name != "Ada Lovelace" {
+    /// #     assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    /// #     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    /// # }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`StorehausError::CacheDisabled`] for a store without a cache;
+    /// [`StorehausError::Database`] when the outbox cannot be installed or
+    /// read (for a role that may not run DDL, install
+    /// [`external_writes_sql`](Self::external_writes_sql) by migration first).
+    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    pub async fn watch_external_writes(&self) -> Result<()> {
+        let cache = self.cache_settings().ok_or(StorehausError::CacheDisabled)?;
+        let location = worker::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;
+        let deployment = cache.manager.config().deployment().to_string();
+        worker::register(self.pool(), &deployment, T::TABLE, &cache.prefix).await?;
+        let state = cache
+            .manager
+            .outbox
+            .ensure(&cache.manager, self.pool().clone(), location, deployment);
+        state.catch_up().await;
+        Ok(())
+    }
+
+    /// The PostgreSQL DDL that [`watch_external_writes`](Self::watch_external_writes)
+    /// installs for `T`'s table: the shared outbox tables (`IF NOT EXISTS`),
+    /// the table's capture function and its four statement triggers. For
+    /// deployments whose application role may not run DDL: install it with
+    /// a migration (it is idempotent), then call `watch_external_writes`,
+    /// which finds the triggers in place and only registers.
+    pub fn external_writes_sql() -> String {
+        ddl::postgres(T::TABLE, T::ID_COLUMN)
+    }
+
+    /// The same for SQLite (row triggers).
+    pub fn external_writes_sql_sqlite() -> String {
+        ddl::sqlite(T::TABLE, T::ID_COLUMN)
+    }
+
+    /// Every deployment registered in this database's outbox: its position,
+    /// how many entries it has still to deliver, and how old the oldest is.
+    /// A deployment that never comes back pins the log (entries are pruned
+    /// only once every registered deployment has passed them): drop it with
+    /// `DELETE FROM storehaus_outbox_positions WHERE deployment = '...'`
+    /// (and its rows in `storehaus_outbox_watches`).
+    ///
+    /// # Errors
+    /// [`StorehausError::Database`] when the outbox cannot be read.
+    pub async fn external_writes_status(&self) -> Result<Vec<DeploymentStatus>> {
+        status::read(self.pool()).await
+    }
+}
+
+/// Where an outbox lives: one worker per cache manager and location.
+fn location_of(pool: &DbPool, database: &str, schema: &str) -> String {
+    format!("{}:{database}/{schema}", pool.kind())
+}
