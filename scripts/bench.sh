@@ -13,6 +13,8 @@
 #                                     operation rebuilt step by step by hand
 #   bash scripts/bench.sh --replay    a million pending invalidations replayed
 #                                     after an outage (about a minute)
+#   bash scripts/bench.sh --outbox    invalidation from the database: delay,
+#                                     trigger cost, drain rate (about a minute)
 #   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
 #                                     under each Redis fault (about a minute;
 #                                     README, "What a fault costs")
@@ -27,13 +29,14 @@ for arg in "$@"; do
     --quick) mode=quick ;;
     --diagnose) mode=diagnose ;;
     --replay) mode=replay ;;
+    --outbox) mode=outbox ;;
     --faults) mode=faults ;;
     -h|--help)
-      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --faults or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults or nothing)" >&2
       exit 2
       ;;
   esac
@@ -49,9 +52,11 @@ case "$mode" in
   full)
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
     ;;
   quick) cargo bench --bench scenarios -- --quick --out "$CARGO_TARGET_DIR/bench/BENCHMARKS.quick.md" ;;
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
   replay) cargo bench --bench replay ;;
+  outbox) cargo bench --bench outbox ;;
   faults) cargo bench --bench faults ;;
 esac

@@ -254,7 +254,11 @@ impl Worker {
     async fn run(self, location: String) {
         tracing::debug!(%location, deployment = %self.deployment, "outbox worker started");
         let listener = match &self.pool {
-            DbPool::Postgres(p) => Some(tokio::spawn(listen(p.clone(), self.state.clone()))),
+            DbPool::Postgres(p) => Some(tokio::spawn(listen(
+                p.clone(),
+                self.state.clone(),
+                self.deployment.clone(),
+            ))),
             #[cfg(feature = "sqlite")]
             DbPool::Sqlite(_) => None,
         };
@@ -533,11 +537,16 @@ async fn prune(pool: &DbPool) -> Result<()> {
 }
 
 /// Forwards `pg_notify` wake-ups to the worker, on a connection of its own
-/// (application name `storehaus-outbox`). A lost connection is replaced, and
-/// every (re)connect wakes a catch-up pass: notifications sent while it was
-/// down are lost, the outbox is not.
-async fn listen(pool: PgPool, state: Arc<WorkerState>) {
-    let options = (*pool.connect_options()).clone().application_name("storehaus-outbox");
+/// (application name `storehaus-outbox <deployment>`). A lost connection is
+/// replaced, and every (re)connect wakes a catch-up pass: notifications sent
+/// while it was down are lost, the outbox is not.
+async fn listen(pool: PgPool, state: Arc<WorkerState>, deployment: String) {
+    let mut name = format!("storehaus-outbox {deployment}");
+    // PostgreSQL keeps 63 bytes of an application name.
+    while name.len() > 63 {
+        name.pop();
+    }
+    let options = (*pool.connect_options()).clone().application_name(&name);
     loop {
         let own = PgPoolOptions::new()
             .max_connections(1)
