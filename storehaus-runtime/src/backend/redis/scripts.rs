@@ -5,7 +5,7 @@ use redis::Script;
 
 /// Writes each value only where the key still holds the reader's lease.
 ///
-/// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: TTL in ms, ARGV[3..]: one
+/// KEYS: the keys. `ARGV[1]`: the lease, `ARGV[2]`: TTL in ms, `ARGV[3..]`: one
 /// value per key. Returns how many keys were filled. `pcall` keeps a key of
 /// the wrong type from failing the others.
 pub const FILL_SCRIPT: &str = r"
@@ -25,7 +25,7 @@ return filled
 /// lease StoreHaus writes has one, so such a string is a leftover lease or
 /// foreign data, and would otherwise block the key forever).
 ///
-/// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: its TTL in ms. Returns one
+/// KEYS: the keys. `ARGV[1]`: the lease, `ARGV[2]`: its TTL in ms. Returns one
 /// integer per key: 1 granted, 2 granted after replacing such a key, 0 not
 /// granted (a value or another reader's live lease is there).
 const LEASE_MANY_SCRIPT: &str = r"
@@ -44,7 +44,7 @@ end
 return out
 ";
 
-/// Deletes KEYS[1] only while it still holds the lease ARGV[1].
+/// Deletes `KEYS[1]` only while it still holds the lease `ARGV[1]`.
 const RELEASE_SCRIPT: &str = r"
 if redis.pcall('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -52,8 +52,8 @@ end
 return 0
 ";
 
-/// Writes KEYS[1] only while the counter KEYS[2] still equals ARGV[3].
-/// ARGV[1]: the value, ARGV[2]: TTL in ms. Returns 1 when written.
+/// Writes `KEYS[1]` only while the counter `KEYS[2]` still equals `ARGV[3]`.
+/// `ARGV[1]`: the value, `ARGV[2]`: TTL in ms. Returns 1 when written.
 const FILL_IF_COUNTER_SCRIPT: &str = r"
 if redis.pcall('GET', KEYS[2]) == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -62,7 +62,7 @@ end
 return 0
 ";
 
-/// Moves a tag set KEYS[1] into its draining set KEYS[2] and returns the
+/// Moves a tag set `KEYS[1]` into its draining set `KEYS[2]` and returns the
 /// draining set's size. The tag's name is free again at once, so a write
 /// that tags a key meanwhile starts a new set instead of being swept up
 /// (and lost) by the invalidation under way. Members that an interrupted
