@@ -81,7 +81,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         stats.connection_errors
     );
     match cache_manager.health_check().await {
-        Ok(()) => println!("health    cache is healthy"),
+        Ok(health) if health.is_ok() => println!("health    cache is healthy"),
+        Ok(health) => println!("health    cache warns: {:?}", health.warnings),
         Err(e) => println!("health    cache error: {e}"),
     }
 

@@ -30,6 +30,7 @@ mod store;
 pub use cache::codec;
 #[cfg(feature = "test-hooks")]
 pub use cache::hooks as test_hooks;
+pub use cache::server::{Health, HealthWarning, ServerStats};
 pub use cache::stats::CacheStats;
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;

@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use crate::cache::server::ServerStats;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
@@ -118,8 +119,8 @@ impl Backend {
         /// atomically with respect to every bump of the counter: whether
         /// it was written.
         pub async fn fill_if_counter(&self, key: &str, value: &[u8], ttl_ms: u64, counter: &str, expected: u64) -> CacheResult<bool>;
-        /// `PING`.
-        pub async fn ping(&self) -> CacheResult<()>;
+        /// The server's figures (`INFO memory stats clients` on Redis).
+        pub async fn server_stats(&self) -> CacheResult<ServerStats>;
         /// One step of a walk over the keys matching a Redis glob, removing
         /// what it finds: start at cursor 0, continue with `next` until it is
         /// 0. Keys present for the whole walk are removed; keys written

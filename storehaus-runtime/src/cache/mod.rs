@@ -25,6 +25,7 @@ pub(crate) mod query;
 pub(crate) mod read;
 pub(crate) mod read_many;
 mod replay;
+pub(crate) mod server;
 pub(crate) mod stats;
 
 use std::sync::atomic::AtomicU64;
@@ -75,6 +76,8 @@ pub struct CacheManager {
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
+    /// `evicted_keys` at the previous health check (`u64::MAX`: none yet).
+    last_evicted: AtomicU64,
     started: Instant,
     timeout: Duration,
     #[cfg(feature = "test-hooks")]
@@ -109,6 +112,7 @@ impl CacheManager {
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
+            last_evicted: AtomicU64::new(u64::MAX),
             started: Instant::now(),
             timeout,
             #[cfg(feature = "test-hooks")]
@@ -135,17 +139,6 @@ impl CacheManager {
         stats.pending_overflows = self.pending.overflows();
         (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
         Ok(stats)
-    }
-
-    /// Pings the cache within the configured timeout.
-    ///
-    /// # Errors
-    /// [`CacheError::CircuitOpen`] while the breaker is open (and no probe is
-    /// due), [`CacheError::ConnectionError`] or [`CacheError::Timeout`] when
-    /// the server cannot be reached in time.
-    #[tracing::instrument(skip(self))]
-    pub async fn health_check(&self) -> CacheResult<()> {
-        self.guarded(self.deadline(), "ping", || self.backend.ping()).await
     }
 
     /// Stores `value` under `{global}:{prefix}:{id}` for `ttl` seconds.

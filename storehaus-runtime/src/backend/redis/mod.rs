@@ -37,6 +37,7 @@ use self::scripts::Scripts;
 #[cfg(feature = "test-hooks")]
 pub use self::scripts::FILL_SCRIPT;
 use crate::backend::{counter_seed, Invalidated, Invalidation, ScanStep, TagAdd};
+use crate::cache::server::ServerStats;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
@@ -217,9 +218,11 @@ impl RedisBackend {
             .await
     }
 
-    pub async fn ping(&self) -> CacheResult<()> {
-        let _: String = self.run(redis::cmd("PING").to_owned()).await?;
-        Ok(())
+    pub async fn server_stats(&self) -> CacheResult<ServerStats> {
+        let info: String = self
+            .run(redis::cmd("INFO").arg("memory").arg("stats").arg("clients").to_owned())
+            .await?;
+        Ok(ServerStats::from_info(&info))
     }
 
     pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep> {

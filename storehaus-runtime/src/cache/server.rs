@@ -1,0 +1,179 @@
+//! What the cache server says about itself: memory, eviction, hit figures
+//! and clients from Redis `INFO`, and the warnings a health check draws from
+//! them.
+
+use std::sync::atomic::Ordering;
+
+use crate::cache::CacheManager;
+use crate::error::CacheResult;
+
+/// The cache server's own figures, from [`CacheManager::server_stats`].
+/// On Redis they come from `INFO`; the in-process backend reports what it
+/// has (fields it cannot know are `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Bytes of memory in use (`used_memory`).
+    pub used_memory: Option<u64>,
+    /// The memory limit in bytes (`maxmemory`; 0: none).
+    pub maxmemory: Option<u64>,
+    /// What the server does at the limit (`maxmemory_policy`, e.g.
+    /// `allkeys-lru` or `noeviction`; `tinylfu` for the in-process backend).
+    pub maxmemory_policy: Option<String>,
+    /// Keys evicted since the server started (`evicted_keys`).
+    pub evicted_keys: Option<u64>,
+    /// Lookups of existing keys since the server started (`keyspace_hits`).
+    pub keyspace_hits: Option<u64>,
+    /// Lookups of missing keys since the server started (`keyspace_misses`).
+    pub keyspace_misses: Option<u64>,
+    /// Connected clients (`connected_clients`).
+    pub connected_clients: Option<u64>,
+    /// Entries held and the entry limit (in-process backend only).
+    pub entries: Option<(u64, u64)>,
+}
+
+impl ServerStats {
+    /// Reads the fields of a Redis `INFO` reply.
+    pub(crate) fn from_info(info: &str) -> ServerStats {
+        let mut s = ServerStats::default();
+        for line in info.lines() {
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                continue;
+            };
+            let number = || value.parse::<u64>().ok();
+            match name {
+                "used_memory" => s.used_memory = number(),
+                "maxmemory" => s.maxmemory = number(),
+                "maxmemory_policy" => s.maxmemory_policy = Some(value.to_string()),
+                "evicted_keys" => s.evicted_keys = number(),
+                "keyspace_hits" => s.keyspace_hits = number(),
+                "keyspace_misses" => s.keyspace_misses = number(),
+                "connected_clients" => s.connected_clients = number(),
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+/// What [`CacheManager::health_check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// The server's figures.
+    pub server: ServerStats,
+    /// What deserves attention; empty when all is well.
+    pub warnings: Vec<HealthWarning>,
+}
+
+impl Health {
+    /// Whether the check found nothing to warn about.
+    pub fn is_ok(&self) -> bool {
+        self.warnings.is_empty()
+    }
+}
+
+/// A condition a health check warns about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthWarning {
+    /// The server refuses writes when full (`noeviction`) and is at least
+    /// 90 % full: soon every fill and every generation bump will be refused
+    /// (reads still work, the cache stops filling).
+    NoEvictionNearlyFull {
+        /// Bytes in use.
+        used_memory: u64,
+        /// The limit.
+        maxmemory: u64,
+    },
+    /// The server evicted keys since the previous health check: the cache is
+    /// too small for its working set, and the hit rate suffers.
+    EvictionsRising {
+        /// Keys evicted since the previous check.
+        evicted: u64,
+    },
+}
+
+/// The share of `maxmemory` from which a `noeviction` server is "nearly full".
+const NEARLY_FULL: f64 = 0.9;
+
+impl CacheManager {
+    /// The cache server's own figures (Redis `INFO`: memory, evictions,
+    /// keyspace hits and misses, clients), within the configured timeout.
+    ///
+    /// # Errors
+    /// [`CacheError::CircuitOpen`](crate::CacheError::CircuitOpen) while the
+    /// breaker is open, [`CacheError::ConnectionError`](crate::CacheError::ConnectionError)
+    /// or [`CacheError::Timeout`](crate::CacheError::Timeout) when the
+    /// server cannot be reached in time.
+    #[tracing::instrument(skip(self))]
+    pub async fn server_stats(&self) -> CacheResult<ServerStats> {
+        self.guarded(self.deadline(), "info", || self.backend.server_stats())
+            .await
+    }
+
+    /// Reaches the cache within the configured timeout and reads its
+    /// figures; warns (in the returned value, not in a log line) when a
+    /// `noeviction` server is nearly full, or when the server evicted keys
+    /// since the previous health check of this manager.
+    ///
+    /// ```
+    /// # use storehaus::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), CacheError> {
+    /// let cache_manager = CacheManager::new(CacheConfig::new("memory://", 60, "app"))?;
+    /// let health = cache_manager.health_check().await?;
+    /// for warning in &health.warnings {
+    ///     eprintln!("cache: {warning:?}");
+    /// }
+    /// # assert!(health.is_ok());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`server_stats`](Self::server_stats): the cache is unreachable.
+    #[tracing::instrument(skip(self))]
+    pub async fn health_check(&self) -> CacheResult<Health> {
+        let server = self.server_stats().await?;
+        let mut warnings = Vec::new();
+        if let (Some(policy), Some(used), Some(max)) = (&server.maxmemory_policy, server.used_memory, server.maxmemory)
+        {
+            if policy == "noeviction" && max > 0 && used as f64 >= max as f64 * NEARLY_FULL {
+                warnings.push(HealthWarning::NoEvictionNearlyFull {
+                    used_memory: used,
+                    maxmemory: max,
+                });
+            }
+        }
+        if let Some(evicted) = server.evicted_keys {
+            // u64::MAX: no check yet, so no baseline to compare with.
+            let before = self.last_evicted.swap(evicted, Ordering::Relaxed);
+            if before != u64::MAX && evicted > before {
+                warnings.push(HealthWarning::EvictionsRising {
+                    evicted: evicted - before,
+                });
+            }
+        }
+        Ok(Health { server, warnings })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_read() {
+        let info = "# Memory\r\nused_memory:1048576\r\nmaxmemory:2097152\r\nmaxmemory_policy:noeviction\r\n\
+                    # Stats\r\nevicted_keys:7\r\nkeyspace_hits:10\r\nkeyspace_misses:3\r\n# Clients\r\nconnected_clients:4\r\n";
+        let s = ServerStats::from_info(info);
+        assert_eq!(s.used_memory, Some(1_048_576));
+        assert_eq!(s.maxmemory, Some(2_097_152));
+        assert_eq!(s.maxmemory_policy.as_deref(), Some("noeviction"));
+        assert_eq!(
+            (s.evicted_keys, s.keyspace_hits, s.keyspace_misses),
+            (Some(7), Some(10), Some(3))
+        );
+        assert_eq!(s.connected_clients, Some(4));
+    }
+}
