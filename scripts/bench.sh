@@ -53,6 +53,11 @@ case "$mode" in
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
+    if command -v wrk >/dev/null 2>&1; then
+      bash scripts/load.sh --append "$PWD/BENCHMARKS.md"
+    else
+      echo "bench: wrk is not installed: the web service section is left out (apt-get install wrk)" >&2
+    fi
     ;;
   quick) cargo bench --bench scenarios -- --quick --out "$CARGO_TARGET_DIR/bench/BENCHMARKS.quick.md" ;;
   diagnose) cargo bench --bench scenarios -- --diagnose ;;

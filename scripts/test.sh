@@ -42,5 +42,7 @@ export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 step "all targets" cargo test --workspace --all-targets "$@"
 step "doc tests" cargo test --workspace --doc
+# The web service example answers a few requests, on the embedded default.
+step "axum example" env -u DATABASE_URL -u REDIS_URL cargo run --quiet --example axum_service -- --smoke
 # TLS (rediss://) is an opt-in feature; its tests start their own TLS redis-server.
 step "tls" cargo test --features tls --test test_security
