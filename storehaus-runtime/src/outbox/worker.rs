@@ -325,6 +325,23 @@ struct Entry {
     key: Option<String>,
 }
 
+/// The entries of outbox rows whose table and key are the columns `at` and `at + 1`.
+fn entries<R>(rows: &[R], at: usize) -> std::result::Result<Vec<Entry>, sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(Entry {
+                table: r.try_get(at)?,
+                key: r.try_get(at + 1)?,
+            })
+        })
+        .collect()
+}
+
 async fn pass_postgres(
     manager: &Arc<CacheManager>,
     pool: &PgPool,
@@ -361,15 +378,7 @@ async fn pass_postgres(
         // Everything below the horizon is delivered.
         _ => (horizon.max(xid), if horizon > xid { 0 } else { seq }),
     };
-    let entries = rows
-        .iter()
-        .map(|r| {
-            Ok(Entry {
-                table: r.try_get(2)?,
-                key: r.try_get(3)?,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    let entries = entries(&rows, 2)?;
     if !entries.is_empty() {
         let watches: Vec<(String, String)> =
             sqlx::query_as("SELECT tbl, prefix FROM storehaus_outbox_watches WHERE deployment = $1")
@@ -433,15 +442,7 @@ async fn pass_sqlite(
         return Ok(Pass::Delivered { rows: 0, more: false });
     };
     let next: i64 = last.try_get(0)?;
-    let entries = rows
-        .iter()
-        .map(|r| {
-            Ok(Entry {
-                table: r.try_get(1)?,
-                key: r.try_get(2)?,
-            })
-        })
-        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
+    let entries = entries(&rows, 1)?;
     let watches: Vec<(String, String)> =
         sqlx::query_as("SELECT tbl, prefix FROM storehaus_outbox_watches WHERE deployment = ?1")
             .bind(deployment)
