@@ -1,6 +1,8 @@
 //! Delivering what could not reach the cache: reads replay one bounded
 //! batch before they trust the cache again, and a background task replays
-//! the rest with backoff (the pending set itself is `pending`).
+//! the rest with backoff (the pending set itself is `pending`). When the
+//! backend's contact epoch moves, the log of recent invalidations
+//! (`recent`) is handed to the pending set first.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,16 +17,76 @@ impl CacheManager {
     /// read's one replay step (bounded: one batch) delivered the last of it.
     /// Costs one atomic load when nothing is pending.
     pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
-        if !self.pending.any() {
+        if !self.pending.any() && !self.contact_moved() {
             return true;
         }
         self.replay_step(deadline).await;
-        !self.pending.any()
+        !self.pending.any() && !self.contact_moved()
+    }
+
+    /// Whether the server's data may have been replaced by an older copy
+    /// since the recent invalidations were last handed to replay. Two
+    /// atomic loads.
+    #[inline]
+    pub(crate) fn contact_moved(&self) -> bool {
+        self.contact.epoch() != self.recent.seen()
+    }
+
+    /// Hands the log of recent invalidations to the pending set (once per
+    /// contact epoch), as deletions: cached reads bypass the cache until
+    /// they are delivered to whichever node now serves each key. The work
+    /// is pending before the epoch is marked seen, so no read can find
+    /// the epoch seen and nothing pending in between.
+    pub(crate) fn hand_over_recent(&self) {
+        let epoch = self.contact.epoch();
+        if epoch <= self.recent.seen() {
+            return;
+        }
+        let log = self.recent.snapshot();
+        let keys: usize = log.iter().map(|(_, k)| k.len()).sum();
+        for (scope, keys) in log {
+            if self.pending.remember(&scope, keys, Vec::new(), Vec::new()) {
+                // No handle to spawn a replayer from here: reads replay, and
+                // so does the next write (`kick_replayer`).
+                self.pending.replayer_may_stop(true);
+            }
+        }
+        if self.recent.mark_seen(epoch) {
+            tracing::info!(
+                keys,
+                "the cache's primary may have changed: recent invalidations are delivered again before cached values are served"
+            );
+        }
+    }
+
+    /// Starts a background replayer if work is pending and none runs.
+    pub(crate) fn kick_replayer(self: &Arc<Self>) {
+        if self.contact_moved() {
+            self.hand_over_recent();
+        }
+        if self.pending.any() && self.pending.claim_replayer() {
+            self.spawn_replayer();
+        }
+    }
+
+    fn spawn_replayer(self: &Arc<Self>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(replay_in_background(Arc::downgrade(self)));
+            }
+            // Outside a runtime (a drop during shutdown) the next read replays.
+            Err(_) => {
+                self.pending.replayer_may_stop(true);
+            }
+        }
     }
 
     /// Delivers one batch of pending work (see [`crate::cache::pending`]) within
     /// `deadline`, unless another task is delivering one.
     async fn replay_step(&self, deadline: tokio::time::Instant) -> Replay {
+        if self.contact_moved() {
+            self.hand_over_recent();
+        }
         let Some(claim) = self.pending.claim() else {
             return Replay::Busy;
         };
@@ -49,6 +111,9 @@ impl CacheManager {
             counters: &batch.counters,
             tags: &batch.tags,
         };
+        for (scope, keys) in by_scope(&batch.keys) {
+            self.recent.record(scope, &keys, &[]);
+        }
         let Ok(done) = self
             .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&inv))
             .await
@@ -71,19 +136,24 @@ impl CacheManager {
 
     /// Remembers invalidations for replay and makes sure a replayer runs.
     pub(crate) fn remember(self: &Arc<Self>, scope: &str, keys: Vec<String>, counters: Vec<String>, tags: Vec<TagAdd>) {
-        if !self.pending.remember(scope, keys, counters, tags) {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(replay_in_background(Arc::downgrade(self)));
-            }
-            // Outside a runtime (a drop during shutdown) the next read replays.
-            Err(_) => {
-                self.pending.replayer_may_stop(true);
-            }
+        if self.pending.remember(scope, keys, counters, tags) {
+            self.spawn_replayer();
         }
     }
+}
+
+/// Replayed keys grouped by their store's scope (`{global}:{prefix}:`, the
+/// key up to its last `:`), for the log of recent invalidations.
+fn by_scope(keys: &[String]) -> Vec<(&str, Vec<String>)> {
+    let mut out: Vec<(&str, Vec<String>)> = Vec::new();
+    for k in keys {
+        let scope = k.rfind(':').map_or("", |i| &k[..=i]);
+        match out.iter_mut().find(|(s, _)| *s == scope) {
+            Some((_, ks)) => ks.push(k.clone()),
+            None => out.push((scope, vec![k.clone()])),
+        }
+    }
+    out
 }
 /// Replays the pending invalidations, batch after batch, with backoff after
 /// a failure, so that a process that only writes still cleans up after an

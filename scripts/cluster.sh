@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Starts a private Redis Cluster on loopback: 3 primaries and 3 replicas
+# (`redis-server --cluster-enabled yes` + `redis-cli --cluster create`),
+# and waits until every node says `cluster_state:ok`. Never touches the
+# shared Redis on 6379.
+#
+#   scripts/cluster.sh start DIR [PORT...]   6 ports, or 6 free ones
+#   scripts/cluster.sh stop DIR              kills the nodes it started
+#
+# DIR receives the nodes' files, `ports` (the 6 ports, primaries first as
+# created) and `url` (redis://127.0.0.1:<first port>). Each node's pid is
+# in DIR/<port>/pid; `stop` kills exactly those. NODE_TIMEOUT (ms, default
+# 1000) is the cluster-node-timeout: how soon a replica replaces a dead
+# primary.
+set -euo pipefail
+
+cmd="${1:-}"
+dir="${2:-}"
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR [PORT...]" >&2; exit 2; }
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pick_ports() {
+  local picked=()
+  while [ "${#picked[@]}" -lt 6 ]; do
+    local p=$((20000 + RANDOM % 30000))
+    # The cluster bus listens on port + 10000 too.
+    if port_free "$p" && port_free $((p + 10000)) && [[ ! " ${picked[*]} " =~ " $p " ]]; then
+      picked+=("$p")
+    fi
+  done
+  echo "${picked[@]}"
+}
+
+stop() {
+  for pidfile in "$dir"/*/pid; do
+    [ -f "$pidfile" ] || continue
+    kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+case "$cmd" in
+  stop) stop; exit 0 ;;
+  start) ;;
+  *) echo "usage: $0 start|stop DIR [PORT...]" >&2; exit 2 ;;
+esac
+
+shift 2
+ports=("$@")
+if [ "${#ports[@]}" -eq 0 ]; then
+  read -r -a ports <<<"$(pick_ports)"
+fi
+[ "${#ports[@]}" -eq 6 ] || { echo "cluster.sh: need 6 ports, got ${#ports[@]}" >&2; exit 2; }
+
+mkdir -p "$dir"
+for p in "${ports[@]}"; do
+  mkdir -p "$dir/$p"
+  redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
+    --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
+    --cluster-enabled yes --cluster-config-file nodes.conf \
+    --cluster-node-timeout "${NODE_TIMEOUT:-1000}" \
+    --save "" --appendonly no
+done
+for p in "${ports[@]}"; do
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = "PONG" ] && break
+    sleep 0.05
+  done
+done
+nodes=()
+for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
+redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
+  cat "$dir/create.log" >&2
+  stop
+  exit 1
+}
+for _ in $(seq 1 200); do
+  ok=1
+  for p in "${ports[@]}"; do
+    redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || ok=0
+  done
+  if [ "$ok" = 1 ]; then
+    echo "${ports[@]}" >"$dir/ports"
+    echo "redis://127.0.0.1:${ports[0]}" >"$dir/url"
+    echo "cluster.sh: cluster ok on ports ${ports[*]}"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "cluster.sh: the cluster did not reach cluster_state:ok" >&2
+stop
+exit 1

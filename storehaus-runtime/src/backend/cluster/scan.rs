@@ -1,0 +1,82 @@
+//! `SCAN` over a cluster: one walk per primary, one after the other, under
+//! one cursor. The cursor carries the primary's position (in the sorted
+//! list of primaries) in its top 16 bits and that node's own cursor below.
+//! A walk that meets another list of primaries (a failover during the walk)
+//! goes on with whichever node is now at that position: keys present for
+//! the whole walk on a stable cluster are all reached.
+
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+use super::ClusterBackend;
+use crate::backend::ScanStep;
+use crate::error::{CacheError, CacheResult};
+
+/// Bits of a combined cursor left for a node's own cursor.
+const NODE_BITS: u32 = 48;
+
+impl ClusterBackend {
+    /// One step of a walk over every primary's keys matching `pattern`,
+    /// unlinking what it finds (per slot).
+    pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
+        let primaries = self.primaries().await?;
+        let index = (cursor >> NODE_BITS) as usize;
+        let node_cursor = cursor & ((1 << NODE_BITS) - 1);
+        let Some((host, port)) = primaries.get(index) else {
+            return Ok(ScanStep::default());
+        };
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(node_cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(crate::backend::redis::SCAN_COUNT);
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.clone(),
+            port: *port,
+        });
+        let reply = self
+            .conn()
+            .route_command(scan, routing)
+            .await
+            .map_err(|e| self.map_err(e))?;
+        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply).map_err(|e| self.map_err(e.into()))?;
+        if next >= 1 << NODE_BITS {
+            return Err(CacheError::Command(format!(
+                "SCAN cursor {next} is too large to combine"
+            )));
+        }
+        let removed = if keys.is_empty() {
+            0
+        } else {
+            self.delete_physical(&keys, "UNLINK").await?
+        };
+        let next = match next {
+            0 if index + 1 < primaries.len() => (index as u64 + 1) << NODE_BITS,
+            0 => 0,
+            n => ((index as u64) << NODE_BITS) | n,
+        };
+        Ok(ScanStep { next, removed, keys })
+    }
+
+    /// The primaries' addresses, sorted, from `CLUSTER SLOTS`.
+    async fn primaries(&self) -> CacheResult<Vec<(String, u16)>> {
+        let slots: Vec<redis::Value> = self.run(redis::cmd("CLUSTER").arg("SLOTS").to_owned()).await?;
+        let mut primaries = Vec::new();
+        for range in slots {
+            let redis::Value::Array(parts) = range else { continue };
+            let Some(redis::Value::Array(primary)) = parts.into_iter().nth(2) else {
+                continue;
+            };
+            let mut fields = primary.into_iter();
+            let host: Option<String> = fields.next().and_then(|v| redis::from_redis_value(v).ok());
+            let port: Option<u16> = fields.next().and_then(|v| redis::from_redis_value(v).ok());
+            if let (Some(host), Some(port)) = (host, port) {
+                if !primaries.contains(&(host.clone(), port)) {
+                    primaries.push((host, port));
+                }
+            }
+        }
+        primaries.sort();
+        Ok(primaries)
+    }
+}

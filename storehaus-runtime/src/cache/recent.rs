@@ -1,0 +1,192 @@
+//! The log of recent invalidations: what was *acknowledged* by the cache
+//! in the last N seconds, kept so that it can be delivered again when the
+//! server behind the cache may have lost it.
+//!
+//! No Redis deployment keeps every acknowledged write through a failover
+//! or a restart from a snapshot: a `DEL` acknowledged by a primary can be
+//! missing on the replica promoted in its place, and the old row comes
+//! back. This is not `pending` (work that never reached the cache): every
+//! entry here did reach it. When the backend's contact epoch moves (a new
+//! `run_id`, another primary, a failed or redirected cluster command; see
+//! `backend::contact`), the manager hands the whole log to `pending` as
+//! plain deletions (generation counters are deleted too, so that they come
+//! back at a fresh random seed and no result cached under a lost bump can
+//! match again), and cached reads bypass the cache until it is delivered:
+//! to the new primary, or to the restarted node.
+//!
+//! Bounded twice: entries older than the window are dropped on the next
+//! write, and at most `max` keys are kept (the oldest go first, counted in
+//! `overflows`). A write costs one uncontended lock and the copy of its key
+//! names; reads never touch the log (one atomic load compares epochs).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One acknowledged invalidation.
+#[derive(Debug)]
+struct Entry {
+    at: Instant,
+    scope: String,
+    keys: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    entries: VecDeque<Entry>,
+    keys: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Recent {
+    window: Duration,
+    max: usize,
+    log: Mutex<Log>,
+    /// The contact epoch whose log was last handed to replay.
+    seen: AtomicU64,
+    overflows: AtomicU64,
+    handovers: AtomicU64,
+}
+
+impl Recent {
+    /// A log of the last `window` (zero: no log) holding at most `max` keys.
+    pub fn new(window: Duration, max: usize) -> Self {
+        Recent {
+            window,
+            max: max.max(1),
+            log: Mutex::new(Log::default()),
+            seen: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
+            handovers: AtomicU64::new(0),
+        }
+    }
+
+    /// The epoch whose log was last handed to replay. One atomic load.
+    #[inline]
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// Records that the log was handed to replay for `epoch`; `false` when
+    /// another task did so for this epoch or a later one already.
+    pub fn mark_seen(&self, epoch: u64) -> bool {
+        let first = self.seen.fetch_max(epoch, Ordering::AcqRel) < epoch;
+        if first {
+            self.handovers.fetch_add(1, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// How many times the log was handed to replay.
+    pub fn handovers(&self) -> u64 {
+        self.handovers.load(Ordering::Relaxed)
+    }
+
+    /// How many times the oldest entries were dropped to respect the bound.
+    pub fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Remembers an acknowledged invalidation of `keys` and `counters` in
+    /// `scope` (`{global}:{prefix}:`).
+    pub fn record(&self, scope: &str, keys: &[String], counters: &[String]) {
+        if self.window.is_zero() || (keys.is_empty() && counters.is_empty()) {
+            return;
+        }
+        let now = Instant::now();
+        let mut all = Vec::with_capacity(keys.len() + counters.len());
+        all.extend_from_slice(keys);
+        all.extend_from_slice(counters);
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.keys += all.len();
+        log.entries.push_back(Entry {
+            at: now,
+            scope: scope.to_string(),
+            keys: all,
+        });
+        self.prune(&mut log, now);
+    }
+
+    fn prune(&self, log: &mut Log, now: Instant) {
+        while let Some(first) = log.entries.front() {
+            let expired = now.duration_since(first.at) > self.window;
+            if !expired && log.keys <= self.max {
+                break;
+            }
+            if !expired {
+                self.overflows.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    max = self.max,
+                    "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower the window)"
+                );
+            }
+            if let Some(gone) = log.entries.pop_front() {
+                log.keys -= gone.keys.len();
+            }
+        }
+    }
+
+    /// What the log holds now, by scope: the keys to delete again.
+    pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        self.prune(&mut log, Instant::now());
+        let mut by_scope: Vec<(String, Vec<String>)> = Vec::new();
+        for e in &log.entries {
+            match by_scope.iter_mut().find(|(s, _)| *s == e.scope) {
+                Some((_, keys)) => keys.extend(e.keys.iter().cloned()),
+                None => by_scope.push((e.scope.clone(), e.keys.clone())),
+            }
+        }
+        for (_, keys) in &mut by_scope {
+            keys.sort_unstable();
+            keys.dedup();
+        }
+        by_scope
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: std::ops::Range<usize>) -> Vec<String> {
+        n.map(|i| format!("a:u:{i}")).collect()
+    }
+
+    #[test]
+    fn the_log_keeps_keys_and_counters_by_scope() {
+        let r = Recent::new(Duration::from_secs(60), 100);
+        r.record("a:u:", &keys(0..2), &["a:u:query:gen".to_string()]);
+        r.record("a:u:", &keys(1..3), &[]);
+        r.record("a:n:", &["a:n:1".to_string()], &[]);
+        let snap = r.snapshot();
+        assert_eq!(snap.len(), 2);
+        assert_eq!(snap[0].1, vec!["a:u:0", "a:u:1", "a:u:2", "a:u:query:gen"]);
+        assert_eq!(snap[1].1, vec!["a:n:1"]);
+    }
+
+    #[test]
+    fn the_log_is_bounded_in_time_and_size() {
+        let r = Recent::new(Duration::from_millis(30), 5);
+        r.record("a:u:", &keys(0..3), &[]);
+        r.record("a:u:", &keys(3..6), &[]);
+        assert_eq!(r.snapshot()[0].1.len(), 3, "the oldest entry went: 6 > 5 keys");
+        assert_eq!(r.overflows(), 1);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(r.snapshot().is_empty(), "older than the window");
+        let off = Recent::new(Duration::ZERO, 5);
+        off.record("a:u:", &keys(0..1), &[]);
+        assert!(off.snapshot().is_empty());
+    }
+
+    #[test]
+    fn an_epoch_is_handed_over_once() {
+        let r = Recent::new(Duration::from_secs(1), 5);
+        assert!(r.mark_seen(1));
+        assert!(!r.mark_seen(1));
+        assert!(r.mark_seen(3));
+        assert!(!r.mark_seen(2));
+        assert_eq!(r.seen(), 3);
+    }
+}
