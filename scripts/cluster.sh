@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts a private Redis Cluster on loopback: 3 primaries and 3 replicas
 # (`redis-server --cluster-enabled yes` + `redis-cli --cluster create`),
-# and waits until every node says `cluster_state:ok`. Never touches the
+# and waits until every node says `cluster_state:ok` and every primary has
+# its replica attached. Never touches the
 # shared Redis on 6379.
 #
 #   scripts/cluster.sh start DIR [PORT...]   6 ports, or 6 free ones
@@ -63,10 +64,16 @@ for p in "${ports[@]}"; do
     --save "" --appendonly no
 done
 for p in "${ports[@]}"; do
+  up=0
   for _ in $(seq 1 100); do
-    [ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = "PONG" ] && break
+    if [ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = "PONG" ]; then up=1; break; fi
     sleep 0.05
   done
+  if [ "$up" = 0 ]; then
+    echo "cluster.sh: node $p did not start (port taken?): $(tail -3 "$dir/$p/log" 2>/dev/null)" >&2
+    stop
+    exit 1
+  fi
 done
 nodes=()
 for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
@@ -79,6 +86,14 @@ for _ in $(seq 1 200); do
   ok=1
   for p in "${ports[@]}"; do
     redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || ok=0
+    # Every node knows the 3 replicas, and each node's replication is up:
+    # a primary with its replica attached, a replica with its link up;
+    # CLUSTER SLOTS lists a replica only once it has synced: 3 ranges of
+    # 10 lines (start, end, and 4 fields per node).
+    [ "$(redis-cli -h 127.0.0.1 -p "$p" cluster nodes 2>/dev/null | grep -c slave)" = 3 ] || ok=0
+    [ "$(redis-cli -h 127.0.0.1 -p "$p" cluster slots 2>/dev/null | wc -l)" = 30 ] || ok=0
+    repl=$(redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null)
+    grep -q "connected_slaves:1" <<<"$repl" || grep -q "master_link_status:up" <<<"$repl" || ok=0
   done
   if [ "$ok" = 1 ]; then
     echo "${ports[@]}" >"$dir/ports"

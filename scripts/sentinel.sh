@@ -57,7 +57,7 @@ for p in "$primary" "$replica"; do
   redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
     --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
     --save "" --appendonly no "${extra[@]}"
-  up "$p"
+  up "$p" || { echo "sentinel.sh: $p did not start (port taken?)" >&2; stop; exit 1; }
 done
 for s in "${ports[@]:2:3}"; do
   mkdir -p "$dir/$s"
@@ -74,7 +74,7 @@ sentinel failover-timeout mymaster 2000
 sentinel parallel-syncs mymaster 1
 CONF
   redis-server "$dir/$s/sentinel.conf" --sentinel
-  up "$s"
+  up "$s" || { echo "sentinel.sh: sentinel $s did not start (port taken?)" >&2; stop; exit 1; }
 done
 for _ in $(seq 1 200); do
   ok=1

@@ -29,19 +29,22 @@ fn scripts_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts")
 }
 
-fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) {
+/// Runs a script; `Err` with its output when it failed.
+fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let out = Command::new("bash")
         .arg(scripts_dir().join(script))
         .args(args)
         .envs(env.iter().copied())
         .output()
         .expect("bash runs");
-    assert!(
-        out.status.success(),
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{script} {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    ))
 }
 
 /// A deployment started by one of the scripts, in a directory of its own;
@@ -54,10 +57,25 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// Starts it on free ports; tries again on other ports when one was
+    /// taken meanwhile (by another test), three times at most.
     fn start(script: &'static str, env: &[(&str, &str)]) -> Deployment {
-        let dir = std::env::temp_dir().join(random_name("storehaus"));
-        let dir_arg = dir.to_string_lossy().to_string();
-        run_script(script, &["start", &dir_arg], env);
+        let mut failures = Vec::new();
+        loop {
+            let dir = std::env::temp_dir().join(random_name("storehaus"));
+            let dir_arg = dir.to_string_lossy().to_string();
+            match run_script(script, &["start", &dir_arg], env) {
+                Ok(()) => return Self::started(script, dir),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures.push(e);
+                    assert!(failures.len() < 3, "{failures:#?}");
+                }
+            }
+        }
+    }
+
+    fn started(script: &'static str, dir: PathBuf) -> Deployment {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("the script wrote it");
         let ports = read("ports")
             .split_whitespace()
@@ -72,18 +90,27 @@ impl Deployment {
         }
     }
 
-    /// SIGKILLs the server on `port` (its pid file names it).
-    fn kill(&self, port: u16) {
+    /// Sends `signal` to the server on `port` (its pid file names it).
+    fn signal(&self, port: u16, signal: &str) {
         let pidfile = self.dir.join(port.to_string()).join("pid");
         if let Ok(pid) = std::fs::read_to_string(&pidfile) {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-            let _ = std::fs::remove_file(pidfile);
+            let _ = Command::new("kill").args([signal, pid.trim()]).status();
+            if signal == "-9" {
+                let _ = std::fs::remove_file(pidfile);
+            }
         }
+    }
+
+    fn kill(&self, port: u16) {
+        self.signal(port, "-9");
     }
 }
 
 impl Drop for Deployment {
     fn drop(&mut self) {
+        for port in &self.ports {
+            self.signal(*port, "-CONT");
+        }
         let dir = self.dir.to_string_lossy().to_string();
         let _ = Command::new("bash")
             .arg(scripts_dir().join(self.script))
@@ -120,6 +147,11 @@ impl RedisCluster {
     /// SIGKILLs the node on `port`.
     pub fn kill(&self, port: u16) {
         self.deployment.kill(port);
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the node on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
     }
 
     /// The port of the primary that serves `key`'s slot now, and the port
@@ -207,6 +239,11 @@ impl Sentinels {
         self.deployment.kill(port);
     }
 
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the server on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
+    }
+
     /// Waits until a Sentinel names `port` as the primary and it says so.
     pub async fn wait_until_primary(&self, port: u16) {
         let start = Instant::now();
@@ -234,6 +271,21 @@ impl Sentinels {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Cuts the replication links of the primary on `port` (`CLIENT KILL TYPE
+/// replica`): with its replicas frozen, they cannot reconnect, and every
+/// write the primary acknowledges from now on exists on the primary only,
+/// as when it dies before replicating it.
+pub async fn cut_replication(port: u16) {
+    let mut c = raw_node(port).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut c)
+        .await
+        .expect("CLIENT KILL TYPE replica");
 }
 
 async fn try_raw(port: u16) -> redis::RedisResult<MultiplexedConnection> {

@@ -52,7 +52,7 @@ mod server;
 mod wait;
 
 pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
-pub use cluster::{cluster_url, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
+pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
 pub use db::{database_url, sqlite_memory, Db};
 pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
 pub use server::{free_port, RedisServer};

@@ -14,28 +14,25 @@
 //! match again), and cached reads bypass the cache until it is delivered:
 //! to the new primary, or to the restarted node.
 //!
-//! Bounded twice: entries older than the window are dropped on the next
-//! write, and at most `max` keys are kept (the oldest go first, counted in
-//! `overflows`). A write costs one uncontended lock and the copy of its key
-//! names; reads never touch the log (one atomic load compares epochs).
+//! Bounded twice: keys recorded longer ago than the window are dropped on
+//! the next write, and at most `max` keys are kept (the oldest go first,
+//! counted in `overflows`); a key recorded again is kept once. Replayed
+//! pending work was logged when it was first attempted and is not logged
+//! again. A write costs one uncontended lock and the copy of its key names;
+//! reads never touch the log (two atomic loads compare epochs).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// One acknowledged invalidation.
-#[derive(Debug)]
-struct Entry {
-    at: Instant,
-    scope: String,
-    keys: Vec<String>,
-}
 
 #[derive(Debug, Default)]
 struct Log {
-    entries: VecDeque<Entry>,
-    keys: usize,
+    /// Each key once: when it was last recorded, and its store's scope.
+    keys: HashMap<String, (Instant, Arc<str>)>,
+    /// Every record, oldest first (a key recorded again appears twice;
+    /// only its latest record keeps it in `keys`).
+    order: VecDeque<(Instant, String)>,
 }
 
 #[derive(Debug)]
@@ -83,46 +80,50 @@ impl Recent {
         self.handovers.load(Ordering::Relaxed)
     }
 
-    /// How many times the oldest entries were dropped to respect the bound.
+    /// How many keys were dropped before their time to respect the bound.
     pub fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
     }
 
-    /// Remembers an acknowledged invalidation of `keys` and `counters` in
-    /// `scope` (`{global}:{prefix}:`).
+    /// Remembers an invalidation of `keys` and `counters` in `scope`
+    /// (`{global}:{prefix}:`); a key recorded again is kept once, from its
+    /// latest record.
     pub fn record(&self, scope: &str, keys: &[String], counters: &[String]) {
         if self.window.is_zero() || (keys.is_empty() && counters.is_empty()) {
             return;
         }
         let now = Instant::now();
-        let mut all = Vec::with_capacity(keys.len() + counters.len());
-        all.extend_from_slice(keys);
-        all.extend_from_slice(counters);
+        let scope: Arc<str> = Arc::from(scope);
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        log.keys += all.len();
-        log.entries.push_back(Entry {
-            at: now,
-            scope: scope.to_string(),
-            keys: all,
-        });
+        for key in keys.iter().chain(counters) {
+            log.keys.insert(key.clone(), (now, scope.clone()));
+            log.order.push_back((now, key.clone()));
+        }
         self.prune(&mut log, now);
     }
 
     fn prune(&self, log: &mut Log, now: Instant) {
-        while let Some(first) = log.entries.front() {
-            let expired = now.duration_since(first.at) > self.window;
-            if !expired && log.keys <= self.max {
+        if log.order.len() > 2 * self.max.max(log.keys.len()) {
+            // Keys recorded again left older records behind: keep one per key.
+            let mut order: Vec<(Instant, String)> = log.keys.iter().map(|(k, (at, _))| (*at, k.clone())).collect();
+            order.sort_unstable();
+            log.order = order.into();
+        }
+        while let Some((at, _)) = log.order.front() {
+            let expired = now.duration_since(*at) > self.window;
+            if !expired && log.keys.len() <= self.max {
                 break;
             }
-            if !expired {
-                self.overflows.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    max = self.max,
-                    "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower the window)"
-                );
-            }
-            if let Some(gone) = log.entries.pop_front() {
-                log.keys -= gone.keys.len();
+            let Some((at, key)) = log.order.pop_front() else { break };
+            if log.keys.get(&key).is_some_and(|(last, _)| *last == at) {
+                log.keys.remove(&key);
+                if !expired {
+                    self.overflows.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        max = self.max,
+                        "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower the window)"
+                    );
+                }
             }
         }
     }
@@ -131,18 +132,19 @@ impl Recent {
     pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         self.prune(&mut log, Instant::now());
-        let mut by_scope: Vec<(String, Vec<String>)> = Vec::new();
-        for e in &log.entries {
-            match by_scope.iter_mut().find(|(s, _)| *s == e.scope) {
-                Some((_, keys)) => keys.extend(e.keys.iter().cloned()),
-                None => by_scope.push((e.scope.clone(), e.keys.clone())),
-            }
+        let mut by_scope: HashMap<Arc<str>, Vec<String>> = HashMap::new();
+        for (key, (_, scope)) in &log.keys {
+            by_scope.entry(scope.clone()).or_default().push(key.clone());
         }
-        for (_, keys) in &mut by_scope {
+        let mut out: Vec<(String, Vec<String>)> = by_scope
+            .into_iter()
+            .map(|(scope, keys)| (scope.to_string(), keys))
+            .collect();
+        for (_, keys) in &mut out {
             keys.sort_unstable();
-            keys.dedup();
         }
-        by_scope
+        out.sort_unstable();
+        out
     }
 }
 
@@ -162,8 +164,8 @@ mod tests {
         r.record("a:n:", &["a:n:1".to_string()], &[]);
         let snap = r.snapshot();
         assert_eq!(snap.len(), 2);
-        assert_eq!(snap[0].1, vec!["a:u:0", "a:u:1", "a:u:2", "a:u:query:gen"]);
-        assert_eq!(snap[1].1, vec!["a:n:1"]);
+        assert_eq!(snap[0], ("a:n:".to_string(), vec!["a:n:1".to_string()]));
+        assert_eq!(snap[1].1, vec!["a:u:0", "a:u:1", "a:u:2", "a:u:query:gen"]);
     }
 
     #[test]
@@ -171,7 +173,12 @@ mod tests {
         let r = Recent::new(Duration::from_millis(30), 5);
         r.record("a:u:", &keys(0..3), &[]);
         r.record("a:u:", &keys(3..6), &[]);
-        assert_eq!(r.snapshot()[0].1.len(), 3, "the oldest entry went: 6 > 5 keys");
+        assert_eq!(r.snapshot()[0].1, keys(1..6), "the oldest key went: 6 > 5 keys");
+        assert_eq!(r.overflows(), 1);
+        for _ in 0..10 {
+            r.record("a:u:", &keys(1..2), &[]);
+        }
+        assert_eq!(r.snapshot()[0].1, keys(1..6), "a key recorded again is kept once");
         assert_eq!(r.overflows(), 1);
         std::thread::sleep(Duration::from_millis(40));
         assert!(r.snapshot().is_empty(), "older than the window");

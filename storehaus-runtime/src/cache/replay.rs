@@ -111,9 +111,6 @@ impl CacheManager {
             counters: &batch.counters,
             tags: &batch.tags,
         };
-        for (scope, keys) in by_scope(&batch.keys) {
-            self.recent.record(scope, &keys, &[]);
-        }
         let Ok(done) = self
             .guarded(deadline, "replay_invalidations", || self.backend.invalidate(&inv))
             .await
@@ -142,19 +139,6 @@ impl CacheManager {
     }
 }
 
-/// Replayed keys grouped by their store's scope (`{global}:{prefix}:`, the
-/// key up to its last `:`), for the log of recent invalidations.
-fn by_scope(keys: &[String]) -> Vec<(&str, Vec<String>)> {
-    let mut out: Vec<(&str, Vec<String>)> = Vec::new();
-    for k in keys {
-        let scope = k.rfind(':').map_or("", |i| &k[..=i]);
-        match out.iter_mut().find(|(s, _)| *s == scope) {
-            Some((_, ks)) => ks.push(k.clone()),
-            None => out.push((scope, vec![k.clone()])),
-        }
-    }
-    out
-}
 /// Replays the pending invalidations, batch after batch, with backoff after
 /// a failure, so that a process that only writes still cleans up after an
 /// outage. Ends when nothing is pending, or when the manager is gone.

@@ -21,7 +21,8 @@
 pub(crate) mod layout;
 mod scan;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -42,7 +43,8 @@ const MIN_NODE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct ClusterBackend {
     client: ClusterClient,
     config: ClusterConfig,
-    conn: OnceLock<ClusterConnection>,
+    conn: RwLock<Option<ClusterConnection>>,
+    health: Health,
     scripts: Scripts,
     contact: Arc<Contact>,
     wait: Option<(u32, u64)>,
@@ -56,9 +58,10 @@ impl std::fmt::Debug for ClusterBackend {
 
 /// Moves the contact epoch if the command it watches is abandoned before
 /// its answer (the caller's budget ran out): a node that does not answer
-/// may be replaced by a replica.
+/// may be replaced by a replica. Counts it as a failure of the connection.
 struct Watched<'a> {
     contact: &'a Contact,
+    health: &'a Health,
     done: bool,
 }
 
@@ -66,9 +69,39 @@ impl Drop for Watched<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.contact.bump("a cluster command went unanswered");
+            self.health.failed();
         }
     }
 }
+
+/// Failures since the last answer, so that a cluster connection that keeps
+/// failing is replaced by a new one (which learns the slot map afresh from
+/// the seeds) instead of being waited on forever.
+#[derive(Debug, Default)]
+struct Health {
+    failures: AtomicU32,
+    /// Set when the connection must be replaced before the next command.
+    replace: AtomicBool,
+}
+
+impl Health {
+    fn answered(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= REPLACE_AFTER_FAILURES {
+            self.failures.store(0, Ordering::Relaxed);
+            self.replace.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Consecutive failures (errors or unanswered commands) after which the
+/// cluster connection is replaced.
+const REPLACE_AFTER_FAILURES: u32 = 8;
 
 impl ClusterBackend {
     /// A backend on the cluster that `seeds` (URLs of some of its nodes,
@@ -95,20 +128,36 @@ impl ClusterBackend {
             config: ClusterConfig::new()
                 .set_connection_timeout(limit)
                 .set_response_timeout(limit),
-            conn: OnceLock::new(),
+            conn: RwLock::new(None),
+            health: Health::default(),
             scripts: Scripts::new(),
             contact,
             wait,
         })
     }
 
+    /// The cluster connection (made in the background on first use, and
+    /// made again after [`REPLACE_AFTER_FAILURES`] failures in a row).
     fn conn(&self) -> ClusterConnection {
-        self.conn
-            .get_or_init(|| {
-                self.client
-                    .get_pending_async_connection_with_config(self.config.clone())
-            })
-            .clone()
+        let replace = self.health.replace.swap(false, Ordering::AcqRel);
+        if !replace {
+            if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
+                return conn;
+            }
+        } else {
+            tracing::debug!("the cluster connection keeps failing: connecting afresh");
+        }
+        let mut slot = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(conn) if !replace => conn.clone(),
+            _ => {
+                let conn = self
+                    .client
+                    .get_pending_async_connection_with_config(self.config.clone());
+                *slot = Some(conn.clone());
+                conn
+            }
+        }
     }
 
     /// Runs one command, pipeline or script, routed by its first key.
@@ -116,11 +165,18 @@ impl ClusterBackend {
         let mut conn = self.conn();
         let mut watched = Watched {
             contact: &self.contact,
+            health: &self.health,
             done: false,
         };
         let result = cmd.run(&mut conn).await;
         watched.done = true;
-        result.map_err(|e| self.map_err(e))
+        match result {
+            Ok(v) => {
+                self.health.answered();
+                Ok(v)
+            }
+            Err(e) => Err(self.map_err(e)),
+        }
     }
 
     /// Maps an error; a sign that a primary may have changed moves the
@@ -138,6 +194,7 @@ impl ClusterBackend {
             }
             e @ CacheError::ConnectionError(_) => {
                 self.contact.bump("a cluster node failed");
+                self.health.failed();
                 e
             }
             other => other,
