@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a private Redis Cluster on loopback: 3 primaries and 3 replicas
-# (`redis-server --cluster-enabled yes` + `redis-cli --cluster create`),
+# (`redis-server --cluster-enabled yes` + `cli --cluster create`),
 # and waits until every node says `cluster_state:ok` and every primary has
 # its replica attached. Never touches the
 # shared Redis on 6379.
@@ -12,7 +12,7 @@
 # created) and `url` (redis://127.0.0.1:<first port>). Each node's pid is
 # in DIR/<port>/pid; `stop` kills exactly those. NODE_TIMEOUT (ms, default
 # 1000) is the cluster-node-timeout: how soon a replica replaces a dead
-# primary.
+# primary. PASSWORD, when set, is every node's requirepass (and masterauth).
 set -euo pipefail
 
 cmd="${1:-}"
@@ -23,8 +23,10 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pick_ports() {
   local picked=()
+  # Below the ephemeral range (32768+), where outgoing connections'
+  # ports could make a bind fail; the bus port (+10000) too.
   while [ "${#picked[@]}" -lt 6 ]; do
-    local p=$((20000 + RANDOM % 30000))
+    local p=$((10000 + RANDOM % 12000))
     # The cluster bus listens on port + 10000 too.
     if port_free "$p" && port_free $((p + 10000)) && [[ ! " ${picked[*]} " =~ " $p " ]]; then
       picked+=("$p")
@@ -61,12 +63,14 @@ for p in "${ports[@]}"; do
     --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
     --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "${NODE_TIMEOUT:-1000}" \
-    --save "" --appendonly no
+    --save "" --appendonly no ${PASSWORD:+--requirepass "$PASSWORD" --masterauth "$PASSWORD"}
 done
+if [ -n "${PASSWORD:-}" ]; then export REDISCLI_AUTH="$PASSWORD"; fi
+cli() { redis-cli "$@"; }
 for p in "${ports[@]}"; do
   up=0
   for _ in $(seq 1 100); do
-    if [ "$(redis-cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = "PONG" ]; then up=1; break; fi
+    if [ "$(cli -h 127.0.0.1 -p "$p" ping 2>/dev/null)" = "PONG" ]; then up=1; break; fi
     sleep 0.05
   done
   if [ "$up" = 0 ]; then
@@ -77,7 +81,7 @@ for p in "${ports[@]}"; do
 done
 nodes=()
 for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
-redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
+cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
   cat "$dir/create.log" >&2
   stop
   exit 1
@@ -85,14 +89,14 @@ redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$d
 for _ in $(seq 1 200); do
   ok=1
   for p in "${ports[@]}"; do
-    redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || ok=0
+    cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok" || ok=0
     # Every node knows the 3 replicas, and each node's replication is up:
     # a primary with its replica attached, a replica with its link up;
     # CLUSTER SLOTS lists a replica only once it has synced: 3 ranges of
     # 10 lines (start, end, and 4 fields per node).
-    [ "$(redis-cli -h 127.0.0.1 -p "$p" cluster nodes 2>/dev/null | grep -c slave)" = 3 ] || ok=0
-    [ "$(redis-cli -h 127.0.0.1 -p "$p" cluster slots 2>/dev/null | wc -l)" = 30 ] || ok=0
-    repl=$(redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null)
+    [ "$(cli -h 127.0.0.1 -p "$p" cluster nodes 2>/dev/null | grep -c slave)" = 3 ] || ok=0
+    [ "$(cli -h 127.0.0.1 -p "$p" cluster slots 2>/dev/null | wc -l)" = 30 ] || ok=0
+    repl=$(cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null)
     grep -q "connected_slaves:1" <<<"$repl" || grep -q "master_link_status:up" <<<"$repl" || ok=0
   done
   if [ "$ok" = 1 ]; then

@@ -35,7 +35,7 @@ esac
 shift 2
 ports=("$@")
 while [ "${#ports[@]}" -lt 5 ]; do
-  p=$((20000 + RANDOM % 30000))
+  p=$((10000 + RANDOM % 22000))
   if port_free "$p" && [[ ! " ${ports[*]} " =~ " $p " ]]; then ports+=("$p"); fi
 done
 primary=${ports[0]}

@@ -134,6 +134,13 @@ impl RedisCluster {
         }
     }
 
+    /// Starts one whose nodes require `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisCluster {
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000"), ("PASSWORD", password)]),
+        }
+    }
+
     /// `redis://127.0.0.1:<a node>`.
     pub fn url(&self) -> String {
         self.deployment.url.clone()
