@@ -16,6 +16,9 @@
 #   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
 #                                     under each Redis fault (about a minute;
 #                                     README, "What a fault costs")
+#   bash scripts/bench.sh --cluster   Redis Cluster against raw redis-rs, and
+#                                     the single-node hot path built with and
+#                                     without the `cluster` feature
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -28,12 +31,13 @@ for arg in "$@"; do
     --diagnose) mode=diagnose ;;
     --replay) mode=replay ;;
     --faults) mode=faults ;;
+    --cluster) mode=cluster ;;
     -h|--help)
-      sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --faults or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --faults, --cluster or nothing)" >&2
       exit 2
       ;;
   esac
@@ -49,9 +53,15 @@ case "$mode" in
   full)
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     ;;
   quick) cargo bench --bench scenarios -- --quick --out "$CARGO_TARGET_DIR/bench/BENCHMARKS.quick.md" ;;
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
   replay) cargo bench --bench replay ;;
   faults) cargo bench --bench faults ;;
+  cluster)
+    cargo bench --bench cluster
+    cargo bench --bench cluster --no-default-features --features sqlite
+    ;;
 esac

@@ -3,6 +3,7 @@
 //! layout spreads a store over slots and primaries, walks reach every
 //! primary, seeds and credentials work, and a Sentinel URL finds its
 //! primary.
+#![cfg(feature = "cluster")]
 
 use std::collections::HashSet;
 

@@ -265,6 +265,7 @@ async fn wrong_entries(manager: &Arc<CacheManager>, store: &GenericStore<Item>, 
     wrong
 }
 
+#[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_failover_serves_no_stale_row() {
     let outcome = failover_torture(Deployment::Cluster(RedisCluster::start()), 60).await;
@@ -276,6 +277,7 @@ async fn cluster_failover_serves_no_stale_row() {
     assert!(outcome.recent_replays > 0, "{outcome:?}");
 }
 
+#[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_failover_without_the_log_serves_stale_rows() {
     let outcome = failover_torture(Deployment::Cluster(RedisCluster::start()), 0).await;

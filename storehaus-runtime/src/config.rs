@@ -73,8 +73,13 @@ impl CacheConfig {
     /// outage (see [`with_max_pending_invalidations`](Self::with_max_pending_invalidations)).
     pub const DEFAULT_MAX_PENDING_INVALIDATIONS: usize = 100_000;
 
-    /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
-    /// the default TTL in seconds and the global key prefix.
+    /// A configuration with the URL (`redis://`, `rediss://`,
+    /// `redis+sentinel://` or `memory://`), the default TTL in seconds and
+    /// the global key prefix. A `redis://` URL may name one node of a Redis
+    /// Cluster: the first connect finds out (see
+    /// [`with_cluster_nodes`](Self::with_cluster_nodes)).
+    /// `redis+sentinel://host:26379,host:26380/mymaster` reaches the primary
+    /// that Sentinel names for `mymaster`, asked again on every reconnect.
     ///
     /// Credentials go in the URL: `redis://:password@host:6379` for
     /// `requirepass`, `redis://user:password@host:6379` for an ACL user

@@ -200,6 +200,7 @@ impl Env {
     /// cluster gives query results, generations and tag sets a hash tag).
     pub fn stored_key(&self, key: &str) -> String {
         match self.stack {
+            #[cfg(feature = "cluster")]
             Stack::ClusterPostgres => storehaus_runtime::test_hooks::cluster_key(key),
             _ => key.to_string(),
         }
@@ -1039,6 +1040,7 @@ macro_rules! behaviour_suite {
         }
 
         /// The suite on a Redis Cluster + PostgreSQL.
+        #[cfg(feature = "cluster")]
         mod cluster_postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
