@@ -5,7 +5,7 @@ use redis::Script;
 
 /// Writes each value only where the key still holds the reader's lease.
 ///
-/// KEYS: the keys. ARGV[1]: the lease, ARGV[2]: TTL in ms, ARGV[3..]: one
+/// KEYS: the keys. `ARGV[1]`: the lease, `ARGV[2]`: TTL in ms, `ARGV[3..]`: one
 /// value per key. Returns how many keys were filled. `pcall` keeps a key of
 /// the wrong type from failing the others.
 pub const FILL_SCRIPT: &str = r"
