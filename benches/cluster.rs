@@ -28,7 +28,10 @@ use storehaus_testkit::records::items::{self, Item};
 use storehaus_testkit::{raw_cluster, RedisCluster};
 use storehaus_testkit::{Db, RedisServer};
 
-const SECONDS: f64 = 1.5;
+const SECONDS: f64 = 1.0;
+/// Each comparison runs its baseline and its subject alternately this many
+/// times; the tables show medians (the machine is shared: single runs vary).
+const ROUNDS: usize = 5;
 const TASKS: usize = 16;
 const ROWS: i64 = 2_000;
 
@@ -53,13 +56,38 @@ fn main() {
     }
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The medians over [`ROUNDS`] alternate runs of `base` and `subject`
+/// (ops/s), and the median of their per-round ratios.
+async fn compare<A, FA, B, FB>(base: A, subject: B) -> (f64, f64, f64)
+where
+    A: Fn(u64) -> FA + Send + Sync + 'static,
+    FA: Future<Output = ()> + Send,
+    B: Fn(u64) -> FB + Send + Sync + 'static,
+    FB: Future<Output = ()> + Send,
+{
+    let (base, subject) = (Arc::new(base), Arc::new(subject));
+    let (mut b, mut s, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let x = throughput(base.clone()).await;
+        let y = throughput(subject.clone()).await;
+        b.push(x);
+        s.push(y);
+        r.push(y / x);
+    }
+    (median(b), median(s), median(r))
+}
+
 /// Calls per second of `op` run by [`TASKS`] tasks for [`SECONDS`] s.
-async fn throughput<F, Fut>(op: F) -> f64
+async fn throughput<F, Fut>(op: Arc<F>) -> f64
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let op = Arc::new(op);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -135,6 +163,37 @@ async fn run() -> String {
     out
 }
 
+/// `GET` of one of the keys, on a raw connection.
+fn raw_get<C>(
+    raw: C,
+    keys: Arc<Vec<String>>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static
+where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    move |i| {
+        let (mut raw, key) = (raw.clone(), keys[(i % ROWS as u64) as usize].clone());
+        Box::pin(async move {
+            let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut raw).await.expect("GET");
+        })
+    }
+}
+
+/// `get_by_id` of one of the rows.
+fn hit(
+    store: Arc<GenericStore<Item>>,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync + 'static {
+    move |i| {
+        let store = store.clone();
+        Box::pin(async move {
+            store
+                .get_by_id(&((i % ROWS as u64) as i64 + 1))
+                .await
+                .expect("get_by_id");
+        })
+    }
+}
+
 /// The single-node hot path, to compare between a build with the `cluster`
 /// feature and one without.
 async fn single_node(db: &Db, out: &mut String) {
@@ -145,36 +204,13 @@ async fn single_node(db: &Db, out: &mut String) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let raw = storehaus_testkit::raw_redis(&server.url()).await;
     let keys: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| store.cache_key(id)).collect());
-    let raw_ops = {
-        let (raw, keys) = (raw.clone(), keys.clone());
-        throughput(move |i| {
-            let (mut raw, key) = (raw.clone(), keys[(i % ROWS as u64) as usize].clone());
-            async move {
-                let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut raw).await.expect("GET");
-            }
-        })
-        .await
-    };
-    let hit_ops = {
-        let store = store.clone();
-        throughput(move |i| {
-            let store = store.clone();
-            async move {
-                store
-                    .get_by_id(&((i % ROWS as u64) as i64 + 1))
-                    .await
-                    .expect("get_by_id");
-            }
-        })
-        .await
-    };
+    let (raw_ops, hit_ops, ratio) = compare(raw_get(raw, keys), hit(store)).await;
     let _ = writeln!(
         out,
-        "| one node, `cluster` feature {} | ops/s | vs raw GET |\n|---|---:|---:|\n\
+        "| one node, `cluster` feature {} | ops/s (median of {ROUNDS}) | vs raw GET (median ratio) |\n|---|---:|---:|\n\
          | raw redis-rs GET | {raw_ops:.0} | 1.00 |\n\
-         | StoreHaus `get_by_id` hit | {hit_ops:.0} | {:.2} |\n",
+         | StoreHaus `get_by_id` hit | {hit_ops:.0} | {ratio:.2} |\n",
         feature_label(),
-        hit_ops / raw_ops
     );
 }
 
@@ -189,35 +225,23 @@ async fn cluster(db: &Db, out: &mut String) {
     let raw = raw_cluster(&url).await;
     let keys: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| store.cache_key(id)).collect());
 
-    let raw_get = {
+    let (raw_ops, hit_ops, hit_ratio) = compare(raw_get(raw.clone(), keys.clone()), hit(store.clone())).await;
+    // Misses: each read is of a key just deleted, so it goes GET, lease,
+    // database, fill; the baseline sends the cache commands alone (DEL, GET).
+    let raw_del_get = {
         let (raw, keys) = (raw.clone(), keys.clone());
-        throughput(move |i| {
+        move |i: u64| {
             let (mut raw, key) = (raw.clone(), keys[(i % ROWS as u64) as usize].clone());
             async move {
+                let _: u64 = redis::cmd("DEL").arg(&key).query_async(&mut raw).await.expect("DEL");
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut raw).await.expect("GET");
             }
-        })
-        .await
+        }
     };
-    let hit = {
-        let store = store.clone();
-        throughput(move |i| {
-            let store = store.clone();
-            async move {
-                store
-                    .get_by_id(&((i % ROWS as u64) as i64 + 1))
-                    .await
-                    .expect("get_by_id");
-            }
-        })
-        .await
-    };
-    // Misses: each read is of a key just invalidated (DEL through the cache),
-    // so it goes GET, lease, database, fill.
     let miss = {
         let store = store.clone();
         let manager = store.cache_manager().expect("cached");
-        throughput(move |i| {
+        move |i: u64| {
             let (store, manager) = (store.clone(), manager.clone());
             async move {
                 let id = (i % ROWS as u64) as i64 + 1;
@@ -227,38 +251,15 @@ async fn cluster(db: &Db, out: &mut String) {
                     .expect("delete_record");
                 store.get_by_id(&id).await.expect("get_by_id");
             }
-        })
-        .await
+        }
     };
-    let raw_del_get = {
-        let (raw, keys) = (raw.clone(), keys.clone());
-        throughput(move |i| {
-            let (mut raw, key) = (raw.clone(), keys[(i % ROWS as u64) as usize].clone());
-            async move {
-                let _: u64 = redis::cmd("DEL").arg(&key).query_async(&mut raw).await.expect("DEL");
-                let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut raw).await.expect("GET");
-            }
-        })
-        .await
-    };
+    let (raw_miss_ops, miss_ops, miss_ratio) = compare(raw_del_get, miss).await;
     // get_many(100): 100 ids spread over (nearly) 100 slots on 3 primaries.
     store.get_many(&ids).await.expect("warm again");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let many = {
-        let store = store.clone();
-        throughput(move |i| {
-            let store = store.clone();
-            async move {
-                let base = (i * 100) % (ROWS as u64 - 100);
-                let ids: Vec<i64> = (0..100).map(|k| (base + k) as i64 + 1).collect();
-                store.get_many(&ids).await.expect("get_many");
-            }
-        })
-        .await
-    };
     let raw_mget = {
         let (raw, keys) = (raw.clone(), keys.clone());
-        throughput(move |i| {
+        move |i: u64| {
             let mut raw = raw.clone();
             let base = ((i * 100) % (ROWS as u64 - 100)) as usize;
             let batch: Vec<String> = keys[base..base + 100].to_vec();
@@ -266,23 +267,31 @@ async fn cluster(db: &Db, out: &mut String) {
                 // redis-rs splits a cross-slot MGET by slot itself.
                 let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(batch).query_async(&mut raw).await.expect("MGET");
             }
-        })
-        .await
+        }
     };
+    let many = {
+        let store = store.clone();
+        move |i: u64| {
+            let store = store.clone();
+            async move {
+                let base = (i * 100) % (ROWS as u64 - 100);
+                let ids: Vec<i64> = (0..100).map(|k| (base + k) as i64 + 1).collect();
+                store.get_many(&ids).await.expect("get_many");
+            }
+        }
+    };
+    let (raw_many_ops, many_ops, many_ratio) = compare(raw_mget, many).await;
     let slots: std::collections::HashSet<u16> = keys[..100].iter().map(|k| storehaus_testkit::key_slot(k)).collect();
     let _ = writeln!(
         out,
-        "| on the cluster | ops/s | vs raw |\n|---|---:|---:|\n\
-         | raw redis-rs cluster GET | {raw_get:.0} | 1.00 |\n\
-         | StoreHaus `get_by_id` hit | {hit:.0} | {:.2} |\n\
-         | raw DEL + GET (the miss's cache round trips, no database) | {raw_del_get:.0} | 1.00 |\n\
-         | StoreHaus `delete_record` + `get_by_id` miss (GET, lease, database, fill) | {miss:.0} | {:.2} |\n\
-         | raw redis-rs cluster MGET of 100 keys ({} slots) | {raw_mget:.0} | 1.00 |\n\
-         | StoreHaus `get_many(100)` all hits (one MGET per slot, concurrently) | {many:.0} | {:.2} |\n",
-        hit / raw_get,
-        miss / raw_del_get,
+        "| on the cluster | ops/s (median of {ROUNDS}) | vs raw (median ratio) |\n|---|---:|---:|\n\
+         | raw redis-rs cluster GET | {raw_ops:.0} | 1.00 |\n\
+         | StoreHaus `get_by_id` hit | {hit_ops:.0} | {hit_ratio:.2} |\n\
+         | raw DEL + GET (the miss's cache round trips, no database) | {raw_miss_ops:.0} | 1.00 |\n\
+         | StoreHaus `delete_record` + `get_by_id` miss (GET, lease, database, fill) | {miss_ops:.0} | {miss_ratio:.2} |\n\
+         | raw redis-rs cluster MGET of 100 keys ({} slots) | {raw_many_ops:.0} | 1.00 |\n\
+         | StoreHaus `get_many(100)` all hits (one MGET per slot, concurrently) | {many_ops:.0} | {many_ratio:.2} |\n",
         slots.len(),
-        many / raw_mget
     );
     layout(&raw, out).await;
     wait_cost(db, &url, out).await;
@@ -295,70 +304,57 @@ async fn cluster(db: &Db, out: &mut String) {
 async fn layout(raw: &redis::cluster_async::ClusterConnection, out: &mut String) {
     let mut c = raw.clone();
     let value = vec![7u8; 120];
-    let _: () = redis::cmd("SET")
-        .arg("b:q:query:{b:q}:gen")
-        .arg(42)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let _: () = redis::cmd("SET")
-        .arg("b:q:query:{b:q}:h")
-        .arg(&value)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let _: () = redis::cmd("SET")
-        .arg("b:q:query:gen")
-        .arg(42)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let _: () = redis::cmd("SET")
-        .arg("b:q:query:42:h")
-        .arg(&value)
-        .query_async(&mut c)
-        .await
-        .expect("SET");
-    let tagged = latency(3_000, |_| {
-        let mut c = raw.clone();
-        async move {
-            let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg("b:q:query:{b:q}:gen")
-                .arg("b:q:query:{b:q}:h")
-                .query_async(&mut c)
-                .await
-                .expect("MGET");
-        }
-    })
-    .await;
-    let named = latency(3_000, |_| {
-        let mut c = raw.clone();
-        async move {
-            let g: u64 = redis::cmd("GET")
-                .arg("b:q:query:gen")
-                .query_async(&mut c)
-                .await
-                .expect("GET");
-            let _: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(format!("b:q:query:{g}:h"))
-                .query_async(&mut c)
-                .await
-                .expect("GET");
-        }
-    })
-    .await;
+    for (k, v) in [
+        ("b:q:query:{b:q}:gen", b"42".to_vec()),
+        ("b:q:query:{b:q}:h", value.clone()),
+        ("b:q:query:gen", b"42".to_vec()),
+        ("b:q:query:42:h", value),
+    ] {
+        let _: () = redis::cmd("SET").arg(k).arg(v).query_async(&mut c).await.expect("SET");
+    }
+    let (mut tagged, mut named) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        tagged.push(
+            latency(1_000, |_| {
+                let mut c = raw.clone();
+                async move {
+                    let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                        .arg("b:q:query:{b:q}:gen")
+                        .arg("b:q:query:{b:q}:h")
+                        .query_async(&mut c)
+                        .await
+                        .expect("MGET");
+                }
+            })
+            .await,
+        );
+        named.push(
+            latency(1_000, |_| {
+                let mut c = raw.clone();
+                async move {
+                    let g: u64 = redis::cmd("GET")
+                        .arg("b:q:query:gen")
+                        .query_async(&mut c)
+                        .await
+                        .expect("GET");
+                    let _: Option<Vec<u8>> = redis::cmd("GET")
+                        .arg(format!("b:q:query:{g}:h"))
+                        .query_async(&mut c)
+                        .await
+                        .expect("GET");
+                }
+            })
+            .await,
+        );
+    }
     let _ = writeln!(
         out,
-        "| query hit's cache work, one task | µs per read |\n|---|---:|\n\
-         | hash tag: `MGET [generation, entry]` in one slot (chosen) | {tagged:.1} |\n\
-         | generation in the entry's name: `GET generation`, then `GET entry` | {named:.1} |\n"
+        "| query hit's cache work, one task | µs per read (median of {ROUNDS}) |\n|---|---:|\n\
+         | hash tag: `MGET [generation, entry]` in one slot (chosen) | {:.1} |\n\
+         | generation in the entry's name: `GET generation`, then `GET entry` | {:.1} |\n",
+        median(tagged),
+        median(named)
     );
-    let _: u64 = redis::cmd("DEL")
-        .arg("b:q:query:{b:q}:gen")
-        .arg("b:q:query:{b:q}:h")
-        .query_async(&mut c)
-        .await
-        .unwrap_or(0);
 }
 
 /// What `with_wait_for_replicas(1, 100)` adds to a write's invalidation.
@@ -366,35 +362,43 @@ async fn layout(raw: &redis::cluster_async::ClusterConnection, out: &mut String)
 async fn wait_cost(db: &Db, url: &str, out: &mut String) {
     let plain = store_on(db, url, |c| c).await;
     let waiting = store_on(db, url, |c| c.with_wait_for_replicas(1, 100)).await;
-    let mut rows = Vec::new();
-    for (label, store) in [
-        ("no WAIT (default)", &plain),
-        ("`WAIT 1 100` after each invalidation", &waiting),
-    ] {
-        let manager = store.cache_manager().expect("cached");
+    for store in [&plain, &waiting] {
         // Warm: connections made, scripts loaded, the counter seeded.
+        let manager = store.cache_manager().expect("cached");
         for _ in 0..200 {
             manager.invalidate_queries("items").await.expect("invalidate_queries");
         }
-        let inval = latency(2_000, |_| {
-            let manager = manager.clone();
-            async move {
-                manager.invalidate_queries("items").await.expect("invalidate_queries");
-            }
-        })
-        .await;
-        let update = latency(500, |i| async move {
-            let id = (i % 100) as i64 + 1;
-            store.update(&id, item(id, 1), None).await.expect("update");
-        })
-        .await;
-        rows.push((label, inval, update));
+    }
+    let mut rows: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for _ in 0..ROUNDS {
+        for (n, store) in [&plain, &waiting].into_iter().enumerate() {
+            let manager = store.cache_manager().expect("cached");
+            rows[n].0.push(
+                latency(500, |_| {
+                    let manager = manager.clone();
+                    async move {
+                        manager.invalidate_queries("items").await.expect("invalidate_queries");
+                    }
+                })
+                .await,
+            );
+            rows[n].1.push(
+                latency(100, |i| async move {
+                    let id = (i % 100) as i64 + 1;
+                    store.update(&id, item(id, 1), None).await.expect("update");
+                })
+                .await,
+            );
+        }
     }
     let _ = writeln!(
         out,
-        "| write, one task | invalidation alone, µs | `update` (database + invalidation), µs |\n|---|---:|---:|"
+        "| write, one task | invalidation alone, µs (median of {ROUNDS}) | `update` (database + invalidation), µs |\n|---|---:|---:|"
     );
-    for (label, inval, update) in rows {
-        let _ = writeln!(out, "| {label} | {inval:.1} | {update:.1} |");
+    for (label, (inval, update)) in ["no WAIT (default)", "`WAIT 1 100` after each invalidation"]
+        .into_iter()
+        .zip(rows)
+    {
+        let _ = writeln!(out, "| {label} | {:.1} | {:.1} |", median(inval), median(update));
     }
 }

@@ -193,12 +193,14 @@ impl Pool {
     }
 
     /// What the first connection's probe found out.
+    #[cfg(feature = "cluster")]
     pub(super) fn topology(&self) -> Option<&super::probe::Topology> {
         self.watch.topology()
     }
 
     /// Waits for a connection (connecting if none is up), so that its
     /// probe has run: the topology is then known.
+    #[cfg(feature = "cluster")]
     pub(super) async fn connected(&self) -> CacheResult<()> {
         self.conn_with_generation().await.map(|_| ())
     }

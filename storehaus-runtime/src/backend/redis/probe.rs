@@ -68,6 +68,7 @@ impl NodeWatch {
     }
 
     /// The topology, once a connect found it out.
+    #[cfg(feature = "cluster")]
     pub fn topology(&self) -> Option<&Topology> {
         self.topology.get()
     }
