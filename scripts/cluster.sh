@@ -13,6 +13,8 @@
 # in DIR/<port>/pid; `stop` kills exactly those. NODE_TIMEOUT (ms, default
 # 1000) is the cluster-node-timeout: how soon a replica replaces a dead
 # primary. PASSWORD, when set, is every node's requirepass (and masterauth).
+# TLS_DIR, when set, holds ca.crt, server.crt and server.key: the nodes then
+# speak TLS only (clients, cluster bus, replication), and `url` is rediss://.
 set -euo pipefail
 
 cmd="${1:-}"
@@ -56,17 +58,32 @@ if [ "${#ports[@]}" -eq 0 ]; then
 fi
 [ "${#ports[@]}" -eq 6 ] || { echo "cluster.sh: need 6 ports, got ${#ports[@]}" >&2; exit 2; }
 
+tls_node=()
+tls_cli=()
+scheme=redis
+if [ -n "${TLS_DIR:-}" ]; then
+  tls_node=(--tls-cluster yes --tls-replication yes --tls-auth-clients no
+    --tls-cert-file "$TLS_DIR/server.crt" --tls-key-file "$TLS_DIR/server.key"
+    --tls-ca-cert-file "$TLS_DIR/ca.crt")
+  tls_cli=(--tls --cacert "$TLS_DIR/ca.crt")
+  scheme=rediss
+fi
+
 mkdir -p "$dir"
 for p in "${ports[@]}"; do
   mkdir -p "$dir/$p"
-  redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
+  # The cluster bus listens on port + 10000 (said explicitly: with TLS only,
+  # the plain port is 0).
+  if [ -n "${TLS_DIR:-}" ]; then listen=(--port 0 --tls-port "$p"); else listen=(--port "$p"); fi
+  listen+=(--cluster-port $((p + 10000)))
+  redis-server --bind 127.0.0.1 "${listen[@]}" "${tls_node[@]}" --daemonize yes \
     --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
     --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "${NODE_TIMEOUT:-1000}" \
     --save "" --appendonly no ${PASSWORD:+--requirepass "$PASSWORD" --masterauth "$PASSWORD"}
 done
 if [ -n "${PASSWORD:-}" ]; then export REDISCLI_AUTH="$PASSWORD"; fi
-cli() { redis-cli "$@"; }
+cli() { redis-cli "${tls_cli[@]}" "$@"; }
 for p in "${ports[@]}"; do
   up=0
   for _ in $(seq 1 100); do
@@ -81,7 +98,7 @@ for p in "${ports[@]}"; do
 done
 nodes=()
 for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
+timeout 60 redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
   cat "$dir/create.log" >&2
   stop
   exit 1
@@ -101,7 +118,7 @@ for _ in $(seq 1 200); do
   done
   if [ "$ok" = 1 ]; then
     echo "${ports[@]}" >"$dir/ports"
-    echo "redis://127.0.0.1:${ports[0]}" >"$dir/url"
+    echo "$scheme://127.0.0.1:${ports[0]}" >"$dir/url"
     echo "cluster.sh: cluster ok on ports ${ports[*]}"
     exit 0
   fi

@@ -134,6 +134,15 @@ impl RedisCluster {
         }
     }
 
+    /// Starts one whose nodes speak TLS only, with the certificates in
+    /// `tls_dir` (`ca.crt`, `server.crt`, `server.key`); its URL is
+    /// `rediss://`.
+    pub fn start_tls(tls_dir: &str) -> RedisCluster {
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000"), ("TLS_DIR", tls_dir)]),
+        }
+    }
+
     /// Starts one whose nodes require `password` (`requirepass`).
     pub fn start_with_password(password: &str) -> RedisCluster {
         RedisCluster {

@@ -44,6 +44,9 @@ pub(crate) struct Recent {
     seen: AtomicU64,
     overflows: AtomicU64,
     handovers: AtomicU64,
+    /// When the last overflow was logged (ms since `born`), to log one a minute.
+    warned_ms: AtomicU64,
+    born: Instant,
 }
 
 impl Recent {
@@ -56,6 +59,8 @@ impl Recent {
             seen: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
             handovers: AtomicU64::new(0),
+            warned_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -118,13 +123,27 @@ impl Recent {
             if log.keys.get(&key).is_some_and(|(last, _)| *last == at) {
                 log.keys.remove(&key);
                 if !expired {
-                    self.overflows.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        max = self.max,
-                        "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower the window)"
-                    );
+                    self.overflowed(now);
                 }
             }
+        }
+    }
+
+    /// Counts a key dropped before its time; logs at most once a minute.
+    fn overflowed(&self, now: Instant) {
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        let now_ms = now.duration_since(self.born).as_millis() as u64 + 60_001;
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        if now_ms >= last + 60_000
+            && self
+                .warned_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max = self.max,
+                "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower with_recent_invalidations)"
+            );
         }
     }
 

@@ -18,10 +18,12 @@
 //! Connections are made in the background by redis-rs on first use; the
 //! callers' budget bounds only their own wait.
 
+mod health;
 pub(crate) mod layout;
 mod scan;
+mod slots;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -29,11 +31,13 @@ use futures_util::future::try_join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 
+use self::health::{Health, Watched};
 use self::layout::{by_slot, physical, physical_all};
+use self::slots::{scatter, split_invalidation, SlotInvalidation};
 use crate::backend::contact::Contact;
 use crate::backend::redis::invalidation;
 use crate::backend::redis::scripts::Scripts;
-use crate::backend::{Invalidated, Invalidation, ScanStep, TagAdd};
+use crate::backend::{Invalidated, Invalidation, ScanStep};
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
@@ -55,53 +59,6 @@ impl std::fmt::Debug for ClusterBackend {
         f.debug_struct("ClusterBackend").finish_non_exhaustive()
     }
 }
-
-/// Moves the contact epoch if the command it watches is abandoned before
-/// its answer (the caller's budget ran out): a node that does not answer
-/// may be replaced by a replica. Counts it as a failure of the connection.
-struct Watched<'a> {
-    contact: &'a Contact,
-    health: &'a Health,
-    done: bool,
-}
-
-impl Drop for Watched<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.contact.bump("a cluster command went unanswered");
-            self.health.failed();
-        }
-    }
-}
-
-/// Failures since the last answer, so that a cluster connection that keeps
-/// failing is replaced by a new one (which learns the slot map afresh from
-/// the seeds) instead of being waited on forever.
-#[derive(Debug, Default)]
-struct Health {
-    failures: AtomicU32,
-    /// Set when the connection must be replaced before the next command.
-    replace: AtomicBool,
-}
-
-impl Health {
-    fn answered(&self) {
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn failed(&self) {
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= REPLACE_AFTER_FAILURES {
-            self.failures.store(0, Ordering::Relaxed);
-            self.replace.store(true, Ordering::Release);
-        }
-    }
-}
-
-/// Consecutive failures (errors or unanswered commands) after which the
-/// cluster connection is replaced.
-const REPLACE_AFTER_FAILURES: u32 = 8;
 
 impl ClusterBackend {
     /// A backend on the cluster that `seeds` (URLs of some of its nodes,
@@ -137,7 +94,7 @@ impl ClusterBackend {
     }
 
     /// The cluster connection (made in the background on first use, and
-    /// made again after [`REPLACE_AFTER_FAILURES`] failures in a row).
+    /// made again after a run of failures, see `health`).
     fn conn(&self) -> ClusterConnection {
         let replace = self.health.replace.swap(false, Ordering::AcqRel);
         if !replace {
@@ -408,72 +365,6 @@ impl ClusterBackend {
             .await?;
         Ok(ScanStep { next, removed, keys })
     }
-}
-
-/// One slot's share of an invalidation.
-#[derive(Default)]
-struct SlotInvalidation {
-    keys: Vec<String>,
-    counters: Vec<String>,
-    tags: Vec<TagAdd>,
-}
-
-/// Splits an invalidation by slot (physical keys): each key, counter and
-/// tag set goes to its slot's pipeline; a tag's members are record keys
-/// that need not share the set's slot (a set holds names, not values).
-fn split_invalidation(inv: &Invalidation<'_>) -> Vec<SlotInvalidation> {
-    let mut parts: Vec<(u16, SlotInvalidation)> = Vec::new();
-    let mut part = |key: &str| -> usize {
-        let s = layout::slot(key);
-        match parts.iter().position(|(g, _)| *g == s) {
-            Some(i) => i,
-            None => {
-                parts.push((s, SlotInvalidation::default()));
-                parts.len() - 1
-            }
-        }
-    };
-    let mut index = Vec::new();
-    for k in inv.keys {
-        let k = physical(k).into_owned();
-        index.push((part(&k), 0u8, k));
-    }
-    for c in inv.counters {
-        let c = physical(c).into_owned();
-        index.push((part(&c), 1, c));
-    }
-    let mut tag_index = Vec::new();
-    for t in inv.tags {
-        let set = physical(&t.set).into_owned();
-        tag_index.push((part(&set), set, t));
-    }
-    for (i, kind, key) in index {
-        let p = &mut parts[i].1;
-        if kind == 0 {
-            p.keys.push(key);
-        } else {
-            p.counters.push(key);
-        }
-    }
-    for (i, set, t) in tag_index {
-        parts[i].1.tags.push(TagAdd {
-            set,
-            members: t.members.clone(),
-            ttl_secs: t.ttl_secs,
-        });
-    }
-    parts.into_iter().map(|(_, p)| p).collect()
-}
-
-/// Puts per-group answers back in the keys' order.
-fn scatter<T: Default + Clone>(len: usize, groups: &[Vec<usize>], answers: Vec<Vec<T>>) -> Vec<T> {
-    let mut out = vec![T::default(); len];
-    for (group, answer) in groups.iter().zip(answers) {
-        for (&i, v) in group.iter().zip(answer) {
-            out[i] = v;
-        }
-    }
-    out
 }
 
 /// TLS certificates for every node, when configured.
