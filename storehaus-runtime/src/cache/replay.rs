@@ -82,8 +82,19 @@ impl CacheManager {
     }
 
     /// Delivers one batch of pending work (see [`crate::cache::pending`]) within
-    /// `deadline`, unless another task is delivering one.
+    /// `deadline`, unless another task is delivering one. A batch refused
+    /// because the primary changed under it (its connect found a new
+    /// `run_id`: the log of recent invalidations has just joined the
+    /// pending work) is sent again at once, with that work.
     async fn replay_step(&self, deadline: tokio::time::Instant) -> Replay {
+        let handovers = self.recent.handovers();
+        match self.replay_batch(deadline).await {
+            Replay::Failed if self.recent.handovers() != handovers => self.replay_batch(deadline).await,
+            outcome => outcome,
+        }
+    }
+
+    async fn replay_batch(&self, deadline: tokio::time::Instant) -> Replay {
         if self.contact_moved() {
             self.hand_over_recent();
         }
