@@ -103,6 +103,13 @@ impl NodeWatch {
             }
             *last = Some((addr.to_string(), run_id));
         }
+        #[cfg(not(feature = "cluster"))]
+        if node.cluster_enabled && self.topology.get().is_none() {
+            tracing::warn!(
+                addr,
+                "the cache URL names a Redis Cluster node, but storehaus was built without its `cluster` feature: keys of other slots will fail (MOVED) and go to the database"
+            );
+        }
         if self.topology.get().is_none() {
             let topology = if node.cluster_enabled {
                 Topology::Cluster(cluster_nodes(conn).await?)
