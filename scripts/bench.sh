@@ -18,6 +18,9 @@
 #   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
 #                                     under each Redis fault (about a minute;
 #                                     README, "What a fault costs")
+#   bash scripts/bench.sh --cluster   Redis Cluster against raw redis-rs, and
+#                                     the single-node hot path built with and
+#                                     without the `cluster` feature
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -31,12 +34,13 @@ for arg in "$@"; do
     --replay) mode=replay ;;
     --outbox) mode=outbox ;;
     --faults) mode=faults ;;
+    --cluster) mode=cluster ;;
     -h|--help)
-      sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster or nothing)" >&2
       exit 2
       ;;
   esac
@@ -53,6 +57,8 @@ case "$mode" in
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
       bash scripts/load.sh --append "$PWD/BENCHMARKS.md"
     else
@@ -64,4 +70,8 @@ case "$mode" in
   replay) cargo bench --bench replay ;;
   outbox) cargo bench --bench outbox ;;
   faults) cargo bench --bench faults ;;
+  cluster)
+    cargo bench --bench cluster
+    cargo bench --bench cluster --no-default-features --features sqlite
+    ;;
 esac

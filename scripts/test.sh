@@ -36,6 +36,13 @@ step() {
 }
 
 step services bash scripts/services.sh
+# The behaviour suite's cluster stack: a private 6-node Redis Cluster on
+# free loopback ports (never 6379), stopped when this script exits. The
+# tests that kill nodes start clusters and Sentinels of their own.
+CLUSTER_DIR="$(mktemp -d -t storehaus-cluster.XXXXXX)"
+trap 'bash scripts/cluster.sh stop "$CLUSTER_DIR"; rm -rf "$CLUSTER_DIR"' EXIT
+NODE_TIMEOUT=5000 step cluster bash scripts/cluster.sh start "$CLUSTER_DIR"
+export STOREHAUS_CLUSTER_URL="${STOREHAUS_CLUSTER_URL:-$(cat "$CLUSTER_DIR/url")}"
 # Reuse build artifacts across clones of this repository on one machine.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/storehaus/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"

@@ -461,7 +461,8 @@ mod tls {
     use super::*;
 
     /// A throwaway CA, a server certificate (SAN IP 127.0.0.1 and DNS
-    /// localhost) and a client certificate signed by that CA, generated in
+    /// localhost, usable as a client certificate by cluster nodes on their
+    /// bus) and a client certificate signed by that CA, generated in
     /// process with `rcgen` and written as PEM files to a fresh temporary
     /// directory (redis-server reads files).
     pub struct Certs {
@@ -490,14 +491,14 @@ mod tls {
         issuer: &Issuer<'_, KeyPair>,
         cn: &str,
         names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
+        usage: &[ExtendedKeyUsagePurpose],
     ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("valid subject alt names");
         params.distinguished_name.push(DnType::CommonName, cn);
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usage.to_vec();
         let key = KeyPair::generate().expect("generate a key");
         let cert = params.signed_by(&key, issuer).expect("sign the certificate");
         (cert.pem(), key.serialize_pem())
@@ -524,9 +525,10 @@ mod tls {
             &issuer,
             "127.0.0.1",
             &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // Client too: cluster nodes present it to each other on the bus.
+            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
         );
-        let (client_cert, client_key) = leaf(&issuer, "storehaus-client", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let (client_cert, client_key) = leaf(&issuer, "storehaus-client", &[], &[ExtendedKeyUsagePurpose::ClientAuth]);
         for (name, pem) in [
             ("ca.crt", ca_cert.pem()),
             ("server.crt", server_cert),
@@ -723,7 +725,9 @@ mod tls {
         let server = start(&certs);
         let db = items_db().await;
         let url = format!("rediss://:tls-Secret-1@127.0.0.1:{}", server.port);
-        let manager = manager_on(&url, |c| c.with_timeout(500).with_circuit_breaker(1_000, 1_000));
+        // A budget a loaded machine's TLS handshake fits in (other tests of
+        // this binary start TLS servers and a TLS cluster meanwhile).
+        let manager = manager_on(&url, |c| c.with_timeout(2_000).with_circuit_breaker(1_000, 1_000));
         let store = store_on(&db, &manager);
         exercise(&db, &store).await;
         let err = manager.health_check().await.unwrap_err();
@@ -733,5 +737,30 @@ mod tls {
         let stats = manager.get_stats().await.unwrap();
         assert!(stats.connection_errors > 0 && stats.hits == 0, "{stats:?}");
         db.cleanup().await;
+    }
+
+    /// TLS on a cluster as on one node: the URL names one node, the node
+    /// says it is a cluster, and the private CA of the configuration
+    /// verifies every node the cluster names.
+    #[cfg(feature = "cluster")]
+    #[tokio::test]
+    async fn a_tls_cluster_is_found_out_from_one_node_and_verified_on_every_node() {
+        let certs = make_certs();
+        let cluster = RedisCluster::start_tls(&certs.dir.to_string_lossy());
+        assert!(cluster.url().starts_with("rediss://"), "{}", cluster.url());
+        let ca = certs.read("ca.crt");
+        let manager = manager_on(&cluster.url(), |c| c.with_tls_root_cert(ca.clone()));
+        until_healthy(&manager).await;
+        for i in 0..30 {
+            // Keys on every primary.
+            manager.set_record("tls", &format!("k{i}"), &i, 60).await.unwrap();
+        }
+        let back: Option<i32> = manager.get_record("tls", "k7").await.unwrap();
+        assert_eq!(back, Some(7));
+        assert_eq!(manager.delete_pattern("tls:*").await.unwrap(), 30);
+
+        // Without the CA, no node is trusted.
+        let untrusting = manager_on(&cluster.url(), |c| c.with_timeout(300));
+        assert!(untrusting.set_record("tls", "x", &1, 60).await.is_err());
     }
 }

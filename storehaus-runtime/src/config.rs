@@ -39,6 +39,9 @@ pub struct CacheConfig {
     pub(crate) max_pending: usize,
     pub(crate) deployment: Option<String>,
     pub(crate) outbox_poll_ms: u64,
+    pub(crate) cluster_nodes: Vec<String>,
+    pub(crate) recent_window_secs: u64,
+    pub(crate) wait_replicas: Option<(u32, u64)>,
 }
 
 /// Certificates for `rediss://` beyond the system's trust store.
@@ -65,14 +68,22 @@ impl CacheConfig {
     pub const DEFAULT_RETRY_ATTEMPTS: u32 = 2;
     /// Default base delay of the retry backoff, in ms.
     pub const DEFAULT_RETRY_DELAY_MS: u64 = 50;
+    /// Default window of the log of recent invalidations, in seconds (see
+    /// [`with_recent_invalidations`](Self::with_recent_invalidations)).
+    pub const DEFAULT_RECENT_INVALIDATIONS_SECS: u64 = 60;
     /// Default number of invalidated keys remembered one by one during an
     /// outage (see [`with_max_pending_invalidations`](Self::with_max_pending_invalidations)).
     pub const DEFAULT_MAX_PENDING_INVALIDATIONS: usize = 100_000;
     /// Default interval at which the outbox worker polls, in ms.
     pub const DEFAULT_OUTBOX_POLL_MS: u64 = 1_000;
 
-    /// A configuration with the URL (`redis://`, `rediss://` or `memory://`),
-    /// the default TTL in seconds and the global key prefix.
+    /// A configuration with the URL (`redis://`, `rediss://`,
+    /// `redis+sentinel://` or `memory://`), the default TTL in seconds and
+    /// the global key prefix. A `redis://` URL may name one node of a Redis
+    /// Cluster: the first connect finds out (see
+    /// [`with_cluster_nodes`](Self::with_cluster_nodes)).
+    /// `redis+sentinel://host:26379,host:26380/mymaster` reaches the primary
+    /// that Sentinel names for `mymaster`, asked again on every reconnect.
     ///
     /// Credentials go in the URL: `redis://:password@host:6379` for
     /// `requirepass`, `redis://user:password@host:6379` for an ACL user
@@ -101,7 +112,63 @@ impl CacheConfig {
             max_pending: Self::DEFAULT_MAX_PENDING_INVALIDATIONS,
             deployment: None,
             outbox_poll_ms: Self::DEFAULT_OUTBOX_POLL_MS,
+            cluster_nodes: Vec::new(),
+            recent_window_secs: Self::DEFAULT_RECENT_INVALIDATIONS_SECS,
+            wait_replicas: None,
         }
+    }
+
+    /// More seed nodes of a Redis Cluster, as `host:port` (the scheme and
+    /// credentials of the main URL apply) or as full `redis://` URLs. The
+    /// main URL may name any one node: StoreHaus finds out by itself that
+    /// it belongs to a cluster (one `INFO` on the first connect) and learns
+    /// the other nodes from it; seeds given here make the cluster reachable
+    /// when that node is down at start-up, and skip the finding out. Needs
+    /// the `cluster` feature (on by default).
+    ///
+    /// ```
+    /// use storehaus_runtime::CacheConfig;
+    ///
+    /// let config = CacheConfig::new("redis://127.0.0.1:7000", 3600, "myapp")
+    ///     .with_cluster_nodes(["127.0.0.1:7001", "127.0.0.1:7002"]);
+    /// # let _ = config;
+    /// ```
+    pub fn with_cluster_nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster_nodes.extend(nodes.into_iter().map(Into::into));
+        self
+    }
+
+    /// How long acknowledged invalidations are remembered, in seconds
+    /// (default 60; 0 turns the log off). No Redis deployment keeps every
+    /// acknowledged write through a failover or a restart from a snapshot:
+    /// a `DEL` acknowledged by a primary can be missing on the replica that
+    /// replaces it. When the primary changes (a Sentinel switch, a `MOVED`
+    /// or a failed node on a cluster) or a node's `run_id` changes (a
+    /// restart), the invalidations of this window are delivered again
+    /// before cached values are served. Choose at least the failover time
+    /// plus the replication lag. The log holds at most
+    /// [`with_max_pending_invalidations`](Self::with_max_pending_invalidations)
+    /// keys; past that its oldest entries are dropped, and counted.
+    pub fn with_recent_invalidations(mut self, window_secs: u64) -> Self {
+        self.recent_window_secs = window_secs;
+        self
+    }
+
+    /// After each invalidation, waits until `replicas` replicas acknowledged
+    /// it (`WAIT replicas timeout_ms`), so that a failover to one of them
+    /// cannot lose it. Off by default: the log of recent invalidations (see
+    /// [`with_recent_invalidations`](Self::with_recent_invalidations))
+    /// already covers a failover; `WAIT` narrows the window further at the
+    /// price of a round trip to a replica on every write (measured in
+    /// BENCHMARKS.md). The wait counts in the write's cache budget; a
+    /// replica that does not answer in time does not fail the write.
+    pub fn with_wait_for_replicas(mut self, replicas: u32, timeout_ms: u64) -> Self {
+        self.wait_replicas = Some((replicas, timeout_ms));
+        self
     }
 
     /// Number of Redis connections (multiplexed; default 10, must be ≥ 1).
@@ -253,6 +320,11 @@ impl CacheConfig {
         if self.deployment.as_deref().is_some_and(str::is_empty) {
             return Err(CacheError::InvalidConfig("deployment name must not be empty".into()));
         }
+        in_range("recent invalidations window", self.recent_window_secs, 0, 86_400, " s")?;
+        if let Some((replicas, timeout_ms)) = self.wait_replicas {
+            in_range("replicas to wait for", u64::from(replicas), 1, 100, "")?;
+            in_range("replica wait", timeout_ms, 1, ONE_DAY_MS, " ms")?;
+        }
         Ok(())
     }
 
@@ -322,6 +394,12 @@ impl fmt::Debug for CacheConfig {
             .field("max_pending", &self.max_pending)
             .field("deployment", &self.deployment())
             .field("outbox_poll_ms", &self.outbox_poll_ms)
+            .field(
+                "cluster_nodes",
+                &self.cluster_nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),
+            )
+            .field("recent_window_secs", &self.recent_window_secs)
+            .field("wait_replicas", &self.wait_replicas)
             .field("tls_root_cert", &self.tls.root.as_ref().map(|_| "set"))
             .field(
                 "tls_client_cert",

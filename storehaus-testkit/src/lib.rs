@@ -8,7 +8,9 @@
 //! - a cache manager with a random global key prefix ([`manager`],
 //!   [`manager_on`], [`memory_manager`]);
 //! - where a test breaks Redis, a private `redis-server` on a free loopback
-//!   port ([`RedisServer`]: kill, pause, resume, restart, lock).
+//!   port ([`RedisServer`]: kill, pause, resume, restart, lock), or a private
+//!   Redis Cluster ([`RedisCluster`]) or Sentinel deployment ([`Sentinels`]),
+//!   started by `scripts/cluster.sh` and `scripts/sentinel.sh`.
 //!
 //! Assertions read Redis with a plain client ([`raw_redis`], [`raw_get`],
 //! [`set_raw`]) and wait with a deadline instead of hanging ([`eventually`],
@@ -41,6 +43,7 @@
 #![warn(missing_docs)]
 
 mod cache;
+mod cluster;
 mod db;
 pub mod faults;
 mod raw;
@@ -49,8 +52,9 @@ mod server;
 mod wait;
 
 pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
+pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
 pub use db::{database_url, sqlite_memory, Db};
-pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve};
+pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
 pub use server::{free_port, RedisServer};
 pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
 

@@ -1,7 +1,44 @@
 //! Redis read and written with a plain client, bypassing StoreHaus: what a
 //! test asserts on, and the bad data or conditions it plants.
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// A raw connection to a single node or to a cluster (which follows
+/// redirections), for assertions that run on both.
+#[derive(Clone)]
+pub enum RawConn {
+    /// One node.
+    Node(MultiplexedConnection),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RawConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RawConn::Node(c) => c.req_packed_command(cmd),
+            RawConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RawConn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            RawConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
 
 /// A raw Redis connection for assertions, bypassing StoreHaus.
 pub async fn raw_redis(url: &str) -> MultiplexedConnection {
@@ -25,12 +62,12 @@ pub async fn raw_redis_without_timeout(url: &str) -> MultiplexedConnection {
 }
 
 /// `GET key`: the raw bytes, `None` when there is no such key.
-pub async fn raw_get(conn: &mut MultiplexedConnection, key: &str) -> Option<Vec<u8>> {
+pub async fn raw_get(conn: &mut impl ConnectionLike, key: &str) -> Option<Vec<u8>> {
     redis::cmd("GET").arg(key).query_async(conn).await.expect("GET")
 }
 
 /// `SET key value`: plants bytes under `key`.
-pub async fn set_raw(redis: &mut MultiplexedConnection, key: &str, value: &[u8]) {
+pub async fn set_raw(redis: &mut impl ConnectionLike, key: &str, value: &[u8]) {
     let _: () = redis::cmd("SET").arg(key).arg(value).query_async(redis).await.unwrap();
 }
 

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use storehaus::CacheManager;
 
 use crate::raw_get;
@@ -51,7 +51,7 @@ pub async fn reached(pause: &storehaus_runtime::test_hooks::FillPause) {
 
 /// Waits until `key` holds a value (not a fill lease), for at most 5 s, and
 /// returns its bytes.
-pub async fn wait_for_value(conn: &mut MultiplexedConnection, key: &str) -> Vec<u8> {
+pub async fn wait_for_value(conn: &mut impl ConnectionLike, key: &str) -> Vec<u8> {
     let start = Instant::now();
     loop {
         if let Some(v) = raw_get(conn, key).await {

@@ -1,7 +1,10 @@
 //! The behaviour suite: what a user of the store can observe, written once
-//! and run on both stacks by [`behaviour_suite!`] at the bottom:
+//! and run on three stacks by [`behaviour_suite!`] at the bottom:
 //!
 //! - `redis_postgres::*`: Redis in front of PostgreSQL (a fresh schema per test);
+//! - `cluster_postgres::*`: a 6-node Redis Cluster (`STOREHAUS_CLUSTER_URL`,
+//!   started by `scripts/test.sh` with `scripts/cluster.sh`), found out from
+//!   the URL of one node, in front of PostgreSQL;
 //! - `memory_sqlite::*`: the in-process cache (`memory://`) in front of an
 //!   in-memory SQLite database (a fresh database per test).
 //!
@@ -94,6 +97,7 @@ pub struct Tag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stack {
     RedisPostgres,
+    ClusterPostgres,
     MemorySqlite,
 }
 
@@ -102,6 +106,7 @@ impl Stack {
     pub fn cache_url(self) -> String {
         match self {
             Stack::RedisPostgres => redis_url(),
+            Stack::ClusterPostgres => cluster_url(),
             Stack::MemorySqlite => "memory://".to_string(),
         }
     }
@@ -135,7 +140,9 @@ impl Env {
     /// With `default_ttl` seconds as the config's default TTL.
     pub async fn with_default_ttl(stack: Stack, default_ttl: u64) -> Env {
         let (db, users_table) = match stack {
-            Stack::RedisPostgres => (TestDb::Postgres(Db::new().await), users::CREATE_TABLE_POSTGRES),
+            Stack::RedisPostgres | Stack::ClusterPostgres => {
+                (TestDb::Postgres(Db::new().await), users::CREATE_TABLE_POSTGRES)
+            }
             #[cfg(feature = "sqlite")]
             Stack::MemorySqlite => (TestDb::Sqlite(sqlite_memory().await), users::CREATE_TABLE_SQLITE),
             #[cfg(not(feature = "sqlite"))]
@@ -179,11 +186,23 @@ impl Env {
         GenericStore::new(self.pool(), None, None)
     }
 
-    /// A raw Redis connection on the Redis stack, `None` on the memory stack.
-    pub async fn raw_redis(&self) -> Option<redis::aio::MultiplexedConnection> {
+    /// A raw Redis connection on the Redis and cluster stacks, `None` on
+    /// the memory stack.
+    pub async fn raw_redis(&self) -> Option<RawConn> {
         match self.stack {
-            Stack::RedisPostgres => Some(raw_redis(&redis_url()).await),
+            Stack::RedisPostgres => Some(RawConn::Node(raw_redis(&redis_url()).await)),
+            Stack::ClusterPostgres => Some(RawConn::Cluster(raw_cluster(&cluster_url()).await)),
             Stack::MemorySqlite => None,
+        }
+    }
+
+    /// Where a key of the documented layout is stored on this stack (a
+    /// cluster gives query results, generations and tag sets a hash tag).
+    pub fn stored_key(&self, key: &str) -> String {
+        match self.stack {
+            #[cfg(feature = "cluster")]
+            Stack::ClusterPostgres => storehaus_runtime::test_hooks::cluster_key(key),
+            _ => key.to_string(),
         }
     }
 
@@ -766,8 +785,8 @@ pub async fn manual_operations_stay_inside_the_global_prefix(stack: Stack) {
 
     // invalidate_queries bumps the generation counter by one (a missing
     // counter starts at a random value, never at 1).
-    let read_gen = |mut redis: redis::aio::MultiplexedConnection| {
-        let key = format!("{global}:users:query:gen");
+    let read_gen = |mut redis: RawConn| {
+        let key = env.stored_key(&format!("{global}:users:query:gen"));
         async move {
             let gen: i64 = redis::cmd("GET").arg(key).query_async(&mut redis).await.unwrap();
             gen
@@ -1016,6 +1035,17 @@ macro_rules! behaviour_suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Stack::RedisPostgres).await;
+                }
+            )*
+        }
+
+        /// The suite on a Redis Cluster + PostgreSQL.
+        #[cfg(feature = "cluster")]
+        mod cluster_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Stack::ClusterPostgres).await;
                 }
             )*
         }

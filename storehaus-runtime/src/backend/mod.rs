@@ -1,6 +1,10 @@
 //! The cache backends behind one enum: the URL scheme picks one.
-//! `redis://` / `rediss://` talk to a Redis server (`redis`), `memory://`
-//! keeps everything in this process (`memory`).
+//! `redis://` / `rediss://` talk to a Redis server (`redis`), which may turn
+//! out to be a node of a Redis Cluster (`cluster`, found out on the first
+//! connect); `redis+sentinel://` talks to the primary Sentinel names
+//! (`sentinel`); `memory://` keeps everything in this process (`memory`).
+//! `contact` is how a backend tells the manager that the server's data may
+//! have been replaced by an older copy (a failover, a restart).
 //!
 //! # The contract
 //!
@@ -15,18 +19,24 @@
 //! `AuthenticationFailed`); a command the server refused is `Command`,
 //! its message starting with the server's error code (`OOM`, `WRONGTYPE`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::server::ServerStats;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
+pub(crate) mod contact;
 pub(crate) mod glob;
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod sentinel;
 
+use self::contact::Contact;
 use self::memory::MemoryBackend;
-use self::redis::RedisBackend;
+use self::redis::{RedisBackend, Target};
 
 /// A cache backend.
 // One per `CacheManager`, built once and never moved: its size is
@@ -38,14 +48,21 @@ pub(crate) enum Backend {
     Memory(MemoryBackend),
 }
 
-/// Delegates a method to the active backend.
+/// Delegates a method to the active backend (on a `redis://` URL, to the
+/// cluster backend once the node turned out to belong to a cluster).
 macro_rules! delegate {
     ($($(#[$doc:meta])* pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
         $(
             $(#[$doc])*
             pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match self {
-                    Backend::Redis(b) => b.$name($($arg),*).await,
+                    Backend::Redis(b) => {
+                        #[cfg(feature = "cluster")]
+                        if let Some(cluster) = b.cluster().await? {
+                            return cluster.$name($($arg),*).await;
+                        }
+                        b.$name($($arg),*).await
+                    }
                     Backend::Memory(b) => b.$name($($arg),*).await,
                 }
             }
@@ -53,18 +70,44 @@ macro_rules! delegate {
     };
 }
 
+/// Where a backend connects to, beyond its URL.
+#[derive(Clone, Default)]
+pub(crate) struct Options {
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub tls: TlsCerts,
+    /// More seed nodes of a cluster.
+    pub cluster_nodes: Vec<String>,
+    /// `WAIT replicas timeout_ms` after each invalidation.
+    pub wait_replicas: Option<(u32, u64)>,
+}
+
 impl Backend {
     /// Opens the backend named by the URL's scheme. Connects lazily.
-    pub fn open(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
-        if tls.is_set() && !url.starts_with("rediss://") {
+    pub fn open(url: &str, options: &Options, contact: Arc<Contact>) -> CacheResult<Self> {
+        let tls = &options.tls;
+        if tls.is_set() && !(url.starts_with("rediss://") || url.starts_with("rediss+sentinel://")) {
             return Err(CacheError::InvalidConfig(
                 "TLS certificates were configured, but the cache URL is not rediss://".into(),
             ));
         }
         let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !options.cluster_nodes.is_empty() && !matches!(scheme, "redis" | "rediss") {
+            return Err(CacheError::InvalidConfig(
+                "cluster nodes need a redis:// or rediss:// cache URL".into(),
+            ));
+        }
         match scheme {
-            "redis" | "rediss" | "redis+unix" | "unix" => {
-                Ok(Backend::Redis(RedisBackend::new(url, pool_size, timeout, tls)?))
+            "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel" => {
+                Ok(Backend::Redis(RedisBackend::new(Target {
+                    url,
+                    pool_size: options.pool_size,
+                    timeout: options.timeout,
+                    tls,
+                    cluster_nodes: &options.cluster_nodes,
+                    contact,
+                    wait: options.wait_replicas,
+                })?))
             }
             "memory" => Ok(Backend::Memory(MemoryBackend::open(url)?)),
             "" => Err(CacheError::InvalidConfig(format!(
@@ -72,7 +115,7 @@ impl Backend {
                 crate::config::redact_url(url)
             ))),
             other => Err(CacheError::InvalidConfig(format!(
-                "unsupported cache URL scheme {other:?}; use redis://, rediss:// or memory://"
+                "unsupported cache URL scheme {other:?}; use redis://, rediss://, redis+sentinel:// or memory://"
             ))),
         }
     }
@@ -197,27 +240,28 @@ mod tests {
 
     #[test]
     fn the_scheme_picks_the_backend() {
-        let t = Duration::from_millis(100);
+        let options = Options {
+            pool_size: 1,
+            timeout: Duration::from_millis(100),
+            ..Options::default()
+        };
+        let open = |url: &str| Backend::open(url, &options, Arc::default());
+        assert!(matches!(open("memory://"), Ok(Backend::Memory(_))));
+        assert!(matches!(open("memory://?max_capacity=5"), Ok(Backend::Memory(_))));
+        assert!(matches!(open("redis://127.0.0.1:1"), Ok(Backend::Redis(_))));
         assert!(matches!(
-            Backend::open("memory://", 1, t, &TlsCerts::default()),
-            Ok(Backend::Memory(_))
-        ));
-        assert!(matches!(
-            Backend::open("memory://?max_capacity=5", 1, t, &TlsCerts::default()),
-            Ok(Backend::Memory(_))
-        ));
-        assert!(matches!(
-            Backend::open("redis://127.0.0.1:1", 1, t, &TlsCerts::default()),
+            open("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster"),
             Ok(Backend::Redis(_))
         ));
-        for bad in ["memory", "memory:", "http://x", "", "memory://x"] {
-            assert!(
-                matches!(
-                    Backend::open(bad, 1, t, &TlsCerts::default()),
-                    Err(CacheError::InvalidConfig(_))
-                ),
-                "{bad}"
-            );
+        for bad in [
+            "memory",
+            "memory:",
+            "http://x",
+            "",
+            "memory://x",
+            "redis+sentinel://h:1",
+        ] {
+            assert!(matches!(open(bad), Err(CacheError::InvalidConfig(_))), "{bad}");
         }
     }
 }

@@ -70,6 +70,15 @@ impl CacheManager {
                     if self.breaker.success() == Transition::Closed {
                         tracing::info!("cache reachable again: circuit breaker closed");
                     }
+                    if self.contact_moved() {
+                        // The answer may come from a node that lost recent
+                        // invalidations (a promoted replica, a restart):
+                        // not served until they are delivered again.
+                        self.hand_over_recent();
+                        return Err(CacheError::ConnectionError(
+                            "the cache's primary may have changed: recent invalidations are delivered first".into(),
+                        ));
+                    }
                     return Ok(v);
                 }
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {

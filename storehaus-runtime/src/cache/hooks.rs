@@ -12,6 +12,15 @@ use tokio::sync::Notify;
 /// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
 pub use crate::backend::redis::FILL_SCRIPT;
 
+/// The key a logical key (as `cache_key` and the documented layout name
+/// it) is stored under on a Redis Cluster: query results, generation
+/// counters and tag sets carry a hash tag there (see the README, "Redis
+/// Cluster"); record keys are unchanged.
+#[cfg(feature = "cluster")]
+pub fn cluster_key(key: &str) -> String {
+    crate::backend::cluster::layout::physical(key).into_owned()
+}
+
 /// A fill held at the pause point: the test waits for [`reached`](Self::reached),
 /// does its writes, then calls [`release`](Self::release).
 #[derive(Debug, Clone)]

@@ -37,6 +37,9 @@ impl CacheManager {
             tags,
             done: false,
         };
+        // Logged before it is sent: a failover noticed while it is under
+        // way then delivers it again.
+        self.recent.record(scope, &work.keys, &work.counters);
         let inv = Invalidation {
             keys: &work.keys,
             counters: &work.counters,
@@ -56,6 +59,7 @@ impl CacheManager {
             }
             Err(_) => work.remember(),
         }
+        self.kick_replayer();
     }
 
     /// Counts the generation counters an invalidation had to reset.

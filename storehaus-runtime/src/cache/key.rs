@@ -113,9 +113,12 @@ pub fn generation_key(global_prefix: &str, prefix: &str) -> String {
     format!("{global_prefix}:{prefix}:query:gen")
 }
 
+/// The second segment of every tag set's key.
+pub(crate) const TAG_SEGMENT: &str = "__tag";
+
 /// The set of keys carrying `tag`: `{global}:__tag:{escaped tag}`.
 pub fn tag_key(global_prefix: &str, tag: &str) -> String {
-    let mut out = format!("{global_prefix}:{}tag:", storehaus_limits::RESERVED_PREFIX);
+    let mut out = format!("{global_prefix}:{TAG_SEGMENT}:");
     push_escaped(&mut out, tag);
     out
 }

@@ -8,7 +8,9 @@
 //! - `guard` runs every cache command inside one operation's budget, with
 //!   retries and the circuit breaker (`breaker`);
 //! - `invalidate` delivers a committed write's invalidation, and `pending` +
-//!   `replay` keep and deliver what could not reach the cache;
+//!   `replay` keep and deliver what could not reach the cache; `recent`
+//!   keeps what did reach it, to deliver it again after a failover or a
+//!   restart that may have lost it;
 //! - `stats`, `codec` (the value format) and `key` (the key grammar).
 
 pub(crate) mod breaker;
@@ -24,11 +26,13 @@ pub(crate) mod pending;
 pub(crate) mod query;
 pub(crate) mod read;
 pub(crate) mod read_many;
+pub(crate) mod recent;
 mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -38,8 +42,10 @@ use self::breaker::Breaker;
 use self::codec::{Entry, ANY_FINGERPRINT};
 use self::flight::Flights;
 use self::pending::Pending;
+use self::recent::Recent;
 use self::stats::{CacheStats, Counters};
-use crate::backend::{Backend, Invalidation};
+use crate::backend::contact::Contact;
+use crate::backend::{Backend, Invalidation, Options};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
 
@@ -72,6 +78,10 @@ pub struct CacheManager {
     pub(crate) counters: Counters,
     breaker: Breaker,
     pending: Pending,
+    /// Acknowledged invalidations, delivered again when `contact` moves.
+    recent: Recent,
+    /// Moves when the server's data may have been replaced by an older copy.
+    contact: Arc<Contact>,
     pub(crate) flights: Flights,
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
@@ -100,11 +110,21 @@ impl CacheManager {
     pub fn new(config: CacheConfig) -> CacheResult<Self> {
         config.validate()?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let backend = Backend::open(&config.url, config.pool_size, timeout, &config.tls)?;
+        let options = Options {
+            pool_size: config.pool_size,
+            timeout,
+            tls: config.tls.clone(),
+            cluster_nodes: config.cluster_nodes.clone(),
+            wait_replicas: config.wait_replicas,
+        };
+        let contact = Arc::new(Contact::default());
+        let backend = Backend::open(&config.url, &options, contact.clone())?;
         tracing::debug!(url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
             pending: Pending::new(config.max_pending),
+            recent: Recent::new(Duration::from_secs(config.recent_window_secs), config.max_pending),
+            contact,
             config,
             backend,
             counters: Counters::default(),
@@ -136,7 +156,8 @@ impl CacheManager {
     /// None today; the `Result` leaves room for backends that keep stats remotely.
     pub async fn get_stats(&self) -> CacheResult<CacheStats> {
         let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
-        stats.pending_overflows = self.pending.overflows();
+        stats.pending_overflows = self.pending.overflows() + self.recent.overflows();
+        stats.recent_replays = self.recent.handovers();
         (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
         Ok(stats)
     }
@@ -222,6 +243,8 @@ impl CacheManager {
         let key = self.manual_key(prefix, id)?;
         let keys = [key];
         self.flights.detach(&keys);
+        self.recent
+            .record(&key::store_scope(self.global_prefix(), prefix), &keys, &[]);
         let n = self
             .guarded(self.deadline(), "delete_record", || self.backend.delete(&keys))
             .await?;
@@ -239,6 +262,8 @@ impl CacheManager {
     pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
         let counters = [key::generation_key(self.global_prefix(), prefix)];
+        self.recent
+            .record(&key::store_scope(self.global_prefix(), prefix), &[], &counters);
         let inv = Invalidation {
             counters: &counters,
             ..Invalidation::default()

@@ -189,6 +189,15 @@ impl Pending {
         start
     }
 
+    /// Marks a background replayer running unless one is: whether the
+    /// caller must start it.
+    pub fn claim_replayer(&self) -> bool {
+        let mut p = self.lock();
+        let start = !p.replayer_running;
+        p.replayer_running = true;
+        start
+    }
+
     /// Claims the right to replay one batch; `None` when another task holds it.
     pub fn claim(&self) -> Option<Claim<'_>> {
         self.claimed

@@ -60,6 +60,12 @@ pub struct CacheStats {
     pub breaker_opened: u64,
     /// Whether the circuit breaker is open now.
     pub breaker_open: bool,
+    /// Times the recent invalidations were handed to replay because the
+    /// cache's primary may have changed (a Sentinel switch, a restart with a
+    /// new `run_id`, a failed or redirected cluster command): cached values
+    /// were served again only once they were delivered
+    /// (`CacheConfig::with_recent_invalidations`).
+    pub recent_replays: u64,
 }
 
 impl CacheStats {
@@ -127,6 +133,7 @@ impl Counters {
             breaker_skips: self.breaker_skips.load(Relaxed),
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_open,
+            recent_replays: 0,
         }
     }
 }

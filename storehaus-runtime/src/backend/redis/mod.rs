@@ -27,23 +27,50 @@
 //! `pool` holds the connections, `scripts` the Lua scripts; this file holds
 //! one function per primitive of the backend contract (see `backend`).
 
-mod pool;
-mod scripts;
+pub(crate) mod invalidation;
+pub(crate) mod pool;
+pub(crate) mod probe;
+pub(crate) mod scripts;
+#[cfg(feature = "cluster")]
+mod switch;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use self::pool::{Pool, RunOn};
+pub(crate) use self::pool::map_err;
+use self::pool::{Connector, Pool, RunOn};
+use self::probe::NodeWatch;
 use self::scripts::Scripts;
 #[cfg(feature = "test-hooks")]
 pub use self::scripts::FILL_SCRIPT;
-use crate::backend::{counter_seed, Invalidated, Invalidation, ScanStep, TagAdd};
+use crate::backend::contact::Contact;
+use crate::backend::sentinel::SentinelUrl;
+use crate::backend::{Invalidated, Invalidation, ScanStep};
 use crate::cache::server::ServerStats;
-use crate::config::TlsCerts;
+use crate::config::{redact_url, TlsCerts};
 use crate::error::{CacheError, CacheResult};
 
 pub(crate) struct RedisBackend {
     pool: Pool,
     scripts: Scripts,
+    wait: Option<(u32, u64)>,
+    /// Whether this node turned out to be part of a cluster (`None` for
+    /// Sentinel, which never is).
+    #[cfg(feature = "cluster")]
+    cluster: Option<switch::ClusterSwitch>,
+}
+
+/// How a `redis://` backend is reached and what it may turn out to be.
+pub(crate) struct Target<'a> {
+    pub url: &'a str,
+    pub pool_size: usize,
+    pub timeout: Duration,
+    pub tls: &'a TlsCerts,
+    /// More seed nodes of a cluster (`CacheConfig::with_cluster_nodes`).
+    pub cluster_nodes: &'a [String],
+    pub contact: Arc<Contact>,
+    /// `WAIT replicas timeout_ms` after each invalidation.
+    pub wait: Option<(u32, u64)>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -53,10 +80,41 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    pub fn new(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
+    /// A backend for a `redis://`, `rediss://`, `redis+unix://` or
+    /// `redis+sentinel://` URL. Connects lazily.
+    pub fn new(target: Target<'_>) -> CacheResult<Self> {
+        let url = target.url;
+        let sentinel = url.contains("+sentinel://");
+        let connector =
+            if sentinel {
+                let parsed = SentinelUrl::parse(url)?;
+                Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(parsed.client(target.tls)?)))
+            } else {
+                #[cfg(feature = "tls")]
+                if url.starts_with("rediss://") {
+                    pool::install_crypto_provider();
+                }
+                Connector::Direct(pool::open_client(url, target.tls).map_err(|e| {
+                    CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e))
+                })?)
+            };
+        #[cfg(not(feature = "cluster"))]
+        if !target.cluster_nodes.is_empty() {
+            return Err(CacheError::InvalidConfig(
+                "cluster nodes need the `cluster` feature of storehaus".into(),
+            ));
+        }
+        let watch = Arc::new(NodeWatch::new(target.contact.clone(), sentinel));
         Ok(RedisBackend {
-            pool: Pool::new(url, pool_size, timeout, tls)?,
+            #[cfg(feature = "cluster")]
+            cluster: if sentinel {
+                None
+            } else {
+                Some(switch::ClusterSwitch::new(&target)?)
+            },
+            pool: Pool::new(connector, watch, target.pool_size, target.timeout),
             scripts: Scripts::new(),
+            wait: target.wait,
         })
     }
 
@@ -132,85 +190,16 @@ impl RedisBackend {
 
     // One pipeline (errors kept per command), and a second one only when a counter or a tag set must be reset.
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        if !inv.keys.is_empty() {
-            pipe.cmd("DEL").arg(inv.keys);
-        }
-        for c in inv.counters {
-            // A missing counter (never made, or evicted) restarts at a random
-            // value, never at 1: results cached under an old generation can
-            // then never become current again.
-            pipe.cmd("SET").arg(c).arg(counter_seed()).arg("NX").ignore();
-            pipe.cmd("INCR").arg(c);
-        }
-        for t in inv.tags {
-            pipe.cmd("SADD").arg(&t.set).arg(&t.members);
-            expire_at_least(&mut pipe, &t.set, t.ttl_secs);
-        }
-        if inv.keys.is_empty() && inv.counters.is_empty() && inv.tags.is_empty() {
+        let Some(pipe) = invalidation::pipeline(inv, self.wait) else {
             return Ok(Invalidated::default());
-        }
+        };
         let replies: Vec<redis::Value> = self.run(pipe).await?;
-        let mut replies = replies.into_iter();
-        let mut out = Invalidated::default();
-        if !inv.keys.is_empty() {
-            out.deleted = int_reply(replies.next())?;
-        }
-        let mut reset_counters = Vec::new();
-        for c in inv.counters {
-            match replies.next() {
-                Some(redis::Value::Int(_)) => {}
-                Some(redis::Value::ServerError(e)) if e.code() == "OOM" => {
-                    out.refused += 1;
-                    reset_counters.push(c);
-                }
-                // Not an integer, or another Redis type: a corrupt counter.
-                _ => {
-                    out.corrupt += 1;
-                    reset_counters.push(c);
-                }
-            }
-        }
-        let mut reset_tags = Vec::new();
-        for t in inv.tags {
-            match replies.next() {
-                Some(redis::Value::Int(_)) => {}
-                Some(redis::Value::ServerError(e)) if e.code() == "OOM" => out.tags_refused = true,
-                _ => reset_tags.push(t),
-            }
-        }
-        if !reset_counters.is_empty() || !reset_tags.is_empty() {
-            out.tags_refused |= self.reset(&reset_counters, &reset_tags).await?;
+        let (mut out, reset) = invalidation::read_replies(inv, replies)?;
+        if let Some(reset) = reset {
+            let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
+            out.tags_refused |= reset.read_replies(replies)?;
         }
         Ok(out)
-    }
-
-    /// The second round trip of an invalidation: a counter that cannot be
-    /// bumped is deleted instead (DEL works even out of memory): a missing
-    /// counter serves no query result, and it comes back at a fresh random
-    /// seed. A tag set of another type is replaced. Returns whether a tag
-    /// addition was refused.
-    async fn reset(&self, counters: &[&String], tags: &[&TagAdd]) -> CacheResult<bool> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for c in counters {
-            pipe.cmd("DEL").arg(*c);
-            pipe.cmd("SET").arg(*c).arg(counter_seed()).arg("NX").ignore();
-        }
-        for t in tags {
-            pipe.cmd("DEL").arg(&t.set).ignore();
-            pipe.cmd("SADD").arg(&t.set).arg(&t.members);
-            expire_at_least(&mut pipe, &t.set, t.ttl_secs);
-        }
-        let replies: Vec<redis::Value> = self.run(pipe).await?;
-        let mut replies = replies.into_iter();
-        for _ in counters {
-            int_reply(replies.next())?;
-        }
-        Ok(tags
-            .iter()
-            .any(|_| !matches!(replies.next(), Some(redis::Value::Int(_)))))
     }
 
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
@@ -247,27 +236,7 @@ impl RedisBackend {
 }
 
 /// Keys asked for per `SCAN` / `SSCAN` step.
-const SCAN_COUNT: usize = 500;
-
-/// Sets `key`'s TTL to at least `secs`: `EXPIRE NX` gives one to a key
-/// without, `EXPIRE GT` lengthens a shorter one. Never shortens.
-fn expire_at_least(pipe: &mut redis::Pipeline, key: &str, secs: u64) {
-    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("NX").ignore();
-    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("GT").ignore();
-}
-
-/// An integer reply of a pipeline run with `ignore_errors`.
-fn int_reply(reply: Option<redis::Value>) -> CacheResult<u64> {
-    match reply {
-        Some(redis::Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
-        Some(redis::Value::ServerError(e)) => Err(CacheError::Command(format!(
-            "{}: {}",
-            e.code(),
-            e.details().unwrap_or("")
-        ))),
-        other => Err(CacheError::Command(format!("unexpected reply {other:?}"))),
-    }
-}
+pub(crate) const SCAN_COUNT: usize = 500;
 
 /// Query generations and tag sets.
 impl RedisBackend {

@@ -2,6 +2,11 @@
 //! at most one multiplexed connection, connected lazily off the caller's
 //! path, and dropped when a command on them fails at the connection level or
 //! goes unanswered on a silent connection (see the module above).
+//!
+//! A connection reaches its node directly, or through Sentinel, which is
+//! asked for the primary again on every connect. Before it is used, each
+//! new connection is probed (`probe`): `INFO` tells a restarted node or
+//! another primary (the contact epoch moves) and a cluster.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,7 +16,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
 use tokio::sync::watch;
 
-use crate::config::{redact_url, TlsCerts};
+use super::probe::NodeWatch;
+use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
 /// Commands in flight on one connection beyond which new commands go to the
@@ -47,9 +53,32 @@ impl Slot {
     }
 }
 
+/// Where connections go: one node, or the primary Sentinel names at the
+/// time of each connect.
+#[derive(Clone)]
+pub(crate) enum Connector {
+    Direct(Client),
+    Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
+}
+
+impl Connector {
+    /// A connection and the address of the node it reached.
+    async fn connect(&self, config: &AsyncConnectionConfig) -> redis::RedisResult<(String, MultiplexedConnection)> {
+        let client = match self {
+            Connector::Direct(client) => client.clone(),
+            Connector::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+        };
+        let addr = client.get_connection_info().addr().to_string();
+        let conn = client.get_multiplexed_async_connection_with_config(config).await?;
+        Ok((addr, conn))
+    }
+}
+
 /// The slots and what they connect to.
 pub(super) struct Pool {
-    client: Client,
+    connector: Connector,
+    watch: Arc<NodeWatch>,
+    connect_timeout: Duration,
     slots: Arc<[Slot]>,
     next: AtomicUsize,
     connection_config: AsyncConnectionConfig,
@@ -82,7 +111,7 @@ pub(crate) fn map_err(err: RedisError) -> CacheError {
 }
 
 /// A client for `url`, with the configured certificates when there are any.
-fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
+pub(crate) fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
     if !tls.is_set() {
         return Client::open(url);
     }
@@ -111,7 +140,7 @@ fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
 /// `rediss://` works even when several providers are compiled in (where
 /// rustls cannot pick one by itself and would panic).
 #[cfg(feature = "tls")]
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -147,23 +176,33 @@ impl Drop for InFlight<'_> {
 }
 
 impl Pool {
-    pub fn new(url: &str, pool_size: usize, timeout: Duration, tls: &TlsCerts) -> CacheResult<Self> {
-        #[cfg(feature = "tls")]
-        if url.starts_with("rediss://") {
-            install_crypto_provider();
-        }
-        let client = open_client(url, tls)
-            .map_err(|e| CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e)))?;
+    pub fn new(connector: Connector, watch: Arc<NodeWatch>, pool_size: usize, timeout: Duration) -> Self {
         let slots = (0..pool_size).map(|_| Slot::default()).collect();
+        let connect_timeout = timeout.max(MIN_CONNECT_TIMEOUT);
         let connection_config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout.max(MIN_CONNECT_TIMEOUT)))
+            .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(None);
-        Ok(Pool {
-            client,
+        Pool {
+            connector,
+            watch,
+            connect_timeout,
             slots,
             next: AtomicUsize::new(0),
             connection_config,
-        })
+        }
+    }
+
+    /// What the first connection's probe found out.
+    #[cfg(feature = "cluster")]
+    pub(super) fn topology(&self) -> Option<&super::probe::Topology> {
+        self.watch.topology()
+    }
+
+    /// Waits for a connection (connecting if none is up), so that its
+    /// probe has run: the topology is then known.
+    #[cfg(feature = "cluster")]
+    pub(super) async fn connected(&self) -> CacheResult<()> {
+        self.conn_with_generation().await.map(|_| ())
     }
 
     /// A connection (its slot, its generation): the first slot with fewer
@@ -244,13 +283,26 @@ impl Pool {
     /// Connects slot `i` in a task of its own and publishes the outcome.
     fn spawn_connect(&self, i: usize) -> watch::Receiver<Connected> {
         let (tx, rx) = watch::channel(None);
-        let client = self.client.clone();
+        let connector = self.connector.clone();
+        let probe = self.watch.clone();
         let config = self.connection_config.clone();
         let slots = self.slots.clone();
         let this_attempt = rx.clone();
+        let limit = self.connect_timeout;
         tokio::spawn(async move {
             tracing::debug!(slot = i, "connecting to redis");
-            let outcome = match client.get_multiplexed_async_connection_with_config(&config).await {
+            let connected = async {
+                let (addr, mut conn) = connector.connect(&config).await.map_err(map_err)?;
+                // Before anybody uses it: a restarted node or another
+                // primary moves the contact epoch first.
+                probe.probe(&addr, &mut conn).await?;
+                Ok::<_, CacheError>(conn)
+            };
+            let connected = match tokio::time::timeout(limit * 2, connected).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(CacheError::ConnectionError("connect timed out".into())),
+            };
+            let outcome = match connected {
                 Ok(conn) => {
                     let slot = &slots[i];
                     let generation = slot.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -260,7 +312,7 @@ impl Pool {
                     }
                     Ok((generation, conn))
                 }
-                Err(e) => Err(map_err(e)),
+                Err(e) => Err(e),
             };
             let _ = tx.send(Some(outcome));
             // Waiters hold their own receivers; the slot forgets this attempt
@@ -303,8 +355,11 @@ impl Pool {
                 Ok(v)
             }
             Err(e) => {
+                // READONLY: the node was demoted to a replica (a failover
+                // behind Sentinel); the next connect asks Sentinel again.
+                let demoted = e.code() == Some("READONLY");
                 let e = map_err(e);
-                if matches!(e, CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)) {
+                if demoted || matches!(e, CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)) {
                     self.reset_generation(slot, generation);
                 } else {
                     // The server answered.

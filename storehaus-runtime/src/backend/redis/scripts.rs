@@ -87,7 +87,7 @@ return redis.call('SCARD', KEYS[2])
 ";
 
 /// Every script, prepared once per backend.
-pub(super) struct Scripts {
+pub(crate) struct Scripts {
     pub fill: Script,
     pub lease_many: Script,
     pub release: Script,

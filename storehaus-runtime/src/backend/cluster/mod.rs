@@ -1,0 +1,414 @@
+//! The Redis Cluster backend: the primitives of the backend contract on a
+//! redis-rs `cluster-async` connection, split by hash slot.
+//!
+//! - Keys are laid out by `layout` (records spread over every slot; a
+//!   store's query results with its generation counter, a tag set with its
+//!   draining set, each pair in one slot).
+//! - A multi-key primitive (`MGET`, the lease and fill scripts, `DEL`, an
+//!   invalidation's pipeline) runs once per slot, concurrently, and its
+//!   answers are put back in the keys' order.
+//! - `SCAN` walks reach every primary (`scan`).
+//! - redis-rs retries nothing here (`retries(0)`): a failure, a `MOVED`
+//!   or `ASK` redirection, or a cluster that is down reaches this backend,
+//!   which moves the contact epoch before it answers (a replica may have
+//!   been promoted: the manager replays its recent invalidations before it
+//!   serves cached values again), and the budget's own retries resend the
+//!   command once redis-rs has refreshed its slot map.
+//!
+//! Connections are made in the background by redis-rs on first use; the
+//! callers' budget bounds only their own wait.
+
+mod health;
+pub(crate) mod layout;
+mod scan;
+mod slots;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+
+use self::health::{Health, Watched};
+use self::layout::{by_slot, physical, physical_all};
+use self::slots::{scatter, split_invalidation, SlotInvalidation};
+use crate::backend::contact::Contact;
+use crate::backend::redis::invalidation;
+use crate::backend::redis::scripts::Scripts;
+use crate::backend::{Invalidated, Invalidation, ScanStep};
+use crate::config::TlsCerts;
+use crate::error::{CacheError, CacheResult};
+
+/// The least time a connect or a reply is given, whatever the budget.
+const MIN_NODE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(crate) struct ClusterBackend {
+    client: ClusterClient,
+    config: ClusterConfig,
+    conn: RwLock<Option<ClusterConnection>>,
+    health: Health,
+    scripts: Scripts,
+    contact: Arc<Contact>,
+    wait: Option<(u32, u64)>,
+}
+
+impl std::fmt::Debug for ClusterBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterBackend").finish_non_exhaustive()
+    }
+}
+
+impl ClusterBackend {
+    /// A backend on the cluster that `seeds` (URLs of some of its nodes,
+    /// with the credentials and TLS mode of the first) belong to. Connects
+    /// lazily.
+    pub fn new(
+        seeds: &[String],
+        timeout: Duration,
+        tls: &TlsCerts,
+        contact: Arc<Contact>,
+        wait: Option<(u32, u64)>,
+    ) -> CacheResult<Self> {
+        let limit = timeout.max(MIN_NODE_TIMEOUT);
+        let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+            .retries(0)
+            .connection_timeout(limit)
+            .response_timeout(limit);
+        let builder = with_certs(builder, tls)?;
+        let client = builder
+            .build()
+            .map_err(|e| CacheError::InvalidConfig(format!("cannot use the cluster nodes: {e}")))?;
+        Ok(ClusterBackend {
+            client,
+            config: ClusterConfig::new()
+                .set_connection_timeout(limit)
+                .set_response_timeout(limit),
+            conn: RwLock::new(None),
+            health: Health::default(),
+            scripts: Scripts::new(),
+            contact,
+            wait,
+        })
+    }
+
+    /// The cluster connection (made in the background on first use, and
+    /// made again after a run of failures, see `health`).
+    fn conn(&self) -> ClusterConnection {
+        let replace = self.health.replace.swap(false, Ordering::AcqRel);
+        if !replace {
+            if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
+                return conn;
+            }
+        } else {
+            tracing::debug!("the cluster connection keeps failing: connecting afresh");
+        }
+        let mut slot = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(conn) if !replace => conn.clone(),
+            _ => {
+                let conn = self
+                    .client
+                    .get_pending_async_connection_with_config(self.config.clone());
+                *slot = Some(conn.clone());
+                conn
+            }
+        }
+    }
+
+    /// Runs one command, pipeline or script, routed by its first key.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOnCluster) -> CacheResult<T> {
+        let mut conn = self.conn();
+        let mut watched = Watched {
+            contact: &self.contact,
+            health: &self.health,
+            done: false,
+        };
+        let result = cmd.run(&mut conn).await;
+        watched.done = true;
+        match result {
+            Ok(v) => {
+                self.health.answered();
+                Ok(v)
+            }
+            Err(e) => Err(self.map_err(e)),
+        }
+    }
+
+    /// Maps an error; a sign that a primary may have changed moves the
+    /// contact epoch first.
+    fn map_err(&self, err: redis::RedisError) -> CacheError {
+        let moved = matches!(
+            err.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING" | "READONLY")
+        );
+        let mapped = crate::backend::redis::map_err(err);
+        match mapped {
+            CacheError::Command(m) if moved => {
+                self.contact.bump("a slot moved or the cluster is down");
+                CacheError::ConnectionError(m)
+            }
+            e @ CacheError::ConnectionError(_) => {
+                self.contact.bump("a cluster node failed");
+                self.health.failed();
+                e
+            }
+            other => other,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        self.run(redis::cmd("GET").arg(physical(key).as_ref()).to_owned()).await
+    }
+
+    /// One `MGET` per slot, concurrently.
+    pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
+        let keys = physical_all(keys);
+        let groups = by_slot(&keys);
+        let answers = try_join_all(groups.iter().map(|group| {
+            let mut cmd = redis::cmd("MGET");
+            for &i in group {
+                cmd.arg(&keys[i]);
+            }
+            self.run::<Vec<Option<Vec<u8>>>>(cmd)
+        }))
+        .await?;
+        Ok(scatter(keys.len(), &groups, answers))
+    }
+
+    pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(physical(key).as_ref())
+            .arg(lease)
+            .arg("NX")
+            .arg("PX")
+            .arg(lease_ms)
+            .arg("GET");
+        self.run(cmd).await
+    }
+
+    /// The lease script once per slot, concurrently.
+    pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
+        let keys = physical_all(keys);
+        let groups = by_slot(&keys);
+        let answers = try_join_all(groups.iter().map(|group| {
+            let mut inv = self.scripts.lease_many.prepare_invoke();
+            for &i in group {
+                inv.key(&keys[i]);
+            }
+            inv.arg(lease).arg(lease_ms);
+            async move { self.run::<Vec<u8>>(Script(inv)).await }
+        }))
+        .await?;
+        let codes = scatter(keys.len(), &groups, answers);
+        let replaced = codes.iter().filter(|c| **c == 2).count() as u64;
+        Ok((codes.into_iter().map(|c| c != 0).collect(), replaced))
+    }
+
+    pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()> {
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(physical(key).as_ref()).arg(lease);
+        let _: u64 = self.run(Script(inv)).await?;
+        Ok(())
+    }
+
+    /// The fill script once per slot, concurrently.
+    pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64> {
+        let keys: Vec<String> = keys.iter().map(|k| physical(k).into_owned()).collect();
+        let groups = by_slot(&keys);
+        let filled = try_join_all(groups.iter().map(|group| {
+            let mut inv = self.scripts.fill.prepare_invoke();
+            for &i in group {
+                inv.key(&keys[i]);
+            }
+            inv.arg(lease).arg(ttl_ms);
+            for &i in group {
+                inv.arg(values[i]);
+            }
+            async move { self.run::<u64>(Script(inv)).await }
+        }))
+        .await?;
+        Ok(filled.into_iter().sum())
+    }
+
+    pub async fn set_ex(&self, key: &str, value: &[u8], ttl_secs: u64) -> CacheResult<()> {
+        self.run(
+            redis::cmd("SET")
+                .arg(physical(key).as_ref())
+                .arg(value)
+                .arg("EX")
+                .arg(ttl_secs)
+                .to_owned(),
+        )
+        .await
+    }
+
+    pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)> {
+        let key = physical(key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key.as_ref()).cmd("PTTL").arg(key.as_ref());
+        self.run(pipe).await
+    }
+
+    /// One `DEL` per slot, concurrently.
+    pub async fn delete(&self, keys: &[String]) -> CacheResult<u64> {
+        let keys = physical_all(keys);
+        self.delete_physical(&keys, "DEL").await
+    }
+
+    async fn delete_physical(&self, keys: &[String], command: &str) -> CacheResult<u64> {
+        let groups = by_slot(keys);
+        let counts = try_join_all(groups.iter().map(|group| {
+            let mut cmd = redis::cmd(command);
+            for &i in group {
+                cmd.arg(&keys[i]);
+            }
+            self.run::<u64>(cmd)
+        }))
+        .await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// The invalidation pipeline once per slot, concurrently.
+    pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
+        let parts = split_invalidation(inv);
+        let done = try_join_all(parts.iter().map(|p| self.invalidate_slot(p))).await?;
+        Ok(done.into_iter().fold(Invalidated::default(), |mut all, one| {
+            all.deleted += one.deleted;
+            all.corrupt += one.corrupt;
+            all.refused += one.refused;
+            all.tags_refused |= one.tags_refused;
+            all
+        }))
+    }
+
+    async fn invalidate_slot(&self, part: &SlotInvalidation) -> CacheResult<Invalidated> {
+        let inv = Invalidation {
+            keys: &part.keys,
+            counters: &part.counters,
+            tags: &part.tags,
+        };
+        let Some(pipe) = invalidation::pipeline(&inv, self.wait) else {
+            return Ok(Invalidated::default());
+        };
+        let replies: Vec<redis::Value> = self.run(pipe).await?;
+        let (mut out, reset) = invalidation::read_replies(&inv, replies)?;
+        if let Some(reset) = reset {
+            let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
+            out.tags_refused |= reset.read_replies(replies)?;
+        }
+        Ok(out)
+    }
+
+    pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
+        self.run(
+            redis::cmd("SET")
+                .arg(physical(key).as_ref())
+                .arg(start)
+                .arg("NX")
+                .arg("GET")
+                .to_owned(),
+        )
+        .await
+    }
+
+    pub async fn fill_if_counter(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+        counter: &str,
+        expected: u64,
+    ) -> CacheResult<bool> {
+        let mut inv = self.scripts.fill_if_counter.prepare_invoke();
+        inv.key(physical(key).as_ref())
+            .key(physical(counter).as_ref())
+            .arg(value)
+            .arg(ttl_ms)
+            .arg(expected);
+        let filled: u64 = self.run(Script(inv)).await?;
+        Ok(filled == 1)
+    }
+
+    pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64> {
+        let mut inv = self.scripts.drain_tag.prepare_invoke();
+        inv.key(physical(set).as_ref()).key(physical(draining).as_ref());
+        self.run(Script(inv)).await
+    }
+
+    // SSCAN of the draining set, then UNLINK of the members (per slot), then
+    // SREM of them from the set, in that order.
+    pub async fn drain_step(&self, draining: &str, cursor: u64) -> CacheResult<ScanStep> {
+        let draining = physical(draining);
+        let (next, keys): (u64, Vec<String>) = self
+            .run(
+                redis::cmd("SSCAN")
+                    .arg(draining.as_ref())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(crate::backend::redis::SCAN_COUNT)
+                    .to_owned(),
+            )
+            .await?;
+        if keys.is_empty() {
+            return Ok(ScanStep { next, removed: 0, keys });
+        }
+        let removed = self.delete_physical(&keys, "UNLINK").await?;
+        let _: u64 = self
+            .run(redis::cmd("SREM").arg(draining.as_ref()).arg(&keys).to_owned())
+            .await?;
+        Ok(ScanStep { next, removed, keys })
+    }
+}
+
+/// TLS certificates for every node, when configured.
+fn with_certs(builder: ClusterClientBuilder, tls: &TlsCerts) -> CacheResult<ClusterClientBuilder> {
+    if !tls.is_set() {
+        return Ok(builder);
+    }
+    #[cfg(feature = "tls")]
+    {
+        crate::backend::redis::pool::install_crypto_provider();
+        Ok(builder.certs(redis::TlsCertificates {
+            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+            root_cert: tls.root.clone(),
+        }))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(CacheError::InvalidConfig(
+            "TLS certificates need the `tls` feature of storehaus".into(),
+        ))
+    }
+}
+
+/// A script invocation: `EVALSHA`, and on `NOSCRIPT` (a freshly promoted
+/// replica) `SCRIPT LOAD` on every node and `EVALSHA` again.
+struct Script<'a>(redis::ScriptInvocation<'a>);
+
+/// A command, a pipeline or a script invocation on a cluster connection.
+trait RunOnCluster {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T>;
+}
+
+impl RunOnCluster for redis::Cmd {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl RunOnCluster for redis::Pipeline {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl RunOnCluster for Script<'_> {
+    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
+        self.0.invoke_async(conn).await
+    }
+}

@@ -1,0 +1,132 @@
+//! The pipelines of a committed write's invalidation, shared by the
+//! single-node and the cluster backends (the cluster runs one per slot).
+
+use crate::backend::{counter_seed, Invalidated, Invalidation, TagAdd};
+use crate::error::{CacheError, CacheResult};
+
+/// The one pipeline of an invalidation (errors kept per command): `DEL`
+/// of the keys, `SET NX` + `INCR` of each counter, `SADD` + expiry of each
+/// tag set; then, when `wait` is set, `WAIT replicas timeout_ms` (its
+/// answer is not checked: a replica that is late does not fail the write).
+/// `None` when there is nothing to do.
+pub(crate) fn pipeline(inv: &Invalidation<'_>, wait: Option<(u32, u64)>) -> Option<redis::Pipeline> {
+    if inv.keys.is_empty() && inv.counters.is_empty() && inv.tags.is_empty() {
+        return None;
+    }
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    if !inv.keys.is_empty() {
+        pipe.cmd("DEL").arg(inv.keys);
+    }
+    for c in inv.counters {
+        // A missing counter (never made, or evicted) restarts at a random
+        // value, never at 1: results cached under an old generation can
+        // then never become current again.
+        pipe.cmd("SET").arg(c).arg(counter_seed()).arg("NX").ignore();
+        pipe.cmd("INCR").arg(c);
+    }
+    for t in inv.tags {
+        pipe.cmd("SADD").arg(&t.set).arg(&t.members);
+        expire_at_least(&mut pipe, &t.set, t.ttl_secs);
+    }
+    if let Some((replicas, timeout_ms)) = wait {
+        pipe.cmd("WAIT").arg(replicas).arg(timeout_ms).ignore();
+    }
+    Some(pipe)
+}
+
+/// Reads the replies of [`pipeline`]: what was done, and the second round
+/// trip needed when a counter or a tag set must be reset.
+pub(crate) fn read_replies<'a>(
+    inv: &'a Invalidation<'_>,
+    replies: Vec<redis::Value>,
+) -> CacheResult<(Invalidated, Option<Reset<'a>>)> {
+    let mut replies = replies.into_iter();
+    let mut out = Invalidated::default();
+    if !inv.keys.is_empty() {
+        out.deleted = int_reply(replies.next())?;
+    }
+    let mut reset = Reset::default();
+    for c in inv.counters {
+        match replies.next() {
+            Some(redis::Value::Int(_)) => {}
+            Some(redis::Value::ServerError(e)) if e.code() == "OOM" => {
+                out.refused += 1;
+                reset.counters.push(c);
+            }
+            // Not an integer, or another Redis type: a corrupt counter.
+            _ => {
+                out.corrupt += 1;
+                reset.counters.push(c);
+            }
+        }
+    }
+    for t in inv.tags {
+        match replies.next() {
+            Some(redis::Value::Int(_)) => {}
+            Some(redis::Value::ServerError(e)) if e.code() == "OOM" => out.tags_refused = true,
+            _ => reset.tags.push(t),
+        }
+    }
+    let needed = !reset.counters.is_empty() || !reset.tags.is_empty();
+    Ok((out, needed.then_some(reset)))
+}
+
+/// The second round trip of an invalidation: a counter that cannot be
+/// bumped is deleted instead (DEL works even out of memory): a missing
+/// counter serves no query result, and it comes back at a fresh random
+/// seed. A tag set of another type is replaced.
+#[derive(Default)]
+pub(crate) struct Reset<'a> {
+    counters: Vec<&'a String>,
+    tags: Vec<&'a TagAdd>,
+}
+
+impl Reset<'_> {
+    pub fn pipeline(&self) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for c in &self.counters {
+            pipe.cmd("DEL").arg(*c);
+            pipe.cmd("SET").arg(*c).arg(counter_seed()).arg("NX").ignore();
+        }
+        for t in &self.tags {
+            pipe.cmd("DEL").arg(&t.set).ignore();
+            pipe.cmd("SADD").arg(&t.set).arg(&t.members);
+            expire_at_least(&mut pipe, &t.set, t.ttl_secs);
+        }
+        pipe
+    }
+
+    /// Whether a tag addition was refused.
+    pub fn read_replies(&self, replies: Vec<redis::Value>) -> CacheResult<bool> {
+        let mut replies = replies.into_iter();
+        for _ in &self.counters {
+            int_reply(replies.next())?;
+        }
+        Ok(self
+            .tags
+            .iter()
+            .any(|_| !matches!(replies.next(), Some(redis::Value::Int(_)))))
+    }
+}
+
+/// Sets `key`'s TTL to at least `secs`: `EXPIRE NX` gives one to a key
+/// without, `EXPIRE GT` lengthens a shorter one. Never shortens.
+fn expire_at_least(pipe: &mut redis::Pipeline, key: &str, secs: u64) {
+    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("NX").ignore();
+    pipe.cmd("EXPIRE").arg(key).arg(secs).arg("GT").ignore();
+}
+
+/// An integer reply of a pipeline run with `ignore_errors`.
+fn int_reply(reply: Option<redis::Value>) -> CacheResult<u64> {
+    match reply {
+        Some(redis::Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
+        Some(redis::Value::ServerError(e)) => Err(CacheError::Command(format!(
+            "{}: {}",
+            e.code(),
+            e.details().unwrap_or("")
+        ))),
+        other => Err(CacheError::Command(format!("unexpected reply {other:?}"))),
+    }
+}

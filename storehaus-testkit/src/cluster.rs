@@ -1,0 +1,382 @@
+//! Private Redis Clusters and Sentinel deployments, started by
+//! `scripts/cluster.sh` and `scripts/sentinel.sh` on free loopback ports,
+//! for the tests that kill a primary; and the shared cluster the behaviour
+//! suite runs on (`STOREHAUS_CLUSTER_URL`, started by `scripts/test.sh`).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use crate::{random_name, raw_redis};
+
+/// The URL of the shared test cluster: `STOREHAUS_CLUSTER_URL`, which
+/// `scripts/test.sh` exports after starting one with `scripts/cluster.sh`.
+///
+/// # Panics
+/// When the variable is not set, saying how to set it.
+pub fn cluster_url() -> String {
+    std::env::var("STOREHAUS_CLUSTER_URL").unwrap_or_else(|_| {
+        panic!(
+            "STOREHAUS_CLUSTER_URL is not set: run `bash scripts/test.sh`, or \
+             `bash scripts/cluster.sh start DIR` and export STOREHAUS_CLUSTER_URL=$(cat DIR/url)"
+        )
+    })
+}
+
+fn scripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts")
+}
+
+/// Runs a script; `Err` with its output when it failed.
+fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let out = Command::new("bash")
+        .arg(scripts_dir().join(script))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("bash runs");
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{script} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// A deployment started by one of the scripts, in a directory of its own;
+/// stopped (its processes killed by pid) on drop.
+struct Deployment {
+    script: &'static str,
+    dir: PathBuf,
+    ports: Vec<u16>,
+    url: String,
+}
+
+impl Deployment {
+    /// Starts it on free ports; tries again on other ports when one was
+    /// taken meanwhile (by another test), three times at most.
+    fn start(script: &'static str, env: &[(&str, &str)]) -> Deployment {
+        let mut failures = Vec::new();
+        loop {
+            let dir = std::env::temp_dir().join(random_name("storehaus"));
+            let dir_arg = dir.to_string_lossy().to_string();
+            match run_script(script, &["start", &dir_arg], env) {
+                Ok(()) => return Self::started(script, dir),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    failures.push(e);
+                    assert!(failures.len() < 3, "{failures:#?}");
+                }
+            }
+        }
+    }
+
+    fn started(script: &'static str, dir: PathBuf) -> Deployment {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("the script wrote it");
+        let ports = read("ports")
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port"))
+            .collect();
+        let url = read("url").trim().to_string();
+        Deployment {
+            script,
+            dir,
+            ports,
+            url,
+        }
+    }
+
+    /// Sends `signal` to the server on `port` (its pid file names it).
+    fn signal(&self, port: u16, signal: &str) {
+        let pidfile = self.dir.join(port.to_string()).join("pid");
+        if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+            let _ = Command::new("kill").args([signal, pid.trim()]).status();
+            if signal == "-9" {
+                let _ = std::fs::remove_file(pidfile);
+            }
+        }
+    }
+
+    fn kill(&self, port: u16) {
+        self.signal(port, "-9");
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for port in &self.ports {
+            self.signal(*port, "-CONT");
+        }
+        let dir = self.dir.to_string_lossy().to_string();
+        let _ = Command::new("bash")
+            .arg(scripts_dir().join(self.script))
+            .args(["stop", &dir])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private 6-node Redis Cluster (3 primaries, 3 replicas,
+/// cluster-node-timeout 1000 ms), stopped on drop.
+pub struct RedisCluster {
+    deployment: Deployment,
+}
+
+impl RedisCluster {
+    /// Starts one and waits until `cluster_state:ok`.
+    pub fn start() -> RedisCluster {
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000")]),
+        }
+    }
+
+    /// Starts one whose nodes speak TLS only, with the certificates in
+    /// `tls_dir` (`ca.crt`, `server.crt`, `server.key`); its URL is
+    /// `rediss://`.
+    pub fn start_tls(tls_dir: &str) -> RedisCluster {
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000"), ("TLS_DIR", tls_dir)]),
+        }
+    }
+
+    /// Starts one whose nodes require `password` (`requirepass`).
+    pub fn start_with_password(password: &str) -> RedisCluster {
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000"), ("PASSWORD", password)]),
+        }
+    }
+
+    /// `redis://127.0.0.1:<a node>`.
+    pub fn url(&self) -> String {
+        self.deployment.url.clone()
+    }
+
+    /// The six nodes' ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.deployment.ports
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&self, port: u16) {
+        self.deployment.kill(port);
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the node on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
+    }
+
+    /// The port of the primary that serves `key`'s slot now, and the port
+    /// of one of its replicas, asked of a live node.
+    pub async fn owner(&self, key: &str) -> (u16, Option<u16>) {
+        let slot = key_slot(key);
+        for &port in self.ports() {
+            let Ok(mut c) = try_raw(port).await else { continue };
+            let Ok(slots) = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<redis::Value>(&mut c)
+                .await
+            else {
+                continue;
+            };
+            if let Some(found) = owner_of(&slots, slot) {
+                return found;
+            }
+        }
+        panic!("no live node knows who serves slot {slot}");
+    }
+
+    /// Waits until every live node says `cluster_state:ok` and agrees that
+    /// `port` is a primary (after a failover, the promoted replica).
+    pub async fn wait_until_primary(&self, port: u16) {
+        let start = Instant::now();
+        loop {
+            let mut ok = true;
+            for &p in self.ports() {
+                let Ok(mut c) = try_raw(p).await else { continue };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                let role: String = redis::cmd("ROLE")
+                    .query_async::<Vec<redis::Value>>(&mut c)
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
+                    .and_then(|v| redis::from_redis_value(v).ok())
+                    .unwrap_or_default();
+                ok &= info.contains("cluster_state:ok") && (p != port || role == "master");
+            }
+            if ok {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no failover to {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A private primary + replica + 3 Sentinels (service `mymaster`,
+/// down-after 500 ms), stopped on drop.
+pub struct Sentinels {
+    deployment: Deployment,
+}
+
+impl Sentinels {
+    /// Starts them and waits until every Sentinel sees the replica.
+    pub fn start() -> Sentinels {
+        Sentinels {
+            deployment: Deployment::start("sentinel.sh", &[("DOWN_AFTER", "500")]),
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:<s1>,.../mymaster`.
+    pub fn url(&self) -> String {
+        self.deployment.url.clone()
+    }
+
+    /// The first primary's port.
+    pub fn primary(&self) -> u16 {
+        self.deployment.ports[0]
+    }
+
+    /// The replica's port.
+    pub fn replica(&self) -> u16 {
+        self.deployment.ports[1]
+    }
+
+    /// SIGKILLs the server on `port`.
+    pub fn kill(&self, port: u16) {
+        self.deployment.kill(port);
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the server on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
+    }
+
+    /// Waits until a Sentinel names `port` as the primary and it says so.
+    pub async fn wait_until_primary(&self, port: u16) {
+        let start = Instant::now();
+        let sentinel = self.deployment.ports[2];
+        loop {
+            if let Ok(mut s) = try_raw(sentinel).await {
+                let addr: Vec<String> = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg("mymaster")
+                    .query_async(&mut s)
+                    .await
+                    .unwrap_or_default();
+                if addr.get(1).map(String::as_str) == Some(port.to_string().as_str()) {
+                    if let Ok(mut c) = try_raw(port).await {
+                        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap_or_default();
+                        let first: Option<String> =
+                            role.into_iter().next().and_then(|v| redis::from_redis_value(v).ok());
+                        if first.as_deref() == Some("master") {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "no failover to {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Cuts the replication links of the primary on `port` (`CLIENT KILL TYPE
+/// replica`): with its replicas frozen, they cannot reconnect, and every
+/// write the primary acknowledges from now on exists on the primary only,
+/// as when it dies before replicating it.
+pub async fn cut_replication(port: u16) {
+    let mut c = raw_node(port).await;
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut c)
+        .await
+        .expect("CLIENT KILL TYPE replica");
+}
+
+async fn try_raw(port: u16) -> redis::RedisResult<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+/// A raw connection to one node on 127.0.0.1 (no cluster redirections).
+pub async fn raw_node(port: u16) -> MultiplexedConnection {
+    raw_redis(&format!("redis://127.0.0.1:{port}")).await
+}
+
+/// A raw cluster connection for assertions (follows redirections).
+pub async fn raw_cluster(url: &str) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(vec![url])
+        .expect("cluster url")
+        .get_async_connection()
+        .await
+        .expect("connect to the cluster")
+}
+
+/// `CLUSTER KEYSLOT` computed locally (CRC16 of the hash tag or the key).
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = bytes
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let inner = &bytes[open + 1..];
+            inner
+                .iter()
+                .position(|b| *b == b'}')
+                .filter(|n| *n > 0)
+                .map(|n| &inner[..n])
+        })
+        .unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for b in hashed {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
+/// The primary and first replica ports of `slot` in a `CLUSTER SLOTS` reply.
+fn owner_of(slots: &redis::Value, slot: u16) -> Option<(u16, Option<u16>)> {
+    let redis::Value::Array(ranges) = slots else {
+        return None;
+    };
+    for range in ranges {
+        let redis::Value::Array(parts) = range else { continue };
+        let int = |v: &redis::Value| match v {
+            redis::Value::Int(n) => Some(*n),
+            _ => None,
+        };
+        let (Some(start), Some(end)) = (parts.first().and_then(int), parts.get(1).and_then(int)) else {
+            continue;
+        };
+        if !(start..=end).contains(&i64::from(slot)) {
+            continue;
+        }
+        let port = |v: Option<&redis::Value>| match v {
+            Some(redis::Value::Array(node)) => node.get(1).and_then(int).and_then(|p| u16::try_from(p).ok()),
+            _ => None,
+        };
+        return Some((port(parts.get(2))?, port(parts.get(3))));
+    }
+    None
+}
