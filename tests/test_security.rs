@@ -656,7 +656,7 @@ mod tls {
         let mut last = None;
         for _ in 0..100 {
             match manager.health_check().await {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

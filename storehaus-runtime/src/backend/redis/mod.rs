@@ -85,19 +85,18 @@ impl RedisBackend {
     pub fn new(target: Target<'_>) -> CacheResult<Self> {
         let url = target.url;
         let sentinel = url.contains("+sentinel://");
-        let connector =
-            if sentinel {
-                let parsed = SentinelUrl::parse(url)?;
-                Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(parsed.client(target.tls)?)))
-            } else {
-                #[cfg(feature = "tls")]
-                if url.starts_with("rediss://") {
-                    pool::install_crypto_provider();
-                }
-                Connector::Direct(pool::open_client(url, target.tls).map_err(|e| {
-                    CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e))
-                })?)
-            };
+        let connector = if sentinel {
+            let parsed = SentinelUrl::parse(url)?;
+            Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(parsed.client(target.tls)?)))
+        } else {
+            #[cfg(feature = "tls")]
+            if url.starts_with("rediss://") {
+                pool::install_crypto_provider();
+            }
+            Connector::Direct(Box::new(pool::open_client(url, target.tls).map_err(|e| {
+                CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e))
+            })?))
+        };
         #[cfg(not(feature = "cluster"))]
         if !target.cluster_nodes.is_empty() {
             return Err(CacheError::InvalidConfig(

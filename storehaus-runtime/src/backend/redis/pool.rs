@@ -57,7 +57,8 @@ impl Slot {
 /// time of each connect.
 #[derive(Clone)]
 pub(crate) enum Connector {
-    Direct(Client),
+    /// Boxed: a TLS client is large, and connectors are cloned rarely.
+    Direct(Box<Client>),
     Sentinel(Arc<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
 }
 
@@ -65,7 +66,7 @@ impl Connector {
     /// A connection and the address of the node it reached.
     async fn connect(&self, config: &AsyncConnectionConfig) -> redis::RedisResult<(String, MultiplexedConnection)> {
         let client = match self {
-            Connector::Direct(client) => client.clone(),
+            Connector::Direct(client) => (**client).clone(),
             Connector::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
         };
         let addr = client.get_connection_info().addr().to_string();
