@@ -254,8 +254,8 @@ async fn smoke(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         println!("smoke: {method} {path} -> {status}");
     }
     let (status, text) = request(addr, "GET", "/metrics", None).await?;
-    if status != 200 {
-        return Err(format!("GET /metrics: {status} {text:?}").into());
+    if status != 200 || !text.contains("storehaus_reads_total") || !text.contains("storehaus_writes_total") {
+        return Err(format!("GET /metrics: {status} {text:?}, want StoreHaus's read and write series").into());
     }
     println!("smoke: GET /metrics -> {status} ({} lines)", text.lines().count());
     Ok(())

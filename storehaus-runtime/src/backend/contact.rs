@@ -29,6 +29,6 @@ impl Contact {
     /// process last wrote.
     pub fn bump(&self, why: &'static str) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::debug!(epoch, why, "the cache's primary may have changed");
+        tracing::debug!(target: "storehaus", epoch, why, "the cache's primary may have changed");
     }
 }

@@ -15,6 +15,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use serde::Serialize;
 
 use crate::cache::codec;
@@ -61,33 +63,44 @@ impl CacheManager {
             return;
         }
         let mgr = self.clone();
-        tokio::spawn(async move {
-            #[cfg(feature = "test-hooks")]
-            for key in &fill.keys {
-                mgr.hooks.before_fill(key).await;
-            }
-            let deadline = mgr.deadline();
-            let ttl_ms = fill.ttl_secs.saturating_mul(1000);
-            let written = match &fill.guard {
-                Guard::Lease(lease) => {
-                    let keys: Vec<&str> = fill.keys.iter().map(String::as_str).collect();
-                    let values: Vec<&[u8]> = fill.values.iter().map(Vec::as_slice).collect();
-                    mgr.guarded(deadline, "fill", || mgr.backend.fill(&keys, &values, lease, ttl_ms))
-                        .await
+        tokio::spawn(
+            async move {
+                #[cfg(feature = "test-hooks")]
+                for key in &fill.keys {
+                    mgr.hooks.before_fill(key).await;
                 }
-                Guard::Generation { counter, expected } => mgr
-                    .guarded(deadline, "query_fill", || {
-                        mgr.backend
-                            .fill_if_counter(&fill.keys[0], &fill.values[0], ttl_ms, counter, *expected)
-                    })
-                    .await
-                    .map(u64::from),
-            };
-            if let Ok(filled) = written {
-                Counters::add(&mgr.counters.fills, filled);
-                Counters::add(&mgr.counters.fills_rejected, fill.keys.len() as u64 - filled);
+                let deadline = mgr.deadline();
+                let ttl_ms = fill.ttl_secs.saturating_mul(1000);
+                let written = match &fill.guard {
+                    Guard::Lease(lease) => {
+                        let keys: Vec<&str> = fill.keys.iter().map(String::as_str).collect();
+                        let values: Vec<&[u8]> = fill.values.iter().map(Vec::as_slice).collect();
+                        mgr.guarded(deadline, "fill", || mgr.backend.fill(&keys, &values, lease, ttl_ms))
+                            .await
+                    }
+                    Guard::Generation { counter, expected } => mgr
+                        .guarded(deadline, "query_fill", || {
+                            mgr.backend
+                                .fill_if_counter(&fill.keys[0], &fill.values[0], ttl_ms, counter, *expected)
+                        })
+                        .await
+                        .map(u64::from),
+                };
+                if let Ok(filled) = written {
+                    let rejected = fill.keys.len() as u64 - filled;
+                    Counters::add(&mgr.counters.fills, filled);
+                    Counters::add(&mgr.counters.fills_rejected, rejected);
+                    mgr.metrics.fills(filled, rejected);
+                    if rejected > 0 {
+                        tracing::debug!(target: "storehaus",
+                            rejected,
+                            "fill rejected: a write invalidated the key while the database was read"
+                        );
+                    }
+                }
+                drop(lead);
             }
-            drop(lead);
-        });
+            .instrument(tracing::Span::current()),
+        );
     }
 }

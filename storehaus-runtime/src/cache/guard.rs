@@ -68,7 +68,8 @@ impl CacheManager {
             let err = match timeout_at(deadline, call()).await {
                 Ok(Ok(v)) => {
                     if self.breaker.success() == Transition::Closed {
-                        tracing::info!("cache reachable again: circuit breaker closed");
+                        self.metrics.breaker(false);
+                        tracing::info!(target: "storehaus", "cache reachable again: circuit breaker closed");
                     }
                     if self.contact_moved() {
                         // The answer may come from a node that lost recent
@@ -83,17 +84,20 @@ impl CacheManager {
                 }
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
                     Counters::bump(&self.counters.connection_errors);
+                    self.metrics.cache_errors("connection", 1);
                     e
                 }
                 Ok(Err(e)) => {
                     // The server answered: it is alive, the command was refused.
                     Counters::bump(&self.counters.command_errors);
+                    self.metrics.cache_errors("command", 1);
                     self.breaker.success();
                     self.warn(op, &e);
                     return Err(e);
                 }
                 Err(_elapsed) => {
                     Counters::bump(&self.counters.timeouts);
+                    self.metrics.cache_errors("timeout", 1);
                     CacheError::Timeout {
                         budget_ms: self.config.timeout_ms,
                     }
@@ -112,11 +116,18 @@ impl CacheManager {
             }
             if self.breaker.failure(probe) == Transition::Opened {
                 Counters::bump(&self.counters.breaker_opened);
-                tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
+                self.metrics.breaker(true);
+                tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
             self.warn(op, &err);
             return Err(err);
         }
+    }
+
+    /// Counts `n` corrupt entries met (and removed or replaced).
+    pub(crate) fn count_corrupt(&self, n: u64) {
+        Counters::add(&self.counters.serialization_errors, n);
+        self.metrics.cache_errors("corrupt", n);
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
@@ -138,10 +149,10 @@ impl CacheManager {
                 .is_ok()
         {
             let suppressed = self.suppressed_warnings.swap(0, Ordering::Relaxed);
-            tracing::warn!(op, error = %err, suppressed, "cache operation failed; falling back to the database");
+            tracing::warn!(target: "storehaus", op, error = %err, suppressed, "cache operation failed; falling back to the database");
         } else {
             self.suppressed_warnings.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(op, error = %err, "cache operation failed");
+            tracing::debug!(target: "storehaus", op, error = %err, "cache operation failed");
         }
     }
 }

@@ -65,8 +65,8 @@ impl CacheManager {
     /// Counts the generation counters an invalidation had to reset.
     pub(crate) fn count_resets(&self, done: &Invalidated) {
         if done.corrupt > 0 {
-            Counters::add(&self.counters.serialization_errors, done.corrupt);
-            tracing::warn!(
+            self.count_corrupt(done.corrupt);
+            tracing::warn!(target: "storehaus",
                 counters = done.corrupt,
                 "a query generation counter held something else than an integer: replaced by a fresh seed"
             );

@@ -30,6 +30,7 @@ pub(crate) mod recent;
 mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
+pub(crate) mod telemetry;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use self::flight::Flights;
 use self::pending::Pending;
 use self::recent::Recent;
 use self::stats::{CacheStats, Counters};
+use self::telemetry::ManagerMetrics;
 use crate::backend::contact::Contact;
 use crate::backend::{Backend, Invalidation, Options};
 use crate::config::CacheConfig;
@@ -76,6 +78,8 @@ pub struct CacheManager {
     config: CacheConfig,
     pub(crate) backend: Backend,
     pub(crate) counters: Counters,
+    /// The same events, for a `metrics` recorder.
+    pub(crate) metrics: ManagerMetrics,
     breaker: Breaker,
     pending: Pending,
     /// Acknowledged invalidations, delivered again when `contact` moves.
@@ -119,12 +123,13 @@ impl CacheManager {
         };
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
-        tracing::debug!(url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
+        tracing::debug!(target: "storehaus", url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
             pending: Pending::new(config.max_pending),
             recent: Recent::new(Duration::from_secs(config.recent_window_secs), config.max_pending),
             contact,
+            metrics: ManagerMetrics::new(&config.global_prefix),
             config,
             backend,
             counters: Counters::default(),
@@ -169,7 +174,7 @@ impl CacheManager {
     /// [`CacheError::InvalidInput`] for a bad prefix or a TTL outside
     /// 1..=31 536 000; [`CacheError::SerializationError`] when the value
     /// cannot be encoded; connection errors and timeouts as they happen.
-    #[tracing::instrument(skip(self, value))]
+    #[tracing::instrument(target = "storehaus", skip(self, value))]
     pub async fn set_record<T: Serialize + ?Sized>(
         &self,
         prefix: &str,
@@ -194,7 +199,7 @@ impl CacheManager {
     /// [`CacheError::SerializationError`] when the entry does not decode as
     /// `T` (it is left in place); [`CacheError::InvalidInput`] for a bad
     /// prefix; connection errors and timeouts as they happen.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn get_record<T: DeserializeOwned>(&self, prefix: &str, id: &str) -> CacheResult<Option<T>> {
         let key = self.manual_key(prefix, id)?;
         let deadline = self.deadline();
@@ -227,7 +232,7 @@ impl CacheManager {
             }
             Err(e) => {
                 Counters::bump(&self.counters.misses);
-                Counters::bump(&self.counters.serialization_errors);
+                self.count_corrupt(1);
                 Err(e)
             }
         }
@@ -238,7 +243,7 @@ impl CacheManager {
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
     /// timeouts as they happen.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn delete_record(&self, prefix: &str, id: &str) -> CacheResult<bool> {
         let key = self.manual_key(prefix, id)?;
         let keys = [key];
@@ -258,7 +263,7 @@ impl CacheManager {
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
     /// timeouts as they happen.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
         let counters = [key::generation_key(self.global_prefix(), prefix)];
@@ -284,7 +289,7 @@ impl CacheManager {
     /// # Errors
     /// [`CacheError::InvalidInput`] for an empty pattern; connection errors
     /// and timeouts as they happen.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn delete_pattern(&self, pattern: &str) -> CacheResult<u64> {
         if pattern.is_empty() {
             return Err(CacheError::InvalidInput("pattern must not be empty".into()));
@@ -344,7 +349,7 @@ impl CacheManager {
     /// # Errors
     /// [`CacheError::InvalidInput`] for an empty tag; connection errors and
     /// timeouts as they happen (under ten times the configured timeout).
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn invalidate_tag(&self, tag: &str) -> CacheResult<u64> {
         if tag.is_empty() {
             return Err(CacheError::InvalidInput("tag must not be empty".into()));

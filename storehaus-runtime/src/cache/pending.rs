@@ -141,7 +141,7 @@ impl Pending {
             // The scope walk covers these keys, if it starts over.
             s.epoch = epoch;
         } else if p.keys.len() + p.tag_members + keys.len() > self.max {
-            tracing::warn!(
+            tracing::warn!(target: "storehaus",
                 scope,
                 pending = p.keys.len(),
                 "too many pending invalidations: this store's whole key space will be cleared on recovery"
@@ -165,7 +165,7 @@ impl Pending {
             if p.keys.len() + p.tag_members + t.members.len() > self.max {
                 // Bounded memory first: this tag association is lost, its
                 // keys are still invalidated (above).
-                tracing::warn!(set = %t.set, "too many pending tag additions: dropping one");
+                tracing::warn!(target: "storehaus", set = %t.set, "too many pending tag additions: dropping one");
                 p.overflows += 1;
                 continue;
             }

@@ -27,6 +27,7 @@ use crate::backend::{counter_seed, Invalidation};
 use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
 use crate::cache::stats::Counters;
+use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
 
@@ -41,8 +42,13 @@ pub(crate) struct QuerySpace<'a> {
 }
 
 /// Reads a query result through the cache, checking its generation; on a
-/// miss runs `load` (the database) and fills against the generation.
-pub(crate) async fn read_query<V, F, Fut>(mgr: &Arc<CacheManager>, space: QuerySpace<'_>, load: F) -> Result<V>
+/// miss runs `load` (the database) and fills against the generation. Also
+/// says how the cache took part.
+pub(crate) async fn read_query<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    space: QuerySpace<'_>,
+    load: F,
+) -> (Result<V>, Outcome)
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -51,34 +57,37 @@ where
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
         Counters::bump(&mgr.counters.misses);
-        return load().await;
+        return (load().await, Outcome::Bypass);
     }
     let keys = [space.generation_key.to_string(), space.key];
     let Ok(mut found) = mgr.guarded(deadline, "query_get", || mgr.backend.mget(&keys)).await else {
         Counters::bump(&mgr.counters.misses);
-        return load().await;
+        return (load().await, Outcome::Bypass);
     };
     let entry = found.pop().flatten();
     let [generation_key, key] = keys;
     let Some(generation) = current_generation(mgr, &generation_key, found.pop().flatten(), deadline).await else {
         Counters::bump(&mgr.counters.misses);
-        return load().await;
+        return (load().await, Outcome::Bypass);
     };
     if let Some(bytes) = entry {
         match codec::decode::<(u64, V)>(space.fingerprint, &bytes) {
             Ok(Entry::Record((g, value))) if g == generation => {
                 Counters::bump(&mgr.counters.hits);
-                return Ok(value);
+                return (Ok(value), Outcome::Hit);
             }
             Ok(_) => {}
             Err(e) => {
-                Counters::bump(&mgr.counters.serialization_errors);
+                mgr.count_corrupt(1);
                 mgr.warn("decode", &e);
             }
         }
     }
     Counters::bump(&mgr.counters.misses);
-    let value = load().await?;
+    let value = match load().await {
+        Ok(value) => value,
+        Err(e) => return (Err(e), Outcome::Miss),
+    };
     if let Some(bytes) = mgr.encode_fill(space.fingerprint, Some(&(generation, &value))) {
         let fill = Fill {
             keys: vec![key],
@@ -91,7 +100,7 @@ where
         };
         mgr.spawn_fill(fill, None);
     }
-    Ok(value)
+    (Ok(value), Outcome::Miss)
 }
 
 /// The store's current generation, given what MGET found under its key.

@@ -46,6 +46,7 @@ use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
 use crate::cache::flight::{follow, Lease};
 use crate::cache::stats::Counters;
+use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
 
@@ -72,14 +73,15 @@ enum Step<V> {
 }
 
 /// Reads `key` through the cache: a hit is decoded and returned; a miss runs
-/// `load` (the database) and fills the cache behind a lease.
+/// `load` (the database) and fills the cache behind a lease. Also says how
+/// the cache took part.
 pub(crate) async fn read_through<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
     fingerprint: u64,
     ttl_secs: u64,
     load: F,
-) -> Result<Option<V>>
+) -> (Result<Option<V>>, Outcome)
 where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
@@ -88,7 +90,7 @@ where
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
         Counters::bump(&mgr.counters.misses);
-        return load().await;
+        return (load().await, Outcome::Bypass);
     }
     let lease = new_lease();
     let mut retried = false;
@@ -96,27 +98,28 @@ where
         match lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await {
             Step::Hit(v) => {
                 Counters::bump(&mgr.counters.hits);
-                return Ok(v);
+                return (Ok(v), Outcome::Hit);
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
-                return load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
+                let loaded = load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
+                return (loaded, Outcome::Miss);
             }
             Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
                 Behind::Served(v) => {
                     Counters::bump(&mgr.counters.hits);
-                    return Ok(v);
+                    return (Ok(v), Outcome::Hit);
                 }
                 Behind::LookAgain if !retried => retried = true,
                 Behind::LookAgain | Behind::Load => {
                     Counters::bump(&mgr.counters.misses);
-                    return load().await;
+                    return (load().await, Outcome::Bypass);
                 }
             },
             Step::Retry if !retried => retried = true,
             Step::Retry | Step::Bypass => {
                 Counters::bump(&mgr.counters.misses);
-                return load().await;
+                return (load().await, Outcome::Bypass);
             }
         }
     }
@@ -185,6 +188,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
         return match follow::<Option<V>>(rx).await {
             Some(v) => {
                 Counters::bump(&mgr.counters.coalesced);
+                tracing::Span::current().record("coalesced", true);
                 Behind::Served(v)
             }
             None => Behind::Load,
@@ -193,6 +197,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     match wait_for_fill::<V>(mgr, key, found, fingerprint, deadline).await {
         Waited::Filled(v) => {
             Counters::bump(&mgr.counters.lease_waits);
+            tracing::Span::current().record("lease_waited", true);
             Behind::Served(v)
         }
         Waited::NotALease => Behind::LookAgain,
@@ -255,7 +260,7 @@ async fn discard_corrupt<V>(
     err: &CacheError,
     deadline: tokio::time::Instant,
 ) -> Step<V> {
-    Counters::bump(&mgr.counters.serialization_errors);
+    mgr.count_corrupt(1);
     mgr.warn("decode", err);
     let keys = [key.to_string()];
     match mgr.guarded(deadline, "discard", || mgr.backend.delete(&keys)).await {
@@ -292,7 +297,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
         .await
     {
         Ok((Some(bytes), -1)) if bytes == found => {
-            Counters::bump(&mgr.counters.serialization_errors);
+            mgr.count_corrupt(1);
             mgr.warn(
                 "lease_wait",
                 &CacheError::SerializationError("a fill lease without expiry: removed".into()),

@@ -15,8 +15,16 @@ use crate::cache::fill::{Fill, Guard};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
 use crate::cache::stats::Counters;
+use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::Result;
+
+/// How a `get_many` was answered: how many ids the cache answered, and how
+/// the cache took part for the others.
+pub(crate) struct ManyOutcome {
+    pub hits: u64,
+    pub rest: Outcome,
+}
 
 /// Reads `keys` (one per id, same order) through the cache.
 pub(crate) async fn read_many<V, Id, F, Fut>(
@@ -26,7 +34,7 @@ pub(crate) async fn read_many<V, Id, F, Fut>(
     fingerprint: u64,
     ttl_secs: u64,
     load: F,
-) -> Result<Vec<Option<V>>>
+) -> (Result<Vec<Option<V>>>, ManyOutcome)
 where
     V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     Id: Clone + Eq + Hash,
@@ -41,8 +49,15 @@ where
     };
     let Some(cached) = cached else {
         Counters::add(&mgr.counters.misses, ids.len() as u64);
-        let rows = load(ids.to_vec()).await?;
-        return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
+        let bypass = ManyOutcome {
+            hits: 0,
+            rest: Outcome::Bypass,
+        };
+        let rows = match load(ids.to_vec()).await {
+            Ok(rows) => rows,
+            Err(e) => return (Err(e), bypass),
+        };
+        return (Ok(ids.iter().map(|id| rows.get(id).cloned()).collect()), bypass);
     };
 
     let Decoded {
@@ -50,10 +65,15 @@ where
         missing,
         corrupt,
     } = decode_all::<V>(mgr, keys, cached, fingerprint);
-    Counters::add(&mgr.counters.hits, (ids.len() - missing.len()) as u64);
+    let hits = (ids.len() - missing.len()) as u64;
+    Counters::add(&mgr.counters.hits, hits);
     Counters::add(&mgr.counters.misses, missing.len() as u64);
+    let outcome = ManyOutcome {
+        hits,
+        rest: Outcome::Miss,
+    };
     if missing.is_empty() {
-        return Ok(out);
+        return (Ok(out), outcome);
     }
 
     if !corrupt.is_empty() {
@@ -63,7 +83,10 @@ where
     let lease = new_lease();
     let granted = lease_missing(mgr, &missing_keys, &lease, deadline).await;
 
-    let rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
+    let rows = match load(missing.iter().map(|&i| ids[i].clone()).collect()).await {
+        Ok(rows) => rows,
+        Err(e) => return (Err(e), outcome),
+    };
     let mut fill = Fill {
         keys: Vec::new(),
         values: Vec::new(),
@@ -82,7 +105,7 @@ where
         out[i] = row;
     }
     mgr.spawn_fill(fill, None);
-    Ok(out)
+    (Ok(out), outcome)
 }
 
 /// What one MGET answered, decoded.
@@ -112,7 +135,7 @@ fn decode_all<V: DeserializeOwned>(
                 Ok(Entry::Record(v)) => Some(Some(v)),
                 Ok(Entry::Absent) => Some(None),
                 Err(e) => {
-                    Counters::bump(&mgr.counters.serialization_errors);
+                    mgr.count_corrupt(1);
                     mgr.warn("decode", &e);
                     d.corrupt.push(keys[i].clone());
                     None
@@ -147,6 +170,6 @@ async fn lease_missing(
         })
         .await
         .unwrap_or_default();
-    Counters::add(&mgr.counters.serialization_errors, replaced);
+    mgr.count_corrupt(replaced);
     granted
 }

@@ -140,7 +140,7 @@ impl Recent {
                 .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            tracing::warn!(
+            tracing::warn!(target: "storehaus",
                 max = self.max,
                 "too many recent invalidations to remember: the oldest are dropped (raise with_max_pending_invalidations or lower with_recent_invalidations)"
             );

@@ -54,7 +54,7 @@ impl CacheManager {
             }
         }
         if self.recent.mark_seen(epoch) {
-            tracing::info!(
+            tracing::info!(target: "storehaus",
                 keys,
                 "the cache's primary may have changed: recent invalidations are delivered again before cached values are served"
             );
@@ -132,7 +132,7 @@ impl CacheManager {
         };
         self.count_resets(&done);
         Counters::add(&self.counters.invalidations, batch.keys.len() as u64);
-        tracing::info!(
+        tracing::info!(target: "storehaus",
             keys = batch.keys.len(),
             counters = batch.counters.len(),
             "replayed invalidations that failed during a cache outage"

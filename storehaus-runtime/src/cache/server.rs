@@ -106,7 +106,7 @@ impl CacheManager {
     /// breaker is open, [`CacheError::ConnectionError`](crate::CacheError::ConnectionError)
     /// or [`CacheError::Timeout`](crate::CacheError::Timeout) when the
     /// server cannot be reached in time.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn server_stats(&self) -> CacheResult<ServerStats> {
         self.guarded(self.deadline(), "info", || self.backend.server_stats())
             .await
@@ -132,7 +132,7 @@ impl CacheManager {
     ///
     /// # Errors
     /// As for [`server_stats`](Self::server_stats): the cache is unreachable.
-    #[tracing::instrument(skip(self))]
+    #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn health_check(&self) -> CacheResult<Health> {
         let server = self.server_stats().await?;
         let mut warnings = Vec::new();

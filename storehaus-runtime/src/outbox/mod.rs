@@ -72,7 +72,7 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::Database`] when the outbox cannot be installed or
     /// read (for a role that may not run DDL, install
     /// [`external_writes_sql`](Self::external_writes_sql) by migration first).
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn watch_external_writes(&self) -> Result<()> {
         let cache = self.cache_settings().ok_or(StorehausError::CacheDisabled)?;
         let location = worker::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;

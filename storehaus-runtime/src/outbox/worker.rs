@@ -60,7 +60,7 @@ pub(crate) async fn install(pool: &DbPool, table: &str, id: &str) -> Result<Stri
             .fetch_one(&mut *tx)
             .await?;
             if present < names.len() as i64 {
-                tracing::info!(table, "installing the outbox triggers");
+                tracing::info!(target: "storehaus", table, "installing the outbox triggers");
                 sqlx::raw_sql(&ddl::postgres(table, id)).execute(&mut *tx).await?;
             }
             let row = sqlx::query("SELECT current_database()::text, current_schema()::text")
@@ -252,7 +252,7 @@ struct Worker {
 
 impl Worker {
     async fn run(self, location: String) {
-        tracing::debug!(%location, deployment = %self.deployment, "outbox worker started");
+        tracing::debug!(target: "storehaus", %location, deployment = %self.deployment, "outbox worker started");
         let listener = match &self.pool {
             DbPool::Postgres(p) => Some(tokio::spawn(listen(
                 p.clone(),
@@ -290,7 +290,7 @@ impl Worker {
             if last_prune.elapsed() > Duration::from_secs(10) {
                 last_prune = tokio::time::Instant::now();
                 if let Err(e) = prune(&self.pool).await {
-                    tracing::debug!(error = %e, "outbox prune failed");
+                    tracing::debug!(target: "storehaus", error = %e, "outbox prune failed");
                 }
             }
             drop(manager);
@@ -302,10 +302,10 @@ impl Worker {
         if let Some(listener) = listener {
             listener.abort();
         }
-        tracing::debug!(%location, "outbox worker stopped: its cache manager is gone");
+        tracing::debug!(target: "storehaus", %location, "outbox worker stopped: its cache manager is gone");
     }
 
-    #[tracing::instrument(skip_all, fields(deployment = %self.deployment, rows))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(deployment = %self.deployment, rows))]
     async fn pass(&self, manager: &Arc<CacheManager>) -> Result<Pass> {
         let pass = match &self.pool {
             DbPool::Postgres(p) => pass_postgres(manager, p, &self.deployment, &self.state).await?,
@@ -566,7 +566,7 @@ async fn listen(pool: PgPool, state: Arc<WorkerState>, deployment: String) {
                     }
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "outbox listener cannot connect"),
+            Err(e) => tracing::debug!(target: "storehaus", error = %e, "outbox listener cannot connect"),
         }
         state.wake.notify_one();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -4,17 +4,21 @@
 //! generation of the store.
 
 use std::future::Future;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::field::Empty;
 
 use crate::cache::key;
 use crate::cache::query::{read_query, QuerySpace};
+use crate::cache::telemetry::Outcome;
 use crate::error::Result;
 use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::store::query::{Dialect, Query, Rendered, Select};
 use crate::store::sql::{self, Pooled};
+use crate::store::StoreCache;
 use crate::GenericStore;
 
 impl<T: Cached> GenericStore<T> {
@@ -26,10 +30,11 @@ impl<T: Cached> GenericStore<T> {
     /// for an empty `in` list or a negative limit/offset;
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
     /// database fails. Cache failures are never returned.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, outcome = Empty))]
     pub async fn find(&self, query: Query<T>) -> Result<Vec<T>> {
         let rendered = query.render(self.dialect(), Select::Rows)?;
-        self.cached_query(&rendered, || self.fetch_rows(&rendered)).await
+        self.cached_query("find", &rendered, || self.fetch_rows(&rendered))
+            .await
     }
 
     /// The first row matching `query` (the query with `LIMIT 1`).
@@ -44,10 +49,12 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// As for [`find`](Self::find).
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, outcome = Empty))]
     pub async fn count(&self, query: Query<T>) -> Result<u64> {
         let rendered = query.render(self.dialect(), Select::Count)?;
-        let n: i64 = self.cached_query(&rendered, || self.fetch_count(&rendered)).await?;
+        let n: i64 = self
+            .cached_query("count", &rendered, || self.fetch_count(&rendered))
+            .await?;
         Ok(n.max(0) as u64)
     }
 
@@ -59,15 +66,34 @@ impl<T: Cached> GenericStore<T> {
         }
     }
 
-    async fn cached_query<V, F, Fut>(&self, rendered: &Rendered, load: F) -> Result<V>
+    /// Runs one query through the query cache and records it as `op`.
+    async fn cached_query<V, F, Fut>(&self, op: &'static str, rendered: &Rendered, load: F) -> Result<V>
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V>>,
     {
-        let Some(cache) = self.cache_settings() else {
-            return load().await;
+        let started = Instant::now();
+        let (found, outcome) = match self.cache_settings() {
+            None => (load().await, Outcome::Uncached),
+            Some(cache) => self.read_cached_query(cache, rendered, load).await,
         };
+        self.store_metrics()
+            .read(op, found.is_ok().then_some(outcome), 1, started);
+        found
+    }
+
+    async fn read_cached_query<V, F, Fut>(
+        &self,
+        cache: &StoreCache,
+        rendered: &Rendered,
+        load: F,
+    ) -> (Result<V>, Outcome)
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V>>,
+    {
         let mut key = key::query_namespace(cache.manager.global_prefix(), &cache.prefix);
         key.push_str(&rendered.hash());
         let space = QuerySpace {

@@ -17,9 +17,14 @@ mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::field::Empty;
 
 use crate::cache::key;
 use crate::cache::read::read_through;
+use crate::cache::read_many::{read_many, ManyOutcome};
+use crate::cache::telemetry::{Outcome, StoreMetrics};
 use crate::cache::{CacheManager, MAX_TTL_SECS};
 use crate::error::{Result, StorehausError};
 use crate::record::Cached;
@@ -108,6 +113,7 @@ pub struct GenericStore<T: Cached> {
     pool: DbPool,
     signals: Option<Arc<SignalManager>>,
     cache: Option<Arc<StoreCache>>,
+    metrics: Arc<StoreMetrics>,
     _marker: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -124,7 +130,7 @@ impl<T: Cached> GenericStore<T> {
             let prefix = params.prefix.unwrap_or_else(|| T::PREFIX.to_string());
             let escaped = key::escape_store_prefix(&prefix);
             if escaped != prefix {
-                tracing::warn!(prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-] or starts with the reserved \"__\"; it is escaped in keys");
+                tracing::warn!(target: "storehaus", prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-] or starts with the reserved \"__\"; it is escaped in keys");
             }
             let ttl = params
                 .ttl
@@ -141,10 +147,15 @@ impl<T: Cached> GenericStore<T> {
                 scope,
             })
         });
+        let metrics = Arc::new(StoreMetrics::new(
+            T::TABLE,
+            cache.as_ref().map_or(T::PREFIX, |c| c.prefix.as_str()),
+        ));
         GenericStore {
             pool: pool.into(),
             signals,
             cache,
+            metrics,
             _marker: std::marker::PhantomData,
         }
     }
@@ -174,6 +185,14 @@ impl<T: Cached> GenericStore<T> {
             }
         }
         Ok(Self::new(pool, signals, cache))
+    }
+
+    pub(crate) fn store_metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    pub(crate) fn metrics_handle(&self) -> Arc<StoreMetrics> {
+        self.metrics.clone()
     }
 
     pub(crate) fn cache_settings(&self) -> Option<&StoreCache> {
@@ -222,13 +241,19 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Database`] when the database fails. Cache failures
     /// are never returned: the database answers instead.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, outcome = Empty, coalesced = Empty, lease_waited = Empty))]
     pub async fn get_by_id(&self, id: &T::Id) -> Result<Option<T>> {
-        let Some(cache) = &self.cache else {
-            return self.load_one(id).await;
+        let started = Instant::now();
+        let (found, outcome) = match &self.cache {
+            None => (self.load_one(id).await, Outcome::Uncached),
+            Some(cache) => {
+                let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+            }
         };
-        let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+        self.metrics
+            .read("get_by_id", found.is_ok().then_some(outcome), 1, started);
+        found
     }
 
     async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
@@ -242,20 +267,24 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = ids.len()))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, n = ids.len(), outcome = Empty))]
     pub async fn get_many(&self, ids: &[T::Id]) -> Result<Vec<Option<T>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let started = Instant::now();
         let Some(cache) = &self.cache else {
-            let rows = self.load_many(ids).await?;
+            let rows = self.load_many(ids).await;
+            let outcome = rows.is_ok().then_some(Outcome::Uncached);
+            self.metrics.read_many(0, ids.len() as u64, outcome, started);
+            let rows = rows?;
             return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
         };
         let keys: Vec<String> = ids
             .iter()
             .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
             .collect();
-        crate::cache::read_many::read_many(
+        let read = read_many(
             &cache.manager,
             &keys,
             ids,
@@ -263,7 +292,11 @@ impl<T: Cached> GenericStore<T> {
             cache.ttl,
             |missing| async move { self.load_many(&missing).await },
         )
-        .await
+        .await;
+        let (found, ManyOutcome { hits, rest }) = read;
+        let outcome = found.is_ok().then_some(rest);
+        self.metrics.read_many(hits, ids.len() as u64 - hits, outcome, started);
+        found
     }
 
     /// One query for many ids: `= ANY($1)` on PostgreSQL, `IN (...)` on SQLite.

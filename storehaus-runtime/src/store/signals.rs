@@ -54,7 +54,7 @@ impl SignalManager {
 
     /// Publishes an event; returns how many subscribers it reached.
     pub fn publish(&self, event: ChangeEvent) -> usize {
-        tracing::trace!(table = event.table, op = ?event.op, ids = event.ids.len(), "change event");
+        tracing::trace!(target: "storehaus", table = event.table, op = ?event.op, ids = event.ids.len(), "change event");
         self.tx.send(event).unwrap_or(0)
     }
 }

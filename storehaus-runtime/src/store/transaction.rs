@@ -72,7 +72,7 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when no transaction can be started.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn begin(&self) -> Result<StoreTransaction<'_, T>> {
         let tx = DbTx::begin(self.pool()).await?;
         Ok(StoreTransaction {
@@ -174,9 +174,11 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
     /// [`StorehausError::Database`] when the commit fails; the written keys
     /// are invalidated anyway (the commit's outcome is unknown) and no event
     /// is published.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn commit(self) -> Result<()> {
-        let StoreTransaction { tx, stores, .. } = self;
+        let StoreTransaction { tx, stores, store } = self;
+        let metrics = store.metrics_handle();
+        let started = std::time::Instant::now();
         let task = tokio::spawn(async move {
             let committed = tx.commit().await;
             // A failed commit may have happened even so (the connection can
@@ -184,6 +186,7 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
             for store in stores {
                 store.finish(committed.is_ok()).await;
             }
+            metrics.write("commit", committed.is_ok(), started);
             committed
         });
         joined(task).await
@@ -194,7 +197,7 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
     /// # Errors
     /// [`StorehausError::Database`] when the rollback fails (the connection
     /// is then closed, which also rolls back).
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn rollback(self) -> Result<()> {
         self.tx.rollback().await
     }
@@ -219,7 +222,7 @@ impl<U: Cached> InTransaction<'_, U> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the insert fails.
-    #[tracing::instrument(skip_all, fields(table = U::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = U::TABLE))]
     pub async fn create(self, record: U, tags: Option<Vec<String>>) -> Result<U> {
         let created = sql::insert(self.tx.conn(), &record).await?;
         let id = created.id().clone();
@@ -231,7 +234,7 @@ impl<U: Cached> InTransaction<'_, U> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the query fails.
-    #[tracing::instrument(skip_all, fields(table = U::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = U::TABLE))]
     pub async fn get_by_id(self, id: &U::Id) -> Result<Option<U>> {
         sql::select(self.tx.conn(), id).await
     }
@@ -241,7 +244,7 @@ impl<U: Cached> InTransaction<'_, U> {
     /// # Errors
     /// [`StorehausError::IdMismatch`], [`StorehausError::NotFound`] or
     /// [`StorehausError::Database`], as for [`GenericStore::update`].
-    #[tracing::instrument(skip_all, fields(table = U::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = U::TABLE))]
     pub async fn update(self, id: &U::Id, record: U, tags: Option<Vec<String>>) -> Result<U> {
         check_id::<U>(id, &record)?;
         let updated = sql::update(self.tx.conn(), id, &record).await?;
@@ -254,7 +257,7 @@ impl<U: Cached> InTransaction<'_, U> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the delete fails.
-    #[tracing::instrument(skip_all, fields(table = U::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = U::TABLE))]
     pub async fn delete(self, id: &U::Id) -> Result<bool> {
         let affected = sql::delete::<U>(self.tx.conn(), id).await?;
         self.record(ChangeOp::Delete, id.clone(), None);

@@ -3,6 +3,7 @@
 //! and publishes its change event.
 
 use std::future::Future;
+use std::time::Instant;
 
 use crate::backend::TagAdd;
 use crate::cache::key;
@@ -24,7 +25,7 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Database`] when the insert fails (a duplicate id,
     /// a constraint, the connection).
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
         let pool = self.pool.clone();
         let ids = vec![record.id().clone()];
@@ -32,7 +33,7 @@ impl<T: Cached> GenericStore<T> {
             let mut conn = Pooled::acquire(&pool).await?;
             Ok(Written::changed(sql::insert(conn.conn(), &record).await?))
         };
-        self.run_write(ChangeOp::Create, ids, tags, write).await
+        self.run_write("create", ChangeOp::Create, ids, tags, write).await
     }
 
     /// Replaces the row `id` with `record`; invalidates its cache entry after
@@ -43,7 +44,7 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::IdMismatch`] when `record.id() != id` (nothing is
     /// written); [`StorehausError::NotFound`] when no row has `id`;
     /// [`StorehausError::Database`] when the database fails.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
         let pool = self.pool.clone();
@@ -55,7 +56,9 @@ impl<T: Cached> GenericStore<T> {
                 None => Written::unchanged(None),
             })
         };
-        let updated = self.run_write(ChangeOp::Update, vec![id.clone()], tags, write).await?;
+        let updated = self
+            .run_write("update", ChangeOp::Update, vec![id.clone()], tags, write)
+            .await?;
         updated.ok_or_else(|| not_found::<T>(id))
     }
 
@@ -67,7 +70,7 @@ impl<T: Cached> GenericStore<T> {
     /// [`StorehausError::IdMismatch`] or [`StorehausError::NotFound`] for the
     /// first pair that fails (the transaction is rolled back);
     /// [`StorehausError::Database`] when the database fails.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = updates.len()))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, n = updates.len()))]
     pub async fn update_many(&self, updates: Vec<(T::Id, T)>) -> Result<Vec<T>> {
         for (id, record) in &updates {
             check_id::<T>(id, record)?;
@@ -92,7 +95,7 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(out))
         };
-        self.run_write(ChangeOp::Update, ids, None, write).await
+        self.run_write("update_many", ChangeOp::Update, ids, None, write).await
     }
 
     /// Deletes the row `id`; `true` when a row was deleted. Its cache entry is
@@ -101,7 +104,7 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn delete(&self, id: &T::Id) -> Result<bool> {
         let pool = self.pool.clone();
         let owned = id.clone();
@@ -110,7 +113,8 @@ impl<T: Cached> GenericStore<T> {
             let affected = sql::delete::<T>(conn.conn(), &owned).await?;
             Ok(Written::changed(affected > 0))
         };
-        self.run_write(ChangeOp::Delete, vec![id.clone()], None, write).await
+        self.run_write("delete", ChangeOp::Delete, vec![id.clone()], None, write)
+            .await
     }
 
     /// Deletes the rows of `ids` in one statement; returns how many were
@@ -120,7 +124,7 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
-    #[tracing::instrument(skip_all, fields(table = T::TABLE, n = ids.len()))]
+    #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, n = ids.len()))]
     pub async fn delete_many(&self, ids: &[T::Id]) -> Result<u64> {
         if ids.is_empty() {
             return Ok(0);
@@ -134,7 +138,8 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(affected))
         };
-        self.run_write(ChangeOp::Delete, ids.to_vec(), None, write).await
+        self.run_write("delete_many", ChangeOp::Delete, ids.to_vec(), None, write)
+            .await
     }
 
     /// Runs `write` to its outcome in a task of its own, then invalidates
@@ -148,12 +153,22 @@ impl<T: Cached> GenericStore<T> {
     /// When the database reports an error, the commit may still have
     /// happened (the connection can die while the commit's answer is on its
     /// way), so the ids are invalidated anyway; nothing is published.
-    async fn run_write<R, W>(&self, op: ChangeOp, ids: Vec<T::Id>, tags: Option<Vec<String>>, write: W) -> Result<R>
+    ///
+    /// `name` is the operation's name in the metrics.
+    async fn run_write<R, W>(
+        &self,
+        name: &'static str,
+        op: ChangeOp,
+        ids: Vec<T::Id>,
+        tags: Option<Vec<String>>,
+        write: W,
+    ) -> Result<R>
     where
         R: Send + 'static,
         W: Future<Output = Result<Written<R>>> + Send + 'static,
     {
         let store = self.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
             let result = write.await;
             let changed = result.as_ref().is_ok_and(|written| written.changed);
@@ -173,6 +188,7 @@ impl<T: Cached> GenericStore<T> {
                 };
                 store.invalidate_changes(std::slice::from_ref(&change)).await;
             }
+            store.store_metrics().write(name, result.is_ok(), started);
             result.map(|written| written.value)
         });
         joined(task).await

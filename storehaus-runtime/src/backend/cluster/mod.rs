@@ -102,7 +102,7 @@ impl ClusterBackend {
                 return conn;
             }
         } else {
-            tracing::debug!("the cluster connection keeps failing: connecting afresh");
+            tracing::debug!(target: "storehaus", "the cluster connection keeps failing: connecting afresh");
         }
         let mut slot = self.conn.write().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {

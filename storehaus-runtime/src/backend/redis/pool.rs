@@ -167,7 +167,7 @@ impl Drop for InFlight<'_> {
             return;
         }
         if slot.replies.load(Ordering::Acquire) == self.replies_at_send {
-            tracing::debug!(
+            tracing::debug!(target: "storehaus",
                 slot = self.slot,
                 "abandoned command on a silent connection: dropping it"
             );
@@ -291,7 +291,7 @@ impl Pool {
         let this_attempt = rx.clone();
         let limit = self.connect_timeout;
         tokio::spawn(async move {
-            tracing::debug!(slot = i, "connecting to redis");
+            tracing::debug!(target: "storehaus", slot = i, "connecting to redis");
             let connected = async {
                 let (addr, mut conn) = connector.connect(&config).await.map_err(map_err)?;
                 // Before anybody uses it: a restarted node or another

@@ -98,14 +98,14 @@ impl NodeWatch {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             let changed = last.as_ref().is_some_and(|(a, r)| a != addr || *r != run_id);
             if changed {
-                tracing::warn!(addr, "the cache server restarted or another primary took over: replaying recent invalidations before cached values are served");
+                tracing::warn!(target: "storehaus", addr, "the cache server restarted or another primary took over: replaying recent invalidations before cached values are served");
                 self.contact.bump("run_id or primary changed");
             }
             *last = Some((addr.to_string(), run_id));
         }
         #[cfg(not(feature = "cluster"))]
         if node.cluster_enabled && self.topology.get().is_none() {
-            tracing::warn!(
+            tracing::warn!(target: "storehaus",
                 addr,
                 "the cache URL names a Redis Cluster node, but storehaus was built without its `cluster` feature: keys of other slots will fail (MOVED) and go to the database"
             );

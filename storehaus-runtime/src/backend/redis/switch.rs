@@ -71,7 +71,7 @@ impl RedisBackend {
         self.find_out(switch).await
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(target = "storehaus", skip_all)]
     async fn find_out<'a>(&self, switch: &'a ClusterSwitch) -> CacheResult<Option<&'a ClusterBackend>> {
         self.pool.connected().await?;
         let Some(Topology::Cluster(nodes)) = self.pool.topology() else {
@@ -85,7 +85,7 @@ impl RedisBackend {
         for (host, port) in nodes {
             seeds.push(seed_url(&switch.url, &format!("{host}:{port}"))?);
         }
-        tracing::info!(
+        tracing::info!(target: "storehaus",
             nodes = seeds.len(),
             "the cache URL names a Redis Cluster node: cluster mode"
         );
