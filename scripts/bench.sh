@@ -21,6 +21,9 @@
 #   bash scripts/bench.sh --cluster   Redis Cluster against raw redis-rs, and
 #                                     the single-node hot path built with and
 #                                     without the `cluster` feature
+#   bash scripts/bench.sh --near      the near cache: L1 hits against Redis
+#                                     hits, its cost on write-heavy rows, the
+#                                     delivery delay of another process's write
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -35,12 +38,13 @@ for arg in "$@"; do
     --outbox) mode=outbox ;;
     --faults) mode=faults ;;
     --cluster) mode=cluster ;;
+    --near) mode=near ;;
     -h|--help)
-      sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near or nothing)" >&2
       exit 2
       ;;
   esac
@@ -57,6 +61,7 @@ case "$mode" in
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -69,6 +74,7 @@ case "$mode" in
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
   replay) cargo bench --bench replay ;;
   outbox) cargo bench --bench outbox ;;
+  near) cargo bench --bench near ;;
   faults) cargo bench --bench faults ;;
   cluster)
     cargo bench --bench cluster

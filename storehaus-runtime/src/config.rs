@@ -42,6 +42,7 @@ pub struct CacheConfig {
     pub(crate) cluster_nodes: Vec<String>,
     pub(crate) recent_window_secs: u64,
     pub(crate) wait_replicas: Option<(u32, u64)>,
+    pub(crate) near_max: Option<u64>,
 }
 
 /// Certificates for `rediss://` beyond the system's trust store.
@@ -115,6 +116,7 @@ impl CacheConfig {
             cluster_nodes: Vec::new(),
             recent_window_secs: Self::DEFAULT_RECENT_INVALIDATIONS_SECS,
             wait_replicas: None,
+            near_max: None,
         }
     }
 
@@ -168,6 +170,26 @@ impl CacheConfig {
     /// replica that does not answer in time does not fail the write.
     pub fn with_wait_for_replicas(mut self, replicas: u32, timeout_ms: u64) -> Self {
         self.wait_replicas = Some((replicas, timeout_ms));
+        self
+    }
+
+    /// Turns the near cache on for every store of this manager: an
+    /// in-process L1 of decoded records, at most `max_entries` of them, in
+    /// front of Redis, kept coherent by Redis client tracking (a dedicated
+    /// RESP3 connection subscribed to every key under the global prefix).
+    /// A hit costs no round trip and no decode. Off by default; a store opts
+    /// out with [`CacheParams::with_near_cache(false)`](crate::CacheParams::with_near_cache).
+    ///
+    /// Within this process a write evicts its keys before it returns; other
+    /// processes' writes reach this L1 when Redis's invalidation arrives
+    /// (the delivery delay, measured in BENCHMARKS.md), and an L1 entry never
+    /// outlives the Redis TTL of the value it came from. While the tracking
+    /// connection is down or unanswered (a heartbeat every 200 ms), nothing
+    /// is served from the L1, and it is flushed before it serves again. Only
+    /// for `redis://`, `rediss://` and Sentinel URLs: on `memory://` (already
+    /// in-process) and on a Redis Cluster it stays off.
+    pub fn with_near_cache(mut self, max_entries: u64) -> Self {
+        self.near_max = Some(max_entries);
         self
     }
 
@@ -321,6 +343,9 @@ impl CacheConfig {
             return Err(CacheError::InvalidConfig("deployment name must not be empty".into()));
         }
         in_range("recent invalidations window", self.recent_window_secs, 0, 86_400, " s")?;
+        if let Some(max) = self.near_max {
+            in_range("near cache entries", max, 1, 100_000_000, "")?;
+        }
         if let Some((replicas, timeout_ms)) = self.wait_replicas {
             in_range("replicas to wait for", u64::from(replicas), 1, 100, "")?;
             in_range("replica wait", timeout_ms, 1, ONE_DAY_MS, " ms")?;
@@ -400,6 +425,7 @@ impl fmt::Debug for CacheConfig {
             )
             .field("recent_window_secs", &self.recent_window_secs)
             .field("wait_replicas", &self.wait_replicas)
+            .field("near_max", &self.near_max)
             .field("tls_root_cert", &self.tls.root.as_ref().map(|_| "set"))
             .field(
                 "tls_client_cert",

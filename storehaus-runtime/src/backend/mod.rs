@@ -120,6 +120,15 @@ impl Backend {
         }
     }
 
+    /// Where a Redis backend's connections go, for the near cache's
+    /// tracking connection; `None` for the in-process backend.
+    pub(crate) fn tracking_connector(&self) -> Option<self::redis::pool::Connector> {
+        match self {
+            Backend::Redis(r) => Some(r.connector().clone()),
+            Backend::Memory(_) => None,
+        }
+    }
+
     delegate! {
         /// `GET key`: the bytes, or `None` for a missing key. A key of
         /// another type is a `WRONGTYPE` command error.

@@ -49,6 +49,7 @@ pub struct TestHooks {
     active: AtomicBool,
     fill_delay_us: AtomicU64,
     pause: Mutex<Option<FillPause>>,
+    near_pause: Mutex<Option<FillPause>>,
 }
 
 impl TestHooks {
@@ -60,12 +61,22 @@ impl TestHooks {
 
     /// Holds the next fill of `key` until the returned pause is released.
     pub fn pause_fill(&self, key: &str) -> FillPause {
+        self.arm(&self.pause, key)
+    }
+
+    /// Holds the next near-cache insert of `key` (a Redis hit about to be
+    /// kept in the L1) until the returned pause is released.
+    pub fn pause_near_insert(&self, key: &str) -> FillPause {
+        self.arm(&self.near_pause, key)
+    }
+
+    fn arm(&self, slot: &Mutex<Option<FillPause>>, key: &str) -> FillPause {
         let pause = FillPause {
             key: key.to_string(),
             reached: Arc::new(Notify::new()),
             release: Arc::new(Notify::new()),
         };
-        if let Ok(mut p) = self.pause.lock() {
+        if let Ok(mut p) = slot.lock() {
             *p = Some(pause.clone());
         }
         self.refresh();
@@ -73,9 +84,31 @@ impl TestHooks {
     }
 
     fn refresh(&self) {
-        let paused = self.pause.lock().map(|p| p.is_some()).unwrap_or(false);
+        let armed = |slot: &Mutex<Option<FillPause>>| slot.lock().map(|p| p.is_some()).unwrap_or(false);
         let delayed = self.fill_delay_us.load(Ordering::Relaxed) > 0;
-        self.active.store(paused || delayed, Ordering::Release);
+        self.active.store(
+            armed(&self.pause) || armed(&self.near_pause) || delayed,
+            Ordering::Release,
+        );
+    }
+
+    /// Called by the read path between a Redis hit and its near-cache insert.
+    pub(crate) async fn before_near_insert(&self, key: &str) {
+        if self.active.load(Ordering::Acquire) {
+            self.hold(&self.near_pause, key).await;
+        }
+    }
+
+    async fn hold(&self, slot: &Mutex<Option<FillPause>>, key: &str) {
+        let pause = match slot.lock() {
+            Ok(mut p) if p.as_ref().is_some_and(|p| p.key == key) => p.take(),
+            _ => None,
+        };
+        if let Some(pause) = pause {
+            self.refresh();
+            pause.reached.notify_one();
+            pause.release.notified().await;
+        }
     }
 
     /// Called by the read path between the database read and the fill.
@@ -87,14 +120,6 @@ impl TestHooks {
         if delay > 0 {
             tokio::time::sleep(Duration::from_micros(delay)).await;
         }
-        let pause = match self.pause.lock() {
-            Ok(mut p) if p.as_ref().is_some_and(|p| p.key == key) => p.take(),
-            _ => None,
-        };
-        if let Some(pause) = pause {
-            self.refresh();
-            pause.reached.notify_one();
-            pause.release.notified().await;
-        }
+        self.hold(&self.pause, key).await;
     }
 }

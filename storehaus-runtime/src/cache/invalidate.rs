@@ -48,6 +48,9 @@ impl CacheManager {
         let delivered = self
             .guarded(self.deadline(), "invalidate", || self.backend.invalidate(&inv))
             .await;
+        // After Redis answered (or failed), never before: a reader whose GET
+        // raced the DEL holds an older ticket, and its entry is not served.
+        self.near_forget(&work.keys);
         work.done = true;
         match delivered {
             Ok(done) => {
@@ -100,6 +103,7 @@ impl Unfinished<'_> {
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         if !self.done {
+            self.manager.near_forget(&self.keys);
             self.remember();
         }
     }

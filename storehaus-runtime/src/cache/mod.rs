@@ -22,6 +22,7 @@ mod guard;
 pub mod hooks;
 mod invalidate;
 pub(crate) mod key;
+pub(crate) mod near;
 pub(crate) mod pending;
 pub(crate) mod query;
 pub(crate) mod read;
@@ -42,6 +43,7 @@ use serde::Serialize;
 use self::breaker::Breaker;
 use self::codec::{Entry, ANY_FINGERPRINT};
 use self::flight::Flights;
+use self::near::Near;
 use self::pending::Pending;
 use self::recent::Recent;
 use self::stats::{CacheStats, Counters};
@@ -87,6 +89,8 @@ pub struct CacheManager {
     /// Moves when the server's data may have been replaced by an older copy.
     contact: Arc<Contact>,
     pub(crate) flights: Flights,
+    /// The near cache (`CacheConfig::with_near_cache`), on Redis only.
+    near: Option<Arc<Near>>,
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -123,6 +127,14 @@ impl CacheManager {
         };
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
+        let near = match (config.near_max, backend.tracking_connector()) {
+            (Some(max), Some(_)) => Some(Arc::new(Near::new(max))),
+            (Some(_), None) => {
+                tracing::info!(target: "storehaus", "the near cache is for Redis: off on memory://");
+                None
+            }
+            _ => None,
+        };
         tracing::debug!(target: "storehaus", url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
@@ -134,6 +146,7 @@ impl CacheManager {
             backend,
             counters: Counters::default(),
             flights: Flights::default(),
+            near,
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
@@ -163,6 +176,14 @@ impl CacheManager {
         let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
         stats.pending_overflows = self.pending.overflows() + self.recent.overflows();
         stats.recent_replays = self.recent.handovers();
+        if let Some(near) = &self.near {
+            let c = &near.counters;
+            let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+            stats.near_hits = load(&c.hits);
+            stats.near_misses = load(&c.misses);
+            stats.near_invalidations = load(&c.invalidations);
+            stats.near_flushes = load(&c.flushes);
+        }
         (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
         Ok(stats)
     }
@@ -189,8 +210,11 @@ impl CacheManager {
             )));
         }
         let bytes = codec::encode(ANY_FINGERPRINT, Some(value))?;
-        self.guarded(self.deadline(), "set_record", || self.backend.set_ex(&key, &bytes, ttl))
-            .await
+        let set = self
+            .guarded(self.deadline(), "set_record", || self.backend.set_ex(&key, &bytes, ttl))
+            .await;
+        self.near_forget(std::slice::from_ref(&key));
+        set
     }
 
     /// Reads `{global}:{prefix}:{id}`. Counts a hit or a miss like a store read.
@@ -252,8 +276,9 @@ impl CacheManager {
             .record(&key::store_scope(self.global_prefix(), prefix), &keys, &[]);
         let n = self
             .guarded(self.deadline(), "delete_record", || self.backend.delete(&keys))
-            .await?;
-        Ok(n > 0)
+            .await;
+        self.near_forget(&keys);
+        Ok(n? > 0)
     }
 
     /// Makes every cached query result of `prefix` unreachable in O(1): bumps
@@ -301,6 +326,12 @@ impl CacheManager {
     /// Removes every key matching the absolute glob `glob` (SCAN + UNLINK in
     /// steps, under ten budgets), detaching in-flight loads of those keys.
     pub(crate) async fn clear_glob(&self, glob: &str) -> CacheResult<u64> {
+        let cleared = self.walk_glob(glob).await;
+        self.near_flush();
+        cleared
+    }
+
+    async fn walk_glob(&self, glob: &str) -> CacheResult<u64> {
         let deadline = self.long_deadline();
         self.flights.detach_matching(glob);
         let mut removed = 0;
@@ -322,6 +353,15 @@ impl CacheManager {
     #[cfg(feature = "test-hooks")]
     pub fn test_hooks(&self) -> &hooks::TestHooks {
         &self.hooks
+    }
+
+    /// Whether the near cache would serve `key` now, and whether it is live
+    /// (feature `test-hooks`, for tests only).
+    #[cfg(feature = "test-hooks")]
+    pub fn near_state(&self, key: &str) -> (bool, bool) {
+        self.near
+            .as_ref()
+            .map_or((false, false), |n| (n.holds(key), n.is_live()))
     }
 
     /// Removes every cached entry written with `tag` (see
@@ -374,6 +414,7 @@ impl CacheManager {
                 })
                 .await?;
             self.flights.detach(&step.keys);
+            self.near_forget(&step.keys);
             removed += step.removed;
             cursor = step.next;
             if cursor == 0 {
@@ -382,6 +423,46 @@ impl CacheManager {
         }
         Counters::add(&self.counters.invalidations, removed);
         Ok(removed)
+    }
+
+    /// The near cache, when configured; starts its tracking connection on
+    /// first use (it needs a tokio runtime).
+    pub(crate) fn near(&self) -> Option<&Arc<Near>> {
+        let near = self.near.as_ref()?;
+        if !near.started.load(std::sync::atomic::Ordering::Relaxed) {
+            self.start_tracking(near);
+        }
+        Some(near)
+    }
+
+    #[cold]
+    fn start_tracking(&self, near: &Arc<Near>) {
+        let (Ok(_), Some(connector)) = (tokio::runtime::Handle::try_current(), self.backend.tracking_connector())
+        else {
+            return;
+        };
+        if near.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let prefix = format!("{}:", self.global_prefix());
+        crate::backend::redis::tracking::spawn(connector, prefix, near, self.timeout);
+    }
+
+    /// `keys` changed (this process's write reached Redis, or may have):
+    /// nothing read before now is served for them from the near cache.
+    pub(crate) fn near_forget(&self, keys: &[String]) {
+        if let Some(near) = &self.near {
+            for key in keys {
+                near.invalidate(key);
+            }
+        }
+    }
+
+    /// Many keys changed: the near cache serves nothing read before now.
+    pub(crate) fn near_flush(&self) {
+        if let Some(near) = &self.near {
+            near.flush();
+        }
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {

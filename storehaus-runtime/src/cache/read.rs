@@ -58,10 +58,22 @@ pub(crate) fn new_lease() -> Lease {
     lease
 }
 
+/// How long a value read with `pttl` ms left may stay in the near cache:
+/// never past its Redis expiry (`None`: not at all, or unknown).
+fn near_ttl(pttl: Option<i64>, ttl_secs: u64) -> Option<Duration> {
+    match pttl? {
+        ms if ms > 0 => Some(Duration::from_millis(ms as u64)),
+        // No expiry: a value written by hand; the store's TTL bounds it.
+        -1 => Some(Duration::from_secs(ttl_secs)),
+        _ => None,
+    }
+}
+
 /// What a cache lookup decided.
 enum Step<V> {
-    /// Answered from the cache (`None`: a cached "no such row").
-    Hit(Option<V>),
+    /// Answered from the cache (`None`: a cached "no such row"), with the
+    /// milliseconds it had left when the near cache asked for them.
+    Hit(Option<V>, Option<i64>),
     /// The lease is ours: load and fill.
     Lead,
     /// Someone else holds the lease (these bytes).
@@ -80,6 +92,7 @@ pub(crate) async fn read_through<V, F, Fut>(
     key: String,
     fingerprint: u64,
     ttl_secs: u64,
+    near: bool,
     load: F,
 ) -> (Result<Option<V>>, Outcome)
 where
@@ -92,12 +105,25 @@ where
         Counters::bump(&mgr.counters.misses);
         return (load().await, Outcome::Bypass);
     }
+    let near = if near { mgr.near() } else { None };
+    if let Some(v) = near.and_then(|n| n.get::<V>(&key)) {
+        Counters::bump(&mgr.counters.hits);
+        return (Ok(v), Outcome::NearHit);
+    }
+    // Taken before the GET is sent: an invalidation of the key that arrives
+    // after this point, whenever, keeps the answer out of the near cache.
+    let ticket = near.and_then(|n| n.ticket());
     let lease = new_lease();
     let mut retried = false;
     loop {
-        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await {
-            Step::Hit(v) => {
+        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline, ticket.is_some()).await {
+            Step::Hit(v, pttl) => {
                 Counters::bump(&mgr.counters.hits);
+                if let (Some(n), Some(t), Some(left)) = (near, ticket, near_ttl(pttl, ttl_secs)) {
+                    #[cfg(feature = "test-hooks")]
+                    mgr.hooks.before_near_insert(&key).await;
+                    n.insert(&key, v.clone(), left, t);
+                }
                 return (Ok(v), Outcome::Hit);
             }
             Step::Lead => {
@@ -205,20 +231,34 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     }
 }
 
+/// One look at the cache. With `want_ttl` (the near cache is on) the first
+/// `GET` also reads the key's `PTTL`, so that a hit can be kept near.
 async fn lookup<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
     fingerprint: u64,
     lease: &[u8],
     deadline: tokio::time::Instant,
+    want_ttl: bool,
 ) -> Step<V> {
     let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
+    let mut pttl = None;
     let found = if mgr.config().single_command_reads {
         mgr.guarded(deadline, "get", lease_read).await
     } else {
         // A plain GET first: a hit costs what a raw GET does; only a miss
         // sends the lease command.
-        match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
+        let first = if want_ttl {
+            mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key))
+                .await
+                .map(|(bytes, ms)| {
+                    pttl = Some(ms);
+                    bytes
+                })
+        } else {
+            mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
+        };
+        match first {
             Ok(None) => mgr.guarded(deadline, "lease", lease_read).await,
             other => other,
         }
@@ -227,8 +267,8 @@ async fn lookup<V: DeserializeOwned>(
         Ok(None) => Step::Lead,
         Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy(bytes),
         Ok(Some(bytes)) => match codec::decode::<V>(fingerprint, &bytes) {
-            Ok(Entry::Record(v)) => Step::Hit(Some(v)),
-            Ok(Entry::Absent) => Step::Hit(None),
+            Ok(Entry::Record(v)) => Step::Hit(Some(v), pttl),
+            Ok(Entry::Absent) => Step::Hit(None, pttl),
             Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
         },
         Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
@@ -238,8 +278,8 @@ async fn lookup<V: DeserializeOwned>(
         Err(CacheError::Command(m)) if m.starts_with("OOM") => {
             match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
                 Ok(Some(bytes)) if !codec::is_lease(&bytes) => match codec::decode::<V>(fingerprint, &bytes) {
-                    Ok(Entry::Record(v)) => Step::Hit(Some(v)),
-                    Ok(Entry::Absent) => Step::Hit(None),
+                    Ok(Entry::Record(v)) => Step::Hit(Some(v), None),
+                    Ok(Entry::Absent) => Step::Hit(None, None),
                     Err(_) => Step::Bypass,
                 },
                 _ => Step::Bypass,

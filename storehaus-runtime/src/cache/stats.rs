@@ -66,6 +66,17 @@ pub struct CacheStats {
     /// were served again only once they were delivered
     /// (`CacheConfig::with_recent_invalidations`).
     pub recent_replays: u64,
+    /// Reads answered by the near cache (`CacheConfig::with_near_cache`),
+    /// without a round trip. Also counted in `hits`.
+    pub near_hits: u64,
+    /// Near cache lookups that found nothing servable (then Redis was asked).
+    pub near_misses: u64,
+    /// Keys the near cache dropped because Redis said they changed, or this
+    /// process wrote them.
+    pub near_invalidations: u64,
+    /// Times the whole near cache was dropped: its tracking connection was
+    /// lost or (re)subscribed, Redis was flushed, or many keys changed at once.
+    pub near_flushes: u64,
 }
 
 impl CacheStats {
@@ -134,6 +145,10 @@ impl Counters {
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_open,
             recent_replays: 0,
+            near_hits: 0,
+            near_misses: 0,
+            near_invalidations: 0,
+            near_flushes: 0,
         }
     }
 }

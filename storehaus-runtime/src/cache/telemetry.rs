@@ -18,8 +18,8 @@
 //! | `storehaus_breaker_open` | gauge | `global` |
 //!
 //! - Read `op`: `get_by_id`, `get_many` (one count per id), `find`, `count`;
-//!   `outcome`: `hit` (the cache answered, a cached "no such row"
-//!   included), `miss` (the cache had nothing: the database answered and
+//!   `outcome`: `near_hit` (the near cache answered, no round trip),
+//!   `hit` (Redis answered, a cached "no such row" included), `miss` (the cache had nothing: the database answered and
 //!   the value is filled behind a lease), `bypass` (the cache could not
 //!   answer — breaker open, an invalidation waiting for replay, a timeout,
 //!   an error — so the database answered and nothing is filled), `uncached`
@@ -57,6 +57,8 @@ pub(crate) const BREAKER_OPEN: &str = "storehaus_breaker_open";
 /// How the cache took part in a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
+    /// Answered from the near cache, without a round trip.
+    NearHit,
     /// Answered from the cache.
     Hit,
     /// Answered by the database, then filled behind a lease.
@@ -70,6 +72,7 @@ pub(crate) enum Outcome {
 impl Outcome {
     fn as_str(self) -> &'static str {
         match self {
+            Outcome::NearHit => "near_hit",
             Outcome::Hit => "hit",
             Outcome::Miss => "miss",
             Outcome::Bypass => "bypass",

@@ -45,6 +45,7 @@ pub struct CacheParams {
     manager: Arc<CacheManager>,
     ttl: Option<u64>,
     prefix: Option<String>,
+    near: bool,
 }
 
 impl CacheParams {
@@ -54,7 +55,18 @@ impl CacheParams {
             manager,
             ttl: None,
             prefix: None,
+            near: true,
         }
+    }
+
+    /// Whether this store's `get_by_id` uses the manager's near cache
+    /// ([`CacheConfig::with_near_cache`](crate::CacheConfig::with_near_cache));
+    /// on by default when the manager has one. Turn it off for a store whose
+    /// rows are written about as often as they are read: each of its reads
+    /// would pay the near cache's bookkeeping for nothing.
+    pub fn with_near_cache(mut self, on: bool) -> Self {
+        self.near = on;
+        self
     }
 
     /// TTL in seconds for this store (clamped to 1..=31 536 000).
@@ -80,6 +92,8 @@ pub(crate) struct StoreCache {
     pub generation_key: String,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
+    /// Whether reads use the manager's near cache.
+    pub near: bool,
 }
 
 /// Typed, cached access to the table of `T`.
@@ -145,6 +159,7 @@ impl<T: Cached> GenericStore<T> {
                 ttl,
                 generation_key,
                 scope,
+                near: params.near,
             })
         });
         let metrics = Arc::new(StoreMetrics::new(
@@ -248,7 +263,10 @@ impl<T: Cached> GenericStore<T> {
             None => (self.load_one(id).await, Outcome::Uncached),
             Some(cache) => {
                 let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-                read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+                read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, cache.near, || {
+                    self.load_one(id)
+                })
+                .await
             }
         };
         self.metrics

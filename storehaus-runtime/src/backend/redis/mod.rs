@@ -33,6 +33,7 @@ pub(crate) mod probe;
 pub(crate) mod scripts;
 #[cfg(feature = "cluster")]
 mod switch;
+pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -80,6 +81,12 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
+    /// Where this backend's connections go (for the near cache's tracking
+    /// connection).
+    pub(crate) fn connector(&self) -> &Connector {
+        self.pool.connector()
+    }
+
     /// A backend for a `redis://`, `rediss://`, `redis+unix://` or
     /// `redis+sentinel://` URL. Connects lazily.
     pub fn new(target: Target<'_>) -> CacheResult<Self> {

@@ -63,12 +63,17 @@ pub(crate) enum Connector {
 }
 
 impl Connector {
+    /// A client for the node to use now (for Sentinel, the primary it names).
+    pub(crate) async fn client(&self) -> redis::RedisResult<Client> {
+        match self {
+            Connector::Direct(client) => Ok((**client).clone()),
+            Connector::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+        }
+    }
+
     /// A connection and the address of the node it reached.
     async fn connect(&self, config: &AsyncConnectionConfig) -> redis::RedisResult<(String, MultiplexedConnection)> {
-        let client = match self {
-            Connector::Direct(client) => (**client).clone(),
-            Connector::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
-        };
+        let client = self.client().await?;
         let addr = client.get_connection_info().addr().to_string();
         let conn = client.get_multiplexed_async_connection_with_config(config).await?;
         Ok((addr, conn))
@@ -191,6 +196,11 @@ impl Pool {
             next: AtomicUsize::new(0),
             connection_config,
         }
+    }
+
+    /// Where this pool's connections go.
+    pub(crate) fn connector(&self) -> &Connector {
+        &self.connector
     }
 
     /// What the first connection's probe found out.

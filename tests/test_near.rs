@@ -1,0 +1,320 @@
+//! The near cache (`CacheConfig::with_near_cache`): an in-process L1 kept
+//! coherent by Redis client tracking. Two managers on one Redis stand for
+//! two processes: A reads with a near cache, B writes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use storehaus::prelude::*;
+use storehaus::{CacheParams, GenericStore};
+use storehaus_testkit::*;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+#[cache(table = "near_rows", prefix = "rows")]
+struct Row {
+    id: i64,
+    version: i64,
+}
+
+async fn rows_db(n: i64) -> Db {
+    let db = Db::with_max_connections(10).await;
+    db.exec("CREATE TABLE near_rows (id bigint PRIMARY KEY, version bigint NOT NULL)")
+        .await;
+    db.exec(&format!(
+        "INSERT INTO near_rows SELECT g, 0 FROM generate_series(1, {n}) g"
+    ))
+    .await;
+    db
+}
+
+/// Two managers on `url` sharing one global prefix: A with a near cache.
+fn managers(url: &str) -> (Arc<CacheManager>, Arc<CacheManager>) {
+    let global = random_name("near");
+    let a = CacheConfig::new(url, 3600, global.clone()).with_near_cache(10_000);
+    let b = CacheConfig::new(url, 3600, global);
+    (
+        Arc::new(CacheManager::new(a).unwrap()),
+        Arc::new(CacheManager::new(b).unwrap()),
+    )
+}
+
+fn store(db: &Db, manager: &Arc<CacheManager>) -> GenericStore<Row> {
+    GenericStore::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())))
+}
+
+async fn version(store: &GenericStore<Row>, id: i64) -> i64 {
+    store.get_by_id(&id).await.unwrap().expect("row").version
+}
+
+/// Reads `id` through `store` until it sits in the near cache (the first
+/// read starts the tracking connection; a read is kept only once it is
+/// subscribed and the value is in Redis).
+async fn until_near(store: &GenericStore<Row>, manager: &CacheManager, id: i64) {
+    let key = store.cache_key(&id);
+    let start = Instant::now();
+    while !manager.near_state(&key).0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never kept near: {:?}",
+            manager.near_state(&key)
+        );
+        store.get_by_id(&id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Polls until `check` holds, for at most `within`; how long it took.
+async fn within(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn near_hits_and_another_processs_write_reaches_them() {
+    let db = rows_db(1).await;
+    let (a, b) = managers(&redis_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    until_near(&sa, &a, 1).await;
+    let before = a.get_stats().await.unwrap();
+    assert_eq!(version(&sa, 1).await, 0);
+    let after = a.get_stats().await.unwrap();
+    assert_eq!(after.near_hits, before.near_hits + 1, "{after:?}");
+
+    // B's write reaches A's L1 by Redis's invalidation.
+    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
+    let took = within(Duration::from_secs(2), "A sees B's write", async || {
+        version(&sa, 1).await == 1
+    })
+    .await;
+    eprintln!("another process's write reached the near cache after {took:?}");
+    assert!(a.get_stats().await.unwrap().near_invalidations >= 1);
+
+    // A's own write: read-your-writes, no waiting.
+    until_near(&sa, &a, 1).await;
+    sa.update(&1, Row { id: 1, version: 2 }, None).await.unwrap();
+    assert_eq!(version(&sa, 1).await, 2, "a local write evicts before it returns");
+
+    // A store can opt out.
+    let plain = GenericStore::<Row>::new(
+        db.pool.clone(),
+        None,
+        Some(CacheParams::new(a.clone()).with_near_cache(false)),
+    );
+    let hits = a.get_stats().await.unwrap().near_hits;
+    for _ in 0..3 {
+        plain.get_by_id(&1).await.unwrap();
+    }
+    assert_eq!(a.get_stats().await.unwrap().near_hits, hits);
+
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
+
+/// The race every client-side cache must close: an invalidation delivered
+/// between Redis's reply and the L1 insert. The insert must be dropped.
+#[tokio::test]
+async fn an_invalidation_between_the_reply_and_the_insert_keeps_the_value_out() {
+    let db = rows_db(1).await;
+    let (a, b) = managers(&redis_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    let key = sa.cache_key(&1);
+    // Fill Redis, start tracking, then drop the L1 entry by a flush-free
+    // route: A's own write of the same version.
+    until_near(&sa, &a, 1).await;
+    sa.update(&1, Row { id: 1, version: 0 }, None).await.unwrap();
+    sa.get_by_id(&1).await.unwrap(); // refill Redis
+    let mut redis = raw_redis(&redis_url()).await;
+    wait_for_value(&mut redis, &key).await;
+    assert!(!a.near_state(&key).0);
+
+    let pause = a.test_hooks().pause_near_insert(&key);
+    let reader = {
+        let sa = sa.clone();
+        tokio::spawn(async move { version(&sa, 1).await })
+    };
+    tokio::time::timeout(Duration::from_secs(5), pause.reached())
+        .await
+        .expect("the reader reached the near insert");
+    let seen = a.get_stats().await.unwrap().near_invalidations;
+    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
+    within(Duration::from_secs(2), "A hears of B's write", async || {
+        a.get_stats().await.unwrap().near_invalidations > seen
+    })
+    .await;
+    pause.release();
+    assert_eq!(reader.await.unwrap(), 0, "the reader's own answer predates the write");
+    assert!(!a.near_state(&key).0, "the old value was not kept");
+    assert_eq!(version(&sa, 1).await, 1);
+
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
+
+/// The tracking connection killed, and Redis restarted: the L1 is flushed,
+/// serves nothing while it is not subscribed, and nothing from before.
+#[tokio::test]
+async fn a_lost_tracking_connection_flushes_the_near_cache() {
+    let db = rows_db(1).await;
+    let mut server = RedisServer::start().await;
+    let (a, b) = managers(&server.url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    let key = sa.cache_key(&1);
+    let mut redis = raw_redis(&server.url()).await;
+
+    // CLIENT KILL of the tracking connection, then a write by B at once.
+    until_near(&sa, &a, 1).await;
+    let flushes = a.get_stats().await.unwrap().near_flushes;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(killed >= 1);
+    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
+    within(Duration::from_secs(3), "subscribed again", async || {
+        a.near_state(&key).1
+    })
+    .await;
+    assert_eq!(version(&sa, 1).await, 1, "nothing from before the disconnect");
+    assert!(
+        a.get_stats().await.unwrap().near_flushes >= flushes + 2,
+        "lost, then subscribed again"
+    );
+
+    // Redis restarted (its dataset gone): the same.
+    until_near(&sa, &a, 1).await;
+    server.restart().await;
+    sb.update(&1, Row { id: 1, version: 2 }, None).await.unwrap();
+    within(Duration::from_secs(5), "B's write seen after the restart", async || {
+        version(&sa, 1).await == 2
+    })
+    .await;
+
+    // A silent stall (no RST): within a heartbeat and a budget the L1 stops
+    // serving; reads go to Redis (stalled: the database answers).
+    until_near(&sa, &a, 1).await;
+    server.pause();
+    within(
+        Duration::from_secs(3),
+        "not live while Redis does not answer",
+        async || !a.near_state(&key).1,
+    )
+    .await;
+    let hits = a.get_stats().await.unwrap().near_hits;
+    assert_eq!(version(&sa, 1).await, 2);
+    assert_eq!(
+        a.get_stats().await.unwrap().near_hits,
+        hits,
+        "nothing served from the L1"
+    );
+    server.resume();
+
+    db.cleanup().await;
+}
+
+/// Writers in B, readers in A with the L1. A read is stale when it returns
+/// a version older than one whose write had returned before the read
+/// started; with an allowance of the measured delivery delay (p99 of B's
+/// write returning → A's L1 evicted) there must be none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn torture_no_stale_read_beyond_the_delivery_delay() {
+    const ROWS: i64 = 4;
+    let db = rows_db(ROWS).await;
+    let (a, b) = managers(&redis_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    for id in 1..=ROWS {
+        until_near(&sa, &a, id).await;
+    }
+
+    // The delivery delay, over 200 writes.
+    let mut delays = Vec::new();
+    for v in 1..=200 {
+        until_near(&sa, &a, 1).await;
+        let key = sa.cache_key(&1);
+        sb.update(&1, Row { id: 1, version: v }, None).await.unwrap();
+        let start = Instant::now();
+        while a.near_state(&key).0 {
+            assert!(start.elapsed() < Duration::from_secs(2), "never evicted");
+            tokio::task::yield_now().await;
+        }
+        delays.push(start.elapsed());
+    }
+    delays.sort();
+    let p99 = delays[delays.len() * 99 / 100];
+    eprintln!(
+        "delivery delay: p50 {:?}, p99 {:?}, max {:?}",
+        delays[delays.len() / 2],
+        p99,
+        delays[delays.len() - 1]
+    );
+
+    // Torture: the time each write of (id, version) returned.
+    let returned: Arc<std::sync::Mutex<Vec<(i64, i64, Instant)>>> = Default::default();
+    let base = 1_000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..2 {
+        let (sb, returned) = (sb.clone(), returned.clone());
+        tasks.spawn(async move {
+            for i in 0..100 {
+                let id = 1 + (i + w) % ROWS;
+                let v = base + w * 1_000 + i;
+                // Versions only grow per row: one writer per row at a time.
+                if id % 2 == w {
+                    sb.update(&id, Row { id, version: v }, None).await.unwrap();
+                    returned.lock().unwrap().push((id, v, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Vec::new()
+        });
+    }
+    for r in 0..4 {
+        let sa = sa.clone();
+        tasks.spawn(async move {
+            let mut reads = Vec::new();
+            for i in 0..300 {
+                let id = 1 + (i + r) % ROWS;
+                let started = Instant::now();
+                reads.push((id, version(&sa, id).await, started));
+            }
+            reads
+        });
+    }
+    let mut reads = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        reads.extend(done.unwrap());
+    }
+    let returned = returned.lock().unwrap().clone();
+    let stale = |allowance: Duration| {
+        reads
+            .iter()
+            .filter(|(id, got, started)| {
+                returned
+                    .iter()
+                    .any(|(wid, v, at)| wid == id && v > got && *at + allowance < *started)
+            })
+            .count()
+    };
+    let stats = a.get_stats().await.unwrap();
+    eprintln!(
+        "torture: {} reads ({} near hits), {} writes; stale: {} raw, {} beyond the p99 delivery delay",
+        reads.len(),
+        stats.near_hits,
+        returned.len(),
+        stale(Duration::ZERO),
+        stale(p99)
+    );
+    assert!(stats.near_hits > 0, "the near cache was used");
+    assert_eq!(stale(p99), 0);
+
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
