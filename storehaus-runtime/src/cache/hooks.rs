@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+/// What telemetry adds to a read, timed over `n` reads.
+pub use crate::cache::telemetry::time_reads;
+
 /// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
 pub use crate::backend::redis::FILL_SCRIPT;
 

@@ -203,6 +203,7 @@ impl Near {
     }
 
     /// Whether an entry for `key` would be served now (tests).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn holds(&self, key: &str) -> bool {
         self.is_live()
             && self
