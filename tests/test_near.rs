@@ -189,6 +189,16 @@ async fn a_lost_tracking_connection_flushes_the_near_cache() {
         "lost, then subscribed again"
     );
 
+    // FLUSHALL: Redis says "everything" (a nil key list): flushed.
+    until_near(&sa, &a, 1).await;
+    let flushes = a.get_stats().await.unwrap().near_flushes;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await.unwrap();
+    within(Duration::from_secs(2), "flushed by FLUSHALL", async || {
+        a.get_stats().await.unwrap().near_flushes > flushes
+    })
+    .await;
+    assert!(!a.near_state(&key).0);
+
     // Redis restarted (its dataset gone): the same.
     until_near(&sa, &a, 1).await;
     server.restart().await;
