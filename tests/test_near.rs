@@ -328,3 +328,23 @@ async fn torture_no_stale_read_beyond_the_delivery_delay() {
     clear_prefix(&a).await;
     db.cleanup().await;
 }
+
+/// On a Redis Cluster a broadcast subscription on one node would hear of
+/// that node's keys only: the near cache stays off, and reads are right.
+#[tokio::test]
+async fn on_a_cluster_the_near_cache_stays_off() {
+    let db = rows_db(1).await;
+    let (a, b) = managers(&cluster_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    for _ in 0..20 {
+        assert_eq!(version(&sa, 1).await, 0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
+    assert_eq!(version(&sa, 1).await, 1, "no near cache to wait for");
+    let stats = a.get_stats().await.unwrap();
+    assert_eq!(stats.near_hits, 0, "{stats:?}");
+    assert!(!a.near_state(&sa.cache_key(&1)).1, "never live");
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
