@@ -13,6 +13,7 @@
 //!   restart that may have lost it;
 //! - `stats`, `codec` (the value format) and `key` (the key grammar).
 
+pub(crate) mod adapt;
 pub(crate) mod breaker;
 pub mod codec;
 pub(crate) mod fill;

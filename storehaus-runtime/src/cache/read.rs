@@ -10,9 +10,10 @@
 //!    that appeared meanwhile: a hit), or nothing, in which case the key now
 //!    holds this reader's unique lease token. A lease starts with the byte
 //!    `0xC1`, which MessagePack never uses, so it can't be mistaken for a
-//!    value. With `CacheConfig::with_single_command_reads(true)` every read
-//!    is that `SET ... NX ... GET` (a miss saves a round trip, a hit costs a
-//!    write command).
+//!    value. A store whose recent reads mostly miss starts its reads with
+//!    that `SET ... NX ... GET` (a miss saves a round trip, a hit costs a
+//!    write command; see `adapt`); with
+//!    `CacheConfig::with_single_command_reads(true)` every read does.
 //! 2. The lease holder reads the database.
 //! 3. It **fills** with a compare-and-set Lua script (EVALSHA, loaded once,
 //!    re-loaded on NOSCRIPT): the value is written only if the key still
@@ -42,6 +43,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cache::adapt::ReadMode;
 use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
 use crate::cache::flight::{follow, Lease};
@@ -93,6 +95,7 @@ pub(crate) async fn read_through<V, F, Fut>(
     fingerprint: u64,
     ttl_secs: u64,
     near: bool,
+    mode: &ReadMode,
     load: F,
 ) -> (Result<Option<V>>, Outcome)
 where
@@ -116,9 +119,10 @@ where
     let lease = new_lease();
     let mut retried = false;
     loop {
-        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline, ticket.is_some()).await {
+        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline, ticket.is_some(), mode).await {
             Step::Hit(v, pttl) => {
                 Counters::bump(&mgr.counters.hits);
+                mode.saw(false);
                 if let (Some(n), Some(t), Some(left)) = (near, ticket, near_ttl(pttl, ttl_secs)) {
                     #[cfg(feature = "test-hooks")]
                     mgr.hooks.before_near_insert(&key).await;
@@ -128,6 +132,7 @@ where
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
+                mode.saw(true);
                 let loaded = load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
                 return (loaded, Outcome::Miss);
             }
@@ -231,8 +236,10 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     }
 }
 
-/// One look at the cache. With `want_ttl` (the near cache is on) the first
-/// `GET` also reads the key's `PTTL`, so that a hit can be kept near.
+/// One look at the cache: a `GET` first, or the lease command first when
+/// the store's reads mostly miss (see `adapt`). With `want_ttl` (the near
+/// cache is on) the `GET` also reads the key's `PTTL`, so that a hit can be
+/// kept near.
 async fn lookup<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
@@ -240,10 +247,11 @@ async fn lookup<V: DeserializeOwned>(
     lease: &[u8],
     deadline: tokio::time::Instant,
     want_ttl: bool,
+    mode: &ReadMode,
 ) -> Step<V> {
     let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
     let mut pttl = None;
-    let found = if mgr.config().single_command_reads {
+    let found = if mgr.config().single_command_reads || mode.lease_first() {
         mgr.guarded(deadline, "get", lease_read).await
     } else {
         // A plain GET first: a hit costs what a raw GET does; only a miss

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use tracing::field::Empty;
 
+use crate::cache::adapt::ReadMode;
 use crate::cache::key;
 use crate::cache::read::read_through;
 use crate::cache::read_many::{read_many, ManyOutcome};
@@ -94,6 +95,8 @@ pub(crate) struct StoreCache {
     pub scope: String,
     /// Whether reads use the manager's near cache.
     pub near: bool,
+    /// Which command reads start with.
+    pub reads: ReadMode,
 }
 
 /// Typed, cached access to the table of `T`.
@@ -160,6 +163,7 @@ impl<T: Cached> GenericStore<T> {
                 generation_key,
                 scope,
                 near: params.near,
+                reads: ReadMode::default(),
             })
         });
         let metrics = Arc::new(StoreMetrics::new(
@@ -263,9 +267,15 @@ impl<T: Cached> GenericStore<T> {
             None => (self.load_one(id).await, Outcome::Uncached),
             Some(cache) => {
                 let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-                read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, cache.near, || {
-                    self.load_one(id)
-                })
+                read_through(
+                    &cache.manager,
+                    key,
+                    T::FINGERPRINT,
+                    cache.ttl,
+                    cache.near,
+                    &cache.reads,
+                    || self.load_one(id),
+                )
                 .await
             }
         };
