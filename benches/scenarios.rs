@@ -1193,9 +1193,9 @@ fn render(machine: &Machine, plan: &Plan, rows: &[Row], notes: &[String], elapse
          multiplexed connection shared by all tasks.",
         "Hit: every key is filled before measuring; StoreHaus reads with a plain `GET` (its default; \
          `with_single_command_reads(true)` makes every read one `SET key lease NX PX ms GET` instead). \
-         Miss + fill: every iteration reads a fresh id (a true miss: GET, then the lease \
-         `SET key lease NX PX ms GET`, SELECT, fill in the background); the floor reads a fresh missing key \
-         and then SELECTs a fresh id.",
+         Miss + fill: every iteration reads a fresh id (a true miss: the lease `SET key lease NX PX ms GET` \
+         — in the default mode once the store's recent reads mostly miss, after a `GET` before that — then \
+         SELECT, fill in the background); the floor reads a fresh missing key and then SELECTs a fresh id.",
         "Update: `GenericStore::update` (UPDATE … RETURNING, then DEL + query-generation SET NX/INCR in one \
          round trip) against the same UPDATE … RETURNING through sqlx, and against that UPDATE plus one \
          hand-built DEL/INCR pipeline (the floor).",
