@@ -11,7 +11,7 @@ pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
     Column, DbPool, DeploymentStatus, Filter, GenericStore, Health, HealthWarning, InTransaction, Order, PgQuery,
     Query, Result, ServerStats, SignalManager, SqlValue, SqliteId, SqliteRecord, Statements, StoreTransaction,
-    StorehausError, MAX_TTL_SECS,
+    StorehausError, DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
 };
 
 /// The names most programs need: `use storehaus::prelude::*;`.

@@ -43,4 +43,4 @@ pub use store::pool::DbPool;
 pub use store::query::{Column, Filter, Order, Query, SqlValue};
 pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use store::transaction::{InTransaction, StoreTransaction};
-pub use store::{CacheParams, GenericStore};
+pub use store::{CacheParams, GenericStore, DEFAULT_NEGATIVE_TTL_SECS};

@@ -83,6 +83,8 @@ pub struct CacheManager {
     /// Moves when the server's data may have been replaced by an older copy.
     contact: Arc<Contact>,
     pub(crate) flights: Flights,
+    /// The background fills under way (see `flush_fills`).
+    pub(crate) fill_epochs: fill::FillEpochs,
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -129,6 +131,7 @@ impl CacheManager {
             backend,
             counters: Counters::default(),
             flights: Flights::default(),
+            fill_epochs: Default::default(),
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),

@@ -43,7 +43,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::codec::{self, Entry};
-use crate::cache::fill::{Fill, Guard};
+use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::{follow, Lease};
 use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
@@ -77,7 +77,7 @@ pub(crate) async fn read_through<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
     fingerprint: u64,
-    ttl_secs: u64,
+    ttls: Ttls,
     load: F,
 ) -> Result<Option<V>>
 where
@@ -100,7 +100,7 @@ where
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
-                return load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
+                return load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await;
             }
             Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
                 Behind::Served(v) => {
@@ -122,6 +122,104 @@ where
     }
 }
 
+/// Reads `key`'s value from the database (`load`) whatever the cache holds,
+/// and puts it in the cache behind a lease of its own: the entry is deleted
+/// first, then leased (`SET NX`), so a write that lands meanwhile deletes the
+/// lease and the fill is dropped. When another reader takes the key between
+/// the delete and the lease (its load began after the delete), or the cache
+/// cannot be reached, the value is read from the database all the same and
+/// not filled.
+pub(crate) async fn refresh_through<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    fingerprint: u64,
+    ttls: Ttls,
+    load: F,
+) -> Result<Option<V>>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return load().await;
+    }
+    let keys = [key];
+    mgr.flights.detach(&keys);
+    let [key] = keys;
+    let lease = new_lease();
+    let leased = match mgr
+        .guarded(deadline, "refresh", || mgr.backend.delete(std::slice::from_ref(&key)))
+        .await
+    {
+        Ok(_) => matches!(
+            mgr.guarded(deadline, "lease", || mgr.backend.get_or_lease(
+                &key,
+                &lease,
+                mgr.lease_ms()
+            ))
+            .await,
+            Ok(None)
+        ),
+        Err(_) => false,
+    };
+    if leased {
+        load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await
+    } else {
+        load().await
+    }
+}
+
+/// Puts `bytes` under `key` when the key is free (no value and no lease),
+/// behind a lease of its own: taken with `SET NX`, then the value written
+/// only while the lease is still there. Whether it was written.
+pub(crate) async fn prime(mgr: &CacheManager, key: String, bytes: Vec<u8>, ttl_secs: u64) -> bool {
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return false;
+    }
+    let lease = new_lease();
+    let leased = mgr
+        .guarded(deadline, "lease", || {
+            mgr.backend.get_or_lease(&key, &lease, mgr.lease_ms())
+        })
+        .await;
+    if !matches!(leased, Ok(None)) {
+        return false;
+    }
+    let fill = Fill {
+        keys: vec![key],
+        values: vec![bytes],
+        guard: Guard::Lease(lease),
+        ttl_secs,
+    };
+    mgr.land(&fill).await == 1
+}
+
+/// Takes a lease on `key` for a write that fills the cache with what it
+/// wrote (`CacheParams::with_fill_on_write`), before the write is sent:
+/// deletes the key, then leases it (`SET NX`). `None` when the cache could
+/// not be reached or another reader took the key in between; the write then
+/// only invalidates.
+pub(crate) async fn write_lease(mgr: &CacheManager, key: &str) -> Option<Lease> {
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return None;
+    }
+    let keys = [key.to_string()];
+    mgr.guarded(deadline, "write_lease", || mgr.backend.delete(&keys))
+        .await
+        .ok()?;
+    let lease = new_lease();
+    let leased = mgr
+        .guarded(deadline, "write_lease", || {
+            mgr.backend.get_or_lease(key, &lease, mgr.lease_ms())
+        })
+        .await;
+    matches!(leased, Ok(None)).then_some(lease)
+}
+
 /// The lease is ours: loads, lets the readers of this process share the
 /// load, and fills the cache behind the lease. A load that fails gives the
 /// lease back, so that other readers need not wait for it to expire.
@@ -130,7 +228,7 @@ async fn load_and_fill<V, F, Fut>(
     key: String,
     lease: Lease,
     fingerprint: u64,
-    ttl_secs: u64,
+    ttls: Ttls,
     deadline: tokio::time::Instant,
     load: F,
 ) -> Result<Option<V>>
@@ -155,7 +253,7 @@ where
             keys: vec![key],
             values: vec![bytes],
             guard: Guard::Lease(lease),
-            ttl_secs,
+            ttl_secs: ttls.of(value.as_ref()),
         };
         mgr.spawn_fill(fill, Some(lead));
     }

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::codec::{self, Entry};
-use crate::cache::fill::{Fill, Guard};
+use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
 use crate::cache::stats::Counters;
@@ -24,7 +24,7 @@ pub(crate) async fn read_many<V, Id, F, Fut>(
     keys: &[String],
     ids: &[Id],
     fingerprint: u64,
-    ttl_secs: u64,
+    ttls: Ttls,
     load: F,
 ) -> Result<Vec<Option<V>>>
 where
@@ -64,24 +64,28 @@ where
     let granted = lease_missing(mgr, &missing_keys, &lease, deadline).await;
 
     let rows = load(missing.iter().map(|&i| ids[i].clone()).collect()).await?;
-    let mut fill = Fill {
+    // Rows and "no such row" entries have their own TTLs: one fill each.
+    let fill_of = |ttl_secs| Fill {
         keys: Vec::new(),
         values: Vec::new(),
         guard: Guard::Lease(lease),
         ttl_secs,
     };
+    let (mut found, mut absent) = (fill_of(ttls.record), fill_of(ttls.absent));
     for (n, &i) in missing.iter().enumerate() {
         // `get`, not `remove`: an id may be asked for twice.
         let row = rows.get(&ids[i]).cloned();
         if granted.get(n).copied().unwrap_or(false) {
             if let Some(bytes) = mgr.encode_fill(fingerprint, row.as_ref()) {
+                let fill = if row.is_some() { &mut found } else { &mut absent };
                 fill.keys.push(keys[i].clone());
                 fill.values.push(bytes);
             }
         }
         out[i] = row;
     }
-    mgr.spawn_fill(fill, None);
+    mgr.spawn_fill(found, None);
+    mgr.spawn_fill(absent, None);
     Ok(out)
 }
 

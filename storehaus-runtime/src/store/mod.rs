@@ -6,6 +6,7 @@
 //! `sql` the SQL of each dialect; `pool`, `sqlite` and `signals` the
 //! database pool, the SQLite glue and the change events.
 
+mod controls;
 pub(crate) mod find;
 pub(crate) mod pool;
 pub(crate) mod query;
@@ -18,6 +19,7 @@ mod write;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::cache::fill::Ttls;
 use crate::cache::key;
 use crate::cache::read::read_through;
 use crate::cache::{CacheManager, MAX_TTL_SECS};
@@ -40,7 +42,14 @@ pub struct CacheParams {
     manager: Arc<CacheManager>,
     ttl: Option<u64>,
     prefix: Option<String>,
+    negative_ttl: Option<u64>,
+    fill_on_write: bool,
 }
+
+/// How long a cached "no such row" lives unless
+/// [`CacheParams::with_negative_ttl`] says otherwise (or the store's TTL,
+/// when that is shorter): 60 s.
+pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 60;
 
 impl CacheParams {
     /// Cache through `manager` with the record type's own TTL and prefix.
@@ -49,7 +58,42 @@ impl CacheParams {
             manager,
             ttl: None,
             prefix: None,
+            negative_ttl: None,
+            fill_on_write: false,
         }
+    }
+
+    /// TTL in seconds of a cached "no such row" (a read of an id that has
+    /// no row caches that answer too). Default: 60 s
+    /// ([`DEFAULT_NEGATIVE_TTL_SECS`]), or the store's TTL when that is
+    /// shorter; clamped to 1..=31 536 000 ([`GenericStore::try_new`]
+    /// rejects a value outside it).
+    ///
+    /// Short, because such an entry that outlives an invalidation it missed
+    /// (a raw-SQL insert without
+    /// [`watch_external_writes`](GenericStore::watch_external_writes)) hides
+    /// a real row, which is worse than serving an old version of one.
+    pub fn with_negative_ttl(mut self, secs: u64) -> Self {
+        self.negative_ttl = Some(secs);
+        self
+    }
+
+    /// Whether `create` and `update` put the row they wrote into the cache
+    /// (default `false`: writes only invalidate, and the next read fills).
+    ///
+    /// The fill is guarded like a read's: before the write is sent, the key
+    /// is deleted and leased; after the commit, the written row replaces the
+    /// lease only if the lease is still there, and the key is deleted
+    /// otherwise. A concurrent write (from any process) removes or replaces
+    /// the lease, so an older row can never overwrite a newer one. It costs
+    /// two cache round trips before the write (each under its own
+    /// [`with_timeout`](crate::CacheConfig::with_timeout) budget, like the
+    /// fill after the commit); when the cache cannot be reached the write
+    /// just invalidates. `update_many`, `delete*` and transactions always
+    /// invalidate.
+    pub fn with_fill_on_write(mut self, fill: bool) -> Self {
+        self.fill_on_write = fill;
+        self
     }
 
     /// TTL in seconds for this store (clamped to 1..=31 536 000).
@@ -72,9 +116,21 @@ pub(crate) struct StoreCache {
     pub manager: Arc<CacheManager>,
     pub prefix: String,
     pub ttl: u64,
+    /// TTL of a cached "no such row".
+    pub negative_ttl: u64,
+    pub fill_on_write: bool,
     pub generation_key: String,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
+}
+
+impl StoreCache {
+    pub(crate) fn ttls(&self) -> Ttls {
+        Ttls {
+            record: self.ttl,
+            absent: self.negative_ttl,
+        }
+    }
 }
 
 /// Typed, cached access to the table of `T`.
@@ -131,12 +187,18 @@ impl<T: Cached> GenericStore<T> {
                 .or(T::TTL)
                 .unwrap_or(params.manager.config().default_ttl)
                 .clamp(1, MAX_TTL_SECS);
+            let negative_ttl = params
+                .negative_ttl
+                .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS.min(ttl))
+                .clamp(1, MAX_TTL_SECS);
             let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
             let scope = key::store_scope(params.manager.global_prefix(), &escaped);
             Arc::new(StoreCache {
                 manager: params.manager,
                 prefix: escaped,
                 ttl,
+                negative_ttl,
+                fill_on_write: params.fill_on_write,
                 generation_key,
                 scope,
             })
@@ -154,7 +216,7 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
     /// for a prefix that is empty, starts with `__` or holds characters outside
-    /// `[A-Za-z0-9_.-]`, or a TTL outside 1..=31 536 000.
+    /// `[A-Za-z0-9_.-]`, or a TTL or negative TTL outside 1..=31 536 000.
     pub fn try_new(
         pool: impl Into<DbPool>,
         signals: Option<Arc<SignalManager>>,
@@ -164,12 +226,14 @@ impl<T: Cached> GenericStore<T> {
             if let Some(prefix) = &params.prefix {
                 key::validate_prefix("store prefix", prefix)?;
             }
-            if let Some(ttl) = params.ttl {
-                if !(1..=MAX_TTL_SECS).contains(&ttl) {
-                    return Err(crate::CacheError::InvalidConfig(format!(
-                        "store TTL must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
-                    ))
-                    .into());
+            for (what, ttl) in [("store TTL", params.ttl), ("negative TTL", params.negative_ttl)] {
+                if let Some(ttl) = ttl {
+                    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+                        return Err(crate::CacheError::InvalidConfig(format!(
+                            "{what} must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+                        ))
+                        .into());
+                    }
                 }
             }
         }
@@ -228,10 +292,10 @@ impl<T: Cached> GenericStore<T> {
             return self.load_one(id).await;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttl, || self.load_one(id)).await
+        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttls(), || self.load_one(id)).await
     }
 
-    async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
+    pub(crate) async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
         let mut conn = Pooled::acquire(&self.pool).await?;
         sql::select(conn.conn(), id).await
     }
@@ -260,7 +324,7 @@ impl<T: Cached> GenericStore<T> {
             &keys,
             ids,
             T::FINGERPRINT,
-            cache.ttl,
+            cache.ttls(),
             |missing| async move { self.load_many(&missing).await },
         )
         .await

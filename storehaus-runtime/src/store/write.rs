@@ -5,7 +5,9 @@
 use std::future::Future;
 
 use crate::backend::TagAdd;
+use crate::cache::flight::Lease;
 use crate::cache::key;
+use crate::cache::read::write_lease;
 use crate::error::{Result, StorehausError};
 use crate::record::Cached;
 use crate::store::signals::{ChangeEvent, ChangeOp};
@@ -13,9 +15,10 @@ use crate::store::sql::{self, DbTx, Pooled};
 use crate::store::{check_id, not_found, GenericStore};
 
 impl<T: Cached> GenericStore<T> {
-    /// Inserts `record`. Does not fill the cache (reads do); clears any
-    /// cached "no such row" for its id after commit. `tags` travel with the
-    /// change event.
+    /// Inserts `record`. Does not fill the cache (reads do) unless the store
+    /// was built with [`CacheParams::with_fill_on_write`](crate::CacheParams::with_fill_on_write);
+    /// clears any cached "no such row" for its id after commit. `tags`
+    /// travel with the change event.
     ///
     /// Once sent, the insert runs to its end in a task of its own, and its
     /// invalidation follows its commit, even if the caller stops waiting
@@ -32,11 +35,14 @@ impl<T: Cached> GenericStore<T> {
             let mut conn = Pooled::acquire(&pool).await?;
             Ok(Written::changed(sql::insert(conn.conn(), &record).await?))
         };
-        self.run_write(ChangeOp::Create, ids, tags, write).await
+        self.run_write(ChangeOp::Create, ids, tags, Some(|row: &T| Some(row)), write)
+            .await
     }
 
     /// Replaces the row `id` with `record`; invalidates its cache entry after
-    /// commit. Returns the row as stored. Runs to its end even if the caller
+    /// commit (or fills it with the row, with
+    /// [`CacheParams::with_fill_on_write`](crate::CacheParams::with_fill_on_write)).
+    /// Returns the row as stored. Runs to its end even if the caller
     /// stops waiting (see [`create`](Self::create)).
     ///
     /// # Errors
@@ -55,7 +61,9 @@ impl<T: Cached> GenericStore<T> {
                 None => Written::unchanged(None),
             })
         };
-        let updated = self.run_write(ChangeOp::Update, vec![id.clone()], tags, write).await?;
+        let updated = self
+            .run_write(ChangeOp::Update, vec![id.clone()], tags, Some(Option::as_ref), write)
+            .await?;
         updated.ok_or_else(|| not_found::<T>(id))
     }
 
@@ -92,7 +100,7 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(out))
         };
-        self.run_write(ChangeOp::Update, ids, None, write).await
+        self.run_write(ChangeOp::Update, ids, None, None, write).await
     }
 
     /// Deletes the row `id`; `true` when a row was deleted. Its cache entry is
@@ -110,7 +118,8 @@ impl<T: Cached> GenericStore<T> {
             let affected = sql::delete::<T>(conn.conn(), &owned).await?;
             Ok(Written::changed(affected > 0))
         };
-        self.run_write(ChangeOp::Delete, vec![id.clone()], None, write).await
+        self.run_write(ChangeOp::Delete, vec![id.clone()], None, None, write)
+            .await
     }
 
     /// Deletes the rows of `ids` in one statement; returns how many were
@@ -134,7 +143,7 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(affected))
         };
-        self.run_write(ChangeOp::Delete, ids.to_vec(), None, write).await
+        self.run_write(ChangeOp::Delete, ids.to_vec(), None, None, write).await
     }
 
     /// Runs `write` to its outcome in a task of its own, then invalidates
@@ -148,23 +157,48 @@ impl<T: Cached> GenericStore<T> {
     /// When the database reports an error, the commit may still have
     /// happened (the connection can die while the commit's answer is on its
     /// way), so the ids are invalidated anyway; nothing is published.
-    async fn run_write<R, W>(&self, op: ChangeOp, ids: Vec<T::Id>, tags: Option<Vec<String>>, write: W) -> Result<R>
+    ///
+    /// `row_of`, for a write of one row, finds the row in the result: with
+    /// `with_fill_on_write`, the key is leased before the write is sent and
+    /// the row fills it after the commit (see `CacheManager::fill_committed`).
+    async fn run_write<R, W>(
+        &self,
+        op: ChangeOp,
+        ids: Vec<T::Id>,
+        tags: Option<Vec<String>>,
+        row_of: Option<fn(&R) -> Option<&T>>,
+        write: W,
+    ) -> Result<R>
     where
         R: Send + 'static,
         W: Future<Output = Result<Written<R>>> + Send + 'static,
     {
         let store = self.clone();
         let task = tokio::spawn(async move {
+            let lease = match (&store.cache, row_of, ids.as_slice()) {
+                (Some(cache), Some(_), [id]) if cache.fill_on_write => {
+                    let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                    write_lease(&cache.manager, &key).await
+                }
+                _ => None,
+            };
             let result = write.await;
             let changed = result.as_ref().is_ok_and(|written| written.changed);
             let uncertain = matches!(result, Err(StorehausError::Database(_)));
+            let row = match (&result, row_of) {
+                (Ok(written), Some(row_of)) if changed => row_of(&written.value),
+                _ => None,
+            };
             if changed {
                 let change = Change {
                     op,
                     ids,
                     tags: tags.unwrap_or_default(),
                 };
-                store.after_commit_all(std::slice::from_ref(&change)).await;
+                match (lease, row) {
+                    (Some(lease), Some(row)) => store.after_commit_filled(&change, row, lease).await,
+                    _ => store.after_commit_all(std::slice::from_ref(&change)).await,
+                }
             } else if uncertain {
                 let change = Change {
                     op: ChangeOp::Update,
@@ -172,6 +206,15 @@ impl<T: Cached> GenericStore<T> {
                     tags: Vec::new(),
                 };
                 store.invalidate_changes(std::slice::from_ref(&change)).await;
+            } else if let (Some(lease), Some(cache), [id]) = (lease, &store.cache, ids.as_slice()) {
+                // Nothing written (no such row, a refused insert): give the lease back.
+                let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                let mgr = &cache.manager;
+                let _ = mgr
+                    .guarded(mgr.deadline(), "release_lease", || {
+                        mgr.backend.release_lease(&key, &lease)
+                    })
+                    .await;
             }
             result.map(|written| written.value)
         });
@@ -185,6 +228,37 @@ impl<T: Cached> GenericStore<T> {
             return;
         }
         self.invalidate_changes(changes).await;
+        self.publish(changes);
+    }
+
+    /// For a committed write of one row whose key it leased before the
+    /// write (`with_fill_on_write`): fills the key with `row` where the
+    /// lease is still in place (else deletes it), delivers the rest of the
+    /// invalidation (the query generation, the tags), then publishes.
+    async fn after_commit_filled(&self, change: &Change<T::Id>, row: &T, lease: Lease) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let mgr = &cache.manager;
+        let key = key::record_key(mgr.global_prefix(), &cache.prefix, row.id());
+        match mgr.encode_fill(T::FINGERPRINT, Some(row)) {
+            Some(bytes) => {
+                let tags = self.tag_adds(std::slice::from_ref(change));
+                mgr.fill_committed(
+                    &cache.scope,
+                    key,
+                    (bytes, lease, cache.ttl),
+                    vec![cache.generation_key.clone()],
+                    tags,
+                )
+                .await;
+            }
+            None => self.invalidate_changes(std::slice::from_ref(change)).await,
+        }
+        self.publish(std::slice::from_ref(change));
+    }
+
+    fn publish(&self, changes: &[Change<T::Id>]) {
         if let Some(signals) = &self.signals {
             for c in changes {
                 signals.publish(ChangeEvent {
@@ -203,24 +277,36 @@ impl<T: Cached> GenericStore<T> {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
-            let mut tags: Vec<TagAdd> = Vec::new();
-            for c in changes.iter().filter(|c| !c.tags.is_empty()) {
-                let members: Vec<String> = c.ids.iter().map(key_of).collect();
-                for tag in c.tags.iter().filter(|t| !t.is_empty()) {
-                    tags.push(TagAdd {
-                        set: key::tag_key(cache.manager.global_prefix(), tag),
-                        members: members.clone(),
-                        // Records are filled after the write, by reads: the
-                        // set outlives the members cached within one TTL.
-                        ttl_secs: cache.ttl.saturating_mul(2),
-                    });
-                }
-            }
+            let tags = self.tag_adds(changes);
             cache
                 .manager
                 .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], tags)
                 .await;
         }
+    }
+}
+
+impl<T: Cached> GenericStore<T> {
+    /// The tag additions of `changes`: each tag's set gets the keys of its change.
+    fn tag_adds(&self, changes: &[Change<T::Id>]) -> Vec<TagAdd> {
+        let mut tags: Vec<TagAdd> = Vec::new();
+        let Some(cache) = &self.cache else {
+            return tags;
+        };
+        let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+        for c in changes.iter().filter(|c| !c.tags.is_empty()) {
+            let members: Vec<String> = c.ids.iter().map(key_of).collect();
+            for tag in c.tags.iter().filter(|t| !t.is_empty()) {
+                tags.push(TagAdd {
+                    set: key::tag_key(cache.manager.global_prefix(), tag),
+                    members: members.clone(),
+                    // Records are filled after the write, by reads: the
+                    // set outlives the members cached within one TTL.
+                    ttl_secs: cache.ttl.saturating_mul(2),
+                });
+            }
+        }
+        tags
     }
 }
 
