@@ -1,22 +1,35 @@
 //! Explicit controls over a store's cache (issue 16): `invalidate`,
-//! `get_fresh`, `prime`, `with_fill_on_write`, `flush_fills`, and the TTL
-//! of cached "no such row" entries.
+//! `get_fresh`, `prime`, `with_fill_on_write`, `flush_fills`,
+//! `invalidate_queries` removing the prefix's records, and the TTL of cached
+//! "no such row" entries.
 //!
-//! Each behaviour runs on Redis + PostgreSQL and on `memory://` + SQLite
-//! (`both_stacks!`); raw TTLs and outages need a Redis server. Hits are
+//! Each behaviour runs on Redis + PostgreSQL, a Redis Cluster + PostgreSQL
+//! (`STOREHAUS_CLUSTER_URL`, as in the behaviour suite) and `memory://` +
+//! SQLite (`every_stack!`); raw TTLs and outages need a Redis server. Hits are
 //! proved by changing the row behind the cache's back.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use storehaus::{CacheConfig, CacheManager, CacheParams, DbPool, GenericStore};
+use storehaus::{CacheConfig, CacheManager, CacheParams, DbPool, GenericStore, Query};
 use storehaus_testkit::records::users::{self, user, User};
 use storehaus_testkit::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stack {
     RedisPostgres,
+    ClusterPostgres,
     MemorySqlite,
+}
+
+impl Stack {
+    fn cache_url(self) -> String {
+        match self {
+            Stack::RedisPostgres => redis_url(),
+            Stack::ClusterPostgres => cluster_url(),
+            Stack::MemorySqlite => "memory://".to_string(),
+        }
+    }
 }
 
 /// One test's world: a fresh database with the `users` table and a manager
@@ -34,7 +47,7 @@ impl Env {
 
     async fn with_manager(stack: Stack, tweak: impl FnOnce(CacheConfig) -> CacheConfig) -> Env {
         let (pg, pool): (Option<Db>, DbPool) = match stack {
-            Stack::RedisPostgres => {
+            Stack::RedisPostgres | Stack::ClusterPostgres => {
                 let db = Db::new().await;
                 db.exec(users::CREATE_TABLE_POSTGRES).await;
                 let pool = db.pool.clone().into();
@@ -46,10 +59,7 @@ impl Env {
                 (None, pool.into())
             }
         };
-        let url = match stack {
-            Stack::RedisPostgres => redis_url(),
-            Stack::MemorySqlite => "memory://".to_string(),
-        };
+        let url = stack.cache_url();
         Env {
             pg,
             pool,
@@ -107,13 +117,22 @@ fn renamed(u: &User, name: &str) -> User {
     }
 }
 
-macro_rules! both_stacks {
+macro_rules! every_stack {
     ($($test:ident),* $(,)?) => {
         mod redis_postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Stack::RedisPostgres).await;
+                }
+            )*
+        }
+        #[cfg(feature = "cluster")]
+        mod cluster_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Stack::ClusterPostgres).await;
                 }
             )*
         }
@@ -128,7 +147,7 @@ macro_rules! both_stacks {
     };
 }
 
-both_stacks! {
+every_stack! {
     flush_fills_waits_until_a_miss_is_cached,
     invalidate_drops_the_record_so_a_raw_sql_change_is_read,
     get_fresh_reads_the_database_and_refills_the_cache,
@@ -139,6 +158,7 @@ both_stacks! {
     fill_on_write_is_dropped_when_another_write_lands_first,
     fill_on_write_racing_writers_never_leave_an_old_row,
     fill_on_write_update_of_a_missing_row_leaves_no_lease,
+    invalidate_queries_removes_the_prefix_records_and_counts_them,
     negative_entries_expire_on_their_own_ttl,
 }
 
@@ -318,8 +338,8 @@ async fn fill_on_write_racing_writers_never_leave_an_old_row(stack: Stack) {
     // Two managers on one cache: two processes (on memory://, one manager
     // has one cache, so both stores share the first).
     let other = match stack {
-        Stack::RedisPostgres => {
-            Arc::new(CacheManager::new(CacheConfig::new(redis_url(), 3600, env.manager.global_prefix())).unwrap())
+        Stack::RedisPostgres | Stack::ClusterPostgres => {
+            Arc::new(CacheManager::new(CacheConfig::new(stack.cache_url(), 3600, env.manager.global_prefix())).unwrap())
         }
         Stack::MemorySqlite => env.manager.clone(),
     };
@@ -369,6 +389,42 @@ async fn fill_on_write_update_of_a_missing_row_leaves_no_lease(stack: Stack) {
     env.manager.flush_fills().await;
     let stats = env.manager.get_stats().await.unwrap();
     assert_eq!((stats.lease_waits, stats.fills), (0, 1), "{stats:?}");
+    env.teardown().await;
+}
+
+async fn invalidate_queries_removes_the_prefix_records_and_counts_them(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store();
+    let other = env.store_with(CacheParams::new(env.manager.clone()).with_prefix("users_other"));
+    let mut made = Vec::new();
+    for i in 0..3 {
+        made.push(store.create(user(&format!("q{i}")), None).await.unwrap());
+    }
+    for u in &made {
+        store.get_by_id(&u.id).await.unwrap();
+        other.get_by_id(&u.id).await.unwrap();
+    }
+    let everyone = || Query::new().filter(User::columns().name.like("q%"));
+    assert_eq!(store.find(everyone()).await.unwrap().len(), 3);
+    env.manager.flush_fills().await;
+    for u in &made {
+        env.rename_behind(u, "zz").await;
+    }
+    assert_eq!(store.find(everyone()).await.unwrap().len(), 3, "a cached result");
+
+    assert_eq!(env.manager.invalidate_queries("users").await.unwrap(), 3);
+    for u in &made {
+        assert_eq!(env.cached(u).await, None);
+        assert_eq!(store.get_by_id(&u.id).await.unwrap().unwrap().name, "zz");
+        let kept: Option<User> = env.manager.get_record("users_other", &u.id.to_string()).await.unwrap();
+        assert_eq!(kept.as_ref(), Some(u), "another prefix is untouched");
+    }
+    assert_eq!(store.find(everyone()).await.unwrap().len(), 0, "query results too");
+    // Nothing cached any more: nothing removed (the reads above refilled
+    // records only after flush; count what is there).
+    env.manager.flush_fills().await;
+    assert_eq!(env.manager.invalidate_queries("users").await.unwrap(), 3);
+    assert_eq!(env.manager.invalidate_queries("users").await.unwrap(), 0);
     env.teardown().await;
 }
 

@@ -254,19 +254,52 @@ impl CacheManager {
         Ok(n > 0)
     }
 
-    /// Makes every cached query result of `prefix` unreachable in O(1): bumps
-    /// the prefix's query generation (one round trip: a `SET NX` that seeds
-    /// a missing counter at a random value, then `INCR`; no scan).
+    /// Invalidates everything cached for the store prefix `prefix`: its
+    /// records and its query results. Returns how many records it removed.
+    ///
+    /// First the query results, in O(1): the prefix's query generation is
+    /// bumped (one round trip: a `SET NX` that seeds a missing counter at a
+    /// random value, then `INCR`), which makes every cached result
+    /// unreachable at once. Then the records: a walk over
+    /// `{global}:{prefix}:*` with SCAN and UNLINK in batches (never KEYS;
+    /// on a cluster, on every primary), which also frees the unreachable
+    /// results. The walk costs O(keys in the database), like
+    /// [`delete_pattern`](Self::delete_pattern), and runs under ten times the
+    /// configured timeout. Records present for the whole walk are removed;
+    /// records filled meanwhile were read after the call began. In-flight
+    /// loads of the prefix in this process are detached. The removed keys
+    /// join the log of recent invalidations, delivered again after a
+    /// failover like a write's.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storehaus::prelude::*;
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+    /// # #[cache(table = "users")]
+    /// # struct User { id: i64, name: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db_pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&db_pool).await?;
+    /// let cache_manager = Arc::new(CacheManager::new(CacheConfig::new("memory://", 60, "app"))?);
+    /// let users = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager.clone())));
+    /// users.create(User { id: 1, name: "Ada".into() }, None).await?;
+    /// users.get_by_id(&1).await?;
+    /// cache_manager.flush_fills().await;
+    /// assert_eq!(cache_manager.invalidate_queries("users").await?, 1);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
-    /// timeouts as they happen.
+    /// timeouts as they happen (after a failed generation bump nothing is
+    /// removed; a walk cut short leaves the rest of the records in place).
     #[tracing::instrument(skip(self))]
-    pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
+    pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<u64> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
+        let scope = key::store_scope(self.global_prefix(), prefix);
         let counters = [key::generation_key(self.global_prefix(), prefix)];
-        self.recent
-            .record(&key::store_scope(self.global_prefix(), prefix), &[], &counters);
+        self.recent.record(&scope, &[], &counters);
         let inv = Invalidation {
             counters: &counters,
             ..Invalidation::default()
@@ -275,7 +308,30 @@ impl CacheManager {
             .guarded(self.deadline(), "invalidate_queries", || self.backend.invalidate(&inv))
             .await?;
         self.count_resets(&done);
-        Ok(())
+
+        // The records: every key of the scope but the query results and
+        // the counter (all under `{scope}query:`, unreachable already).
+        let glob = format!("{scope}*");
+        let results = format!("{scope}query:");
+        let deadline = self.long_deadline();
+        self.flights.detach_matching(&glob);
+        let mut removed = 0;
+        let mut cursor = 0;
+        loop {
+            let step = self
+                .guarded(deadline, "invalidate_queries", || {
+                    self.backend.scan_step(cursor, &glob, Some(&results))
+                })
+                .await?;
+            self.recent.record(&scope, &step.keys, &[]);
+            removed += step.removed;
+            cursor = step.next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Counters::add(&self.counters.invalidations, removed);
+        Ok(removed)
     }
 
     /// Removes every key matching the glob `{global}:{pattern}` with SCAN and
@@ -305,7 +361,9 @@ impl CacheManager {
         let mut cursor = 0;
         loop {
             let step = self
-                .guarded(deadline, "delete_pattern", || self.backend.scan_step(cursor, glob))
+                .guarded(deadline, "delete_pattern", || {
+                    self.backend.scan_step(cursor, glob, None)
+                })
                 .await?;
             removed += step.removed;
             cursor = step.next;

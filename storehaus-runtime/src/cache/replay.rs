@@ -106,7 +106,7 @@ impl CacheManager {
         let batch = claim.next_batch();
         if let Some((glob, cursor)) = &batch.scope {
             let stepped = self
-                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob))
+                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob, None))
                 .await;
             return match stepped {
                 Ok(step) => {
