@@ -65,8 +65,8 @@ impl CacheManager {
     /// A committed write's invalidation for a write that fills the cache
     /// with what it wrote: `key` held `lease` (taken by `read::write_lease`
     /// before the write was sent) and gets `value` if it still holds it;
-    /// otherwise it is deleted like any invalidated key. The counters and
-    /// tags are delivered as by [`invalidate_committed`](Self::invalidate_committed).
+    /// otherwise it is deleted like any invalidated key. The keys `also`
+    /// (index entries), the counters and the tags are delivered as by [`invalidate_committed`](Self::invalidate_committed).
     ///
     /// Why this never leaves an older row: every write deletes the key after
     /// its commit, or (this path) replaces its own lease by its value. A
@@ -80,7 +80,7 @@ impl CacheManager {
         scope: &str,
         key: String,
         fill: (Vec<u8>, crate::cache::flight::Lease, u64),
-        counters: Vec<String>,
+        (also, counters): (Vec<String>, Vec<String>),
         tags: Vec<TagAdd>,
     ) {
         let (value, lease, ttl_secs) = fill;
@@ -94,7 +94,8 @@ impl CacheManager {
             ttl_secs,
         };
         let filled = self.land(&fill).await == 1;
-        let keys = if filled { Vec::new() } else { fill.keys };
+        let mut keys = if filled { Vec::new() } else { fill.keys };
+        keys.extend(also);
         self.invalidate_committed(scope, keys, counters, tags).await;
     }
 

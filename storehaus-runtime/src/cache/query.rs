@@ -100,6 +100,18 @@ where
 /// it, and so that entries written under a lost counter can never match
 /// again. `None` when there is none to use: the cache was unreachable or out
 /// of memory, or the counter held garbage (it is then replaced, counted).
+/// The store's query generation now (seeding a missing counter), or `None`
+/// when the cache cannot tell: for checks outside `read_query` (the index
+/// lookups' cached "no such value").
+pub(crate) async fn read_generation(mgr: &CacheManager, generation_key: &str) -> Option<u64> {
+    let deadline = mgr.deadline();
+    let found = mgr
+        .guarded(deadline, "query_generation", || mgr.backend.get(generation_key))
+        .await
+        .ok()?;
+    current_generation(mgr, generation_key, found, deadline).await
+}
+
 async fn current_generation(
     mgr: &CacheManager,
     generation_key: &str,

@@ -46,6 +46,7 @@ impl<T: Cached> GenericStore<T> {
             op: ChangeOp::Update,
             ids: vec![id.clone()],
             tags: Vec::new(),
+            index: Vec::new(),
         };
         self.invalidate_changes(std::slice::from_ref(&change)).await;
     }

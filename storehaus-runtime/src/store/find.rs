@@ -51,7 +51,7 @@ impl<T: Cached> GenericStore<T> {
         Ok(n.max(0) as u64)
     }
 
-    fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         match self.pool() {
             DbPool::Postgres(_) => Dialect::Postgres,
             #[cfg(feature = "sqlite")]
@@ -79,7 +79,7 @@ impl<T: Cached> GenericStore<T> {
         read_query(&cache.manager, space, load).await
     }
 
-    async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
+    pub(crate) async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
         let mut conn = Pooled::acquire(self.pool()).await?;
         sql::select_rendered(conn.conn(), r).await
     }

@@ -8,6 +8,7 @@
 
 mod controls;
 pub(crate) mod find;
+mod index;
 pub(crate) mod pool;
 pub(crate) mod query;
 pub(crate) mod signals;

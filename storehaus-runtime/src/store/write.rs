@@ -31,11 +31,12 @@ impl<T: Cached> GenericStore<T> {
     pub async fn create(&self, record: T, tags: Option<Vec<String>>) -> Result<T> {
         let pool = self.pool.clone();
         let ids = vec![record.id().clone()];
+        let index = record.index_values();
         let write = async move {
             let mut conn = Pooled::acquire(&pool).await?;
             Ok(Written::changed(sql::insert(conn.conn(), &record).await?))
         };
-        self.run_write(ChangeOp::Create, ids, tags, Some(|row: &T| Some(row)), write)
+        self.run_write(ChangeOp::Create, (ids, index), tags, Some(|row: &T| Some(row)), write)
             .await
     }
 
@@ -53,6 +54,7 @@ impl<T: Cached> GenericStore<T> {
     pub async fn update(&self, id: &T::Id, record: T, tags: Option<Vec<String>>) -> Result<T> {
         check_id::<T>(id, &record)?;
         let pool = self.pool.clone();
+        let index = record.index_values();
         let write = async move {
             let mut conn = Pooled::acquire(&pool).await?;
             let updated = sql::update(conn.conn(), record.id(), &record).await?;
@@ -62,7 +64,13 @@ impl<T: Cached> GenericStore<T> {
             })
         };
         let updated = self
-            .run_write(ChangeOp::Update, vec![id.clone()], tags, Some(Option::as_ref), write)
+            .run_write(
+                ChangeOp::Update,
+                (vec![id.clone()], index),
+                tags,
+                Some(Option::as_ref),
+                write,
+            )
             .await?;
         updated.ok_or_else(|| not_found::<T>(id))
     }
@@ -84,6 +92,7 @@ impl<T: Cached> GenericStore<T> {
             return Ok(Vec::new());
         }
         let ids: Vec<T::Id> = updates.iter().map(|(id, _)| id.clone()).collect();
+        let index = updates.iter().flat_map(|(_, record)| record.index_values()).collect();
         let pool = self.pool.clone();
         let write = async move {
             let mut out = Vec::with_capacity(updates.len());
@@ -100,7 +109,7 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(out))
         };
-        self.run_write(ChangeOp::Update, ids, None, None, write).await
+        self.run_write(ChangeOp::Update, (ids, index), None, None, write).await
     }
 
     /// Deletes the row `id`; `true` when a row was deleted. Its cache entry is
@@ -118,7 +127,7 @@ impl<T: Cached> GenericStore<T> {
             let affected = sql::delete::<T>(conn.conn(), &owned).await?;
             Ok(Written::changed(affected > 0))
         };
-        self.run_write(ChangeOp::Delete, vec![id.clone()], None, None, write)
+        self.run_write(ChangeOp::Delete, (vec![id.clone()], Vec::new()), None, None, write)
             .await
     }
 
@@ -143,7 +152,8 @@ impl<T: Cached> GenericStore<T> {
             tx.commit().await?;
             Ok(Written::changed(affected))
         };
-        self.run_write(ChangeOp::Delete, ids.to_vec(), None, None, write).await
+        self.run_write(ChangeOp::Delete, (ids.to_vec(), Vec::new()), None, None, write)
+            .await
     }
 
     /// Runs `write` to its outcome in a task of its own, then invalidates
@@ -164,7 +174,7 @@ impl<T: Cached> GenericStore<T> {
     async fn run_write<R, W>(
         &self,
         op: ChangeOp,
-        ids: Vec<T::Id>,
+        (ids, index): (Vec<T::Id>, Vec<(&'static str, String)>),
         tags: Option<Vec<String>>,
         row_of: Option<fn(&R) -> Option<&T>>,
         write: W,
@@ -194,6 +204,7 @@ impl<T: Cached> GenericStore<T> {
                     op,
                     ids,
                     tags: tags.unwrap_or_default(),
+                    index,
                 };
                 match (lease, row) {
                     (Some(lease), Some(row)) => store.after_commit_filled(&change, row, lease).await,
@@ -204,6 +215,7 @@ impl<T: Cached> GenericStore<T> {
                     op: ChangeOp::Update,
                     ids,
                     tags: Vec::new(),
+                    index,
                 };
                 store.invalidate_changes(std::slice::from_ref(&change)).await;
             } else if let (Some(lease), Some(cache), [id]) = (lease, &store.cache, ids.as_slice()) {
@@ -244,11 +256,12 @@ impl<T: Cached> GenericStore<T> {
         match mgr.encode_fill(T::FINGERPRINT, Some(row)) {
             Some(bytes) => {
                 let tags = self.tag_adds(std::slice::from_ref(change));
+                let index = self.index_keys(std::slice::from_ref(change));
                 mgr.fill_committed(
                     &cache.scope,
                     key,
                     (bytes, lease, cache.ttl),
-                    vec![cache.generation_key.clone()],
+                    (index, vec![cache.generation_key.clone()]),
                     tags,
                 )
                 .await;
@@ -276,7 +289,8 @@ impl<T: Cached> GenericStore<T> {
     pub(crate) async fn invalidate_changes(&self, changes: &[Change<T::Id>]) {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-            let keys = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
+            let mut keys: Vec<String> = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
+            keys.extend(self.index_keys(changes));
             let tags = self.tag_adds(changes);
             cache
                 .manager
@@ -287,6 +301,18 @@ impl<T: Cached> GenericStore<T> {
 }
 
 impl<T: Cached> GenericStore<T> {
+    /// The index entries of the values `changes` wrote.
+    fn index_keys(&self, changes: &[Change<T::Id>]) -> Vec<String> {
+        let Some(cache) = &self.cache else {
+            return Vec::new();
+        };
+        changes
+            .iter()
+            .flat_map(|c| c.index.iter())
+            .map(|(column, value)| key::index_key(cache.manager.global_prefix(), &cache.prefix, column, value))
+            .collect()
+    }
+
     /// The tag additions of `changes`: each tag's set gets the keys of its change.
     fn tag_adds(&self, changes: &[Change<T::Id>]) -> Vec<TagAdd> {
         let mut tags: Vec<TagAdd> = Vec::new();
@@ -343,4 +369,8 @@ pub(crate) struct Change<Id> {
     pub op: ChangeOp,
     pub ids: Vec<Id>,
     pub tags: Vec<String>,
+    /// The index values the write wrote (`#[cache(index)]` columns): their
+    /// index entries are deleted with the records' keys, so a cached "no
+    /// such value" cannot hide the new row.
+    pub index: Vec<(&'static str, String)>,
 }
