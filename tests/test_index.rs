@@ -146,6 +146,8 @@ every_stack! {
     get_many_by_keeps_order_and_checks_every_hint,
     a_transaction_and_update_many_clear_the_entries_of_their_new_values,
     get_by_without_a_cache_reads_the_database,
+    invalidate_queries_removes_index_entries_and_counts_records_only,
+    lookups_racing_value_changes_never_end_on_an_old_answer,
 }
 
 async fn get_by_serves_a_cached_record_through_its_index_entry(stack: Stack) {
@@ -372,5 +374,99 @@ async fn index_entries_follow_the_documented_key_format() {
     let key = format!("{global}:accounts:idx:email:ivy%40example.com");
     assert!(raw_get(&mut redis, &key).await.is_some(), "{key}");
     assert_eq!(<Account as Cached>::INDEXES, &["email", "handle"]);
+    env.teardown().await;
+}
+
+async fn invalidate_queries_removes_index_entries_and_counts_records_only(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store();
+    let c = Account::columns();
+    for (id, name) in [(13, "jo"), (14, "ka")] {
+        store.create(account(id, name), None).await.unwrap();
+        for _ in 0..2 {
+            store.get_by(c.email, format!("{name}@example.com")).await.unwrap();
+            env.manager.flush_fills().await;
+        }
+    }
+    assert_eq!(env.manager.invalidate_queries("accounts").await.unwrap(), 2);
+    env.behind("UPDATE accounts SET name = $1 WHERE id = $2", "behind", 13)
+        .await;
+    let jo = store.get_by(c.email, "jo@example.com").await.unwrap().unwrap();
+    assert_eq!(jo.name, "behind", "entries and records were removed");
+    env.teardown().await;
+}
+
+/// With `watch_external_writes`, a raw-SQL change of an index column is seen
+/// by old and new lookups as soon as the outbox worker has delivered it: the
+/// record is invalidated (the old value's hint fails its check) and the
+/// store's generation is bumped (the new value's cached "no such value"
+/// stops being trusted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_external_write_reaches_index_lookups_through_the_outbox() {
+    let env = Env::new(Stack::RedisPostgres).await;
+    let store = env.store();
+    store.watch_external_writes().await.unwrap();
+    let c = Account::columns();
+    store.create(account(15, "lu"), None).await.unwrap();
+    for _ in 0..2 {
+        assert!(store.get_by(c.email, "lu@example.com").await.unwrap().is_some());
+        assert_eq!(store.get_by(c.email, "lu2@example.com").await.unwrap(), None);
+        env.manager.flush_fills().await;
+    }
+    env.behind("UPDATE accounts SET email = $1 WHERE id = $2", "lu2@example.com", 15)
+        .await;
+    eventually("both lookups see the external write", || async {
+        store.get_by(c.email, "lu@example.com").await.unwrap().is_none()
+            && store.get_by(c.email, "lu2@example.com").await.unwrap().map(|a| a.id) == Some(15)
+    })
+    .await;
+    env.teardown().await;
+}
+
+async fn lookups_racing_value_changes_never_end_on_an_old_answer(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store();
+    let c = Account::columns();
+    let mut current = store.create(account(16, "r0"), None).await.unwrap();
+    for round in 1..30 {
+        let old = current.email.clone();
+        let next = Account {
+            email: format!("r{round}@example.com"),
+            ..current.clone()
+        };
+        let writer = {
+            let store = store.clone();
+            let next = next.clone();
+            tokio::spawn(async move { store.update(&16, next, None).await.unwrap() })
+        };
+        let readers: Vec<_> = [old.clone(), next.email.clone()]
+            .into_iter()
+            .map(|email| {
+                let store = store.clone();
+                tokio::spawn(async move { store.get_by(c.email, email).await.unwrap() })
+            })
+            .collect();
+        writer.await.unwrap();
+        for r in readers {
+            r.await.unwrap();
+        }
+        env.manager.flush_fills().await;
+        assert_eq!(
+            store.get_by(c.email, old.as_str()).await.unwrap(),
+            None,
+            "round {round}: old value"
+        );
+        assert_eq!(
+            store.get_by(c.email, next.email.as_str()).await.unwrap(),
+            Some(next.clone()),
+            "round {round}: new value"
+        );
+        let both = store
+            .get_many_by(c.email, &[old.as_str(), next.email.as_str()])
+            .await
+            .unwrap();
+        assert_eq!(both, vec![None, Some(next.clone())], "round {round}: get_many_by");
+        current = next;
+    }
     env.teardown().await;
 }

@@ -262,8 +262,8 @@ impl CacheManager {
     /// random value, then `INCR`), which makes every cached result
     /// unreachable at once. Then the records: a walk over
     /// `{global}:{prefix}:*` with SCAN and UNLINK in batches (never KEYS;
-    /// on a cluster, on every primary), which also frees the unreachable
-    /// results. The walk costs O(keys in the database), like
+    /// on a cluster, on every primary), which also removes the prefix's
+    /// index entries (`#[cache(index)]`; not counted). The walk costs O(keys in the database), like
     /// [`delete_pattern`](Self::delete_pattern), and runs under ten times the
     /// configured timeout. Records present for the whole walk are removed;
     /// records filled meanwhile were read after the call began. In-flight
@@ -313,6 +313,7 @@ impl CacheManager {
         // the counter (all under `{scope}query:`, unreachable already).
         let glob = format!("{scope}*");
         let results = format!("{scope}query:");
+        let hints = format!("{scope}idx:");
         let deadline = self.long_deadline();
         self.flights.detach_matching(&glob);
         let mut removed = 0;
@@ -324,7 +325,9 @@ impl CacheManager {
                 })
                 .await?;
             self.recent.record(&scope, &step.keys, &[]);
-            removed += step.removed;
+            // Index entries (`{scope}idx:`) go too, but are not records.
+            let records = step.keys.iter().filter(|k| !k.starts_with(&hints)).count() as u64;
+            removed += records.min(step.removed);
             cursor = step.next;
             if cursor == 0 {
                 break;
