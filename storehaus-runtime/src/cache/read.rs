@@ -194,7 +194,17 @@ pub(crate) async fn prime(mgr: &CacheManager, key: String, bytes: Vec<u8>, ttl_s
         guard: Guard::Lease(lease),
         ttl_secs,
     };
-    mgr.land(&fill).await == 1
+    if mgr.land(&fill).await == 1 {
+        return true;
+    }
+    // Not written (the cache failed, or a write took the key): give back
+    // the lease if it is still there, so that readers need not wait for it.
+    let _ = mgr
+        .guarded(deadline, "release_lease", || {
+            mgr.backend.release_lease(&fill.keys[0], &lease)
+        })
+        .await;
+    false
 }
 
 /// Takes a lease on `key` for a write that fills the cache with what it
