@@ -160,6 +160,8 @@ every_stack! {
     fill_on_write_update_of_a_missing_row_leaves_no_lease,
     invalidate_queries_removes_the_prefix_records_and_counts_them,
     negative_entries_expire_on_their_own_ttl,
+    early_refresh_replaces_a_hit_entry_before_it_expires,
+    early_refresh_loses_to_a_write_that_lands_while_it_loads,
 }
 
 async fn flush_fills_waits_until_a_miss_is_cached(stack: Stack) {
@@ -552,5 +554,94 @@ async fn invalidate_on_a_dead_redis_is_replayed_when_it_returns() {
     assert_eq!(raw_get(&mut redis, &store.cache_key(&jo.id)).await, None);
     assert_eq!(store.get_by_id(&jo.id).await.unwrap(), Some(renamed(&jo, "jo2")));
     drop(server);
+    env.teardown().await;
+}
+
+async fn early_refresh_replaces_a_hit_entry_before_it_expires(stack: Stack) {
+    let env = Env::new(stack).await;
+    // beta so large that every hit is due; and so small that none is.
+    let eager = env.store_with(
+        CacheParams::new(env.manager.clone())
+            .with_ttl(30)
+            .with_early_refresh(1e12),
+    );
+    let lazy = env.store_with(
+        CacheParams::new(env.manager.clone())
+            .with_prefix("users_lazy")
+            .with_early_refresh(1e-12),
+    );
+    let kim = eager.create(user("kim"), None).await.unwrap();
+    for store in [&eager, &lazy] {
+        store.get_by_id(&kim.id).await.unwrap(); // a miss measures the load time
+    }
+    env.manager.flush_fills().await;
+    env.rename_behind(&kim, "kim2").await;
+
+    assert_eq!(lazy.get_by_id(&kim.id).await.unwrap(), Some(kim.clone()), "a plain hit");
+    assert_eq!(
+        eager.get_by_id(&kim.id).await.unwrap(),
+        Some(renamed(&kim, "kim2")),
+        "the hit refreshed from the database"
+    );
+    env.manager.flush_fills().await;
+    assert_eq!(
+        env.cached(&kim).await,
+        Some(renamed(&kim, "kim2")),
+        "and replaced the entry"
+    );
+    let stats = env.manager.get_stats().await.unwrap();
+    assert_eq!(stats.early_refreshes, 1, "{stats:?}");
+    assert!(GenericStore::<User>::try_new(
+        env.pool.clone(),
+        None,
+        Some(CacheParams::new(env.manager.clone()).with_early_refresh(-1.0))
+    )
+    .is_err());
+    env.teardown().await;
+}
+
+async fn early_refresh_loses_to_a_write_that_lands_while_it_loads(stack: Stack) {
+    let env = Env::new(stack).await;
+    let store = env.store_with(CacheParams::new(env.manager.clone()).with_early_refresh(1e12));
+    let v1 = store.create(user("lee"), None).await.unwrap();
+    store.get_by_id(&v1.id).await.unwrap();
+    env.manager.flush_fills().await;
+    // The refresh reads v1 again; its fill is held while a write commits v2.
+    let pause = env.manager.test_hooks().pause_fill(&store.cache_key(&v1.id));
+    assert_eq!(store.get_by_id(&v1.id).await.unwrap(), Some(v1.clone()));
+    reached(&pause).await;
+    let v2 = renamed(&v1, "lee2");
+    store.update(&v1.id, v2.clone(), None).await.unwrap();
+    pause.release();
+    env.manager.flush_fills().await;
+    assert_eq!(env.cached(&v1).await, None, "the refresh did not put v1 back");
+    assert_eq!(store.get_by_id(&v1.id).await.unwrap(), Some(v2));
+    env.teardown().await;
+}
+
+/// The refreshed entry gets a whole TTL again (Redis: the raw PTTL).
+#[tokio::test]
+async fn early_refresh_renews_the_ttl() {
+    let env = Env::new(Stack::RedisPostgres).await;
+    let store = env.store_with(
+        CacheParams::new(env.manager.clone())
+            .with_ttl(100)
+            .with_early_refresh(1e12),
+    );
+    let mo = store.create(user("mo"), None).await.unwrap();
+    store.get_by_id(&mo.id).await.unwrap();
+    env.manager.flush_fills().await;
+    let mut redis = raw_redis(&redis_url()).await;
+    let key = store.cache_key(&mo.id);
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&key)
+        .arg(5_000)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    store.get_by_id(&mo.id).await.unwrap();
+    env.manager.flush_fills().await;
+    let ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await.unwrap();
+    assert!((90_000..=100_000).contains(&ms), "{ms} ms");
     env.teardown().await;
 }

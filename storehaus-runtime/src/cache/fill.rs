@@ -29,6 +29,9 @@ pub(crate) enum Guard {
     Lease(Lease),
     /// The counter must still hold `expected` (one key per fill).
     Generation { counter: String, expected: u64 },
+    /// Every key must still hold exactly these bytes (an early refresh
+    /// replaces the value it read; a write deletes it).
+    Value(Vec<u8>),
 }
 
 /// Values to write, one per key, and their guard.
@@ -85,6 +88,16 @@ impl CacheManager {
                 let values: Vec<&[u8]> = fill.values.iter().map(Vec::as_slice).collect();
                 self.guarded(deadline, "fill", || self.backend.fill(&keys, &values, lease, ttl_ms))
                     .await
+            }
+            // The fill primitive compares the key with any bytes: here, the
+            // value the refresh replaces.
+            Guard::Value(expected) => {
+                let keys: Vec<&str> = fill.keys.iter().map(String::as_str).collect();
+                let values: Vec<&[u8]> = fill.values.iter().map(Vec::as_slice).collect();
+                self.guarded(deadline, "refresh_fill", || {
+                    self.backend.fill(&keys, &values, expected, ttl_ms)
+                })
+                .await
             }
             Guard::Generation { counter, expected } => self
                 .guarded(deadline, "query_fill", || {

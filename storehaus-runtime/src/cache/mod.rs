@@ -15,6 +15,7 @@
 
 pub(crate) mod breaker;
 pub mod codec;
+pub(crate) mod early;
 pub(crate) mod fill;
 pub(crate) mod flight;
 mod guard;
@@ -85,6 +86,8 @@ pub struct CacheManager {
     pub(crate) flights: Flights,
     /// The background fills under way (see `flush_fills`).
     pub(crate) fill_epochs: fill::FillEpochs,
+    /// Keys an early refresh of this process is loading.
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -132,6 +135,7 @@ impl CacheManager {
             counters: Counters::default(),
             flights: Flights::default(),
             fill_epochs: Default::default(),
+            refreshing: Default::default(),
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),

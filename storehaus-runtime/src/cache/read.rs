@@ -43,6 +43,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::codec::{self, Entry};
+use crate::cache::early::Early;
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::{follow, Lease};
 use crate::cache::stats::Counters;
@@ -61,6 +62,9 @@ pub(crate) fn new_lease() -> Lease {
 enum Step<V> {
     /// Answered from the cache (`None`: a cached "no such row").
     Hit(Option<V>),
+    /// Answered from the cache, and due for an early refresh: these bytes
+    /// are what the refresh may replace.
+    Due(Option<V>, Vec<u8>),
     /// The lease is ours: load and fill.
     Lead,
     /// Someone else holds the lease (these bytes).
@@ -78,6 +82,7 @@ pub(crate) async fn read_through<V, F, Fut>(
     key: String,
     fingerprint: u64,
     ttls: Ttls,
+    early: Option<&Early>,
     load: F,
 ) -> Result<Option<V>>
 where
@@ -85,6 +90,18 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<V>>>,
 {
+    // With early refresh, every load of the store measures δ.
+    let load = move || {
+        let start = std::time::Instant::now();
+        let loading = load();
+        async move {
+            let loaded = loading.await;
+            if let Some(early) = early {
+                early.record(start.elapsed());
+            }
+            loaded
+        }
+    };
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
         Counters::bump(&mgr.counters.misses);
@@ -93,10 +110,14 @@ where
     let lease = new_lease();
     let mut retried = false;
     loop {
-        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline).await {
+        match lookup::<V>(mgr, &key, fingerprint, &lease, early, deadline).await {
             Step::Hit(v) => {
                 Counters::bump(&mgr.counters.hits);
                 return Ok(v);
+            }
+            Step::Due(v, bytes) => {
+                Counters::bump(&mgr.counters.hits);
+                return Ok(refresh_early(mgr, key, v, bytes, fingerprint, ttls, load).await);
             }
             Step::Lead => {
                 Counters::bump(&mgr.counters.misses);
@@ -230,6 +251,49 @@ pub(crate) async fn write_lease(mgr: &CacheManager, key: &str) -> Option<Lease> 
     matches!(leased, Ok(None)).then_some(lease)
 }
 
+/// A hit due for an early refresh: unless a refresh of this process is
+/// already loading the key, loads the row and replaces the entry with it,
+/// only if the entry still holds the very bytes that were read (a write
+/// deletes the key, so it wins). Answers the loaded row; the cached one if
+/// the database fails (the caller had a hit).
+async fn refresh_early<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    cached: Option<V>,
+    bytes: Vec<u8>,
+    fingerprint: u64,
+    ttls: Ttls,
+    load: F,
+) -> Option<V>
+where
+    V: Serialize + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let first = mgr.refreshing.lock().is_ok_and(|mut set| set.insert(key.clone()));
+    if !first {
+        return cached;
+    }
+    let loaded = load().await;
+    if let Ok(mut set) = mgr.refreshing.lock() {
+        set.remove(&key);
+    }
+    let Ok(value) = loaded else {
+        return cached;
+    };
+    Counters::bump(&mgr.counters.early_refreshes);
+    if let Some(fresh) = mgr.encode_fill(fingerprint, value.as_ref()) {
+        let fill = Fill {
+            keys: vec![key],
+            values: vec![fresh],
+            guard: Guard::Value(bytes),
+            ttl_secs: ttls.of(value.as_ref()),
+        };
+        mgr.spawn_fill(fill, None);
+    }
+    value
+}
+
 /// The lease is ours: loads, lets the readers of this process share the
 /// load, and fills the cache behind the lease. A load that fails gives the
 /// lease back, so that other readers need not wait for it to expire.
@@ -313,10 +377,37 @@ async fn lookup<V: DeserializeOwned>(
     key: &str,
     fingerprint: u64,
     lease: &[u8],
+    early: Option<&Early>,
     deadline: tokio::time::Instant,
 ) -> Step<V> {
     let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
-    let found = if mgr.config().single_command_reads {
+    if let Some(early) = early {
+        // GET + PTTL in one round trip; a miss then takes the lease.
+        match mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key)).await {
+            Ok((Some(bytes), pttl)) if !codec::is_lease(&bytes) => {
+                return match codec::decode::<V>(fingerprint, &bytes) {
+                    Ok(entry) => {
+                        let v = match entry {
+                            Entry::Record(v) => Some(v),
+                            Entry::Absent => None,
+                        };
+                        if early.due(pttl) {
+                            Step::Due(v, bytes)
+                        } else {
+                            Step::Hit(v)
+                        }
+                    }
+                    Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
+                };
+            }
+            Ok(_) => {}
+            Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => {
+                return discard_corrupt(mgr, key, &e, deadline).await
+            }
+            Err(_) => return Step::Bypass,
+        }
+    }
+    let found = if mgr.config().single_command_reads || early.is_some() {
         mgr.guarded(deadline, "get", lease_read).await
     } else {
         // A plain GET first: a hit costs what a raw GET does; only a miss

@@ -66,6 +66,9 @@ pub struct CacheStats {
     /// were served again only once they were delivered
     /// (`CacheConfig::with_recent_invalidations`).
     pub recent_replays: u64,
+    /// Hits that refreshed their entry early from the database
+    /// (`CacheParams::with_early_refresh`), before it expired.
+    pub early_refreshes: u64,
 }
 
 impl CacheStats {
@@ -98,6 +101,7 @@ pub(crate) struct Counters {
     pub invalidations: AtomicU64,
     pub breaker_skips: AtomicU64,
     pub breaker_opened: AtomicU64,
+    pub early_refreshes: AtomicU64,
 }
 
 impl Counters {
@@ -134,6 +138,7 @@ impl Counters {
             breaker_opened: self.breaker_opened.load(Relaxed),
             breaker_open,
             recent_replays: 0,
+            early_refreshes: self.early_refreshes.load(Relaxed),
         }
     }
 }

@@ -90,18 +90,25 @@ where
         let key = key::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), &rendered);
         // A miss loads the row: it is the answer, and its id fills the entry.
         let loaded: Mutex<Option<Option<T>>> = Mutex::new(None);
-        let hint = read_through(&cache.manager, key.clone(), T::FINGERPRINT, cache.ttls(), || async {
-            let generation = read_generation(&cache.manager, &cache.generation_key).await;
-            let row = self.load_by(column, value.clone()).await?;
-            let hint = match &row {
-                Some(r) => Hint::Row(r.id().clone()),
-                None => Hint::Absent(generation.unwrap_or(0)),
-            };
-            if let Ok(mut slot) = loaded.lock() {
-                *slot = Some(row);
-            }
-            Ok(Some(hint))
-        })
+        let hint = read_through(
+            &cache.manager,
+            key.clone(),
+            T::FINGERPRINT,
+            cache.ttls(),
+            None,
+            || async {
+                let generation = read_generation(&cache.manager, &cache.generation_key).await;
+                let row = self.load_by(column, value.clone()).await?;
+                let hint = match &row {
+                    Some(r) => Hint::Row(r.id().clone()),
+                    None => Hint::Absent(generation.unwrap_or(0)),
+                };
+                if let Ok(mut slot) = loaded.lock() {
+                    *slot = Some(row);
+                }
+                Ok(Some(hint))
+            },
+        )
         .await?;
         if let Some(row) = loaded.lock().ok().and_then(|mut slot| slot.take()) {
             return Ok(row);

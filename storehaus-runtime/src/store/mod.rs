@@ -45,6 +45,7 @@ pub struct CacheParams {
     prefix: Option<String>,
     negative_ttl: Option<u64>,
     fill_on_write: bool,
+    early_refresh: Option<f64>,
 }
 
 /// How long a cached "no such row" lives unless
@@ -61,7 +62,24 @@ impl CacheParams {
             prefix: None,
             negative_ttl: None,
             fill_on_write: false,
+            early_refresh: None,
         }
+    }
+
+    /// Probabilistic early refresh of hot records (XFetch), against expiry
+    /// stampedes; off by default. A `get_by_id` hit then reads the entry's
+    /// remaining TTL in the same round trip (`GET` + `PTTL`, pipelined) and,
+    /// with a probability that grows as the expiry nears and with the time
+    /// the store's loads take, refreshes the entry from the database before
+    /// it expires: one reader refreshes, the others keep being served. The
+    /// refresh replaces the entry only if it still holds the bytes that were
+    /// read, so a write that lands meanwhile wins. `beta` scales how early
+    /// (1.0 is the paper's choice; larger refreshes earlier); a value that
+    /// is not positive and finite turns it off
+    /// ([`GenericStore::try_new`] rejects it). Each hit pays the `PTTL`.
+    pub fn with_early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = Some(beta);
+        self
     }
 
     /// TTL in seconds of a cached "no such row" (a read of an id that has
@@ -120,6 +138,8 @@ pub(crate) struct StoreCache {
     /// TTL of a cached "no such row".
     pub negative_ttl: u64,
     pub fill_on_write: bool,
+    /// Early refresh of `get_by_id` hits, when on.
+    pub early: Option<crate::cache::early::Early>,
     pub generation_key: String,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
@@ -200,6 +220,7 @@ impl<T: Cached> GenericStore<T> {
                 ttl,
                 negative_ttl,
                 fill_on_write: params.fill_on_write,
+                early: params.early_refresh.and_then(crate::cache::early::Early::new),
                 generation_key,
                 scope,
             })
@@ -217,7 +238,8 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
     /// for a prefix that is empty, starts with `__` or holds characters outside
-    /// `[A-Za-z0-9_.-]`, or a TTL or negative TTL outside 1..=31 536 000.
+    /// `[A-Za-z0-9_.-]`, a TTL or negative TTL outside 1..=31 536 000, or an
+    /// early-refresh beta that is not positive and finite.
     pub fn try_new(
         pool: impl Into<DbPool>,
         signals: Option<Arc<SignalManager>>,
@@ -226,6 +248,14 @@ impl<T: Cached> GenericStore<T> {
         if let Some(params) = &cache {
             if let Some(prefix) = &params.prefix {
                 key::validate_prefix("store prefix", prefix)?;
+            }
+            if let Some(beta) = params.early_refresh {
+                if !(beta.is_finite() && beta > 0.0) {
+                    return Err(crate::CacheError::InvalidConfig(format!(
+                        "early refresh beta must be a positive, finite number, got {beta}"
+                    ))
+                    .into());
+                }
             }
             for (what, ttl) in [("store TTL", params.ttl), ("negative TTL", params.negative_ttl)] {
                 if let Some(ttl) = ttl {
@@ -293,7 +323,15 @@ impl<T: Cached> GenericStore<T> {
             return self.load_one(id).await;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-        read_through(&cache.manager, key, T::FINGERPRINT, cache.ttls(), || self.load_one(id)).await
+        read_through(
+            &cache.manager,
+            key,
+            T::FINGERPRINT,
+            cache.ttls(),
+            cache.early.as_ref(),
+            || self.load_one(id),
+        )
+        .await
     }
 
     pub(crate) async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
