@@ -162,6 +162,7 @@ every_stack! {
     negative_entries_expire_on_their_own_ttl,
     early_refresh_replaces_a_hit_entry_before_it_expires,
     early_refresh_loses_to_a_write_that_lands_while_it_loads,
+    store_stats_count_each_store_alone_and_time_its_operations,
 }
 
 async fn flush_fills_waits_until_a_miss_is_cached(stack: Stack) {
@@ -643,5 +644,39 @@ async fn early_refresh_renews_the_ttl() {
     env.manager.flush_fills().await;
     let ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut redis).await.unwrap();
     assert!((90_000..=100_000).contains(&ms), "{ms} ms");
+    env.teardown().await;
+}
+
+async fn store_stats_count_each_store_alone_and_time_its_operations(stack: Stack) {
+    let env = Env::new(stack).await;
+    let a = env.store();
+    let b = env.store_with(CacheParams::new(env.manager.clone()).with_prefix("users_b"));
+    let u = a.create(user("nia"), None).await.unwrap();
+    for _ in 0..3 {
+        a.get_by_id(&u.id).await.unwrap();
+        env.manager.flush_fills().await;
+    }
+    b.get_by_id(&u.id).await.unwrap();
+    env.manager.flush_fills().await;
+
+    let sa = a.stats().unwrap();
+    assert_eq!((sa.hits, sa.misses, sa.fills), (2, 1, 1), "{sa:?}");
+    assert_eq!(sa.invalidations, 1, "the create's: {sa:?}");
+    assert_eq!(
+        (sa.hit_latency.count, sa.miss_latency.count, sa.write_latency.count),
+        (2, 1, 1),
+        "{sa:?}"
+    );
+    for l in [sa.hit_latency, sa.miss_latency, sa.write_latency] {
+        assert!(0 < l.p50_us && l.p50_us <= l.p99_us, "{l:?}");
+    }
+    let sb = b.stats().unwrap();
+    assert_eq!((sb.hits, sb.misses, sb.fills, sb.invalidations), (0, 1, 1, 0), "{sb:?}");
+    assert_eq!(sb.write_latency.count, 0);
+    let all = env.manager.get_stats().await.unwrap();
+    assert_eq!((all.hits, all.misses, all.fills), (2, 2, 2), "{all:?}");
+    assert_eq!((all.hit_latency.count, all.miss_latency.count), (2, 2), "{all:?}");
+    let plain = GenericStore::<User>::new(env.pool.clone(), None, None);
+    assert!(matches!(plain.stats(), Err(storehaus::StorehausError::CacheDisabled)));
     env.teardown().await;
 }

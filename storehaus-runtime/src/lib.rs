@@ -31,7 +31,7 @@ pub use cache::codec;
 #[cfg(feature = "test-hooks")]
 pub use cache::hooks as test_hooks;
 pub use cache::server::{Health, HealthWarning, ServerStats};
-pub use cache::stats::CacheStats;
+pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
 pub use error::{CacheError, CacheResult, Result, StorehausError};

@@ -20,7 +20,6 @@ use tokio::sync::mpsc;
 
 use crate::cache::codec;
 use crate::cache::flight::{Lead, Lease};
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 
 /// What a fill is guarded by.
@@ -50,7 +49,7 @@ impl CacheManager {
         match codec::encode(fingerprint, value) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
-                Counters::bump(&self.counters.encode_errors);
+                self.count(|c| &c.encode_errors);
                 self.warn("encode", &e);
                 None
             }
@@ -66,11 +65,13 @@ impl CacheManager {
         }
         let mgr = self.clone();
         let landed = self.fill_epochs.token();
-        tokio::spawn(async move {
+        // The fill counts for the store whose read spawned it.
+        let store = crate::cache::stats::current_store();
+        tokio::spawn(crate::cache::stats::STORE.scope(store, async move {
             mgr.land(&fill).await;
             drop(lead);
             drop(landed);
-        });
+        }));
     }
 
     /// Writes `fill` now, under a budget of its own, and counts it: how many
@@ -109,8 +110,8 @@ impl CacheManager {
         };
         match written {
             Ok(filled) => {
-                Counters::add(&self.counters.fills, filled);
-                Counters::add(&self.counters.fills_rejected, fill.keys.len() as u64 - filled);
+                self.count_n(|c| &c.fills, filled);
+                self.count_n(|c| &c.fills_rejected, fill.keys.len() as u64 - filled);
                 filled
             }
             Err(_) => 0,

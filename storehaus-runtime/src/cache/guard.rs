@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::time::timeout_at;
 
 use crate::cache::breaker::Transition;
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, CacheResult};
 
@@ -56,7 +55,7 @@ impl CacheManager {
         let probe = match self.breaker.allow() {
             Ok(probe) => probe,
             Err(open) => {
-                Counters::bump(&self.counters.breaker_skips);
+                self.count(|c| &c.breaker_skips);
                 return Err(CacheError::CircuitOpen {
                     failures: open.failures,
                     retry_in_ms: open.retry_in_ms,
@@ -82,18 +81,18 @@ impl CacheManager {
                     return Ok(v);
                 }
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
-                    Counters::bump(&self.counters.connection_errors);
+                    self.count(|c| &c.connection_errors);
                     e
                 }
                 Ok(Err(e)) => {
                     // The server answered: it is alive, the command was refused.
-                    Counters::bump(&self.counters.command_errors);
+                    self.count(|c| &c.command_errors);
                     self.breaker.success();
                     self.warn(op, &e);
                     return Err(e);
                 }
                 Err(_elapsed) => {
-                    Counters::bump(&self.counters.timeouts);
+                    self.count(|c| &c.timeouts);
                     CacheError::Timeout {
                         budget_ms: self.config.timeout_ms,
                     }
@@ -111,7 +110,7 @@ impl CacheManager {
                 }
             }
             if self.breaker.failure(probe) == Transition::Opened {
-                Counters::bump(&self.counters.breaker_opened);
+                self.count(|c| &c.breaker_opened);
                 tracing::warn!(error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
             self.warn(op, &err);

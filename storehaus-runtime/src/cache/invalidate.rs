@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use crate::backend::{Invalidated, Invalidation, TagAdd};
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 
 impl CacheManager {
@@ -52,7 +51,7 @@ impl CacheManager {
         match delivered {
             Ok(done) => {
                 self.count_resets(&done);
-                Counters::add(&self.counters.invalidations, work.keys.len() as u64);
+                self.count_n(|c| &c.invalidations, work.keys.len() as u64);
                 if done.tags_refused {
                     self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
                 }
@@ -102,13 +101,13 @@ impl CacheManager {
     /// Counts the generation counters an invalidation had to reset.
     pub(crate) fn count_resets(&self, done: &Invalidated) {
         if done.corrupt > 0 {
-            Counters::add(&self.counters.serialization_errors, done.corrupt);
+            self.count_n(|c| &c.serialization_errors, done.corrupt);
             tracing::warn!(
                 counters = done.corrupt,
                 "a query generation counter held something else than an integer: replaced by a fresh seed"
             );
         }
-        Counters::add(&self.counters.command_errors, done.refused);
+        self.count_n(|c| &c.command_errors, done.refused);
     }
 }
 

@@ -77,6 +77,8 @@ pub struct CacheManager {
     config: CacheConfig,
     pub(crate) backend: Backend,
     pub(crate) counters: Counters,
+    /// Latencies of the stores' operations on this manager.
+    pub(crate) latencies: stats::Figures,
     breaker: Breaker,
     pending: Pending,
     /// Acknowledged invalidations, delivered again when `contact` moves.
@@ -133,6 +135,7 @@ impl CacheManager {
             config,
             backend,
             counters: Counters::default(),
+            latencies: Default::default(),
             flights: Flights::default(),
             fill_epochs: Default::default(),
             refreshing: Default::default(),
@@ -163,6 +166,9 @@ impl CacheManager {
     /// None today; the `Result` leaves room for backends that keep stats remotely.
     pub async fn get_stats(&self) -> CacheResult<CacheStats> {
         let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
+        stats.hit_latency = self.latencies.hit.summary();
+        stats.miss_latency = self.latencies.miss.summary();
+        stats.write_latency = self.latencies.write.summary();
         stats.pending_overflows = self.pending.overflows() + self.recent.overflows();
         stats.recent_replays = self.recent.handovers();
         (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
@@ -208,33 +214,33 @@ impl CacheManager {
         if !self.ready(deadline).await {
             // An invalidation is still waiting for replay: the entry may be
             // older than a write that has returned.
-            Counters::bump(&self.counters.misses);
+            self.count(|c| &c.misses);
             return Ok(None);
         }
         let found = self.guarded(deadline, "get_record", || self.backend.get(&key)).await;
         let bytes = match found {
             Ok(Some(bytes)) if !codec::is_lease(&bytes) => bytes,
             Ok(_) => {
-                Counters::bump(&self.counters.misses);
+                self.count(|c| &c.misses);
                 return Ok(None);
             }
             Err(e) => {
-                Counters::bump(&self.counters.misses);
+                self.count(|c| &c.misses);
                 return Err(e);
             }
         };
         match codec::decode::<T>(ANY_FINGERPRINT, &bytes) {
             Ok(Entry::Record(v)) => {
-                Counters::bump(&self.counters.hits);
+                self.count(|c| &c.hits);
                 Ok(Some(v))
             }
             Ok(Entry::Absent) => {
-                Counters::bump(&self.counters.hits);
+                self.count(|c| &c.hits);
                 Ok(None)
             }
             Err(e) => {
-                Counters::bump(&self.counters.misses);
-                Counters::bump(&self.counters.serialization_errors);
+                self.count(|c| &c.misses);
+                self.count(|c| &c.serialization_errors);
                 Err(e)
             }
         }
@@ -337,7 +343,7 @@ impl CacheManager {
                 break;
             }
         }
-        Counters::add(&self.counters.invalidations, removed);
+        self.count_n(|c| &c.invalidations, removed);
         Ok(removed)
     }
 
@@ -443,8 +449,39 @@ impl CacheManager {
                 break;
             }
         }
-        Counters::add(&self.counters.invalidations, removed);
+        self.count_n(|c| &c.invalidations, removed);
         Ok(removed)
+    }
+
+    /// A store's own figures as [`CacheStats`]: its counters and
+    /// latencies; the pending invalidations and the breaker are this
+    /// manager's (shared by its stores).
+    pub(crate) fn store_stats(&self, figures: &stats::Figures) -> CacheStats {
+        figures.snapshot(self.pending.len(), self.breaker.is_open())
+    }
+
+    /// Bumps a counter of this manager, and of the store whose operation
+    /// the task runs.
+    #[inline]
+    pub(crate) fn count(&self, field: impl Fn(&Counters) -> &AtomicU64) {
+        self.count_n(field, 1);
+    }
+
+    /// Adds `n` to a counter of this manager and of the task's store.
+    #[inline]
+    pub(crate) fn count_n(&self, field: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        Counters::add(field(&self.counters), n);
+        if let Some(store) = stats::current_store() {
+            Counters::add(field(&store.counters), n);
+        }
+    }
+
+    /// Records how long a store operation took, here and for its store.
+    pub(crate) fn record(&self, op: stats::Op, took: Duration) {
+        self.latencies.latency(op).record(took);
+        if let Some(store) = stats::current_store() {
+            store.latency(op).record(took);
+        }
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {

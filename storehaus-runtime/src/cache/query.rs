@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::backend::{counter_seed, Invalidation};
 use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
 
@@ -48,36 +48,38 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<V>>,
 {
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return load().await;
     }
     let keys = [space.generation_key.to_string(), space.key];
     let Ok(mut found) = mgr.guarded(deadline, "query_get", || mgr.backend.mget(&keys)).await else {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return load().await;
     };
     let entry = found.pop().flatten();
     let [generation_key, key] = keys;
     let Some(generation) = current_generation(mgr, &generation_key, found.pop().flatten(), deadline).await else {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return load().await;
     };
     if let Some(bytes) = entry {
         match codec::decode::<(u64, V)>(space.fingerprint, &bytes) {
             Ok(Entry::Record((g, value))) if g == generation => {
-                Counters::bump(&mgr.counters.hits);
+                mgr.count(|c| &c.hits);
+                timing.op = Op::Hit;
                 return Ok(value);
             }
             Ok(_) => {}
             Err(e) => {
-                Counters::bump(&mgr.counters.serialization_errors);
+                mgr.count(|c| &c.serialization_errors);
                 mgr.warn("decode", &e);
             }
         }
     }
-    Counters::bump(&mgr.counters.misses);
+    mgr.count(|c| &c.misses);
     let value = load().await?;
     if let Some(bytes) = mgr.encode_fill(space.fingerprint, Some(&(generation, &value))) {
         let fill = Fill {

@@ -46,7 +46,7 @@ use crate::cache::codec::{self, Entry};
 use crate::cache::early::Early;
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::{follow, Lease};
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
 
@@ -102,9 +102,10 @@ where
             loaded
         }
     };
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return load().await;
     }
     let lease = new_lease();
@@ -112,31 +113,33 @@ where
     loop {
         match lookup::<V>(mgr, &key, fingerprint, &lease, early, deadline).await {
             Step::Hit(v) => {
-                Counters::bump(&mgr.counters.hits);
+                mgr.count(|c| &c.hits);
+                timing.op = Op::Hit;
                 return Ok(v);
             }
             Step::Due(v, bytes) => {
-                Counters::bump(&mgr.counters.hits);
+                mgr.count(|c| &c.hits);
                 return Ok(refresh_early(mgr, key, v, bytes, fingerprint, ttls, load).await);
             }
             Step::Lead => {
-                Counters::bump(&mgr.counters.misses);
+                mgr.count(|c| &c.misses);
                 return load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await;
             }
             Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
                 Behind::Served(v) => {
-                    Counters::bump(&mgr.counters.hits);
+                    mgr.count(|c| &c.hits);
+                    timing.op = Op::Hit;
                     return Ok(v);
                 }
                 Behind::LookAgain if !retried => retried = true,
                 Behind::LookAgain | Behind::Load => {
-                    Counters::bump(&mgr.counters.misses);
+                    mgr.count(|c| &c.misses);
                     return load().await;
                 }
             },
             Step::Retry if !retried => retried = true,
             Step::Retry | Step::Bypass => {
-                Counters::bump(&mgr.counters.misses);
+                mgr.count(|c| &c.misses);
                 return load().await;
             }
         }
@@ -281,7 +284,7 @@ where
     let Ok(value) = loaded else {
         return cached;
     };
-    Counters::bump(&mgr.counters.early_refreshes);
+    mgr.count(|c| &c.early_refreshes);
     if let Some(fresh) = mgr.encode_fill(fingerprint, value.as_ref()) {
         let fill = Fill {
             keys: vec![key],
@@ -356,7 +359,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     if let Some(rx) = mgr.flights.join(key, found) {
         return match follow::<Option<V>>(rx).await {
             Some(v) => {
-                Counters::bump(&mgr.counters.coalesced);
+                mgr.count(|c| &c.coalesced);
                 Behind::Served(v)
             }
             None => Behind::Load,
@@ -364,7 +367,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     }
     match wait_for_fill::<V>(mgr, key, found, fingerprint, deadline).await {
         Waited::Filled(v) => {
-            Counters::bump(&mgr.counters.lease_waits);
+            mgr.count(|c| &c.lease_waits);
             Behind::Served(v)
         }
         Waited::NotALease => Behind::LookAgain,
@@ -454,7 +457,7 @@ async fn discard_corrupt<V>(
     err: &CacheError,
     deadline: tokio::time::Instant,
 ) -> Step<V> {
-    Counters::bump(&mgr.counters.serialization_errors);
+    mgr.count(|c| &c.serialization_errors);
     mgr.warn("decode", err);
     let keys = [key.to_string()];
     match mgr.guarded(deadline, "discard", || mgr.backend.delete(&keys)).await {
@@ -491,7 +494,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
         .await
     {
         Ok((Some(bytes), -1)) if bytes == found => {
-            Counters::bump(&mgr.counters.serialization_errors);
+            mgr.count(|c| &c.serialization_errors);
             mgr.warn(
                 "lease_wait",
                 &CacheError::SerializationError("a fill lease without expiry: removed".into()),

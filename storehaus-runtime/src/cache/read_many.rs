@@ -14,7 +14,7 @@ use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::CacheManager;
 use crate::error::Result;
 
@@ -33,6 +33,7 @@ where
     F: FnOnce(Vec<Id>) -> Fut,
     Fut: Future<Output = Result<HashMap<Id, V>>>,
 {
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     let cached = if mgr.ready(deadline).await {
         mgr.guarded(deadline, "mget", || mgr.backend.mget(keys)).await.ok()
@@ -40,7 +41,7 @@ where
         None
     };
     let Some(cached) = cached else {
-        Counters::add(&mgr.counters.misses, ids.len() as u64);
+        mgr.count_n(|c| &c.misses, ids.len() as u64);
         let rows = load(ids.to_vec()).await?;
         return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
     };
@@ -50,9 +51,10 @@ where
         missing,
         corrupt,
     } = decode_all::<V>(mgr, keys, cached, fingerprint);
-    Counters::add(&mgr.counters.hits, (ids.len() - missing.len()) as u64);
-    Counters::add(&mgr.counters.misses, missing.len() as u64);
+    mgr.count_n(|c| &c.hits, (ids.len() - missing.len()) as u64);
+    mgr.count_n(|c| &c.misses, missing.len() as u64);
     if missing.is_empty() {
+        timing.op = Op::Hit;
         return Ok(out);
     }
 
@@ -116,7 +118,7 @@ fn decode_all<V: DeserializeOwned>(
                 Ok(Entry::Record(v)) => Some(Some(v)),
                 Ok(Entry::Absent) => Some(None),
                 Err(e) => {
-                    Counters::bump(&mgr.counters.serialization_errors);
+                    mgr.count(|c| &c.serialization_errors);
                     mgr.warn("decode", &e);
                     d.corrupt.push(keys[i].clone());
                     None
@@ -151,6 +153,6 @@ async fn lease_missing(
         })
         .await
         .unwrap_or_default();
-    Counters::add(&mgr.counters.serialization_errors, replaced);
+    mgr.count_n(|c| &c.serialization_errors, replaced);
     granted
 }

@@ -69,7 +69,14 @@ impl<T: Cached> GenericStore<T> {
             return self.load_one(id).await;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-        refresh_through(&cache.manager, key, T::FINGERPRINT, cache.ttls(), || self.load_one(id)).await
+        self.scoped(refresh_through(
+            &cache.manager,
+            key,
+            T::FINGERPRINT,
+            cache.ttls(),
+            || self.load_one(id),
+        ))
+        .await
     }
 
     /// Puts `record` into the cache under its id, for the store's TTL, if
@@ -95,6 +102,6 @@ impl<T: Cached> GenericStore<T> {
             return false;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, record.id());
-        prime(&cache.manager, key, bytes, cache.ttl).await
+        self.scoped(prime(&cache.manager, key, bytes, cache.ttl)).await
     }
 }

@@ -76,7 +76,7 @@ impl<T: Cached> GenericStore<T> {
             fingerprint: T::FINGERPRINT,
             ttl_secs: cache.ttl,
         };
-        read_query(&cache.manager, space, load).await
+        self.scoped(read_query(&cache.manager, space, load)).await
     }
 
     pub(crate) async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {

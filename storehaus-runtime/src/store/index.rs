@@ -90,26 +90,27 @@ where
         let key = key::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), &rendered);
         // A miss loads the row: it is the answer, and its id fills the entry.
         let loaded: Mutex<Option<Option<T>>> = Mutex::new(None);
-        let hint = read_through(
-            &cache.manager,
-            key.clone(),
-            T::FINGERPRINT,
-            cache.ttls(),
-            None,
-            || async {
-                let generation = read_generation(&cache.manager, &cache.generation_key).await;
-                let row = self.load_by(column, value.clone()).await?;
-                let hint = match &row {
-                    Some(r) => Hint::Row(r.id().clone()),
-                    None => Hint::Absent(generation.unwrap_or(0)),
-                };
-                if let Ok(mut slot) = loaded.lock() {
-                    *slot = Some(row);
-                }
-                Ok(Some(hint))
-            },
-        )
-        .await?;
+        let hint = self
+            .scoped(read_through(
+                &cache.manager,
+                key.clone(),
+                T::FINGERPRINT,
+                cache.ttls(),
+                None,
+                || async {
+                    let generation = read_generation(&cache.manager, &cache.generation_key).await;
+                    let row = self.load_by(column, value.clone()).await?;
+                    let hint = match &row {
+                        Some(r) => Hint::Row(r.id().clone()),
+                        None => Hint::Absent(generation.unwrap_or(0)),
+                    };
+                    if let Ok(mut slot) = loaded.lock() {
+                        *slot = Some(row);
+                    }
+                    Ok(Some(hint))
+                },
+            ))
+            .await?;
         if let Some(row) = loaded.lock().ok().and_then(|mut slot| slot.take()) {
             return Ok(row);
         }
@@ -168,39 +169,40 @@ where
             .collect();
         let by_rendered: HashMap<&str, &C::Value> = rendered.iter().map(String::as_str).zip(&typed).collect();
         let loaded: Mutex<HashMap<String, T>> = Mutex::new(HashMap::new());
-        let hints: Vec<Option<Hint<T::Id>>> = read_many(
-            &cache.manager,
-            &keys,
-            &rendered,
-            T::FINGERPRINT,
-            cache.ttls(),
-            |missing: Vec<String>| {
-                let wanted: Vec<C::Value> = missing
-                    .iter()
-                    .filter_map(|r| by_rendered.get(r.as_str()).map(|v| (*v).clone()))
-                    .collect();
-                let loaded = &loaded;
-                async move {
-                    let generation = read_generation(&cache.manager, &cache.generation_key).await;
-                    let rows = self.load_many_by(column.name(), column, wanted).await?;
-                    let hints = missing
-                        .into_iter()
-                        .map(|r| {
-                            let hint = match rows.get(&r) {
-                                Some(row) => Hint::Row(row.id().clone()),
-                                None => Hint::Absent(generation.unwrap_or(0)),
-                            };
-                            (r, hint)
-                        })
+        let hints: Vec<Option<Hint<T::Id>>> = self
+            .scoped(read_many(
+                &cache.manager,
+                &keys,
+                &rendered,
+                T::FINGERPRINT,
+                cache.ttls(),
+                |missing: Vec<String>| {
+                    let wanted: Vec<C::Value> = missing
+                        .iter()
+                        .filter_map(|r| by_rendered.get(r.as_str()).map(|v| (*v).clone()))
                         .collect();
-                    if let Ok(mut slot) = loaded.lock() {
-                        slot.extend(rows);
+                    let loaded = &loaded;
+                    async move {
+                        let generation = read_generation(&cache.manager, &cache.generation_key).await;
+                        let rows = self.load_many_by(column.name(), column, wanted).await?;
+                        let hints = missing
+                            .into_iter()
+                            .map(|r| {
+                                let hint = match rows.get(&r) {
+                                    Some(row) => Hint::Row(row.id().clone()),
+                                    None => Hint::Absent(generation.unwrap_or(0)),
+                                };
+                                (r, hint)
+                            })
+                            .collect();
+                        if let Ok(mut slot) = loaded.lock() {
+                            slot.extend(rows);
+                        }
+                        Ok(hints)
                     }
-                    Ok(hints)
-                }
-            },
-        )
-        .await?;
+                },
+            ))
+            .await?;
         let loaded = loaded.into_inner().unwrap_or_default();
 
         // Hints the cache answered: read their records by id and check them;

@@ -140,6 +140,8 @@ pub(crate) struct StoreCache {
     pub fill_on_write: bool,
     /// Early refresh of `get_by_id` hits, when on.
     pub early: Option<crate::cache::early::Early>,
+    /// This store's own counters and latencies (`GenericStore::stats`).
+    pub figures: Arc<crate::cache::stats::Figures>,
     pub generation_key: String,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
@@ -221,6 +223,7 @@ impl<T: Cached> GenericStore<T> {
                 negative_ttl,
                 fill_on_write: params.fill_on_write,
                 early: params.early_refresh.and_then(crate::cache::early::Early::new),
+                figures: Arc::default(),
                 generation_key,
                 scope,
             })
@@ -275,6 +278,27 @@ impl<T: Cached> GenericStore<T> {
         self.cache.as_deref()
     }
 
+    /// Runs `fut` as an operation of this store: the manager's counters and
+    /// latencies it moves count for the store too ([`stats`](Self::stats)).
+    pub(crate) fn scoped<F: std::future::Future>(&self, fut: F) -> impl std::future::Future<Output = F::Output> {
+        crate::cache::stats::STORE.scope(self.cache.as_ref().map(|c| c.figures.clone()), fut)
+    }
+
+    /// This store's own statistics: the counters of
+    /// [`CacheManager::get_stats`] (hits, misses, fills, invalidations, ...)
+    /// counted for this store's operations alone, and the latencies of its
+    /// hits, misses and writes (p50/p99). The pending invalidations and the
+    /// circuit breaker are the manager's, shared by its stores; the outbox
+    /// figures are the manager's only (0 here).
+    ///
+    /// # Errors
+    /// [`StorehausError::CacheDisabled`] when the store was built without
+    /// [`CacheParams`].
+    pub fn stats(&self) -> Result<crate::CacheStats> {
+        let cache = self.cache.as_ref().ok_or(StorehausError::CacheDisabled)?;
+        Ok(cache.manager.store_stats(&cache.figures))
+    }
+
     /// The database pool.
     pub fn pool(&self) -> &DbPool {
         &self.pool
@@ -323,14 +347,14 @@ impl<T: Cached> GenericStore<T> {
             return self.load_one(id).await;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-        read_through(
+        self.scoped(read_through(
             &cache.manager,
             key,
             T::FINGERPRINT,
             cache.ttls(),
             cache.early.as_ref(),
             || self.load_one(id),
-        )
+        ))
         .await
     }
 
@@ -358,14 +382,14 @@ impl<T: Cached> GenericStore<T> {
             .iter()
             .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
             .collect();
-        crate::cache::read_many::read_many(
+        self.scoped(crate::cache::read_many::read_many(
             &cache.manager,
             &keys,
             ids,
             T::FINGERPRINT,
             cache.ttls(),
             |missing| async move { self.load_many(&missing).await },
-        )
+        ))
         .await
     }
 

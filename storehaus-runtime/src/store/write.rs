@@ -8,6 +8,7 @@ use crate::backend::TagAdd;
 use crate::cache::flight::Lease;
 use crate::cache::key;
 use crate::cache::read::write_lease;
+use crate::cache::stats::{Op, Timing};
 use crate::error::{Result, StorehausError};
 use crate::record::Cached;
 use crate::store::signals::{ChangeEvent, ChangeOp};
@@ -184,7 +185,9 @@ impl<T: Cached> GenericStore<T> {
         W: Future<Output = Result<Written<R>>> + Send + 'static,
     {
         let store = self.clone();
-        let task = tokio::spawn(async move {
+        let scope = self.cache.as_ref().map(|c| c.figures.clone());
+        let task = tokio::spawn(crate::cache::stats::STORE.scope(scope, async move {
+            let _timing = store.cache.as_ref().map(|c| Timing::start(&c.manager, Op::Write));
             let lease = match (&store.cache, row_of, ids.as_slice()) {
                 (Some(cache), Some(_), [id]) if cache.fill_on_write => {
                     let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
@@ -229,7 +232,7 @@ impl<T: Cached> GenericStore<T> {
                     .await;
             }
             result.map(|written| written.value)
-        });
+        }));
         joined(task).await
     }
 
@@ -257,13 +260,13 @@ impl<T: Cached> GenericStore<T> {
             Some(bytes) => {
                 let tags = self.tag_adds(std::slice::from_ref(change));
                 let index = self.index_keys(std::slice::from_ref(change));
-                mgr.fill_committed(
+                self.scoped(mgr.fill_committed(
                     &cache.scope,
                     key,
                     (bytes, lease, cache.ttl),
                     (index, vec![cache.generation_key.clone()]),
                     tags,
-                )
+                ))
                 .await;
             }
             None => self.invalidate_changes(std::slice::from_ref(change)).await,
@@ -292,10 +295,11 @@ impl<T: Cached> GenericStore<T> {
             let mut keys: Vec<String> = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
             keys.extend(self.index_keys(changes));
             let tags = self.tag_adds(changes);
-            cache
-                .manager
-                .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], tags)
-                .await;
+            let invalidation =
+                cache
+                    .manager
+                    .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], tags);
+            self.scoped(invalidation).await;
         }
     }
 }
