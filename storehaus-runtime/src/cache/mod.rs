@@ -471,17 +471,13 @@ impl CacheManager {
     #[inline]
     pub(crate) fn count_n(&self, field: impl Fn(&Counters) -> &AtomicU64, n: u64) {
         Counters::add(field(&self.counters), n);
-        if let Some(store) = stats::current_store() {
-            Counters::add(field(&store.counters), n);
-        }
+        stats::with_store(|store| Counters::add(field(&store.counters), n));
     }
 
     /// Records how long a store operation took, here and for its store.
     pub(crate) fn record(&self, op: stats::Op, took: Duration) {
         self.latencies.latency(op).record(took);
-        if let Some(store) = stats::current_store() {
-            store.latency(op).record(took);
-        }
+        stats::with_store(|store| store.latency(op).record(took));
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {

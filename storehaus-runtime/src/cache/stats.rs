@@ -249,6 +249,16 @@ pub(crate) fn current_store() -> Option<Arc<Figures>> {
     STORE.try_with(|s| s.clone()).ok().flatten()
 }
 
+/// Runs `f` on the current task's store figures, if any (no clone).
+#[inline]
+pub(crate) fn with_store(f: impl FnOnce(&Figures)) {
+    let _ = STORE.try_with(|s| {
+        if let Some(store) = s {
+            f(store);
+        }
+    });
+}
+
 /// The live counters.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
