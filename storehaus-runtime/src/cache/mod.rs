@@ -4,6 +4,7 @@
 //! - `read` (one key) and `read_many` (`get_many`) read through the cache
 //!   behind fill leases; `query` reads cached query results against the
 //!   store's generation; `fill` is the one background fill they share;
+//!   `early` decides when a hit refreshes its entry before it expires;
 //!   `flight` is the in-process single-flight table;
 //! - `guard` runs every cache command inside one operation's budget, with
 //!   retries and the circuit breaker (`breaker`);
