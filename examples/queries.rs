@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "find      {:?} (database, then cached)",
         first.iter().map(|p| &p.name).collect::<Vec<_>>()
     );
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    cache_manager.flush_fills().await; // the result is cached once its fill has landed
     let again = store.find(cheap()).await?;
     println!(
         "find      {:?} (cache)",

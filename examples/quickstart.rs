@@ -53,8 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.elapsed()
     );
 
-    // Let the background fill land, then read again.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    // Wait until the background fill has landed, then read again.
+    cache_manager.flush_fills().await;
     let t = Instant::now();
     let second = user_store.get_by_id(&user_id).await?;
     println!("hit       {:?} in {:?} (cache)", second.map(|u| u.name), t.elapsed());

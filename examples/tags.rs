@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for id in &ids {
         store.get_by_id(id).await?;
     }
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    cache_manager.flush_fills().await; // every read's fill has landed
     let removed = cache_manager.invalidate_tag("plan:premium").await?;
     println!("invalidate_tag(\"plan:premium\") removed {removed} cached accounts; the free one stays cached");
     for id in &ids {

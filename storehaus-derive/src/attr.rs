@@ -15,7 +15,8 @@ use storehaus_limits::MAX_TTL_SECS;
 use crate::case::RenameRule;
 use crate::ctxt::Ctxt;
 use crate::symbol::{
-    Symbol, CACHE, CONTAINER_KEYS, FLATTEN, ID, JSON, PREFIX, RENAME, RENAME_ALL, SKIP, SQLX, TABLE, TRY_FROM, TTL,
+    Symbol, CACHE, CONTAINER_KEYS, FLATTEN, ID, INDEX, JSON, PREFIX, RENAME, RENAME_ALL, SKIP, SQLX, TABLE, TRY_FROM,
+    TTL,
 };
 
 /// One key's value, remembering where it was set so a second occurrence can
@@ -150,6 +151,8 @@ fn read_attrs(
 pub struct Field {
     /// The `id` of `#[cache(id)]`, for spans.
     pub id: Option<Path>,
+    /// The `index` of `#[cache(index)]`, for spans.
+    pub index: Option<Path>,
     /// sqlx's `rename = "..."`.
     pub rename: Option<String>,
     /// sqlx's `skip`, for spans.
@@ -164,6 +167,7 @@ impl Field {
     /// Reads `#[cache(...)]` and the column keys of `#[sqlx(...)]` on a field.
     pub fn from_ast(cx: &Ctxt, attrs: &[Attribute]) -> Self {
         let mut id = Attr::none(cx, ID);
+        let mut index = Attr::none(cx, INDEX);
         let mut rename = None;
         let mut skip = None;
         let mut flatten = None;
@@ -182,6 +186,17 @@ impl Field {
                         let value = skip_value(&meta)?;
                         let path = &meta.path;
                         cx.error_spanned_by(quote!(#path #value), "`id` takes no value: write #[cache(id)]");
+                    }
+                } else if meta.path == INDEX {
+                    if meta.input.is_empty() || meta.input.peek(Token![,]) {
+                        index.set(&meta.path, meta.path.clone());
+                    } else {
+                        let value = skip_value(&meta)?;
+                        let path = &meta.path;
+                        cx.error_spanned_by(
+                            quote!(#path #value),
+                            "`index` takes no value: write #[cache(index)] on a unique field",
+                        );
                     }
                 } else if let Some(key) = CONTAINER_KEYS.iter().find(|key| meta.path == **key) {
                     cx.error_spanned_by(
@@ -218,6 +233,7 @@ impl Field {
 
         Field {
             id: id.get(),
+            index: index.get(),
             rename,
             skip,
             flatten,
@@ -267,7 +283,7 @@ fn unknown_key(cx: &Ctxt, path: &Path, place: Place) {
             message
         }
         Place::Field => format!(
-            "unknown key `{key}` in #[cache(...)] on a field: the only field key is `id`; write #[cache(id)] on the primary-key field"
+            "unknown key `{key}` in #[cache(...)] on a field: the field keys are `id` and `index`; write #[cache(id)] on the primary-key field, #[cache(index)] on a unique field"
         ),
     };
     cx.error_spanned_by(path, message);

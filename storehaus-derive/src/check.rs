@@ -16,6 +16,62 @@ pub fn check(cx: &Ctxt, cont: &Container) {
     }
     check_id(cx, cont);
     check_fields(cx, cont);
+    check_indexes(cx, cont);
+}
+
+/// `#[cache(index)]`: on a column, not the id, and of a type with exact
+/// equality (a float's `Display` form does not round-trip, and NaN is not
+/// equal to itself).
+fn check_indexes(cx: &Ctxt, cont: &Container) {
+    let id = cont.id_field().map(|f| f.ident);
+    for field in &cont.fields {
+        let Some(index) = &field.attrs.index else { continue };
+        if field.attrs.skip.is_some() {
+            cx.error_spanned_by(
+                index,
+                format!(
+                    "#[cache(index)] on `{}`, a #[sqlx(skip)] field: an index is a lookup by a column, so remove #[sqlx(skip)] or the index",
+                    field.ident
+                ),
+            );
+        } else if Some(field.ident) == id {
+            cx.error_spanned_by(
+                index,
+                format!(
+                    "#[cache(index)] on `{}`, the primary key: records are already cached by id, so remove #[cache(index)] and use get_by_id",
+                    field.ident
+                ),
+            );
+        } else if let Some(float) = float_type(field.ty) {
+            cx.error_spanned_by(
+                field.ty,
+                format!(
+                    "#[cache(index)] on `{}`, of type `{float}`: a float cannot be a unique lookup key (its text form does not round-trip and NaN is not equal to itself); index an integer, string or uuid column",
+                    field.ident
+                ),
+            );
+        }
+    }
+}
+
+/// `f32` or `f64`, also inside `Option<...>`.
+fn float_type(ty: &syn::Type) -> Option<&'static str> {
+    let syn::Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident == "f32" {
+        return Some("f32");
+    }
+    if last.ident == "f64" {
+        return Some("f64");
+    }
+    if last.ident == "Option" {
+        if let syn::PathArguments::AngleBracketed(args) = &last.arguments {
+            if let Some(syn::GenericArgument::Type(inner)) = args.args.first() {
+                return float_type(inner);
+            }
+        }
+    }
+    None
 }
 
 /// Whether `c` may appear in a table or prefix: the byte rule of the cache

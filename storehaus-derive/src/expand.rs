@@ -122,6 +122,11 @@ fn cached_impl(cont: &Container, layout: &Layout, id_ty: &TokenStream) -> TokenS
     // never fail: a bad column type is reported once, by `assert`.
     let binds = layout.values.iter().map(|field| quote!(.bind(&self.#field)));
     let bounds = bound::where_clause(cont, Some(id_ty));
+    let (index_names, index_members): (Vec<&str>, Vec<&syn::Ident>) = cont
+        .columns()
+        .filter(|(field, _)| field.attrs.index.is_some())
+        .map(|(field, column)| (column, field.ident))
+        .unzip();
     quote! {
         #[automatically_derived]
         impl #p::Cached for #ident
@@ -146,6 +151,12 @@ fn cached_impl(cont: &Container, layout: &Layout, id_ty: &TokenStream) -> TokenS
             #[inline]
             fn bind_values<'q>(&'q self, query: #p::PgQuery<'q>) -> #p::PgQuery<'q> {
                 query #(#binds)*
+            }
+
+            const INDEXES: &'static [&'static ::core::primitive::str] = &[#(#index_names),*];
+
+            fn index_values(&self) -> ::std::vec::Vec<(&'static ::core::primitive::str, ::std::string::String)> {
+                ::std::vec![#((#index_names, #p::index_value(&self.#index_members))),*]
             }
         }
     }

@@ -27,11 +27,18 @@ pub fn expand(cont: &Container) -> TokenStream {
         .map(|(field, column)| {
             let member = field.ident;
             let ty = field.ty;
-            let doc = format!(" The `{column}` column.");
+            let (doc, kind) = if field.attrs.index.is_some() {
+                (
+                    format!(" The `{column}` column, a unique lookup (`#[cache(index)]`): see `GenericStore::get_by`."),
+                    quote!(#p::Indexed),
+                )
+            } else {
+                (format!(" The `{column}` column."), quote!(#p::Plain))
+            };
             (
                 quote! {
                     #[doc = #doc]
-                    pub #member: #p::Column<#ident, #ty>,
+                    pub #member: #p::Column<#ident, #ty, #kind>,
                 },
                 quote!(#member: #p::Column::new(#column),),
             )

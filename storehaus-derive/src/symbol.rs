@@ -23,6 +23,8 @@ pub const TTL: Symbol = Symbol("ttl");
 /// `#[cache(id)]` on the primary-key field; also the name of the field that
 /// is the primary key when no field is marked.
 pub const ID: Symbol = Symbol("id");
+/// `#[cache(index)]` on a unique field: a cached lookup by that column.
+pub const INDEX: Symbol = Symbol("index");
 
 /// `#[sqlx(...)]`, read for column names only.
 pub const SQLX: Symbol = Symbol("sqlx");

@@ -31,7 +31,7 @@ pub use cache::codec;
 #[cfg(feature = "test-hooks")]
 pub use cache::hooks as test_hooks;
 pub use cache::server::{Health, HealthWarning, ServerStats};
-pub use cache::stats::CacheStats;
+pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
 pub use error::{CacheError, CacheResult, Result, StorehausError};
@@ -40,7 +40,7 @@ pub use outbox::DeploymentStatus;
 pub use record::SqliteQuery;
 pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
 pub use store::pool::DbPool;
-pub use store::query::{Column, Filter, Order, Query, SqlValue};
+pub use store::query::{Column, Filter, IndexColumn, Indexed, Order, Plain, Query, SqlValue};
 pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use store::transaction::{InTransaction, StoreTransaction};
-pub use store::{CacheParams, GenericStore};
+pub use store::{CacheParams, GenericStore, DEFAULT_NEGATIVE_TTL_SECS};

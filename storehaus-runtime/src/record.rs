@@ -128,4 +128,13 @@ pub trait Cached:
     /// Binds every non-id column value, in [`Cached::COLUMNS`] order, to a
     /// PostgreSQL query.
     fn bind_values<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q>;
+
+    /// The columns declared `#[cache(index)]`, in field order.
+    const INDEXES: &'static [&'static str] = &[];
+
+    /// The record's value of each index column, rendered with `Display`,
+    /// in [`Cached::INDEXES`] order.
+    fn index_values(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }

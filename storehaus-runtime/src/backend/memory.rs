@@ -423,18 +423,19 @@ impl MemoryBackend {
     }
 
     // One step: the whole walk at once (the cursor is ignored).
-    pub async fn scan_step(&self, _cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
+    pub async fn scan_step(&self, _cursor: u64, pattern: &str, spare: Option<&str>) -> CacheResult<ScanStep> {
         let bytes = pattern.as_bytes();
+        let spared = |key: &str| spare.is_some_and(|s| key.starts_with(s));
         let mut keys: Vec<String> = self
             .values
             .iter()
             .map(|(key, _)| key)
-            .filter(|key| glob::matches(bytes, key.as_bytes()))
+            .filter(|key| glob::matches(bytes, key.as_bytes()) && !spared(key))
             .map(|key| key.as_ref().clone())
             .collect();
         let mut removed = keys.iter().filter(|key| self.delete_one(key)).count() as u64;
         let mut unlink = |key: &String| {
-            let hit = glob::matches(bytes, key.as_bytes());
+            let hit = glob::matches(bytes, key.as_bytes()) && !spared(key);
             if hit {
                 removed += 1;
                 keys.push(key.clone());
@@ -818,7 +819,7 @@ mod tests {
         // DEL and SCAN + UNLINK reach sets too.
         assert_eq!(b.delete(&["app:__tag:blue".to_string()]).await.unwrap(), 1);
         add_tags(&b, &sets[1..2]).await;
-        assert_eq!(b.scan_step(0, "app:__tag:*").await.unwrap().removed, 1);
+        assert_eq!(b.scan_step(0, "app:__tag:*", None).await.unwrap().removed, 1);
         assert_eq!(
             b.get("app:users:2").await.unwrap(),
             Some(b"v".to_vec()),
@@ -878,7 +879,7 @@ mod tests {
         bump(&b, "app:users:query:gen").await;
         let scan = |pattern: &'static str| {
             let b = &b;
-            async move { b.scan_step(0, pattern).await.unwrap() }
+            async move { b.scan_step(0, pattern, None).await.unwrap() }
         };
         let step = scan("app:sess:s1?").await;
         assert_eq!((step.next, step.removed, step.keys.len()), (0, 10, 10));

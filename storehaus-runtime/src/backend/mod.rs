@@ -174,10 +174,10 @@ impl Backend {
         /// The server's figures (`INFO memory stats clients` on Redis).
         pub async fn server_stats(&self) -> CacheResult<ServerStats>;
         /// One step of a walk over the keys matching a Redis glob, removing
-        /// what it finds: start at cursor 0, continue with `next` until it is
-        /// 0. Keys present for the whole walk are removed; keys written
-        /// meanwhile may or may not be.
-        pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep>;
+        /// what it finds except keys starting with `spare`: start at cursor
+        /// 0, continue with `next` until it is 0. Keys present for the whole
+        /// walk are removed; keys written meanwhile may or may not be.
+        pub async fn scan_step(&self, cursor: u64, pattern: &str, spare: Option<&str>) -> CacheResult<ScanStep>;
         /// Moves the tag set `set` into `draining` (merging with what is
         /// there), atomically, so that the tag's name is free for new
         /// additions: the draining set's size after the move.
@@ -232,7 +232,7 @@ pub(crate) struct ScanStep {
     pub next: u64,
     /// How many keys existed and were unlinked.
     pub removed: u64,
-    /// The keys found.
+    /// The keys found (and not spared).
     pub keys: Vec<String>,
 }
 

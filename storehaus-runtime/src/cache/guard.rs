@@ -10,7 +10,6 @@ use std::time::Duration;
 use tokio::time::timeout_at;
 
 use crate::cache::breaker::Transition;
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, CacheResult};
 
@@ -56,7 +55,7 @@ impl CacheManager {
         let probe = match self.breaker.allow() {
             Ok(probe) => probe,
             Err(open) => {
-                Counters::bump(&self.counters.breaker_skips);
+                self.count(|c| &c.breaker_skips);
                 return Err(CacheError::CircuitOpen {
                     failures: open.failures,
                     retry_in_ms: open.retry_in_ms,
@@ -83,20 +82,20 @@ impl CacheManager {
                     return Ok(v);
                 }
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
-                    Counters::bump(&self.counters.connection_errors);
+                    self.count(|c| &c.connection_errors);
                     self.metrics.cache_errors("connection", 1);
                     e
                 }
                 Ok(Err(e)) => {
                     // The server answered: it is alive, the command was refused.
-                    Counters::bump(&self.counters.command_errors);
+                    self.count(|c| &c.command_errors);
                     self.metrics.cache_errors("command", 1);
                     self.breaker.success();
                     self.warn(op, &e);
                     return Err(e);
                 }
                 Err(_elapsed) => {
-                    Counters::bump(&self.counters.timeouts);
+                    self.count(|c| &c.timeouts);
                     self.metrics.cache_errors("timeout", 1);
                     CacheError::Timeout {
                         budget_ms: self.config.timeout_ms,
@@ -115,7 +114,7 @@ impl CacheManager {
                 }
             }
             if self.breaker.failure(probe) == Transition::Opened {
-                Counters::bump(&self.counters.breaker_opened);
+                self.count(|c| &c.breaker_opened);
                 self.metrics.breaker(true);
                 tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
@@ -126,7 +125,7 @@ impl CacheManager {
 
     /// Counts `n` corrupt entries met (and removed or replaced).
     pub(crate) fn count_corrupt(&self, n: u64) {
-        Counters::add(&self.counters.serialization_errors, n);
+        self.count_n(|c| &c.serialization_errors, n);
         self.metrics.cache_errors("corrupt", n);
     }
 

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use crate::backend::{Invalidated, Invalidation, TagAdd};
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 
 impl CacheManager {
@@ -55,7 +54,7 @@ impl CacheManager {
         match delivered {
             Ok(done) => {
                 self.count_resets(&done);
-                Counters::add(&self.counters.invalidations, work.keys.len() as u64);
+                self.count_n(|c| &c.invalidations, work.keys.len() as u64);
                 if done.tags_refused {
                     self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
                 }
@@ -63,6 +62,45 @@ impl CacheManager {
             Err(_) => work.remember(),
         }
         self.kick_replayer();
+    }
+
+    /// A committed write's invalidation for a write that fills the cache
+    /// with what it wrote: `key` held `lease` (taken by `read::write_lease`
+    /// before the write was sent) and gets `value` if it still holds it;
+    /// otherwise it is deleted like any invalidated key. The keys `also`
+    /// (index entries), the counters and the tags are delivered as by [`invalidate_committed`](Self::invalidate_committed).
+    ///
+    /// Why this never leaves an older row: every write deletes the key after
+    /// its commit, or (this path) replaces its own lease by its value. A
+    /// write whose lease was still in place when it filled had no other
+    /// write's lease or delete land after its own lease, and every write
+    /// committed after it deletes or replaces the key after its commit.
+    /// The key is in the log of recent invalidations all the same, so a
+    /// failover that loses the value deletes it rather than leaving an older one.
+    pub(crate) async fn fill_committed(
+        self: &Arc<Self>,
+        scope: &str,
+        key: String,
+        fill: (Vec<u8>, crate::cache::flight::Lease, u64),
+        (also, counters): (Vec<String>, Vec<String>),
+        tags: Vec<TagAdd>,
+    ) {
+        let (value, lease, ttl_secs) = fill;
+        let keys = vec![key];
+        self.flights.detach(&keys);
+        self.recent.record(scope, &keys, &[]);
+        let fill = crate::cache::fill::Fill {
+            keys,
+            values: vec![value],
+            guard: crate::cache::fill::Guard::Lease(lease),
+            ttl_secs,
+        };
+        let filled = self.land(&fill).await == 1;
+        // The near cache may hold the row from before the write.
+        self.near_forget(&fill.keys);
+        let mut keys = if filled { Vec::new() } else { fill.keys };
+        keys.extend(also);
+        self.invalidate_committed(scope, keys, counters, tags).await;
     }
 
     /// Counts the generation counters an invalidation had to reset.
@@ -74,7 +112,7 @@ impl CacheManager {
                 "a query generation counter held something else than an integer: replaced by a fresh seed"
             );
         }
-        Counters::add(&self.counters.command_errors, done.refused);
+        self.count_n(|c| &c.command_errors, done.refused);
     }
 }
 

@@ -102,6 +102,21 @@ pub fn str_key(global_prefix: &str, prefix: &str, id: &str) -> String {
     record_key(global_prefix, prefix, id)
 }
 
+/// The index entry of `value` in `column`:
+/// `{global}:{prefix}:idx:{column}:{escaped value}`, the value escaped like
+/// an id. No record key can take it: an id's `:` is escaped.
+pub fn index_key(global_prefix: &str, prefix: &str, column: &str, value: &str) -> String {
+    let mut out = String::with_capacity(global_prefix.len() + prefix.len() + column.len() + value.len() + 8);
+    out.push_str(global_prefix);
+    out.push(':');
+    out.push_str(prefix);
+    out.push_str(":idx:");
+    push_escaped(&mut out, column);
+    out.push(':');
+    push_escaped(&mut out, value);
+    out
+}
+
 /// The namespace of cached query results of one store: `{global}:{prefix}:query:`.
 pub fn query_namespace(global_prefix: &str, prefix: &str) -> String {
     format!("{global_prefix}:{prefix}:query:")

@@ -4,6 +4,7 @@
 //! - `read` (one key) and `read_many` (`get_many`) read through the cache
 //!   behind fill leases; `query` reads cached query results against the
 //!   store's generation; `fill` is the one background fill they share;
+//!   `early` decides when a hit refreshes its entry before it expires;
 //!   `flight` is the in-process single-flight table;
 //! - `guard` runs every cache command inside one operation's budget, with
 //!   retries and the circuit breaker (`breaker`);
@@ -16,6 +17,7 @@
 pub(crate) mod adapt;
 pub(crate) mod breaker;
 pub mod codec;
+pub(crate) mod early;
 pub(crate) mod fill;
 pub(crate) mod flight;
 mod guard;
@@ -83,6 +85,8 @@ pub struct CacheManager {
     pub(crate) counters: Counters,
     /// The same events, for a `metrics` recorder.
     pub(crate) metrics: ManagerMetrics,
+    /// Latencies of the stores' operations on this manager.
+    pub(crate) latencies: stats::Figures,
     breaker: Breaker,
     pending: Pending,
     /// Acknowledged invalidations, delivered again when `contact` moves.
@@ -92,6 +96,10 @@ pub struct CacheManager {
     pub(crate) flights: Flights,
     /// The near cache (`CacheConfig::with_near_cache`), on Redis only.
     near: Option<Arc<Near>>,
+    /// The background fills under way (see `flush_fills`).
+    pub(crate) fill_epochs: fill::FillEpochs,
+    /// Keys an early refresh of this process is loading.
+    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) outbox: crate::outbox::Watchers,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -146,8 +154,11 @@ impl CacheManager {
             config,
             backend,
             counters: Counters::default(),
+            latencies: Default::default(),
             flights: Flights::default(),
             near,
+            fill_epochs: Default::default(),
+            refreshing: Default::default(),
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
@@ -175,6 +186,9 @@ impl CacheManager {
     /// None today; the `Result` leaves room for backends that keep stats remotely.
     pub async fn get_stats(&self) -> CacheResult<CacheStats> {
         let mut stats = self.counters.snapshot(self.pending.len(), self.breaker.is_open());
+        stats.hit_latency = self.latencies.hit.summary();
+        stats.miss_latency = self.latencies.miss.summary();
+        stats.write_latency = self.latencies.write.summary();
         stats.pending_overflows = self.pending.overflows() + self.recent.overflows();
         stats.recent_replays = self.recent.handovers();
         if let Some(near) = &self.near {
@@ -231,32 +245,32 @@ impl CacheManager {
         if !self.ready(deadline).await {
             // An invalidation is still waiting for replay: the entry may be
             // older than a write that has returned.
-            Counters::bump(&self.counters.misses);
+            self.count(|c| &c.misses);
             return Ok(None);
         }
         let found = self.guarded(deadline, "get_record", || self.backend.get(&key)).await;
         let bytes = match found {
             Ok(Some(bytes)) if !codec::is_lease(&bytes) => bytes,
             Ok(_) => {
-                Counters::bump(&self.counters.misses);
+                self.count(|c| &c.misses);
                 return Ok(None);
             }
             Err(e) => {
-                Counters::bump(&self.counters.misses);
+                self.count(|c| &c.misses);
                 return Err(e);
             }
         };
         match codec::decode::<T>(ANY_FINGERPRINT, &bytes) {
             Ok(Entry::Record(v)) => {
-                Counters::bump(&self.counters.hits);
+                self.count(|c| &c.hits);
                 Ok(Some(v))
             }
             Ok(Entry::Absent) => {
-                Counters::bump(&self.counters.hits);
+                self.count(|c| &c.hits);
                 Ok(None)
             }
             Err(e) => {
-                Counters::bump(&self.counters.misses);
+                self.count(|c| &c.misses);
                 self.count_corrupt(1);
                 Err(e)
             }
@@ -282,19 +296,52 @@ impl CacheManager {
         Ok(n? > 0)
     }
 
-    /// Makes every cached query result of `prefix` unreachable in O(1): bumps
-    /// the prefix's query generation (one round trip: a `SET NX` that seeds
-    /// a missing counter at a random value, then `INCR`; no scan).
+    /// Invalidates everything cached for the store prefix `prefix`: its
+    /// records and its query results. Returns how many records it removed.
+    ///
+    /// First the query results, in O(1): the prefix's query generation is
+    /// bumped (one round trip: a `SET NX` that seeds a missing counter at a
+    /// random value, then `INCR`), which makes every cached result
+    /// unreachable at once. Then the records: a walk over
+    /// `{global}:{prefix}:*` with SCAN and UNLINK in batches (never KEYS;
+    /// on a cluster, on every primary), which also removes the prefix's
+    /// index entries (`#[cache(index)]`; not counted). The walk costs O(keys in the database), like
+    /// [`delete_pattern`](Self::delete_pattern), and runs under ten times the
+    /// configured timeout. Records present for the whole walk are removed;
+    /// records filled meanwhile were read after the call began. In-flight
+    /// loads of the prefix in this process are detached. The removed keys
+    /// join the log of recent invalidations, delivered again after a
+    /// failover like a write's.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use storehaus::prelude::*;
+    /// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
+    /// # #[cache(table = "users")]
+    /// # struct User { id: i64, name: String }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let db_pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// # sqlx::query("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)").execute(&db_pool).await?;
+    /// let cache_manager = Arc::new(CacheManager::new(CacheConfig::new("memory://", 60, "app"))?);
+    /// let users = GenericStore::<User>::new(db_pool, None, Some(CacheParams::new(cache_manager.clone())));
+    /// users.create(User { id: 1, name: "Ada".into() }, None).await?;
+    /// users.get_by_id(&1).await?;
+    /// cache_manager.flush_fills().await;
+    /// assert_eq!(cache_manager.invalidate_queries("users").await?, 1);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
-    /// timeouts as they happen.
+    /// timeouts as they happen (after a failed generation bump nothing is
+    /// removed; a walk cut short leaves the rest of the records in place).
     #[tracing::instrument(target = "storehaus", skip(self))]
-    pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<()> {
+    pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<u64> {
         key::validate_prefix("prefix", prefix).map_err(into_input)?;
+        let scope = key::store_scope(self.global_prefix(), prefix);
         let counters = [key::generation_key(self.global_prefix(), prefix)];
-        self.recent
-            .record(&key::store_scope(self.global_prefix(), prefix), &[], &counters);
+        self.recent.record(&scope, &[], &counters);
         let inv = Invalidation {
             counters: &counters,
             ..Invalidation::default()
@@ -303,7 +350,34 @@ impl CacheManager {
             .guarded(self.deadline(), "invalidate_queries", || self.backend.invalidate(&inv))
             .await?;
         self.count_resets(&done);
-        Ok(())
+
+        // The records: every key of the scope but the query results and
+        // the counter (all under `{scope}query:`, unreachable already).
+        let glob = format!("{scope}*");
+        let results = format!("{scope}query:");
+        let hints = format!("{scope}idx:");
+        let deadline = self.long_deadline();
+        self.flights.detach_matching(&glob);
+        let mut removed = 0;
+        let mut cursor = 0;
+        loop {
+            let step = self
+                .guarded(deadline, "invalidate_queries", || {
+                    self.backend.scan_step(cursor, &glob, Some(&results))
+                })
+                .await?;
+            self.recent.record(&scope, &step.keys, &[]);
+            self.near_forget(&step.keys);
+            // Index entries (`{scope}idx:`) go too, but are not records.
+            let records = step.keys.iter().filter(|k| !k.starts_with(&hints)).count() as u64;
+            removed += records.min(step.removed);
+            cursor = step.next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        self.count_n(|c| &c.invalidations, removed);
+        Ok(removed)
     }
 
     /// Removes every key matching the glob `{global}:{pattern}` with SCAN and
@@ -339,7 +413,9 @@ impl CacheManager {
         let mut cursor = 0;
         loop {
             let step = self
-                .guarded(deadline, "delete_pattern", || self.backend.scan_step(cursor, glob))
+                .guarded(deadline, "delete_pattern", || {
+                    self.backend.scan_step(cursor, glob, None)
+                })
                 .await?;
             removed += step.removed;
             cursor = step.next;
@@ -422,7 +498,7 @@ impl CacheManager {
                 break;
             }
         }
-        Counters::add(&self.counters.invalidations, removed);
+        self.count_n(|c| &c.invalidations, removed);
         Ok(removed)
     }
 
@@ -464,6 +540,33 @@ impl CacheManager {
         if let Some(near) = &self.near {
             near.flush();
         }
+    }
+
+    /// A store's own figures as [`CacheStats`]: its counters and
+    /// latencies; the pending invalidations and the breaker are this
+    /// manager's (shared by its stores).
+    pub(crate) fn store_stats(&self, figures: &stats::Figures) -> CacheStats {
+        figures.snapshot(self.pending.len(), self.breaker.is_open())
+    }
+
+    /// Bumps a counter of this manager, and of the store whose operation
+    /// the task runs.
+    #[inline]
+    pub(crate) fn count(&self, field: impl Fn(&Counters) -> &AtomicU64) {
+        self.count_n(field, 1);
+    }
+
+    /// Adds `n` to a counter of this manager and of the task's store.
+    #[inline]
+    pub(crate) fn count_n(&self, field: impl Fn(&Counters) -> &AtomicU64, n: u64) {
+        Counters::add(field(&self.counters), n);
+        stats::with_store(|store| Counters::add(field(&store.counters), n));
+    }
+
+    /// Records how long a store operation took, here and for its store.
+    pub(crate) fn record(&self, op: stats::Op, took: Duration) {
+        self.latencies.latency(op).record(took);
+        stats::with_store(|store| store.latency(op).record(took));
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {

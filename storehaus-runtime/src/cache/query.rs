@@ -26,7 +26,7 @@ use serde::Serialize;
 use crate::backend::{counter_seed, Invalidation};
 use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
@@ -54,26 +54,28 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<V>>,
 {
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return (load().await, Outcome::Bypass);
     }
     let keys = [space.generation_key.to_string(), space.key];
     let Ok(mut found) = mgr.guarded(deadline, "query_get", || mgr.backend.mget(&keys)).await else {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return (load().await, Outcome::Bypass);
     };
     let entry = found.pop().flatten();
     let [generation_key, key] = keys;
     let Some(generation) = current_generation(mgr, &generation_key, found.pop().flatten(), deadline).await else {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return (load().await, Outcome::Bypass);
     };
     if let Some(bytes) = entry {
         match codec::decode::<(u64, V)>(space.fingerprint, &bytes) {
             Ok(Entry::Record((g, value))) if g == generation => {
-                Counters::bump(&mgr.counters.hits);
+                mgr.count(|c| &c.hits);
+                timing.op = Op::Hit;
                 return (Ok(value), Outcome::Hit);
             }
             Ok(_) => {}
@@ -83,7 +85,7 @@ where
             }
         }
     }
-    Counters::bump(&mgr.counters.misses);
+    mgr.count(|c| &c.misses);
     let value = match load().await {
         Ok(value) => value,
         Err(e) => return (Err(e), Outcome::Miss),
@@ -109,6 +111,18 @@ where
 /// it, and so that entries written under a lost counter can never match
 /// again. `None` when there is none to use: the cache was unreachable or out
 /// of memory, or the counter held garbage (it is then replaced, counted).
+/// The store's query generation now (seeding a missing counter), or `None`
+/// when the cache cannot tell: for checks outside `read_query` (the index
+/// lookups' cached "no such value").
+pub(crate) async fn read_generation(mgr: &CacheManager, generation_key: &str) -> Option<u64> {
+    let deadline = mgr.deadline();
+    let found = mgr
+        .guarded(deadline, "query_generation", || mgr.backend.get(generation_key))
+        .await
+        .ok()?;
+    current_generation(mgr, generation_key, found, deadline).await
+}
+
 async fn current_generation(
     mgr: &CacheManager,
     generation_key: &str,

@@ -45,9 +45,10 @@ use serde::Serialize;
 
 use crate::cache::adapt::ReadMode;
 use crate::cache::codec::{self, Entry};
-use crate::cache::fill::{Fill, Guard};
+use crate::cache::early::Early;
+use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::{follow, Lease};
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
@@ -74,8 +75,12 @@ fn near_ttl(pttl: Option<i64>, ttl_secs: u64) -> Option<Duration> {
 /// What a cache lookup decided.
 enum Step<V> {
     /// Answered from the cache (`None`: a cached "no such row"), with the
-    /// milliseconds it had left when the near cache asked for them.
+    /// milliseconds it had left when they were asked for (near cache, early
+    /// refresh).
     Hit(Option<V>, Option<i64>),
+    /// Answered from the cache, and due for an early refresh: these bytes
+    /// are what the refresh may replace.
+    Due(Option<V>, Vec<u8>),
     /// The lease is ours: load and fill.
     Lead,
     /// Someone else holds the lease (these bytes).
@@ -86,16 +91,17 @@ enum Step<V> {
     Bypass,
 }
 
-/// Reads `key` through the cache: a hit is decoded and returned; a miss runs
-/// `load` (the database) and fills the cache behind a lease. Also says how
-/// the cache took part.
+/// Reads `key` through the cache: a near-cache hit or a Redis hit is
+/// returned; a miss runs `load` (the database) and fills the cache behind a
+/// lease. `near`: whether the store uses the manager's near cache; `mode`:
+/// which command its reads start with. Also says how the cache took part.
 pub(crate) async fn read_through<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
     fingerprint: u64,
-    ttl_secs: u64,
-    near: bool,
-    mode: &ReadMode,
+    ttls: Ttls,
+    early: Option<&Early>,
+    (near, mode): (bool, &ReadMode),
     load: F,
 ) -> (Result<Option<V>>, Outcome)
 where
@@ -103,14 +109,28 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<V>>>,
 {
+    // With early refresh, every load of the store measures δ.
+    let load = move || {
+        let start = std::time::Instant::now();
+        let loading = load();
+        async move {
+            let loaded = loading.await;
+            if let Some(early) = early {
+                early.record(start.elapsed());
+            }
+            loaded
+        }
+    };
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
-        Counters::bump(&mgr.counters.misses);
+        mgr.count(|c| &c.misses);
         return (load().await, Outcome::Bypass);
     }
     let near = if near { mgr.near() } else { None };
     if let Some(v) = near.and_then(|n| n.get::<V>(&key)) {
-        Counters::bump(&mgr.counters.hits);
+        mgr.count(|c| &c.hits);
+        timing.op = Op::Hit;
         return (Ok(v), Outcome::NearHit);
     }
     // Taken before the GET is sent: an invalidation of the key that arrives
@@ -119,41 +139,212 @@ where
     let lease = new_lease();
     let mut retried = false;
     loop {
-        match lookup::<V>(mgr, &key, fingerprint, &lease, deadline, ticket.is_some(), mode).await {
+        match lookup::<V>(
+            mgr,
+            &key,
+            fingerprint,
+            &lease,
+            early,
+            deadline,
+            (ticket.is_some(), mode),
+        )
+        .await
+        {
             Step::Hit(v, pttl) => {
-                Counters::bump(&mgr.counters.hits);
+                mgr.count(|c| &c.hits);
                 mode.saw(false);
-                if let (Some(n), Some(t), Some(left)) = (near, ticket, near_ttl(pttl, ttl_secs)) {
+                timing.op = Op::Hit;
+                if let (Some(n), Some(t), Some(left)) = (near, ticket, near_ttl(pttl, ttls.of(v.as_ref()))) {
                     #[cfg(feature = "test-hooks")]
                     mgr.hooks.before_near_insert(&key).await;
                     n.insert(&key, v.clone(), left, t);
                 }
                 return (Ok(v), Outcome::Hit);
             }
+            Step::Due(v, bytes) => {
+                mgr.count(|c| &c.hits);
+                mode.saw(false);
+                let refreshed = refresh_early(mgr, key, v, bytes, fingerprint, ttls, load).await;
+                return (Ok(refreshed), Outcome::Hit);
+            }
             Step::Lead => {
-                Counters::bump(&mgr.counters.misses);
+                mgr.count(|c| &c.misses);
                 mode.saw(true);
-                let loaded = load_and_fill(mgr, key, lease, fingerprint, ttl_secs, deadline, load).await;
+                let loaded = load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await;
                 return (loaded, Outcome::Miss);
             }
             Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
                 Behind::Served(v) => {
-                    Counters::bump(&mgr.counters.hits);
+                    mgr.count(|c| &c.hits);
+                    timing.op = Op::Hit;
                     return (Ok(v), Outcome::Hit);
                 }
                 Behind::LookAgain if !retried => retried = true,
                 Behind::LookAgain | Behind::Load => {
-                    Counters::bump(&mgr.counters.misses);
+                    mgr.count(|c| &c.misses);
                     return (load().await, Outcome::Bypass);
                 }
             },
             Step::Retry if !retried => retried = true,
             Step::Retry | Step::Bypass => {
-                Counters::bump(&mgr.counters.misses);
+                mgr.count(|c| &c.misses);
                 return (load().await, Outcome::Bypass);
             }
         }
     }
+}
+
+/// Reads `key`'s value from the database (`load`) whatever the cache holds,
+/// and puts it in the cache behind a lease of its own: the entry is deleted
+/// first, then leased (`SET NX`), so a write that lands meanwhile deletes the
+/// lease and the fill is dropped. When another reader takes the key between
+/// the delete and the lease (its load began after the delete), or the cache
+/// cannot be reached, the value is read from the database all the same and
+/// not filled.
+pub(crate) async fn refresh_through<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    fingerprint: u64,
+    ttls: Ttls,
+    load: F,
+) -> Result<Option<V>>
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return load().await;
+    }
+    let keys = [key];
+    mgr.flights.detach(&keys);
+    let [key] = keys;
+    let lease = new_lease();
+    let deleted = mgr
+        .guarded(deadline, "refresh", || mgr.backend.delete(std::slice::from_ref(&key)))
+        .await;
+    // Whatever the near cache holds for the key is older than this read.
+    mgr.near_forget(std::slice::from_ref(&key));
+    let leased = match deleted {
+        Ok(_) => matches!(
+            mgr.guarded(deadline, "lease", || mgr.backend.get_or_lease(
+                &key,
+                &lease,
+                mgr.lease_ms()
+            ))
+            .await,
+            Ok(None)
+        ),
+        Err(_) => false,
+    };
+    if leased {
+        load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await
+    } else {
+        load().await
+    }
+}
+
+/// Puts `bytes` under `key` when the key is free (no value and no lease),
+/// behind a lease of its own: taken with `SET NX`, then the value written
+/// only while the lease is still there. Whether it was written.
+pub(crate) async fn prime(mgr: &CacheManager, key: String, bytes: Vec<u8>, ttl_secs: u64) -> bool {
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return false;
+    }
+    let lease = new_lease();
+    let leased = mgr
+        .guarded(deadline, "lease", || {
+            mgr.backend.get_or_lease(&key, &lease, mgr.lease_ms())
+        })
+        .await;
+    if !matches!(leased, Ok(None)) {
+        return false;
+    }
+    let fill = Fill {
+        keys: vec![key],
+        values: vec![bytes],
+        guard: Guard::Lease(lease),
+        ttl_secs,
+    };
+    if mgr.land(&fill).await == 1 {
+        return true;
+    }
+    // Not written (the cache failed, or a write took the key): give back
+    // the lease if it is still there, so that readers need not wait for it.
+    let _ = mgr
+        .guarded(deadline, "release_lease", || {
+            mgr.backend.release_lease(&fill.keys[0], &lease)
+        })
+        .await;
+    false
+}
+
+/// Takes a lease on `key` for a write that fills the cache with what it
+/// wrote (`CacheParams::with_fill_on_write`), before the write is sent:
+/// deletes the key, then leases it (`SET NX`). `None` when the cache could
+/// not be reached or another reader took the key in between; the write then
+/// only invalidates.
+pub(crate) async fn write_lease(mgr: &CacheManager, key: &str) -> Option<Lease> {
+    let deadline = mgr.deadline();
+    if !mgr.ready(deadline).await {
+        return None;
+    }
+    let keys = [key.to_string()];
+    mgr.guarded(deadline, "write_lease", || mgr.backend.delete(&keys))
+        .await
+        .ok()?;
+    let lease = new_lease();
+    let leased = mgr
+        .guarded(deadline, "write_lease", || {
+            mgr.backend.get_or_lease(key, &lease, mgr.lease_ms())
+        })
+        .await;
+    matches!(leased, Ok(None)).then_some(lease)
+}
+
+/// A hit due for an early refresh: unless a refresh of this process is
+/// already loading the key, loads the row and replaces the entry with it,
+/// only if the entry still holds the very bytes that were read (a write
+/// deletes the key, so it wins). Answers the loaded row; the cached one if
+/// the database fails (the caller had a hit).
+async fn refresh_early<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    cached: Option<V>,
+    bytes: Vec<u8>,
+    fingerprint: u64,
+    ttls: Ttls,
+    load: F,
+) -> Option<V>
+where
+    V: Serialize + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let first = mgr.refreshing.lock().is_ok_and(|mut set| set.insert(key.clone()));
+    if !first {
+        return cached;
+    }
+    let loaded = load().await;
+    if let Ok(mut set) = mgr.refreshing.lock() {
+        set.remove(&key);
+    }
+    let Ok(value) = loaded else {
+        return cached;
+    };
+    mgr.count(|c| &c.early_refreshes);
+    if let Some(fresh) = mgr.encode_fill(fingerprint, value.as_ref()) {
+        let fill = Fill {
+            keys: vec![key],
+            values: vec![fresh],
+            guard: Guard::Value(bytes),
+            ttl_secs: ttls.of(value.as_ref()),
+        };
+        mgr.spawn_fill(fill, None);
+    }
+    value
 }
 
 /// The lease is ours: loads, lets the readers of this process share the
@@ -164,7 +355,7 @@ async fn load_and_fill<V, F, Fut>(
     key: String,
     lease: Lease,
     fingerprint: u64,
-    ttl_secs: u64,
+    ttls: Ttls,
     deadline: tokio::time::Instant,
     load: F,
 ) -> Result<Option<V>>
@@ -189,7 +380,7 @@ where
             keys: vec![key],
             values: vec![bytes],
             guard: Guard::Lease(lease),
-            ttl_secs,
+            ttl_secs: ttls.of(value.as_ref()),
         };
         mgr.spawn_fill(fill, Some(lead));
     }
@@ -218,7 +409,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     if let Some(rx) = mgr.flights.join(key, found) {
         return match follow::<Option<V>>(rx).await {
             Some(v) => {
-                Counters::bump(&mgr.counters.coalesced);
+                mgr.count(|c| &c.coalesced);
                 tracing::Span::current().record("coalesced", true);
                 Behind::Served(v)
             }
@@ -227,7 +418,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     }
     match wait_for_fill::<V>(mgr, key, found, fingerprint, deadline).await {
         Waited::Filled(v) => {
-            Counters::bump(&mgr.counters.lease_waits);
+            mgr.count(|c| &c.lease_waits);
             tracing::Span::current().record("lease_waited", true);
             Behind::Served(v)
         }
@@ -236,22 +427,48 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     }
 }
 
-/// One look at the cache: a `GET` first, or the lease command first when
-/// the store's reads mostly miss (see `adapt`). With `want_ttl` (the near
-/// cache is on) the `GET` also reads the key's `PTTL`, so that a hit can be
-/// kept near.
+/// One look at the cache. With early refresh, a `GET` + `PTTL` first; else
+/// a `GET` first, or the lease command first when the store's reads mostly
+/// miss (see `adapt`). With `want_ttl` (the near cache is on) the `GET` also
+/// reads the key's `PTTL`, so that a hit can be kept near.
 async fn lookup<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
     fingerprint: u64,
     lease: &[u8],
+    early: Option<&Early>,
     deadline: tokio::time::Instant,
-    want_ttl: bool,
-    mode: &ReadMode,
+    (want_ttl, mode): (bool, &ReadMode),
 ) -> Step<V> {
     let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
+    if let Some(early) = early {
+        // GET + PTTL in one round trip; a miss then takes the lease.
+        match mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key)).await {
+            Ok((Some(bytes), pttl)) if !codec::is_lease(&bytes) => {
+                return match codec::decode::<V>(fingerprint, &bytes) {
+                    Ok(entry) => {
+                        let v = match entry {
+                            Entry::Record(v) => Some(v),
+                            Entry::Absent => None,
+                        };
+                        if early.due(pttl) {
+                            Step::Due(v, bytes)
+                        } else {
+                            Step::Hit(v, Some(pttl))
+                        }
+                    }
+                    Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
+                };
+            }
+            Ok(_) => {}
+            Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => {
+                return discard_corrupt(mgr, key, &e, deadline).await
+            }
+            Err(_) => return Step::Bypass,
+        }
+    }
     let mut pttl = None;
-    let found = if mgr.config().single_command_reads || mode.lease_first() {
+    let found = if mgr.config().single_command_reads || early.is_some() || mode.lease_first() {
         mgr.guarded(deadline, "get", lease_read).await
     } else {
         // A plain GET first: a hit costs what a raw GET does; only a miss

@@ -11,10 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::codec::{self, Entry};
-use crate::cache::fill::{Fill, Guard};
+use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
-use crate::cache::stats::Counters;
+use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::Result;
@@ -32,7 +32,7 @@ pub(crate) async fn read_many<V, Id, F, Fut>(
     keys: &[String],
     ids: &[Id],
     fingerprint: u64,
-    ttl_secs: u64,
+    ttls: Ttls,
     load: F,
 ) -> (Result<Vec<Option<V>>>, ManyOutcome)
 where
@@ -41,6 +41,7 @@ where
     F: FnOnce(Vec<Id>) -> Fut,
     Fut: Future<Output = Result<HashMap<Id, V>>>,
 {
+    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     let cached = if mgr.ready(deadline).await {
         mgr.guarded(deadline, "mget", || mgr.backend.mget(keys)).await.ok()
@@ -48,7 +49,7 @@ where
         None
     };
     let Some(cached) = cached else {
-        Counters::add(&mgr.counters.misses, ids.len() as u64);
+        mgr.count_n(|c| &c.misses, ids.len() as u64);
         let bypass = ManyOutcome {
             hits: 0,
             rest: Outcome::Bypass,
@@ -66,13 +67,14 @@ where
         corrupt,
     } = decode_all::<V>(mgr, keys, cached, fingerprint);
     let hits = (ids.len() - missing.len()) as u64;
-    Counters::add(&mgr.counters.hits, hits);
-    Counters::add(&mgr.counters.misses, missing.len() as u64);
+    mgr.count_n(|c| &c.hits, hits);
+    mgr.count_n(|c| &c.misses, missing.len() as u64);
     let outcome = ManyOutcome {
         hits,
         rest: Outcome::Miss,
     };
     if missing.is_empty() {
+        timing.op = Op::Hit;
         return (Ok(out), outcome);
     }
 
@@ -87,24 +89,28 @@ where
         Ok(rows) => rows,
         Err(e) => return (Err(e), outcome),
     };
-    let mut fill = Fill {
+    // Rows and "no such row" entries have their own TTLs: one fill each.
+    let fill_of = |ttl_secs| Fill {
         keys: Vec::new(),
         values: Vec::new(),
         guard: Guard::Lease(lease),
         ttl_secs,
     };
+    let (mut found, mut absent) = (fill_of(ttls.record), fill_of(ttls.absent));
     for (n, &i) in missing.iter().enumerate() {
         // `get`, not `remove`: an id may be asked for twice.
         let row = rows.get(&ids[i]).cloned();
         if granted.get(n).copied().unwrap_or(false) {
             if let Some(bytes) = mgr.encode_fill(fingerprint, row.as_ref()) {
+                let fill = if row.is_some() { &mut found } else { &mut absent };
                 fill.keys.push(keys[i].clone());
                 fill.values.push(bytes);
             }
         }
         out[i] = row;
     }
-    mgr.spawn_fill(fill, None);
+    mgr.spawn_fill(found, None);
+    mgr.spawn_fill(absent, None);
     (Ok(out), outcome)
 }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::backend::{Invalidation, TagAdd};
 use crate::cache::pending::Replay;
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 
 impl CacheManager {
@@ -106,11 +105,11 @@ impl CacheManager {
         let batch = claim.next_batch();
         if let Some((glob, cursor)) = &batch.scope {
             let stepped = self
-                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob))
+                .guarded(deadline, "replay_scope", || self.backend.scan_step(*cursor, glob, None))
                 .await;
             return match stepped {
                 Ok(step) => {
-                    Counters::add(&self.counters.invalidations, step.removed);
+                    self.count_n(|c| &c.invalidations, step.removed);
                     claim.scope_step(&batch, step.next)
                 }
                 Err(_) => {
@@ -131,7 +130,7 @@ impl CacheManager {
             return Replay::Failed;
         };
         self.count_resets(&done);
-        Counters::add(&self.counters.invalidations, batch.keys.len() as u64);
+        self.count_n(|c| &c.invalidations, batch.keys.len() as u64);
         tracing::info!(target: "storehaus",
             keys = batch.keys.len(),
             counters = batch.counters.len(),

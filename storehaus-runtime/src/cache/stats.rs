@@ -2,6 +2,8 @@
 //! [`CacheManager::get_stats`](crate::CacheManager::get_stats).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A snapshot of a [`CacheManager`](crate::CacheManager)'s counters since it
 /// was created.
@@ -77,6 +79,29 @@ pub struct CacheStats {
     /// Times the whole near cache was dropped: its tracking connection was
     /// lost or (re)subscribed, Redis was flushed, or many keys changed at once.
     pub near_flushes: u64,
+    /// Hits that refreshed their entry early from the database
+    /// (`CacheParams::with_early_refresh`), before it expired.
+    pub early_refreshes: u64,
+    /// Reads answered from the cache: how long they took.
+    pub hit_latency: LatencySummary,
+    /// Reads that went to the database: how long they took.
+    pub miss_latency: LatencySummary,
+    /// Store writes (commit and invalidation): how long they took.
+    pub write_latency: LatencySummary,
+}
+
+/// How long operations of one kind took: how many, and the median and 99th
+/// percentile in µs. Percentiles come from a histogram with four buckets
+/// per doubling, so each is an upper bound at most 19 % above the true value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// Operations recorded.
+    pub count: u64,
+    /// Median, µs (0 when none).
+    pub p50_us: u64,
+    /// 99th percentile, µs (0 when none).
+    pub p99_us: u64,
 }
 
 impl CacheStats {
@@ -90,6 +115,159 @@ impl CacheStats {
             self.hits as f64 / total as f64
         }
     }
+}
+
+/// Buckets of a [`Latency`] histogram: four per doubling from 1 µs, up to
+/// about 2^32 µs (71 minutes); longer durations land in the last one.
+const BUCKETS: usize = 128;
+
+/// A latency histogram (lock-free: one atomic add per record).
+#[derive(Debug)]
+pub(crate) struct Latency {
+    buckets: [AtomicU64; BUCKETS],
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Latency {
+    fn bucket(us: u64) -> usize {
+        if us <= 1 {
+            return 0;
+        }
+        // log2 in quarter steps: the integer log2, then the two bits after
+        // the leading one.
+        let log = 63 - us.leading_zeros() as usize;
+        let frac = if log >= 2 {
+            ((us >> (log - 2)) & 3) as usize
+        } else {
+            ((us << (2 - log)) & 3) as usize
+        };
+        (log * 4 + frac).min(BUCKETS - 1)
+    }
+
+    /// The upper bound of bucket `i`, µs.
+    fn upper(i: usize) -> u64 {
+        let (log, frac) = (i / 4, (i % 4) as u64);
+        let base = 1u64 << log.min(62);
+        base + (base * (frac + 1)) / 4
+    }
+
+    pub fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[Self::bucket(us)].fetch_add(1, Relaxed);
+    }
+
+    pub fn summary(&self) -> LatencySummary {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        let at = |q: f64| {
+            let rank = ((count as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, n) in counts.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return Self::upper(i);
+                }
+            }
+            0
+        };
+        if count == 0 {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count,
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+        }
+    }
+}
+
+/// Which latency an operation records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Hit,
+    Miss,
+    Write,
+}
+
+/// The counters and latencies of one manager, or of one store.
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub counters: Counters,
+    pub hit: Latency,
+    pub miss: Latency,
+    pub write: Latency,
+}
+
+impl Figures {
+    pub fn latency(&self, op: Op) -> &Latency {
+        match op {
+            Op::Hit => &self.hit,
+            Op::Miss => &self.miss,
+            Op::Write => &self.write,
+        }
+    }
+
+    /// The counters and latencies as [`CacheStats`] (the manager adds what
+    /// only it knows).
+    pub fn snapshot(&self, pending_invalidations: u64, breaker_open: bool) -> CacheStats {
+        let mut stats = self.counters.snapshot(pending_invalidations, breaker_open);
+        stats.hit_latency = self.hit.summary();
+        stats.miss_latency = self.miss.summary();
+        stats.write_latency = self.write.summary();
+        stats
+    }
+}
+
+/// Records how long an operation took when dropped (whichever way it
+/// ended), as a miss unless `op` was changed.
+pub(crate) struct Timing<'a> {
+    mgr: &'a crate::cache::CacheManager,
+    start: std::time::Instant,
+    pub op: Op,
+}
+
+impl<'a> Timing<'a> {
+    pub fn start(mgr: &'a crate::cache::CacheManager, op: Op) -> Self {
+        Timing {
+            mgr,
+            start: std::time::Instant::now(),
+            op,
+        }
+    }
+}
+
+impl Drop for Timing<'_> {
+    fn drop(&mut self) {
+        self.mgr.record(self.op, self.start.elapsed());
+    }
+}
+
+tokio::task_local! {
+    /// The figures of the store whose operation the current task runs, so
+    /// the manager's counting sites count for it too.
+    pub(crate) static STORE: Option<Arc<Figures>>;
+}
+
+/// The current task's store figures, if any.
+pub(crate) fn current_store() -> Option<Arc<Figures>> {
+    STORE.try_with(|s| s.clone()).ok().flatten()
+}
+
+/// Runs `f` on the current task's store figures, if any (no clone).
+#[inline]
+pub(crate) fn with_store(f: impl FnOnce(&Figures)) {
+    let _ = STORE.try_with(|s| {
+        if let Some(store) = s {
+            f(store);
+        }
+    });
 }
 
 /// The live counters.
@@ -109,14 +287,10 @@ pub(crate) struct Counters {
     pub invalidations: AtomicU64,
     pub breaker_skips: AtomicU64,
     pub breaker_opened: AtomicU64,
+    pub early_refreshes: AtomicU64,
 }
 
 impl Counters {
-    #[inline]
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
-    }
-
     #[inline]
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
@@ -149,6 +323,32 @@ impl Counters {
             near_misses: 0,
             near_invalidations: 0,
             near_flushes: 0,
+            early_refreshes: self.early_refreshes.load(Relaxed),
+            hit_latency: LatencySummary::default(),
+            miss_latency: LatencySummary::default(),
+            write_latency: LatencySummary::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_close_upper_bounds() {
+        let l = Latency::default();
+        assert_eq!(l.summary(), LatencySummary::default());
+        for us in 1..=100u64 {
+            l.record(Duration::from_micros(us * 10));
+        }
+        let s = l.summary();
+        assert_eq!(s.count, 100);
+        assert!((500..=600).contains(&s.p50_us), "{s:?}");
+        assert!((990..=1200).contains(&s.p99_us), "{s:?}");
+        for us in [0, 1, 2, 3, 5, 7, 1000, 123_456, u64::MAX / 2] {
+            let i = Latency::bucket(us);
+            assert!(Latency::upper(i) >= us || i == BUCKETS - 1, "{us} -> {i}");
         }
     }
 }

@@ -31,7 +31,6 @@ use tokio::sync::{watch, Notify};
 use super::{ddl, location_of};
 use crate::backend::Invalidation;
 use crate::cache::key;
-use crate::cache::stats::Counters;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result, StorehausError};
 use crate::store::pool::DbPool;
@@ -507,7 +506,7 @@ async fn deliver(manager: &Arc<CacheManager>, entries: &[Entry], watches: &[(Str
         .await
         .map_err(StorehausError::Cache)?;
     manager.count_resets(&done);
-    Counters::add(&manager.counters.invalidations, keys.len() as u64);
+    manager.count_n(|c| &c.invalidations, keys.len() as u64);
     for glob in &scopes {
         manager.clear_glob(glob).await.map_err(StorehausError::Cache)?;
     }

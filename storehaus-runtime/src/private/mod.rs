@@ -12,7 +12,23 @@ pub use assert::{
 pub use crate::cache::key::record_key;
 /// Implements the SQLite value binder of a record (see the derive).
 pub use crate::impl_bind_sqlite;
-pub use crate::store::query::Column;
+pub use crate::store::query::{Column, Indexed, Plain};
+
+/// Renders an index column's value for its key and for the check of a hint
+/// against a record: its `Display` form.
+pub fn index_value<V: IndexValue + ?Sized>(value: &V) -> String {
+    value.to_string()
+}
+
+/// What an index column's type needs beyond a column's bounds.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an index column",
+    label = "an index column needs a `Display` form for its cache key",
+    note = "index a unique column of a type such as String, i64 or uuid::Uuid"
+)]
+pub trait IndexValue: std::fmt::Display {}
+
+impl<T: std::fmt::Display + ?Sized> IndexValue for T {}
 #[cfg(feature = "sqlite")]
 pub use crate::store::sqlite::BindSqlite;
 #[cfg(feature = "sqlite")]

@@ -58,7 +58,7 @@ impl<T: Cached> GenericStore<T> {
         Ok(n.max(0) as u64)
     }
 
-    fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         match self.pool() {
             DbPool::Postgres(_) => Dialect::Postgres,
             #[cfg(feature = "sqlite")]
@@ -102,10 +102,10 @@ impl<T: Cached> GenericStore<T> {
             fingerprint: T::FINGERPRINT,
             ttl_secs: cache.ttl,
         };
-        read_query(&cache.manager, space, load).await
+        self.scoped(read_query(&cache.manager, space, load)).await
     }
 
-    async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
+    pub(crate) async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
         let mut conn = Pooled::acquire(self.pool()).await?;
         sql::select_rendered(conn.conn(), r).await
     }

@@ -6,7 +6,9 @@
 //! `sql` the SQL of each dialect; `pool`, `sqlite` and `signals` the
 //! database pool, the SQLite glue and the change events.
 
+mod controls;
 pub(crate) mod find;
+mod index;
 pub(crate) mod pool;
 pub(crate) mod query;
 pub(crate) mod signals;
@@ -22,6 +24,7 @@ use std::time::Instant;
 use tracing::field::Empty;
 
 use crate::cache::adapt::ReadMode;
+use crate::cache::fill::Ttls;
 use crate::cache::key;
 use crate::cache::read::read_through;
 use crate::cache::read_many::{read_many, ManyOutcome};
@@ -47,7 +50,15 @@ pub struct CacheParams {
     ttl: Option<u64>,
     prefix: Option<String>,
     near: bool,
+    negative_ttl: Option<u64>,
+    fill_on_write: bool,
+    early_refresh: Option<f64>,
 }
+
+/// How long a cached "no such row" lives unless
+/// [`CacheParams::with_negative_ttl`] says otherwise (or the store's TTL,
+/// when that is shorter): 60 s.
+pub const DEFAULT_NEGATIVE_TTL_SECS: u64 = 60;
 
 impl CacheParams {
     /// Cache through `manager` with the record type's own TTL and prefix.
@@ -57,7 +68,59 @@ impl CacheParams {
             ttl: None,
             prefix: None,
             near: true,
+            negative_ttl: None,
+            fill_on_write: false,
+            early_refresh: None,
         }
+    }
+
+    /// Probabilistic early refresh of hot records (XFetch), against expiry
+    /// stampedes; off by default. A `get_by_id` hit then reads the entry's
+    /// remaining TTL in the same round trip (`GET` + `PTTL`, pipelined) and,
+    /// with a probability that grows as the expiry nears and with the time
+    /// the store's loads take, refreshes the entry from the database before
+    /// it expires: one reader refreshes, the others keep being served. The
+    /// refresh replaces the entry only if it still holds the bytes that were
+    /// read, so a write that lands meanwhile wins. `beta` scales how early
+    /// (1.0 is the paper's choice; larger refreshes earlier); a value that
+    /// is not positive and finite turns it off
+    /// ([`GenericStore::try_new`] rejects it). Each hit pays the `PTTL`.
+    pub fn with_early_refresh(mut self, beta: f64) -> Self {
+        self.early_refresh = Some(beta);
+        self
+    }
+
+    /// TTL in seconds of a cached "no such row" (a read of an id that has
+    /// no row caches that answer too). Default: 60 s
+    /// ([`DEFAULT_NEGATIVE_TTL_SECS`]), or the store's TTL when that is
+    /// shorter; clamped to 1..=31 536 000 ([`GenericStore::try_new`]
+    /// rejects a value outside it).
+    ///
+    /// Short, because such an entry that outlives an invalidation it missed
+    /// (a raw-SQL insert without
+    /// [`watch_external_writes`](GenericStore::watch_external_writes)) hides
+    /// a real row, which is worse than serving an old version of one.
+    pub fn with_negative_ttl(mut self, secs: u64) -> Self {
+        self.negative_ttl = Some(secs);
+        self
+    }
+
+    /// Whether `create` and `update` put the row they wrote into the cache
+    /// (default `false`: writes only invalidate, and the next read fills).
+    ///
+    /// The fill is guarded like a read's: before the write is sent, the key
+    /// is deleted and leased; after the commit, the written row replaces the
+    /// lease only if the lease is still there, and the key is deleted
+    /// otherwise. A concurrent write (from any process) removes or replaces
+    /// the lease, so an older row can never overwrite a newer one. It costs
+    /// two cache round trips before the write (each under its own
+    /// [`with_timeout`](crate::CacheConfig::with_timeout) budget, like the
+    /// fill after the commit); when the cache cannot be reached the write
+    /// just invalidates. `update_many`, `delete*` and transactions always
+    /// invalidate.
+    pub fn with_fill_on_write(mut self, fill: bool) -> Self {
+        self.fill_on_write = fill;
+        self
     }
 
     /// Whether this store's `get_by_id` uses the manager's near cache
@@ -90,13 +153,30 @@ pub(crate) struct StoreCache {
     pub manager: Arc<CacheManager>,
     pub prefix: String,
     pub ttl: u64,
+    /// TTL of a cached "no such row".
+    pub negative_ttl: u64,
+    pub fill_on_write: bool,
+    /// Early refresh of `get_by_id` hits, when on.
+    pub early: Option<crate::cache::early::Early>,
+    /// This store's own counters and latencies (`GenericStore::stats`).
+    pub figures: Arc<crate::cache::stats::Figures>,
     pub generation_key: String,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
     /// Whether reads use the manager's near cache.
     pub near: bool,
-    /// Which command reads start with.
+    /// Which command reads start with: record reads, index lookups.
     pub reads: ReadMode,
+    pub index_reads: ReadMode,
+}
+
+impl StoreCache {
+    pub(crate) fn ttls(&self) -> Ttls {
+        Ttls {
+            record: self.ttl,
+            absent: self.negative_ttl,
+        }
+    }
 }
 
 /// Typed, cached access to the table of `T`.
@@ -154,16 +234,25 @@ impl<T: Cached> GenericStore<T> {
                 .or(T::TTL)
                 .unwrap_or(params.manager.config().default_ttl)
                 .clamp(1, MAX_TTL_SECS);
+            let negative_ttl = params
+                .negative_ttl
+                .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS.min(ttl))
+                .clamp(1, MAX_TTL_SECS);
             let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
             let scope = key::store_scope(params.manager.global_prefix(), &escaped);
             Arc::new(StoreCache {
                 manager: params.manager,
                 prefix: escaped,
                 ttl,
+                negative_ttl,
+                fill_on_write: params.fill_on_write,
+                early: params.early_refresh.and_then(crate::cache::early::Early::new),
+                figures: Arc::default(),
                 generation_key,
                 scope,
                 near: params.near,
                 reads: ReadMode::default(),
+                index_reads: ReadMode::default(),
             })
         });
         let metrics = Arc::new(StoreMetrics::new(
@@ -184,7 +273,8 @@ impl<T: Cached> GenericStore<T> {
     /// # Errors
     /// [`StorehausError::Cache`] with [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig)
     /// for a prefix that is empty, starts with `__` or holds characters outside
-    /// `[A-Za-z0-9_.-]`, or a TTL outside 1..=31 536 000.
+    /// `[A-Za-z0-9_.-]`, a TTL or negative TTL outside 1..=31 536 000, or an
+    /// early-refresh beta that is not positive and finite.
     pub fn try_new(
         pool: impl Into<DbPool>,
         signals: Option<Arc<SignalManager>>,
@@ -194,12 +284,22 @@ impl<T: Cached> GenericStore<T> {
             if let Some(prefix) = &params.prefix {
                 key::validate_prefix("store prefix", prefix)?;
             }
-            if let Some(ttl) = params.ttl {
-                if !(1..=MAX_TTL_SECS).contains(&ttl) {
+            if let Some(beta) = params.early_refresh {
+                if !(beta.is_finite() && beta > 0.0) {
                     return Err(crate::CacheError::InvalidConfig(format!(
-                        "store TTL must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+                        "early refresh beta must be a positive, finite number, got {beta}"
                     ))
                     .into());
+                }
+            }
+            for (what, ttl) in [("store TTL", params.ttl), ("negative TTL", params.negative_ttl)] {
+                if let Some(ttl) = ttl {
+                    if !(1..=MAX_TTL_SECS).contains(&ttl) {
+                        return Err(crate::CacheError::InvalidConfig(format!(
+                            "{what} must be between 1 and {MAX_TTL_SECS} seconds, got {ttl}"
+                        ))
+                        .into());
+                    }
                 }
             }
         }
@@ -216,6 +316,27 @@ impl<T: Cached> GenericStore<T> {
 
     pub(crate) fn cache_settings(&self) -> Option<&StoreCache> {
         self.cache.as_deref()
+    }
+
+    /// Runs `fut` as an operation of this store: the manager's counters and
+    /// latencies it moves count for the store too ([`stats`](Self::stats)).
+    pub(crate) fn scoped<F: std::future::Future>(&self, fut: F) -> impl std::future::Future<Output = F::Output> {
+        crate::cache::stats::STORE.scope(self.cache.as_ref().map(|c| c.figures.clone()), fut)
+    }
+
+    /// This store's own statistics: the counters of
+    /// [`CacheManager::get_stats`] (hits, misses, fills, invalidations, ...)
+    /// counted for this store's operations alone, and the latencies of its
+    /// hits, misses and writes (p50/p99). The pending invalidations and the
+    /// circuit breaker are the manager's, shared by its stores; the outbox
+    /// figures are the manager's only (0 here).
+    ///
+    /// # Errors
+    /// [`StorehausError::CacheDisabled`] when the store was built without
+    /// [`CacheParams`].
+    pub fn stats(&self) -> Result<crate::CacheStats> {
+        let cache = self.cache.as_ref().ok_or(StorehausError::CacheDisabled)?;
+        Ok(cache.manager.store_stats(&cache.figures))
     }
 
     /// The database pool.
@@ -267,15 +388,15 @@ impl<T: Cached> GenericStore<T> {
             None => (self.load_one(id).await, Outcome::Uncached),
             Some(cache) => {
                 let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-                read_through(
+                self.scoped(read_through(
                     &cache.manager,
                     key,
                     T::FINGERPRINT,
-                    cache.ttl,
-                    cache.near,
-                    &cache.reads,
+                    cache.ttls(),
+                    cache.early.as_ref(),
+                    (cache.near, &cache.reads),
                     || self.load_one(id),
-                )
+                ))
                 .await
             }
         };
@@ -284,7 +405,7 @@ impl<T: Cached> GenericStore<T> {
         found
     }
 
-    async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
+    pub(crate) async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
         let mut conn = Pooled::acquire(&self.pool).await?;
         sql::select(conn.conn(), id).await
     }
@@ -312,15 +433,16 @@ impl<T: Cached> GenericStore<T> {
             .iter()
             .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
             .collect();
-        let read = read_many(
-            &cache.manager,
-            &keys,
-            ids,
-            T::FINGERPRINT,
-            cache.ttl,
-            |missing| async move { self.load_many(&missing).await },
-        )
-        .await;
+        let read = self
+            .scoped(read_many(
+                &cache.manager,
+                &keys,
+                ids,
+                T::FINGERPRINT,
+                cache.ttls(),
+                |missing| async move { self.load_many(&missing).await },
+            ))
+            .await;
         let (found, ManyOutcome { hits, rest }) = read;
         let outcome = found.is_ok().then_some(rest);
         self.metrics.read_many(hits, ids.len() as u64 - hits, outcome, started);

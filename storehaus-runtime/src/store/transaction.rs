@@ -226,7 +226,8 @@ impl<U: Cached> InTransaction<'_, U> {
     pub async fn create(self, record: U, tags: Option<Vec<String>>) -> Result<U> {
         let created = sql::insert(self.tx.conn(), &record).await?;
         let id = created.id().clone();
-        self.record(ChangeOp::Create, id, tags);
+        let index = created.index_values();
+        self.record(ChangeOp::Create, id, tags, index);
         Ok(created)
     }
 
@@ -249,7 +250,7 @@ impl<U: Cached> InTransaction<'_, U> {
         check_id::<U>(id, &record)?;
         let updated = sql::update(self.tx.conn(), id, &record).await?;
         let updated = updated.ok_or_else(|| not_found::<U>(id))?;
-        self.record(ChangeOp::Update, id.clone(), tags);
+        self.record(ChangeOp::Update, id.clone(), tags, updated.index_values());
         Ok(updated)
     }
 
@@ -260,16 +261,17 @@ impl<U: Cached> InTransaction<'_, U> {
     #[tracing::instrument(target = "storehaus", skip_all, fields(table = U::TABLE))]
     pub async fn delete(self, id: &U::Id) -> Result<bool> {
         let affected = sql::delete::<U>(self.tx.conn(), id).await?;
-        self.record(ChangeOp::Delete, id.clone(), None);
+        self.record(ChangeOp::Delete, id.clone(), None, Vec::new());
         Ok(affected > 0)
     }
 
     /// Adds a write to the changes of this store (one entry per store).
-    fn record(self, op: ChangeOp, id: U::Id, tags: Option<Vec<String>>) {
+    fn record(self, op: ChangeOp, id: U::Id, tags: Option<Vec<String>>, index: Vec<(&'static str, String)>) {
         let change = Change {
             op,
             ids: vec![id],
             tags: tags.unwrap_or_default(),
+            index,
         };
         let identity = self.store.identity();
         let existing = self

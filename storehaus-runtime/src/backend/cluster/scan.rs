@@ -17,8 +17,8 @@ const NODE_BITS: u32 = 48;
 
 impl ClusterBackend {
     /// One step of a walk over every primary's keys matching `pattern`,
-    /// unlinking what it finds (per slot).
-    pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
+    /// unlinking what it finds (per slot) except keys starting with `spare`.
+    pub async fn scan_step(&self, cursor: u64, pattern: &str, spare: Option<&str>) -> CacheResult<ScanStep> {
         let primaries = self.primaries().await?;
         let index = (cursor >> NODE_BITS) as usize;
         let node_cursor = cursor & ((1 << NODE_BITS) - 1);
@@ -40,7 +40,11 @@ impl ClusterBackend {
             .route_command(scan, routing)
             .await
             .map_err(|e| self.map_err(e))?;
-        let (next, keys): (u64, Vec<String>) = redis::from_redis_value(reply).map_err(|e| self.map_err(e.into()))?;
+        let (next, mut keys): (u64, Vec<String>) =
+            redis::from_redis_value(reply).map_err(|e| self.map_err(e.into()))?;
+        if let Some(spare) = spare {
+            keys.retain(|k| !k.starts_with(spare));
+        }
         if next >= 1 << NODE_BITS {
             return Err(CacheError::Command(format!(
                 "SCAN cursor {next} is too large to combine"

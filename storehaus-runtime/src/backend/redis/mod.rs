@@ -220,8 +220,8 @@ impl RedisBackend {
         Ok(ServerStats::from_info(&info))
     }
 
-    pub async fn scan_step(&self, cursor: u64, pattern: &str) -> CacheResult<ScanStep> {
-        let (next, keys): (u64, Vec<String>) = self
+    pub async fn scan_step(&self, cursor: u64, pattern: &str, spare: Option<&str>) -> CacheResult<ScanStep> {
+        let (next, mut keys): (u64, Vec<String>) = self
             .run(
                 redis::cmd("SCAN")
                     .arg(cursor)
@@ -232,6 +232,9 @@ impl RedisBackend {
                     .to_owned(),
             )
             .await?;
+        if let Some(spare) = spare {
+            keys.retain(|k| !k.starts_with(spare));
+        }
         let removed = if keys.is_empty() {
             0
         } else {
