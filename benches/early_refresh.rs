@@ -5,9 +5,13 @@
 //! of the run, and the most in any 100 ms), the reads that waited for
 //! another reader's fill lease, and the slowest read.
 //!
-//! `cargo bench --bench early_refresh` (`--profile dev` to skip a release
-//! build: the counts do not depend on it). Under `cargo test --all-targets`
-//! this binary only prints how to run it. Nothing here asserts on time.
+//! `bash scripts/bench.sh --early` (or `cargo bench --bench early_refresh`;
+//! `--profile dev` skips the release build: the counts do not depend on
+//! it); the full `bash scripts/bench.sh` run appends its section to
+//! BENCHMARKS.md. Under `cargo test --all-targets` this binary only prints
+//! how to run it. Nothing here asserts on time.
+
+use std::fmt::Write as _;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -37,16 +41,32 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let mut report = format!(
+        "## Early refresh\n\nWritten by `bash scripts/bench.sh` (or alone: `--early`). One hot key with a 1 s TTL, \
+         {MANAGERS} managers × {TASKS} tasks reading it for {:.1} s, one Redis, PostgreSQL for loads.\n\n\
+         | early refresh | DB loads | loads/s | most loads in 100 ms | lease waits | slowest read | reads |\n\
+         |---|---|---|---|---|---|---|\n",
+        RUN.as_secs_f64()
+    );
     runtime.block_on(async {
-        println!("| early refresh | DB loads | loads/s | most loads in 100 ms | lease waits | slowest read | reads |");
-        println!("|---|---|---|---|---|---|---|");
         for beta in [None, Some(1.0), Some(4.0)] {
-            run(beta).await;
+            let row = run(beta).await;
+            eprintln!("{row}");
+            let _ = writeln!(report, "{row}");
         }
     });
+    println!("{report}");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
+        let mut text = std::fs::read_to_string(path).unwrap_or_default();
+        text.push('\n');
+        text.push_str(&report);
+        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
+        eprintln!("bench: appended the early refresh section to {path}");
+    }
 }
 
-async fn run(beta: Option<f64>) {
+async fn run(beta: Option<f64>) -> String {
     let db = Db::new().await;
     db.exec("CREATE TABLE hot (id bigint PRIMARY KEY, n bigint NOT NULL)")
         .await;
@@ -101,7 +121,7 @@ async fn run(beta: Option<f64>) {
         waits += s.lease_waits;
     }
     let label = beta.map_or("off".to_string(), |b| format!("beta {b}"));
-    println!(
+    let row = format!(
         "| {label} | {loads} | {:.1} | {peak} | {waits} | {:.1} ms | {} |",
         loads as f64 / RUN.as_secs_f64(),
         slowest.load(Relaxed) as f64 / 1000.0,
@@ -111,6 +131,7 @@ async fn run(beta: Option<f64>) {
         let _ = m.delete_pattern("*").await;
     }
     db.cleanup().await;
+    row
 }
 
 /// Database loads of a manager so far: reads that missed, plus early refreshes.

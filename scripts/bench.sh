@@ -24,6 +24,8 @@
 #   bash scripts/bench.sh --near      the near cache: L1 hits against Redis
 #                                     hits, its cost on write-heavy rows, the
 #                                     delivery delay of another process's write
+#   bash scripts/bench.sh --early     early refresh: database loads of a hot
+#                                     key across its expiries, with and without
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -39,12 +41,13 @@ for arg in "$@"; do
     --faults) mode=faults ;;
     --cluster) mode=cluster ;;
     --near) mode=near ;;
+    --early) mode=early ;;
     -h|--help)
-      sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near, --early or nothing)" >&2
       exit 2
       ;;
   esac
@@ -62,6 +65,7 @@ case "$mode" in
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench early_refresh -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -75,6 +79,7 @@ case "$mode" in
   replay) cargo bench --bench replay ;;
   outbox) cargo bench --bench outbox ;;
   near) cargo bench --bench near ;;
+  early) cargo bench --bench early_refresh ;;
   faults) cargo bench --bench faults ;;
   cluster)
     cargo bench --bench cluster
