@@ -33,14 +33,10 @@ const TASKS: usize = 16;
 const RUN: Duration = Duration::from_millis(4_500);
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/early_refresh: not run under `cargo test`; use `cargo bench --bench early_refresh`");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    storehaus_testkit::bench::section_main("early_refresh", "--early", report);
+}
+
+async fn report() -> String {
     let mut report = format!(
         "## Early refresh\n\nWritten by `bash scripts/bench.sh` (or alone: `--early`). One hot key with a 1 s TTL, \
          {MANAGERS} managers × {TASKS} tasks reading it for {:.1} s, one Redis, PostgreSQL for loads.\n\n\
@@ -48,22 +44,12 @@ fn main() {
          |---|---|---|---|---|---|---|\n",
         RUN.as_secs_f64()
     );
-    runtime.block_on(async {
-        for beta in [None, Some(1.0), Some(4.0)] {
-            let row = run(beta).await;
-            eprintln!("{row}");
-            let _ = writeln!(report, "{row}");
-        }
-    });
-    println!("{report}");
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push('\n');
-        text.push_str(&report);
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
-        eprintln!("bench: appended the early refresh section to {path}");
+    for beta in [None, Some(1.0), Some(4.0)] {
+        let row = run(beta).await;
+        eprintln!("{row}");
+        let _ = writeln!(report, "{row}");
     }
+    report
 }
 
 async fn run(beta: Option<f64>) -> String {

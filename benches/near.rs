@@ -36,24 +36,7 @@ const PAIRS: usize = 300;
 const DELIVERIES: usize = 1_000;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/near: not run under `cargo test`; use `bash scripts/bench.sh --near`");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let report = runtime.block_on(run());
-    println!("{report}");
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push('\n');
-        text.push_str(&report);
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
-        eprintln!("bench: appended the near cache section to {path}");
-    }
+    storehaus_testkit::bench::section_main("near", "--near", run);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -39,24 +39,7 @@ const UPDATES_PER_ROUND: usize = 200;
 const BACKLOG: i64 = 50_000;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/outbox: not run under `cargo test`; use `bash scripts/bench.sh --outbox`");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let report = runtime.block_on(run());
-    println!("{report}");
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push('\n');
-        text.push_str(&report);
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
-        eprintln!("bench: appended the outbox section to {path}");
-    }
+    storehaus_testkit::bench::section_main("outbox", "--outbox", run);
 }
 
 async fn run() -> String {

@@ -37,24 +37,7 @@ pub struct PendingRow {
 const KEYS: i64 = 1_000_000;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("benches/replay: not run under `cargo test`; use `bash scripts/bench.sh --replay`");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let report = runtime.block_on(run());
-    println!("{report}");
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
-        let mut text = std::fs::read_to_string(path).unwrap_or_default();
-        text.push('\n');
-        text.push_str(&report);
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
-        eprintln!("bench: appended the replay section to {path}");
-    }
+    storehaus_testkit::bench::section_main("replay", "--replay", run);
 }
 
 async fn run() -> String {

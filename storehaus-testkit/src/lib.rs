@@ -42,6 +42,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 mod cache;
 mod cluster;
 mod db;
