@@ -4,7 +4,8 @@
 //! each other's data:
 //!
 //! - a fresh PostgreSQL schema ([`Db`]; `search_path` on its pool) or a fresh
-//!   in-memory SQLite database ([`sqlite_memory`]);
+//!   in-memory SQLite database ([`sqlite_memory`]); where a test stops or
+//!   restarts PostgreSQL, a private cluster of its own ([`PgServer`]);
 //! - a cache manager with a random global key prefix ([`manager`],
 //!   [`manager_on`], [`memory_manager`]);
 //! - where a test breaks Redis, a private `redis-server` on a free loopback
@@ -50,6 +51,7 @@ mod cluster;
 mod db;
 pub mod faults;
 mod netns;
+mod postgres;
 mod raw;
 pub mod records;
 mod server;
@@ -59,6 +61,7 @@ pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, st
 pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
 pub use db::{database_url, sqlite_memory, Db};
 pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
+pub use postgres::PgServer;
 pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
 pub use server::{free_port, RedisServer};
 pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
