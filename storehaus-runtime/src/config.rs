@@ -425,13 +425,17 @@ pub(crate) fn redact_url(url: &str) -> String {
         Some(at) => {
             let userinfo = &rest[..at];
             match userinfo.find(':') {
-                Some(colon) => {
+                // A user name holds no `@`, `/`, `?` or `#`: one that seems
+                // to is a bare password or a query followed by an `@`
+                // further on (`redis://password@host/?name=a@b`,
+                // `...?pass=secret&x=a:b@c`), and is redacted whole below.
+                Some(colon) if !userinfo[..colon].contains(['@', '/', '?', '#']) => {
                     out.push_str(&userinfo[..colon]);
                     out.push_str(":***");
                 }
                 None if userinfo.is_empty() => {}
                 // `redis://password@host` is how some clients pass a bare password.
-                None => out.push_str("***"),
+                _ => out.push_str("***"),
             }
             out.push('@');
             &rest[at + 1..]
@@ -487,5 +491,18 @@ mod tests {
         );
         let dbg = format!("{:?}", CacheConfig::new("redis://u:s3cret@h", 1, "p"));
         assert!(!dbg.contains("s3cret"), "{dbg}");
+    }
+
+    #[test]
+    fn a_bare_password_before_a_later_at_sign_is_redacted() {
+        // Found by the `config_url` fuzz target (fuzz/): the first `:` came
+        // after the password, so the password was kept as a "user name".
+        assert_eq!(redact_url("redis://s3cret@h:6379/?name=a@b"), "redis://***@b");
+        assert_eq!(redact_url("redis://s3cret@//a:b@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://me@corp:s3cret@h"), "redis://***@h");
+        assert_eq!(
+            redact_url("redis+unix:///r.sock?pass=s3cret&x=a:b@h"),
+            "redis+unix://***@h"
+        );
     }
 }
