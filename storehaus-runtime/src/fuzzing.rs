@@ -131,7 +131,7 @@ pub fn codec_decode(data: &[u8]) {
 
 // ----- key escaping -----
 
-/// Undoes [`key::push_escaped`]: `%XX` back to the byte. `None` if `s`
+/// Undoes `cache::key::push_escaped`: `%XX` back to the byte. `None` if `s`
 /// holds a `%` not followed by two upper-case hex digits.
 pub fn unescape(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
