@@ -36,6 +36,7 @@ step() {
 }
 
 step services bash scripts/services.sh
+step tools bash scripts/tools.sh
 # The behaviour suite's cluster stack: a private 6-node Redis Cluster on
 # free loopback ports (never 6379), stopped when this script exits. The
 # tests that kill nodes start clusters and Sentinels of their own.

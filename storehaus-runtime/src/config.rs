@@ -435,6 +435,20 @@ impl fmt::Debug for CacheConfig {
     }
 }
 
+/// A redis-rs error about the cache URL `url`, for an error message. Its
+/// detail can repeat a piece of the URL (an unknown `protocol=` value, say),
+/// so it is left out when the URL holds a secret (when [`redact_url`]
+/// changes it). Found by the `config_url` fuzz target (fuzz/).
+pub(crate) fn url_error(url: &str, e: &redis::RedisError) -> String {
+    let text = e.to_string();
+    match e.detail() {
+        Some(detail) if !detail.is_empty() && redact_url(url) != url => {
+            text.replace(detail, "(detail not shown: the URL holds a password)")
+        }
+        _ => text,
+    }
+}
+
 /// Replaces every password in a cache URL with `***`: the password of
 /// `scheme://user:password@host` (also without a scheme, and even when the
 /// password holds unescaped `/`, `?`, `#` or `@`: everything up to the last
@@ -451,13 +465,17 @@ pub(crate) fn redact_url(url: &str) -> String {
         Some(at) => {
             let userinfo = &rest[..at];
             match userinfo.find(':') {
-                Some(colon) => {
+                // A user name holds no `@`, `/`, `?` or `#`: one that seems
+                // to is a bare password or a query followed by an `@`
+                // further on (`redis://password@host/?name=a@b`,
+                // `...?pass=secret&x=a:b@c`), and is redacted whole below.
+                Some(colon) if !userinfo[..colon].contains(['@', '/', '?', '#']) => {
                     out.push_str(&userinfo[..colon]);
                     out.push_str(":***");
                 }
                 None if userinfo.is_empty() => {}
                 // `redis://password@host` is how some clients pass a bare password.
-                None => out.push_str("***"),
+                _ => out.push_str("***"),
             }
             out.push('@');
             &rest[at + 1..]
@@ -513,5 +531,37 @@ mod tests {
         );
         let dbg = format!("{:?}", CacheConfig::new("redis://u:s3cret@h", 1, "p"));
         assert!(!dbg.contains("s3cret"), "{dbg}");
+    }
+
+    #[test]
+    fn a_url_error_repeats_no_piece_of_a_url_with_a_password() {
+        let url = "redis://h/?protocol=x:s3cret@y";
+        let e = redis::Client::open(url)
+            .err()
+            .map(|e| url_error(url, &e))
+            .unwrap_or_default();
+        assert!(!e.contains("s3cret"), "{e}");
+        let plain = "redis://h/?protocol=nine";
+        let e = redis::Client::open(plain)
+            .err()
+            .map(|e| url_error(plain, &e))
+            .unwrap_or_default();
+        assert!(
+            e.is_empty() || e.contains("nine"),
+            "without a password the detail is kept: {e}"
+        );
+    }
+
+    #[test]
+    fn a_bare_password_before_a_later_at_sign_is_redacted() {
+        // Found by the `config_url` fuzz target (fuzz/): the first `:` came
+        // after the password, so the password was kept as a "user name".
+        assert_eq!(redact_url("redis://s3cret@h:6379/?name=a@b"), "redis://***@b");
+        assert_eq!(redact_url("redis://s3cret@//a:b@h"), "redis://***@h");
+        assert_eq!(redact_url("redis://me@corp:s3cret@h"), "redis://***@h");
+        assert_eq!(
+            redact_url("redis+unix:///r.sock?pass=s3cret&x=a:b@h"),
+            "redis+unix://***@h"
+        );
     }
 }

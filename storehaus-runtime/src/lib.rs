@@ -14,13 +14,17 @@
 //! - `backend/`: the cache backends behind one contract (Redis, in-process);
 //! - `outbox/`: invalidation from the database itself (triggers, a durable
 //!   outbox, the worker that drains it);
-//! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else.
+//! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else;
+//! - `fuzzing.rs` (the `fuzzing` feature): the properties `fuzz/` checks.
 #![warn(missing_docs)]
 
 mod backend;
 mod cache;
 mod config;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod outbox;
 #[doc(hidden)]
 pub mod private;

@@ -4,13 +4,17 @@
 //! each other's data:
 //!
 //! - a fresh PostgreSQL schema ([`Db`]; `search_path` on its pool) or a fresh
-//!   in-memory SQLite database ([`sqlite_memory`]);
+//!   in-memory SQLite database ([`sqlite_memory`]); where a test stops or
+//!   restarts PostgreSQL, a private cluster of its own ([`PgServer`]);
 //! - a cache manager with a random global key prefix ([`manager`],
 //!   [`manager_on`], [`memory_manager`]);
 //! - where a test breaks Redis, a private `redis-server` on a free loopback
 //!   port ([`RedisServer`]: kill, pause, resume, restart, lock), or a private
 //!   Redis Cluster ([`RedisCluster`]) or Sentinel deployment ([`Sentinels`]),
-//!   started by `scripts/cluster.sh` and `scripts/sentinel.sh`.
+//!   started by `scripts/cluster.sh` and `scripts/sentinel.sh`, or a
+//!   `redis-server` in a network namespace of its own behind a veth pair
+//!   that drops packets ([`NetnsRedis`]: loss, silent partition) or a proxy
+//!   that delays them ([`DelayProxy`]).
 //!
 //! Assertions read Redis with a plain client ([`raw_redis`], [`raw_get`],
 //! [`set_raw`]) and wait with a deadline instead of hanging ([`eventually`],
@@ -47,6 +51,8 @@ mod cache;
 mod cluster;
 mod db;
 pub mod faults;
+mod netns;
+mod postgres;
 mod raw;
 pub mod records;
 mod server;
@@ -55,6 +61,8 @@ mod wait;
 pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
 pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
 pub use db::{database_url, sqlite_memory, Db};
+pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
+pub use postgres::PgServer;
 pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
 pub use server::{free_port, RedisServer};
 pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};

@@ -8,11 +8,22 @@
 /// - `[abc]` one byte of the set, `[^abc]` one byte outside it, `[a-z]` a
 ///   range (`[z-a]` is the same range), `\]` inside a set a literal `]`;
 ///   a set left open runs to the end of the pattern;
-/// - `\x` outside a set is a literal `x`; a trailing `\` is itself.
+/// - a range compares bytes as Redis on x86-64 does, with C's signed
+///   `char`: `0x80..=0xFF` are -128..=-1, below every ASCII byte, so
+///   `[a-\xff]` holds `0x00..=0x61` and `0xFF`, not `é`'s `0xC3` (Redis
+///   built for ARM64, where `char` is unsigned, compares them unsigned);
+/// - `\x` outside a set is a literal `x`; a trailing `\` is itself;
+/// - an empty key matches only the empty pattern and `*` (which `KEYS`
+///   and `SCAN` take as "everything" without matching).
 ///
 /// Every token but `*` consumes one byte, so backtracking to the last `*`
 /// suffices: the cost is O(pattern × key) at worst, never exponential.
 pub(crate) fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    if key.is_empty() {
+        // `stringmatchlen` never enters its loop: only an exhausted pattern
+        // matches (`**` does not); `KEYS *` skips matching.
+        return pattern.is_empty() || pattern == b"*";
+    }
     let (mut p, mut k) = (0, 0);
     // After a `*`: the pattern position behind it and the key position
     // from which it is retried, one byte further each time.
@@ -73,7 +84,8 @@ fn token(pattern: &[u8], mut p: usize, byte: u8) -> Option<usize> {
                         p += 2;
                     }
                     Some(&start) if p + 2 < pattern.len() && pattern[p + 1] == b'-' => {
-                        let end = pattern[p + 2];
+                        // Signed, as Redis' `char` arithmetic (see `matches`).
+                        let (start, end, byte) = (start as i8, pattern[p + 2] as i8, byte as i8);
                         hit |= (start.min(end)..=start.max(end)).contains(&byte);
                         p += 3;
                     }
@@ -189,6 +201,25 @@ mod tests {
         ];
         for (pattern, key, expected) in cases {
             assert_eq!(m(pattern, key), *expected, "{pattern:?} vs {key:?}");
+        }
+    }
+
+    #[test]
+    fn glob_ranges_compare_signed_bytes_and_the_empty_key_as_redis_does() {
+        // Found by the `glob` fuzz target (fuzz/), each checked with `KEYS`
+        // on Redis 7.0 (x86-64).
+        let cases: &[(&[u8], &[u8], bool)] = &[
+            (b"k[a-\xff]", b"k\xe9", false),
+            (b"k[a-\xff]", b"k\xff", true),
+            (b"k[\x01-\xff]", b"k\x80", false),
+            (b"[\x7f-\x80]", b"a", true),
+            (b"[\x80-\xff]", b"\x90", true),
+            (b"**", b"", false),
+            (b"*", b"", true),
+            (b"", b"", true),
+        ];
+        for (pattern, key, expected) in cases {
+            assert_eq!(matches(pattern, key), *expected, "{pattern:?} vs {key:?}");
         }
     }
 }

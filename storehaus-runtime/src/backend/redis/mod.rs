@@ -101,7 +101,11 @@ impl RedisBackend {
                 pool::install_crypto_provider();
             }
             Connector::Direct(Box::new(pool::open_client(url, target.tls).map_err(|e| {
-                CacheError::InvalidConfig(format!("cannot use cache URL {}: {}", redact_url(url), e))
+                CacheError::InvalidConfig(format!(
+                    "cannot use cache URL {}: {}",
+                    redact_url(url),
+                    crate::config::url_error(url, &e)
+                ))
             })?))
         };
         #[cfg(not(feature = "cluster"))]

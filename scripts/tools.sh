@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs the system tools the test command and CI use beyond PostgreSQL
+# and Redis (scripts/services.sh starts those), when they are missing and
+# this machine can install them (root with apt-get, Debian's packages):
+#   nft    nftables: tests/test_network.rs drops packets in a network
+#          namespace of its own (a silent partition, 5 % loss)
+#   spin   the model checker behind scripts/model.sh (.ci/run)
+#   wrk    the HTTP load generator of scripts/load.sh (bench.sh full run)
+# Elsewhere it says what to install and exits 0: the tests that need a
+# missing tool fail and name it.
+set -uo pipefail
+
+missing=()
+for pair in nft:nftables spin:spin wrk:wrk; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  echo "tools: installing ${missing[*]} (apt-get)" >&2
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+      echo "tools: could not install ${missing[*]}; install them by hand" >&2
+  fi
+else
+  echo "tools: missing ${missing[*]}: install them (Debian/Ubuntu: apt-get install ${missing[*]}; macOS: brew install ${missing[*]})" >&2
+fi
+exit 0
