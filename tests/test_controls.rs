@@ -117,37 +117,7 @@ fn renamed(u: &User, name: &str) -> User {
     }
 }
 
-macro_rules! every_stack {
-    ($($test:ident),* $(,)?) => {
-        mod redis_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::RedisPostgres).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::ClusterPostgres).await;
-                }
-            )*
-        }
-        mod memory_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::MemorySqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-every_stack! {
+storehaus_testkit::every_stack! {
     flush_fills_waits_until_a_miss_is_cached,
     invalidate_drops_the_record_so_a_raw_sql_change_is_read,
     get_fresh_reads_the_database_and_refills_the_cache,

@@ -107,37 +107,7 @@ impl Env {
     }
 }
 
-macro_rules! every_stack {
-    ($($test:ident),* $(,)?) => {
-        mod redis_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::RedisPostgres).await;
-                }
-            )*
-        }
-        #[cfg(feature = "cluster")]
-        mod cluster_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::ClusterPostgres).await;
-                }
-            )*
-        }
-        mod memory_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::MemorySqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-every_stack! {
+storehaus_testkit::every_stack! {
     get_by_serves_a_cached_record_through_its_index_entry,
     changing_a_value_through_the_store_is_seen_at_once_by_old_and_new_lookups,
     changing_a_value_from_outside_is_seen_once_the_record_is_invalidated,

@@ -73,3 +73,46 @@ pub fn random_name(prefix: &str) -> String {
     let n: u64 = rand::random();
     format!("{prefix}_{n:016x}")
 }
+
+/// Instantiates each named async test function once per stack: as
+/// `redis_postgres::NAME`, `cluster_postgres::NAME` (feature `cluster`) and
+/// `memory_sqlite::NAME` (feature `sqlite`), each calling
+/// `super::NAME(super::Stack::X).await`. The invoking module defines
+/// `Stack` with the variants `RedisPostgres`, `ClusterPostgres` and
+/// `MemorySqlite`, and the functions, taking a `Stack`.
+#[macro_export]
+macro_rules! every_stack {
+    ($($test:ident),* $(,)?) => {
+        /// On Redis + PostgreSQL.
+        mod redis_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Stack::RedisPostgres).await;
+                }
+            )*
+        }
+
+        /// On a Redis Cluster + PostgreSQL.
+        #[cfg(feature = "cluster")]
+        mod cluster_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Stack::ClusterPostgres).await;
+                }
+            )*
+        }
+
+        /// On the in-process cache + in-memory SQLite.
+        #[cfg(feature = "sqlite")]
+        mod memory_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Stack::MemorySqlite).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,5 +1,5 @@
 //! The behaviour suite: what a user of the store can observe, written once
-//! and run on three stacks by [`behaviour_suite!`] at the bottom:
+//! and run on three stacks by `storehaus_testkit::every_stack!` at the bottom:
 //!
 //! - `redis_postgres::*`: Redis in front of PostgreSQL (a fresh schema per test);
 //! - `cluster_postgres::*`: a 6-node Redis Cluster (`STOREHAUS_CLUSTER_URL`,
@@ -1026,44 +1026,7 @@ pub async fn transaction_invalidates_after_commit_and_never_on_rollback(stack: S
     env.teardown().await;
 }
 
-/// Instantiates every test function of the suite once per stack.
-macro_rules! behaviour_suite {
-    ($($test:ident),* $(,)?) => {
-        /// The suite on Redis + PostgreSQL.
-        mod redis_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::RedisPostgres).await;
-                }
-            )*
-        }
-
-        /// The suite on a Redis Cluster + PostgreSQL.
-        #[cfg(feature = "cluster")]
-        mod cluster_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::ClusterPostgres).await;
-                }
-            )*
-        }
-
-        /// The suite on the in-process cache + in-memory SQLite.
-        #[cfg(feature = "sqlite")]
-        mod memory_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Stack::MemorySqlite).await;
-                }
-            )*
-        }
-    };
-}
-
-behaviour_suite! {
+storehaus_testkit::every_stack! {
     get_by_id_hit_is_served_from_cache_not_database,
     update_invalidates_cached_record,
     delete_invalidates_and_reports_whether_a_row_existed,
