@@ -525,6 +525,89 @@ async fn hits(s: &Shared, plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<Stri
 
 /// A true miss every iteration (fresh ids): ours (lease, database, background
 /// fill) against the floor, a raw GET that misses plus a sqlx SELECT.
+/// Hits spread over 200 cached rows, 32 tasks each reading ids
+/// `(task * 7 + i) % 200` in sequence, through stores whose managers have
+/// 1, 4, 10 and 16 connections, against 32 tasks sharing one raw
+/// multiplexed connection that GET + decode one key (issue 18's scenario).
+async fn spread_hits(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
+    const KEYS: usize = 200;
+    eprintln!(
+        "bench: get_by_id hit, {} tasks over {KEYS} keys, pool sizes 1, 4, 10, 16",
+        plan.tasks
+    );
+    let spread: Arc<[BenchUser]> = users(KEYS).into();
+    insert(&s.pool, "bench_users", &spread).await;
+    let ids: Arc<[Uuid]> = spread.iter().map(|u| u.id).collect();
+    let pools = [16usize, 1, 4, 10];
+    let mut stores = Vec::new();
+    for pool in pools {
+        let mgr = manager(&redis_url(), |c| c.with_pool_size(pool));
+        let store = Arc::new(GenericStore::<BenchUser>::new(
+            s.pool.clone(),
+            None,
+            Some(CacheParams::new(mgr.clone())),
+        ));
+        for id in ids.iter() {
+            store.get_by_id(id).await.expect("fill");
+        }
+        mgr.flush_fills().await;
+        stores.push((mgr, store));
+    }
+    let (tasks, per) = (plan.tasks, plan.ops_per_task);
+    let mut variants = Vec::new();
+    for (_, store) in &stores {
+        let (store, ids) = (store.clone(), ids.clone());
+        variants.push(variant(move |_| {
+            let (store, ids) = (store.clone(), ids.clone());
+            async move {
+                let start = Instant::now();
+                let mut set = JoinSet::new();
+                for t in 0..tasks {
+                    let (store, ids) = (store.clone(), ids.clone());
+                    set.spawn(async move {
+                        for i in 0..per {
+                            let got = store.get_by_id(&ids[(t * 7 + i) % ids.len()]).await.expect("get_by_id");
+                            black_box(got.expect("spread row"));
+                        }
+                    });
+                }
+                while let Some(done) = set.join_next().await {
+                    done.expect("benchmark task");
+                }
+                (tasks * per) as f64 / start.elapsed().as_secs_f64()
+            }
+        }));
+    }
+    {
+        let s = s.clone();
+        variants.push(variant(move |_| {
+            let s = s.clone();
+            async move { throughput!(s, tasks, per, hit_raw_one_key) }
+        }));
+    }
+    let m = interleave(plan.rounds, &mut variants).await;
+    let base = m.len() - 1;
+    for (k, pool) in pools.iter().enumerate() {
+        let p = pair(&m[k], &m[base]);
+        rows.push(Row::compare(
+            &format!("get_by_id hit, {tasks} tasks, {KEYS} keys, pool {pool} (throughput)"),
+            "raw multiplexed GET + decode of one key, one shared connection",
+            ops(p.ours),
+            ops(p.base),
+            p.ratio,
+            Goal::AtLeast(0.95),
+        ));
+    }
+    for (mgr, _) in &stores {
+        let _ = mgr.delete_pattern("*").await;
+    }
+}
+
+/// A raw GET + decode of the first hot key, whatever `i` is.
+async fn hit_raw_one_key(s: &Shared, _i: usize) {
+    hit_raw(s, 0).await;
+}
+
 async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
     eprintln!("bench: get_by_id miss + fill");
     let n = plan.miss_ops;
@@ -1331,6 +1414,7 @@ async fn run(plan: Plan, diagnose: bool, profile: Option<(String, usize)>) -> St
     }
     let before = mgr.get_stats().await.expect("stats");
     hits(&shared, &plan, &mut rows, &mut notes).await;
+    spread_hits(&shared, &plan, &mut rows).await;
     get_many(&shared, &plan, &mut rows).await;
     let after = mgr.get_stats().await.expect("stats");
     notes.push(format!(
