@@ -39,6 +39,7 @@ pub struct CacheConfig {
     pub(crate) max_pending: usize,
     pub(crate) deployment: Option<String>,
     pub(crate) outbox_poll_ms: u64,
+    pub(crate) deployment_expiry_ms: u64,
     pub(crate) cluster_nodes: Vec<String>,
     pub(crate) recent_window_secs: u64,
     pub(crate) wait_replicas: Option<(u32, u64)>,
@@ -77,6 +78,9 @@ impl CacheConfig {
     pub const DEFAULT_MAX_PENDING_INVALIDATIONS: usize = 100_000;
     /// Default interval at which the outbox worker polls, in ms.
     pub const DEFAULT_OUTBOX_POLL_MS: u64 = 1_000;
+    /// Default time after which a deployment that stopped renewing its
+    /// outbox position expires, in ms (10 minutes).
+    pub const DEFAULT_DEPLOYMENT_EXPIRY_MS: u64 = 600_000;
 
     /// A configuration with the URL (`redis://`, `rediss://`,
     /// `redis+sentinel://` or `memory://`), the default TTL in seconds and
@@ -113,6 +117,7 @@ impl CacheConfig {
             max_pending: Self::DEFAULT_MAX_PENDING_INVALIDATIONS,
             deployment: None,
             outbox_poll_ms: Self::DEFAULT_OUTBOX_POLL_MS,
+            deployment_expiry_ms: Self::DEFAULT_DEPLOYMENT_EXPIRY_MS,
             cluster_nodes: Vec::new(),
             recent_window_secs: Self::DEFAULT_RECENT_INVALIDATIONS_SECS,
             wait_replicas: None,
@@ -286,8 +291,11 @@ impl CacheConfig {
 
     /// The name of this cache deployment in the database's outbox (default:
     /// the global prefix). Processes that share a cache (one Redis, one
-    /// global prefix) share a deployment: each outbox entry is delivered to
-    /// it at least once, by any of its processes. See
+    /// global prefix) share a deployment: each of its processes delivers
+    /// every outbox entry it finds, so delivery never waits for one of
+    /// them. An in-process cache (`memory://`) is a deployment of its own
+    /// whatever its name: the name gets `~` and an id of its manager
+    /// ([`CacheManager::deployment`](crate::CacheManager::deployment)). See
     /// [`GenericStore::watch_external_writes`](crate::GenericStore::watch_external_writes).
     pub fn with_deployment(mut self, name: impl Into<String>) -> Self {
         self.deployment = Some(name.into());
@@ -302,7 +310,25 @@ impl CacheConfig {
         self
     }
 
-    /// The deployment name in the outbox.
+    /// How long a deployment may go without renewing its outbox position
+    /// before another worker expires it, in ms (default 600 000, 10
+    /// minutes; at least three poll intervals and 100 ms, at most 30 days).
+    /// Every pass of a worker renews it. An expired deployment no longer
+    /// holds entries back (the outbox is pruned past it); one that comes
+    /// back starts over: it clears what it had cached of the tables it
+    /// watches, since writes made while it was away may be missing. A
+    /// process of it that stalled for half this time bypasses the cache
+    /// until its worker has renewed it again. Set it above the longest
+    /// time all processes of a deployment may be down together (a deploy,
+    /// a maintenance window).
+    pub fn with_deployment_expiry(mut self, expiry_ms: u64) -> Self {
+        self.deployment_expiry_ms = expiry_ms;
+        self
+    }
+
+    /// The deployment name in the outbox, as configured (see
+    /// [`CacheManager::deployment`](crate::CacheManager::deployment) for the
+    /// name a manager uses).
     pub fn deployment(&self) -> &str {
         self.deployment.as_deref().unwrap_or(&self.global_prefix)
     }
@@ -339,6 +365,13 @@ impl CacheConfig {
         in_range("default TTL", self.default_ttl, 1, crate::MAX_TTL_SECS, " s")?;
         in_range("max pending invalidations", self.max_pending as u64, 1, 100_000_000, "")?;
         in_range("outbox poll interval", self.outbox_poll_ms, 10, ONE_DAY_MS, " ms")?;
+        in_range(
+            "deployment expiry (at least three outbox poll intervals)",
+            self.deployment_expiry_ms,
+            (self.outbox_poll_ms.saturating_mul(3)).max(100),
+            30 * ONE_DAY_MS,
+            " ms",
+        )?;
         if self.deployment.as_deref().is_some_and(str::is_empty) {
             return Err(CacheError::InvalidConfig("deployment name must not be empty".into()));
         }
@@ -419,6 +452,7 @@ impl fmt::Debug for CacheConfig {
             .field("max_pending", &self.max_pending)
             .field("deployment", &self.deployment())
             .field("outbox_poll_ms", &self.outbox_poll_ms)
+            .field("deployment_expiry_ms", &self.deployment_expiry_ms)
             .field(
                 "cluster_nodes",
                 &self.cluster_nodes.iter().map(|n| redact_url(n)).collect::<Vec<_>>(),

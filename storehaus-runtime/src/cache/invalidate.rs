@@ -6,6 +6,17 @@ use std::sync::Arc;
 
 use crate::backend::{Invalidated, Invalidation, TagAdd};
 use crate::cache::CacheManager;
+use crate::error::CacheResult;
+
+/// A change to one store's entries, from outside its own writes: its key
+/// space (`{global}:{prefix}:`), the record keys to delete and the query
+/// generations to bump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub scope: String,
+    pub keys: Vec<String>,
+    pub counters: Vec<String>,
+}
 
 impl CacheManager {
     /// Invalidates `keys` and bumps `counters` after a committed write, and
@@ -101,6 +112,40 @@ impl CacheManager {
         let mut keys = if filled { Vec::new() } else { fill.keys };
         keys.extend(also);
         self.invalidate_committed(scope, keys, counters, tags).await;
+    }
+
+    /// Delivers changes the database logged (the outbox): deletes their
+    /// keys and bumps their counters, in one round trip under one budget.
+    /// Like a write's invalidation, each change joins the log of recent
+    /// invalidations before it is sent, so a failover that loses the `DEL`
+    /// delivers it again; unlike one, a failure is returned rather than
+    /// kept for replay: the outbox keeps the entries, and the caller's
+    /// reads bypass the cache until they are delivered.
+    pub(crate) async fn deliver_logged(&self, changes: &[Change]) -> CacheResult<()> {
+        let mut keys = Vec::new();
+        let mut counters = Vec::new();
+        for change in changes {
+            self.recent.record(&change.scope, &change.keys, &change.counters);
+            keys.extend_from_slice(&change.keys);
+            counters.extend_from_slice(&change.counters);
+        }
+        if keys.is_empty() && counters.is_empty() {
+            return Ok(());
+        }
+        self.flights.detach(&keys);
+        let inv = Invalidation {
+            keys: &keys,
+            counters: &counters,
+            tags: &[],
+        };
+        let delivered = self
+            .guarded(self.deadline(), "outbox", || self.backend.invalidate(&inv))
+            .await;
+        self.near_forget(&keys);
+        let done = delivered?;
+        self.count_resets(&done);
+        self.count_n(|c| &c.invalidations, keys.len() as u64);
+        Ok(())
     }
 
     /// Counts the generation counters an invalidation had to reset.

@@ -56,6 +56,8 @@ use crate::backend::{Backend, Invalidation, Options};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
 
+pub(crate) use self::invalidate::Change;
+
 /// The largest TTL accepted anywhere: one year, in seconds. Defined in
 /// `storehaus-limits`, which `#[derive(Cached)]` checks `ttl = N` against too.
 pub use storehaus_limits::MAX_TTL_SECS;
@@ -136,6 +138,16 @@ impl CacheManager {
         };
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
+        let outbox = crate::outbox::Watchers::new(crate::outbox::Deployment {
+            // An in-process cache is its own deployment: two of them with
+            // one name must each get every entry.
+            name: match backend {
+                Backend::Memory(_) => format!("{}~{:016x}", config.deployment(), rand::random::<u64>()),
+                _ => config.deployment().to_string(),
+            },
+            ephemeral: matches!(backend, Backend::Memory(_)),
+            expiry: Duration::from_millis(config.deployment_expiry_ms),
+        });
         let near = match (config.near_max, backend.tracking_connector()) {
             (Some(max), Some(_)) => Some(Arc::new(Near::new(max))),
             (Some(_), None) => {
@@ -159,7 +171,7 @@ impl CacheManager {
             near,
             fill_epochs: Default::default(),
             refreshing: Default::default(),
-            outbox: Default::default(),
+            outbox,
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
             last_evicted: AtomicU64::new(u64::MAX),
@@ -178,6 +190,16 @@ impl CacheManager {
     /// The global key prefix.
     pub fn global_prefix(&self) -> &str {
         &self.config.global_prefix
+    }
+
+    /// This manager's name as a cache deployment in the database's outbox
+    /// ([`GenericStore::watch_external_writes`](crate::GenericStore::watch_external_writes)):
+    /// the configured one ([`CacheConfig::with_deployment`], default the
+    /// global prefix), or for an in-process cache (`memory://`, which no
+    /// other process shares) that name followed by `~` and an id of this
+    /// manager.
+    pub fn deployment(&self) -> &str {
+        &self.outbox.deployment.name
     }
 
     /// A snapshot of the counters. `hit_rate()` on it is a fraction 0.0..=1.0.

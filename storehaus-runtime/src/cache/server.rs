@@ -92,6 +92,26 @@ pub enum HealthWarning {
         /// Keys evicted since the previous check.
         evicted: u64,
     },
+    /// A table watched through the outbox lost its triggers (re-created by a
+    /// migration, swapped by an online schema change, a partition attached
+    /// without them, triggers disabled): its writes no longer reach the
+    /// cache. Install them again (`watch_external_writes`, or
+    /// `external_writes_sql()` by migration).
+    OutboxTriggersMissing {
+        /// The watched table.
+        table: String,
+        /// Its relations (the table, its partitions) that lack a trigger.
+        relations: Vec<String>,
+    },
+    /// The deployment's outbox position could not be trusted since the
+    /// previous check (it expired, the database was restored or replaced):
+    /// it cleared what it cached of its tables and started over.
+    OutboxStartedOver {
+        /// The deployment.
+        deployment: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The share of `maxmemory` from which a `noeviction` server is "nearly full".
@@ -154,6 +174,7 @@ impl CacheManager {
                 });
             }
         }
+        warnings.extend(self.outbox.warnings());
         Ok(Health { server, warnings })
     }
 }

@@ -14,6 +14,13 @@
 //! else, at least once.
 
 mod ddl;
+mod deliver;
+mod install;
+mod listen;
+mod maintain;
+mod pass;
+mod registry;
+mod snapshot;
 mod status;
 mod worker;
 
@@ -22,8 +29,8 @@ use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::GenericStore;
 
+pub(crate) use registry::{Deployment, Watchers};
 pub use status::DeploymentStatus;
-pub(crate) use worker::Watchers;
 
 impl<T: Cached> GenericStore<T> {
     /// Makes every committed write to `T`'s table reach this store's cache,
@@ -75,13 +82,17 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn watch_external_writes(&self) -> Result<()> {
         let cache = self.cache_settings().ok_or(StorehausError::CacheDisabled)?;
-        let location = worker::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;
-        let deployment = cache.manager.config().deployment().to_string();
-        worker::register(self.pool(), &deployment, T::TABLE, &cache.prefix).await?;
-        let state = cache
-            .manager
-            .outbox
-            .ensure(&cache.manager, self.pool().clone(), location, deployment);
+        let location = install::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;
+        let outbox = &cache.manager.outbox;
+        let state = outbox.ensure(&cache.manager, self.pool().clone(), location);
+        state.watch(T::TABLE, &cache.prefix);
+        let registered = install::register(self.pool(), &outbox.deployment, T::TABLE, &cache.prefix).await?;
+        if let install::Registered::Untrusted(reason) = registered {
+            // The worker starts the deployment over on its next pass; no
+            // read trusts the cache until it has.
+            tracing::info!(target: "storehaus", reason, "the outbox position of this deployment cannot be trusted");
+            outbox.set_lagging(&state, true);
+        }
         state.catch_up().await;
         Ok(())
     }
@@ -96,9 +107,15 @@ impl<T: Cached> GenericStore<T> {
         ddl::postgres(T::TABLE, T::ID_COLUMN)
     }
 
-    /// The same for SQLite (row triggers).
+    /// The same for SQLite (row triggers). `INSERT OR REPLACE` and
+    /// `UPDATE OR REPLACE` delete the rows holding the new values of a
+    /// unique column without firing their DELETE trigger: this DDL logs
+    /// those rows for the `#[cache(index)]` columns;
+    /// [`watch_external_writes`](Self::watch_external_writes) installs it
+    /// for every unique index the table has.
     pub fn external_writes_sql_sqlite() -> String {
-        ddl::sqlite(T::TABLE, T::ID_COLUMN)
+        let unique: Vec<Vec<String>> = T::INDEXES.iter().map(|c| vec![c.to_string()]).collect();
+        ddl::sqlite(T::TABLE, T::ID_COLUMN, &unique)
     }
 
     /// Every deployment registered in this database's outbox: its position,
