@@ -13,14 +13,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use storehaus::prelude::*;
 use storehaus::{CacheParams, GenericStore, Query};
+use storehaus_testkit::records::accounts::{account, cached, fresh_within, other_service, raw, Account};
 use storehaus_testkit::*;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "accounts", prefix = "accounts")]
-pub struct Account {
-    pub id: i64,
-    pub balance: i64,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
 #[cache(table = "orders", prefix = "orders")]
@@ -29,68 +23,16 @@ pub struct Order {
     pub account_id: i64,
 }
 
-fn account(id: i64, balance: i64) -> Account {
-    Account { id, balance }
-}
-
 /// A schema with `accounts` 1..=n at balance 100, and `orders`.
 async fn accounts_db(n: i64) -> Db {
-    let db = Db::with_max_connections(10).await;
-    db.exec("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)")
-        .await;
+    let db = records::accounts::accounts_db(n).await;
     db.exec("CREATE TABLE orders (id bigint PRIMARY KEY, account_id bigint NOT NULL)")
         .await;
-    db.exec(&format!(
-        "INSERT INTO accounts SELECT g, 100 FROM generate_series(1, {n}) g"
-    ))
-    .await;
     db
-}
-
-/// Another service on the same database: its own pool, no store, no cache.
-async fn other_service(db: &Db) -> PgPool {
-    let opts: PgConnectOptions = database_url().parse().expect("DATABASE_URL");
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(opts.options([("search_path", db.schema.as_str())]))
-        .await
-        .expect("connect")
-}
-
-async fn raw(pool: &PgPool, sql: &str) {
-    sqlx::query(sql)
-        .execute(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
 fn store(db: &Db, manager: &Arc<CacheManager>) -> GenericStore<Account> {
     GenericStore::<Account>::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())))
-}
-
-/// Reads `id` through the store until it returns `want`; panics after
-/// `within`. Returns how long it took.
-async fn fresh_within(store: &GenericStore<Account>, id: i64, want: Option<i64>, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let got = store.get_by_id(&id).await.unwrap().map(|a| a.balance);
-        if got == want {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "account {id}: still {got:?} {:?} after the external commit, want {want:?}",
-            start.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Caches `id` and waits until its entry is in Redis.
-async fn cached(store: &GenericStore<Account>, url: &str, id: i64) {
-    store.get_by_id(&id).await.unwrap();
-    let mut redis = raw_redis(url).await;
-    wait_for_value(&mut redis, &store.cache_key(&id)).await;
 }
 
 const WITHIN: Duration = Duration::from_secs(5);

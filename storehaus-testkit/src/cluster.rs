@@ -289,6 +289,68 @@ impl Sentinels {
     }
 }
 
+/// Where a failover test runs: a private Redis Cluster or a private
+/// primary + replica behind Sentinels, with the same few moves.
+pub enum Topology {
+    /// A 6-node cluster.
+    Cluster(RedisCluster),
+    /// A primary, a replica and 3 Sentinels.
+    Sentinel(Sentinels),
+}
+
+impl Topology {
+    /// The URL a cache manager connects with.
+    pub fn url(&self) -> String {
+        match self {
+            Topology::Cluster(c) => c.url(),
+            Topology::Sentinel(s) => s.url(),
+        }
+    }
+
+    /// The primary serving `key` and the replica that will replace it.
+    pub async fn victim(&self, key: &str) -> (u16, u16) {
+        match self {
+            Topology::Cluster(c) => {
+                let (primary, replica) = c.owner(key).await;
+                (primary, replica.expect("every primary has a replica"))
+            }
+            Topology::Sentinel(s) => (s.primary(), s.replica()),
+        }
+    }
+
+    /// Whether `key` is served by the node on `port`.
+    pub async fn served_by(&self, key: &str, port: u16) -> bool {
+        match self {
+            Topology::Cluster(c) => c.owner(key).await.0 == port,
+            Topology::Sentinel(s) => s.primary() == port,
+        }
+    }
+
+    /// SIGKILLs the node on `port`.
+    pub fn kill(&self, port: u16) {
+        match self {
+            Topology::Cluster(c) => c.kill(port),
+            Topology::Sentinel(s) => s.kill(port),
+        }
+    }
+
+    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the node on `port`.
+    pub fn freeze(&self, port: u16, frozen: bool) {
+        match self {
+            Topology::Cluster(c) => c.freeze(port, frozen),
+            Topology::Sentinel(s) => s.freeze(port, frozen),
+        }
+    }
+
+    /// Waits until `port` is a primary and the topology is healthy.
+    pub async fn wait_until_primary(&self, port: u16) {
+        match self {
+            Topology::Cluster(c) => c.wait_until_primary(port).await,
+            Topology::Sentinel(s) => s.wait_until_primary(port).await,
+        }
+    }
+}
+
 /// Cuts the replication links of the primary on `port` (`CLIENT KILL TYPE
 /// replica`): with its replicas frozen, they cannot reconnect, and every
 /// write the primary acknowledges from now on exists on the primary only,

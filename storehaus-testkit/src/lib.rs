@@ -59,7 +59,7 @@ mod server;
 mod wait;
 
 pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
-pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels};
+pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels, Topology};
 pub use db::{database_url, sqlite_memory, Db};
 pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
 pub use postgres::PgServer;

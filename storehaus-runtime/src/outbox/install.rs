@@ -9,10 +9,13 @@ use crate::error::Result;
 use crate::store::pool::DbPool;
 
 /// The database's identity, as a position row records it: the system
-/// identifier (another server: a restore from a dump, a logical copy) and
-/// the timeline (a point-in-time recovery, a promoted standby).
+/// identifier (another server: a restore from a dump, a logical copy), the
+/// timeline (a point-in-time recovery, a promoted standby) and the positions
+/// table's own oid (the outbox dropped and restored from a dump on the same
+/// server: the restored rows carry the old table's oid).
 pub(crate) const PG_IDENTITY: &str = "(SELECT system_identifier::text FROM pg_control_system()) || ':' || \
-     (SELECT timeline_id::text FROM pg_control_checkpoint())";
+     (SELECT timeline_id::text FROM pg_control_checkpoint()) || ':' || \
+     'storehaus_outbox_positions'::regclass::oid::text";
 
 /// Installs the outbox and the table's triggers unless they are in place,
 /// as this version installs them; returns where the outbox lives

@@ -84,9 +84,10 @@ impl<T: Cached> GenericStore<T> {
         let cache = self.cache_settings().ok_or(StorehausError::CacheDisabled)?;
         let location = install::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;
         let outbox = &cache.manager.outbox;
+        // Registered before a worker can look for the position.
+        let registered = install::register(self.pool(), &outbox.deployment, T::TABLE, &cache.prefix).await?;
         let state = outbox.ensure(&cache.manager, self.pool().clone(), location);
         state.watch(T::TABLE, &cache.prefix);
-        let registered = install::register(self.pool(), &outbox.deployment, T::TABLE, &cache.prefix).await?;
         if let install::Registered::Untrusted(reason) = registered {
             // The worker starts the deployment over on its next pass; no
             // read trusts the cache until it has.

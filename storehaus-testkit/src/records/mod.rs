@@ -2,5 +2,6 @@
 //! and its `CREATE TABLE`. A record only one file uses is declared in that
 //! file.
 
+pub mod accounts;
 pub mod items;
 pub mod users;
