@@ -55,7 +55,11 @@ async fn a_long_transaction_elsewhere_holds_back_no_invalidation() {
     for round in 0..40 {
         let id = round % 20 + 1;
         cached(&accounts, &redis_url(), id).await;
-        raw(&other, &format!("UPDATE accounts SET balance = {round} WHERE id = {id}")).await;
+        raw(
+            &other,
+            &format!("UPDATE accounts SET balance = {round} WHERE id = {id}"),
+        )
+        .await;
         took.push(fresh_within(&accounts, id, Some(round), WITHIN).await);
     }
     took.sort();
@@ -81,7 +85,9 @@ async fn a_long_transaction_elsewhere_holds_back_no_invalidation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_committing_out_of_xid_order_are_both_delivered() {
-    let db = accounts_db(2).await;
+    // More rows than one page of the worker (1 000 entries): the position
+    // moves in the middle of a round too.
+    let db = accounts_db(1_600).await;
     let manager = manager_on(&redis_url(), |c| c.with_outbox_poll_interval(50));
     let accounts = store(db.pool.clone(), &manager);
     accounts.watch_external_writes().await.unwrap();
@@ -96,12 +102,16 @@ async fn transactions_committing_out_of_xid_order_are_both_delivered() {
         .await
         .unwrap();
     let mut t2 = other.begin().await.unwrap();
-    sqlx::query("UPDATE accounts SET balance = 2 WHERE id = 2")
+    sqlx::query("UPDATE accounts SET balance = 2 WHERE id >= 2")
         .execute(&mut *t2)
         .await
         .unwrap();
     t2.commit().await.unwrap();
     fresh_within(&accounts, 2, Some(2), WITHIN).await;
+    eventually("the worker went through both pages", || async {
+        manager.get_stats().await.unwrap().outbox_delivered >= 1_599
+    })
+    .await;
     // Passes run while T1 is open: T2's entry is behind the worker, T1's
     // (lower xid, lower sequence) is not visible yet.
     accounts.watch_external_writes().await.unwrap();
@@ -162,12 +172,19 @@ async fn two_in_process_caches_with_one_prefix_each_get_every_write() {
     }
     a.flush_fills().await;
     b.flush_fills().await;
+    // One write at a time, each seen fresh by A before the next: a worker
+    // that shares A's position would find each entry already passed.
     for id in 1..=10 {
-        raw(&other, &format!("UPDATE accounts SET balance = {} WHERE id = {id}", 1000 + id)).await;
+        raw(
+            &other,
+            &format!("UPDATE accounts SET balance = {} WHERE id = {id}", 1000 + id),
+        )
+        .await;
+        fresh_within(&sa, id, Some(1000 + id), WITHIN).await;
+        tokio::time::sleep(Duration::from_millis(120)).await;
     }
     for id in 1..=10 {
-        fresh_within(&sa, id, Some(1000 + id), WITHIN).await;
-        fresh_within(&sb, id, Some(1000 + id), WITHIN).await;
+        fresh_within(&sb, id, Some(1000 + id), Duration::from_millis(500)).await;
     }
     let statuses = sa.external_writes_status().await.unwrap();
     assert_eq!(statuses.len(), 2, "{statuses:?}");
@@ -192,7 +209,10 @@ async fn a_deployment_that_stops_renewing_expires_unpins_the_outbox_and_starts_o
     // An in-process cache and a Redis deployment that go away (a crash, a
     // scale-down): their workers stop with their managers.
     let gone_memory = manager_on("memory://", tweak);
-    store(db.pool.clone(), &gone_memory).watch_external_writes().await.unwrap();
+    store(db.pool.clone(), &gone_memory)
+        .watch_external_writes()
+        .await
+        .unwrap();
     let global = random_name("t");
     let returning = || Arc::new(CacheManager::new(tweak(CacheConfig::new(redis_url(), 3600, global.clone()))).unwrap());
     let first = returning();
@@ -219,7 +239,10 @@ async fn a_deployment_that_stops_renewing_expires_unpins_the_outbox_and_starts_o
         memory_gone && redis_expired
     })
     .await;
-    eventually("the outbox was pruned past them", || async { outbox_rows(&other).await < 10 }).await;
+    eventually("the outbox was pruned past them", || async {
+        outbox_rows(&other).await < 10
+    })
+    .await;
     eprintln!(
         "outbox rows: {before} while two deployments were away, {} {:?} later (expiry 1.5 s)",
         outbox_rows(&other).await,
@@ -229,7 +252,10 @@ async fn a_deployment_that_stops_renewing_expires_unpins_the_outbox_and_starts_o
     // The Redis deployment comes back. Its cache still holds account 1 at
     // 100, and the entry of the write of 5 is gone from the outbox.
     let mut redis = raw_redis(&redis_url()).await;
-    assert!(raw_get(&mut redis, &key).await.is_some(), "control: the old entry is in Redis");
+    assert!(
+        raw_get(&mut redis, &key).await.is_some(),
+        "control: the old entry is in Redis"
+    );
     let back = returning();
     let back_store = store(db.pool.clone(), &back);
     back_store.watch_external_writes().await.unwrap();
@@ -244,7 +270,10 @@ async fn a_deployment_that_stops_renewing_expires_unpins_the_outbox_and_starts_o
     );
     let statuses = back_store.external_writes_status().await.unwrap();
     let status = statuses.iter().find(|s| s.deployment == redis_name).unwrap();
-    assert!(!status.expired && status.note.as_deref().is_some_and(|n| n.contains("expired")), "{status:?}");
+    assert!(
+        !status.expired && status.note.as_deref().is_some_and(|n| n.contains("expired")),
+        "{status:?}"
+    );
     other.close().await;
     clear_prefix(&back).await;
     clear_prefix(&live).await;
@@ -314,7 +343,10 @@ async fn a_position_ahead_of_the_server_starts_the_deployment_over() {
     raw(&other, "UPDATE accounts SET balance = 8 WHERE id = 1").await;
     fresh_within(&accounts, 1, Some(8), WITHIN).await;
     let statuses = accounts.external_writes_status().await.unwrap();
-    assert!(statuses[0].note.as_deref().is_some_and(|n| n.contains("ahead")), "{statuses:?}");
+    assert!(
+        statuses[0].note.as_deref().is_some_and(|n| n.contains("ahead")),
+        "{statuses:?}"
+    );
     other.close().await;
     clear_prefix(&manager).await;
     db.cleanup().await;
@@ -353,11 +385,18 @@ async fn an_invalidation_that_could_not_reach_redis_is_delivered_when_it_returns
     // Redis returns with the old row.
     server.restart_locked("lock").await;
     let mut locked = raw_redis(&format!("redis://:lock@127.0.0.1:{}", server.port)).await;
-    assert!(raw_get(&mut locked, &accounts.cache_key(&1)).await.is_some(), "control: the old entry is back");
+    assert!(
+        raw_get(&mut locked, &accounts.cache_key(&1)).await.is_some(),
+        "control: the old entry is back"
+    );
     server.unlock("lock").await;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
-        assert_eq!(accounts.get_by_id(&1).await.unwrap(), Some(account(1, 9)), "never the old row");
+        assert_eq!(
+            accounts.get_by_id(&1).await.unwrap(),
+            Some(account(1, 9)),
+            "never the old row"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     other.close().await;
@@ -413,16 +452,23 @@ async fn a_swapped_table_is_reported_until_it_is_watched_again() {
         sqlx::query(sql).execute(&mut *tx).await.unwrap();
     }
     tx.commit().await.unwrap();
-    let missing = |w: &HealthWarning| matches!(w, HealthWarning::OutboxTriggersMissing { table, .. } if table == "accounts");
+    let missing =
+        |w: &HealthWarning| matches!(w, HealthWarning::OutboxTriggersMissing { table, .. } if table == "accounts");
     eventually("the worker noticed the lost triggers", || async {
         manager.health_check().await.unwrap().warnings.iter().any(missing)
     })
     .await;
     let statuses = accounts.external_writes_status().await.unwrap();
-    assert_eq!(statuses[0].missing_triggers, vec!["accounts".to_string()], "{statuses:?}");
+    assert_eq!(
+        statuses[0].missing_triggers,
+        vec!["accounts".to_string()],
+        "{statuses:?}"
+    );
 
     accounts.watch_external_writes().await.unwrap();
-    assert!(accounts.external_writes_status().await.unwrap()[0].missing_triggers.is_empty());
+    assert!(accounts.external_writes_status().await.unwrap()[0]
+        .missing_triggers
+        .is_empty());
     eventually("the warning cleared", || async {
         !manager.health_check().await.unwrap().warnings.iter().any(missing)
     })
@@ -492,11 +538,21 @@ async fn writes_addressed_to_a_partition_reach_the_cache() {
 
     // A partition created later gets the row triggers from its parent, but
     // not the TRUNCATE trigger: reported.
-    raw(&other, "CREATE TABLE readings_top PARTITION OF readings FOR VALUES FROM (200) TO (300)").await;
+    raw(
+        &other,
+        "CREATE TABLE readings_top PARTITION OF readings FOR VALUES FROM (200) TO (300)",
+    )
+    .await;
     let statuses = readings.external_writes_status().await.unwrap();
-    assert_eq!(statuses[0].missing_triggers, vec!["readings_top".to_string()], "{statuses:?}");
+    assert_eq!(
+        statuses[0].missing_triggers,
+        vec!["readings_top".to_string()],
+        "{statuses:?}"
+    );
     readings.watch_external_writes().await.unwrap();
-    assert!(readings.external_writes_status().await.unwrap()[0].missing_triggers.is_empty());
+    assert!(readings.external_writes_status().await.unwrap()[0]
+        .missing_triggers
+        .is_empty());
     other.close().await;
     clear_prefix(&manager).await;
     db.cleanup().await;
@@ -536,14 +592,20 @@ async fn sqlite_replace_that_deletes_another_row_reaches_the_cache() {
         .execute(&pool)
         .await
         .unwrap();
-    eventually("row 1 is gone from the cache", || async { members.get_by_id(&1).await.unwrap().is_none() }).await;
+    eventually("row 1 is gone from the cache", || async {
+        members.get_by_id(&1).await.unwrap().is_none()
+    })
+    .await;
     assert_eq!(members.get_by(c.email, "ann@x").await.unwrap().unwrap().id, 3);
     // UPDATE OR REPLACE: row 2 makes room for row 3's new email.
     sqlx::query("UPDATE OR REPLACE members SET email = 'bob@x' WHERE id = 3")
         .execute(&pool)
         .await
         .unwrap();
-    eventually("row 2 is gone from the cache", || async { members.get_by_id(&2).await.unwrap().is_none() }).await;
+    eventually("row 2 is gone from the cache", || async {
+        members.get_by_id(&2).await.unwrap().is_none()
+    })
+    .await;
     assert_eq!(members.get_by(c.email, "bob@x").await.unwrap().unwrap().name, "Amy");
 }
 
