@@ -357,9 +357,12 @@ async fn several_workers_of_one_deployment_share_it() {
         fresh_within(&s1, id, Some(round), WITHIN).await;
     }
     let delivered = p1.get_stats().await.unwrap().outbox_delivered + p2.get_stats().await.unwrap().outbox_delivered;
+    // Every process of a deployment delivers what it finds (a stalled
+    // peer then holds nothing back): each entry about once per process,
+    // never over and over.
     assert!(
-        (20..=40).contains(&delivered),
-        "each entry delivered once or twice, not forever: {delivered}"
+        (20..=60).contains(&delivered),
+        "each entry delivered once or twice per process, not forever: {delivered}"
     );
     // One process goes away; the other carries on alone.
     drop(s2);

@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::store::pool::DbPool;
 
 /// Entries removed per prune statement.
-const PRUNE_BATCH: i64 = 10_000;
+pub(super) const PRUNE_BATCH: i64 = 10_000;
 
 /// Expires the deployments that have not renewed within their expiry: an
 /// in-process one is deleted with its watches (nobody can come back to

@@ -5,13 +5,29 @@
 //! [`GenericStore::watch_external_writes`] installs, for the store's table,
 //! triggers that log each changed primary key into `storehaus_outbox` in the
 //! writing transaction (see `ddl`), registers this cache deployment (its
-//! global prefix, or [`CacheConfig::with_deployment`](crate::CacheConfig::with_deployment))
-//! with its own position in that log, and makes sure one worker per cache
-//! manager and database drains the log into the cache (see `worker`): it
-//! deletes the record keys, bumps the store's query generation, and moves
-//! the deployment's position only after the cache confirmed. The store's own
-//! after-commit `DEL` stays the fast path; the outbox catches everything
-//! else, at least once.
+//! global prefix, or [`CacheConfig::with_deployment`](crate::CacheConfig::with_deployment);
+//! an in-process cache is a deployment of its own) with its own position in
+//! that log, and makes sure one worker per cache manager and database drains
+//! the log into the cache (see `worker` and `pass`): it deletes the record
+//! keys and bumps the store's query generation as soon as an entry's
+//! transaction is visible, and moves the deployment's position only after the
+//! cache confirmed, never past a transaction still running (see `snapshot`).
+//! The store's own after-commit `DEL` stays the fast path; the outbox catches
+//! everything else, at least once.
+//!
+//! The events of a database's life it is built for, each a test in
+//! `tests/test_outbox_life.rs` and the delivery rule a model in `outbox.pml`:
+//! a long transaction anywhere on the server (deliveries go on, the position
+//! waits), transactions committing out of xid order, a stalled peer holding
+//! the deployment's row (no lock is held while delivering; every worker of a
+//! deployment delivers), deployments that stop renewing (they expire, see
+//! [`CacheConfig::with_deployment_expiry`](crate::CacheConfig::with_deployment_expiry),
+//! and start over when they return), a restore or a copy of the database
+//! (the position row records the database's identity; on a mismatch the
+//! deployment clears what it cached and starts over), writes applied as a
+//! replica (`ENABLE ALWAYS` triggers), partitions, triggers lost to a swapped
+//! table (reported by the health check and the status), SQLite's REPLACE,
+//! and a Redis failover (deliveries join the log of recent invalidations).
 
 mod ddl;
 mod deliver;
@@ -119,12 +135,18 @@ impl<T: Cached> GenericStore<T> {
         ddl::sqlite(T::TABLE, T::ID_COLUMN, &unique)
     }
 
-    /// Every deployment registered in this database's outbox: its position,
-    /// how many entries it has still to deliver, and how old the oldest is.
-    /// A deployment that never comes back pins the log (entries are pruned
-    /// only once every registered deployment has passed them): drop it with
-    /// `DELETE FROM storehaus_outbox_positions WHERE deployment = '...'`
-    /// (and its rows in `storehaus_outbox_watches`).
+    /// Every deployment registered in this database's outbox: how many
+    /// visible entries it has still to deliver and how old the oldest is,
+    /// when its position last moved and it last renewed, whether it
+    /// expired, why it last started over, and which relations of its
+    /// tables lack triggers. Entries are pruned once every live deployment
+    /// has passed them: a deployment that goes away holds the log until it
+    /// expires ([`CacheConfig::with_deployment_expiry`](crate::CacheConfig::with_deployment_expiry),
+    /// 10 minutes by default), and a transaction left open on the server
+    /// holds every position (not the deliveries) until it ends. An expired
+    /// deployment stays listed (and comes back by starting over); remove
+    /// it for good with `DELETE FROM storehaus_outbox_positions WHERE
+    /// deployment = '...'` and its rows in `storehaus_outbox_watches`.
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the outbox cannot be read.

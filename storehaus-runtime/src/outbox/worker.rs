@@ -31,6 +31,9 @@ use crate::cache::CacheManager;
 use crate::error::{CacheError, Result, StorehausError};
 use crate::store::pool::DbPool;
 
+/// Prune batches per maintenance at most (each of `maintain::PRUNE_BATCH` entries).
+const PRUNE_ROUNDS: usize = 100;
+
 pub(crate) struct Worker {
     manager: Weak<CacheManager>,
     pool: DbPool,
@@ -167,8 +170,17 @@ impl Worker {
             Ok(_) => {}
             Err(e) => tracing::debug!(target: "storehaus", error = %e, "outbox expiry failed"),
         }
-        if let Err(e) = maintain::prune(&self.pool).await {
-            tracing::debug!(target: "storehaus", error = %e, "outbox prune failed");
+        // In batches, until the log is pruned or a round's worth is done:
+        // a log written faster than one batch per interval must not grow.
+        for _ in 0..PRUNE_ROUNDS {
+            match maintain::prune(&self.pool).await {
+                Ok(n) if n == maintain::PRUNE_BATCH as u64 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(target: "storehaus", error = %e, "outbox prune failed");
+                    break;
+                }
+            }
         }
         match maintain::check_triggers(&self.pool, &self.state).await {
             Ok(true) => {
