@@ -17,6 +17,7 @@
 pub(crate) mod adapt;
 pub(crate) mod breaker;
 pub mod codec;
+pub(crate) mod controls;
 pub(crate) mod early;
 pub(crate) mod fill;
 pub(crate) mod flight;
@@ -35,6 +36,7 @@ mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
 pub(crate) mod telemetry;
+pub(crate) mod versions;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -98,6 +100,8 @@ pub struct CacheManager {
     near: Option<Arc<Near>>,
     /// The background fills under way (see `flush_fills`).
     pub(crate) fill_epochs: fill::FillEpochs,
+    /// The live-version registries as last read (see `versions`).
+    pub(crate) known_versions: versions::Known,
     /// Keys an early refresh of this process is loading.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) outbox: crate::outbox::Watchers,
@@ -158,6 +162,7 @@ impl CacheManager {
             flights: Flights::default(),
             near,
             fill_epochs: Default::default(),
+            known_versions: Default::default(),
             refreshing: Default::default(),
             outbox: Default::default(),
             last_warning_ms: AtomicU64::new(0),
@@ -277,7 +282,9 @@ impl CacheManager {
         }
     }
 
-    /// Removes `{global}:{prefix}:{id}`; `true` when a key existed.
+    /// Removes `{global}:{prefix}:{id}`, and the entries other versions of
+    /// the store's record type keep beside it during a rolling deploy
+    /// (`docs/FORMAT.md`); `true` when the key itself existed.
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
@@ -285,15 +292,30 @@ impl CacheManager {
     #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn delete_record(&self, prefix: &str, id: &str) -> CacheResult<bool> {
         let key = self.manual_key(prefix, id)?;
-        let keys = [key];
+        let mut keys = vec![key];
         self.flights.detach(&keys);
         self.recent
             .record(&key::store_scope(self.global_prefix(), prefix), &keys, &[]);
-        let n = self
-            .guarded(self.deadline(), "delete_record", || self.backend.delete(&keys))
+        let deadline = self.deadline();
+        let sides = self.side_keys(&keys, deadline).await;
+        let home = self
+            .guarded(deadline, "delete_record", || self.backend.delete(&keys[..1]))
             .await;
+        let sides = match sides {
+            Ok(sides) if !sides.is_empty() => {
+                let deleted = self
+                    .guarded(deadline, "delete_record", || self.backend.delete(&sides))
+                    .await;
+                keys.extend(sides);
+                deleted.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         self.near_forget(&keys);
-        Ok(n? > 0)
+        let existed = home? > 0;
+        sides?;
+        Ok(existed)
     }
 
     /// Invalidates everything cached for the store prefix `prefix`: its
@@ -492,6 +514,7 @@ impl CacheManager {
                 .await?;
             self.flights.detach(&step.keys);
             self.near_forget(&step.keys);
+            self.drop_side_entries(&step.keys, deadline).await;
             removed += step.removed;
             cursor = step.next;
             if cursor == 0 {
@@ -500,6 +523,37 @@ impl CacheManager {
         }
         self.count_n(|c| &c.invalidations, removed);
         Ok(removed)
+    }
+
+    /// Removes the side entries (see `versions`) of keys an invalidation
+    /// removed; what cannot be removed now is remembered for replay.
+    async fn drop_side_entries(&self, homes: &[String], deadline: tokio::time::Instant) {
+        let dropped = match self.side_keys(homes, deadline).await {
+            Ok(sides) if sides.is_empty() => Ok(()),
+            Ok(sides) => {
+                self.near_forget(&sides);
+                self.guarded(deadline, "invalidate_tag", || self.backend.delete(&sides))
+                    .await
+                    .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if dropped.is_err() {
+            let mut by_scope: std::collections::HashMap<String, Vec<String>> = Default::default();
+            for home in homes {
+                if let Some(prefix) = key::prefix_of(self.global_prefix(), home) {
+                    let scope = key::store_scope(self.global_prefix(), prefix);
+                    by_scope.entry(scope).or_default().push(home.clone());
+                }
+            }
+            for (scope, homes) in by_scope {
+                // No handle to spawn a replayer from here: reads replay, and
+                // so does the next write.
+                if self.pending.remember(&scope, homes, Vec::new(), Vec::new()) {
+                    self.pending.replayer_may_stop(true);
+                }
+            }
+        }
     }
 
     /// The near cache, when configured; starts its tracking connection on

@@ -484,12 +484,19 @@ async fn deliver(manager: &Arc<CacheManager>, entries: &[Entry], watches: &[(Str
     let mut scopes = Vec::new();
     for (table, prefix) in watches {
         let mut touched = false;
+        let mut ids = Vec::new();
         for entry in entries.iter().filter(|e| &e.table == table) {
             touched = true;
             match &entry.key {
-                Some(id) => keys.push(key::record_key(global, prefix, id.as_str())),
+                Some(id) => ids.push(id.clone()),
                 None => scopes.push(key::store_scope(global, prefix) + "*"),
             }
+        }
+        if !ids.is_empty() {
+            // Each record's key, and the side keys of the record type's
+            // other versions (a rolling deploy) registered now.
+            let record_keys = manager.record_keys_to_delete(prefix, &ids).await;
+            keys.extend(record_keys.map_err(StorehausError::Cache)?);
         }
         if touched {
             counters.push(key::generation_key(global, prefix));
