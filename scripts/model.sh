@@ -4,7 +4,7 @@
 # + a C compiler), over every interleaving of its scenarios: the protocol
 # must hold, and each mechanism removed must be caught breaking it.
 #
-#   bash scripts/model.sh          # 4 checks, about 25 s: what CI runs
+#   bash scripts/model.sh          # 6 checks, about a minute: what CI runs
 #   bash scripts/model.sh --full   # + the detach's share and Redis expiring the key (2-3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +40,8 @@ check holds    "across processes"                         -DSCENARIO=1
 check holds    "writer's own process, invalidation lost"  -DSCENARIO=2
 check violated "no lease comparison on join (the hole)"   -DSCENARIO=1 -DJOIN_CHECKS_LEASE=0
 check violated "a plain SET fill (stale-set race)"        -DSCENARIO=1 -DFILL_CAS=0
+check holds    "early refresh guarded by the fill token"   -DSCENARIO=3
+check violated "early refresh guarded by content (ABA)"   -DSCENARIO=3 -DREFRESH_TOKEN=0
 if [[ "${1:-}" == "--full" ]]; then
   # In the writer's own process the detach on write closes the hole too...
   check holds    "no lease comparison, writer's process"    -DSCENARIO=2 -DJOIN_CHECKS_LEASE=0
