@@ -133,10 +133,17 @@ async fn another_language_reads_values_and_invalidates_by_the_recipe() {
     let side = &one["sides"][&tag];
     assert_eq!(side["fingerprint"], json!(PersonV2::FINGERPRINT));
     assert_eq!(side["payload"], json!([1, "1@example.com", "Ann", true, 1.5, "annie"]));
-    assert_eq!(dump["records"]["2"]["home"]["payload"], json!([2, "2@example.com", "Bob", false, 2.5]));
+    assert_eq!(
+        dump["records"]["2"]["home"]["payload"],
+        json!([2, "2@example.com", "Bob", false, 2.5])
+    );
     assert_eq!(dump["records"]["2"]["sides"][&tag], json!({"kind": "missing"}));
     let absent = &dump["records"]["99"]["home"];
-    assert_eq!((&absent["kind"], &absent["payload"]), (&json!("value"), &Value::Null), "no such row");
+    assert_eq!(
+        (&absent["kind"], &absent["payload"]),
+        (&json!("value"), &Value::Null),
+        "no such row"
+    );
     let generation = dump["generation"].as_u64().expect("a generation");
     let queries: Vec<&Value> = dump["queries"].as_object().unwrap().values().collect();
     assert_eq!(queries.len(), 1, "{dump:#}");
@@ -144,13 +151,20 @@ async fn another_language_reads_values_and_invalidates_by_the_recipe() {
         queries[0]["payload"],
         json!([
             generation,
-            [[1, "1@example.com", "Ann", true, 1.5], [2, "2@example.com", "Bob", false, 2.5]]
+            [
+                [1, "1@example.com", "Ann", true, 1.5],
+                [2, "2@example.com", "Bob", false, 2.5]
+            ]
         ])
     );
     let index = dump["index"]
         .get(format!("{global}:people:idx:email:1%40example.com"))
         .unwrap_or_else(|| panic!("{dump:#}"));
-    assert_eq!(index["payload"], json!({"Row": 1}), "the index entry holds the row's id");
+    assert_eq!(
+        index["payload"],
+        json!({"Row": 1}),
+        "the index entry holds the row's id"
+    );
 
     // The other language writes and invalidates by the recipe...
     let sql = "UPDATE people SET name = 'Ann B.', nickname = 'nan' WHERE id = 1";
@@ -172,12 +186,19 @@ async fn another_language_reads_values_and_invalidates_by_the_recipe() {
     check("v2 get_many", many[0].clone().map(|p| p.name));
     let by = v1.get_by(PersonV1::columns().email, "1@example.com").await.unwrap();
     check("v1 get_by", by.map(|p| p.name));
-    check("v1 find", v1.find(everyone()).await.unwrap().first().map(|p| p.name.clone()));
+    check(
+        "v1 find",
+        v1.find(everyone()).await.unwrap().first().map(|p| p.name.clone()),
+    );
     let q2 = Query::new().order_by(PersonV2::columns().id, Order::Asc);
     check("v2 find", v2.find(q2).await.unwrap().first().map(|p| p.name.clone()));
     assert_eq!(stale, Vec::<String>::new(), "0 stale after the other language's write");
     let home = v1.cache_key(&1);
-    assert_eq!(wrote["deleted"], json!([home, format!("{home}~{tag}")]), "home and side key");
+    assert_eq!(
+        wrote["deleted"],
+        json!([home, format!("{home}~{tag}")]),
+        "home and side key"
+    );
 
     clear_prefix(&old).await;
     db.cleanup().await;

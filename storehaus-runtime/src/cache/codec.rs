@@ -270,6 +270,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_of_docs_format_md_is_what_is_written() {
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
+        let bytes = encode_with_token(0x1122_3344_5566_7788, 0x0102_0304_0506_0708, Some(&row)).unwrap();
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex.join(" "),
+            "94 02 cf 11 22 33 44 55 66 77 88 cf 01 02 03 04 05 06 07 08 92 07 a3 61 6e 6e"
+        );
+    }
+
+    #[test]
     fn version_one_envelopes_are_read_without_a_token() {
         let mut legacy = vec![0x93, 0x01, 0xcf];
         legacy.extend_from_slice(&42u64.to_be_bytes());
