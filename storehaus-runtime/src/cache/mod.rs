@@ -525,37 +525,6 @@ impl CacheManager {
         Ok(removed)
     }
 
-    /// Removes the side entries (see `versions`) of keys an invalidation
-    /// removed; what cannot be removed now is remembered for replay.
-    async fn drop_side_entries(&self, homes: &[String], deadline: tokio::time::Instant) {
-        let dropped = match self.side_keys(homes, deadline).await {
-            Ok(sides) if sides.is_empty() => Ok(()),
-            Ok(sides) => {
-                self.near_forget(&sides);
-                self.guarded(deadline, "invalidate_tag", || self.backend.delete(&sides))
-                    .await
-                    .map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        if dropped.is_err() {
-            let mut by_scope: std::collections::HashMap<String, Vec<String>> = Default::default();
-            for home in homes {
-                if let Some(prefix) = key::prefix_of(self.global_prefix(), home) {
-                    let scope = key::store_scope(self.global_prefix(), prefix);
-                    by_scope.entry(scope).or_default().push(home.clone());
-                }
-            }
-            for (scope, homes) in by_scope {
-                // No handle to spawn a replayer from here: reads replay, and
-                // so does the next write.
-                if self.pending.remember(&scope, homes, Vec::new(), Vec::new()) {
-                    self.pending.replayer_may_stop(true);
-                }
-            }
-        }
-    }
-
     /// The near cache, when configured; starts its tracking connection on
     /// first use (it needs a tokio runtime).
     pub(crate) fn near(&self) -> Option<&Arc<Near>> {
