@@ -321,10 +321,59 @@ async fn invalidations_outside_store_writes_reach_every_version(stack: Stack) {
     env.teardown().await;
 }
 
+async fn fill_on_write_and_prime_keep_the_other_version_fresh(stack: Stack) {
+    let env = Rollout::new(stack, 2).await;
+    let (v1, v2) = (env.v1(), env.v2());
+    let writer = GenericStore::<AccountV1>::new(
+        env.pool.clone(),
+        None,
+        Some(CacheParams::new(env.old.clone()).with_fill_on_write(true)),
+    );
+    for _ in 0..2 {
+        names(&v1, &v2, &[1, 2]).await;
+        env.flush().await;
+    }
+    // The old version writes and fills the home key with its row; the new
+    // version's side entry must go all the same.
+    let mut a = v1.get_by_id(&1).await.unwrap().unwrap();
+    a.name = "filled on write".into();
+    writer.update(&1, a, None).await.unwrap();
+    assert_eq!(v2.get_by_id(&1).await.unwrap().unwrap().name, "filled on write");
+
+    // `prime` by the new version where the old one holds the home key: it
+    // fills its side key (registered), and its next read is a hit.
+    let row = v2.get_by_id(&2).await.unwrap().unwrap();
+    let side = format!(
+        "{}~{}",
+        v2.cache_key(&2),
+        storehaus::codec::layout_tag(AccountV2::FINGERPRINT)
+    );
+    let relative = &side[env.new.global_prefix().len() + 1..];
+    assert_eq!(
+        env.new.delete_pattern(relative).await.unwrap(),
+        1,
+        "v2 read its side key"
+    );
+    env.behind("UPDATE accounts SET name = 'behind' WHERE id = 2").await;
+    assert!(v2.prime(&row).await, "primed beside the old version's entry");
+    assert_eq!(
+        v2.get_by_id(&2).await.unwrap().unwrap().name,
+        "a",
+        "a hit on the primed side key"
+    );
+    assert_eq!(
+        v1.get_by_id(&2).await.unwrap().unwrap().name,
+        "a",
+        "the old version's entry stayed"
+    );
+    env.teardown().await;
+}
+
 every_stack!(
     both_versions_keep_hitting_while_reads_alternate,
     a_write_by_either_version_is_seen_by_the_other_at_once,
     invalidations_outside_store_writes_reach_every_version,
+    fill_on_write_and_prime_keep_the_other_version_fresh,
 );
 
 /// Raw sorted-set members of a registry.

@@ -28,6 +28,10 @@
 //! lands after its lease (killing the lease, so the fill is dropped) or
 //! after its fill (removing it). A version that registers later reads the
 //! database after the commit. A tag whose time has passed had no value left.
+//! (A registry that Redis evicts under memory pressure, or that is deleted
+//! by hand, takes its tags with it: side entries filled before then are
+//! no longer reached by invalidations and live until their TTL, the same
+//! limit as an evicted tag set's members. The next side fill registers again.)
 //!
 //! What it costs: a hit of the version that holds the home key, nothing; a
 //! hit of another version, one more `GET`; a miss on a side key, the
