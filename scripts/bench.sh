@@ -26,6 +26,8 @@
 #                                     delivery delay of another process's write
 #   bash scripts/bench.sh --early     early refresh: database loads of a hot
 #                                     key across its expiries, with and without
+#   bash scripts/bench.sh --rollout   rolling deploys: hit rates of two versions
+#                                     side by side, the cost on a hit and per write
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -42,12 +44,13 @@ for arg in "$@"; do
     --cluster) mode=cluster ;;
     --near) mode=near ;;
     --early) mode=early ;;
+    --rollout) mode=rollout ;;
     -h|--help)
       sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near, --early or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near, --early, --rollout or nothing)" >&2
       exit 2
       ;;
   esac
@@ -66,6 +69,7 @@ case "$mode" in
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench early_refresh -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench rollout -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -80,6 +84,7 @@ case "$mode" in
   outbox) cargo bench --bench outbox ;;
   near) cargo bench --bench near ;;
   early) cargo bench --bench early_refresh ;;
+  rollout) cargo bench --bench rollout ;;
   faults) cargo bench --bench faults ;;
   cluster)
     cargo bench --bench cluster

@@ -5,7 +5,7 @@
 # + a C compiler), over every interleaving of its scenarios: the protocol
 # must hold, and each mechanism removed must be caught breaking it.
 #
-#   bash scripts/model.sh          # 8 checks, about 30 s: what CI runs
+#   bash scripts/model.sh          # 10 checks, about a minute: what CI runs
 #   bash scripts/model.sh --full   # + the detach's share and Redis expiring the key (2-3 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,8 @@ check holds    "across processes"                         -DSCENARIO=1
 check holds    "writer's own process, invalidation lost"  -DSCENARIO=2
 check violated "no lease comparison on join (the hole)"   -DSCENARIO=1 -DJOIN_CHECKS_LEASE=0
 check violated "a plain SET fill (stale-set race)"        -DSCENARIO=1 -DFILL_CAS=0
+check holds    "early refresh guarded by the fill token"   -DSCENARIO=3
+check violated "early refresh guarded by content (ABA)"   -DSCENARIO=3 -DREFRESH_TOKEN=0
 # The outbox's delivery (outbox.pml): two workers of one deployment, one of
 # which may stall for good, transactions committing out of xid order.
 MODEL_FILE="$OUTBOX" check holds    "outbox: out-of-order commits, a stalled peer"

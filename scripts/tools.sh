@@ -6,14 +6,21 @@
 #          namespace of its own (a silent partition, 5 % loss)
 #   spin   the model checker behind scripts/model.sh (.ci/run)
 #   wrk    the HTTP load generator of scripts/load.sh (bench.sh full run)
+#   python3-msgpack, psql   tests/test_format.rs: a Python reader and writer
+#          of the cache format (docs/FORMAT.md), writing with psql
 # Elsewhere it says what to install and exits 0: the tests that need a
 # missing tool fail and name it.
 set -uo pipefail
 
 missing=()
-for pair in nft:nftables spin:spin wrk:wrk; do
+for pair in nft:nftables spin:spin wrk:wrk psql:postgresql-client; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
+# Debian's python3-msgpack is for Debian's python3 (/usr/bin/python3), which
+# the test uses when the python3 on the PATH has no msgpack.
+if ! { python3 -c 'import msgpack' || /usr/bin/python3 -c 'import msgpack'; } >/dev/null 2>&1; then
+  missing+=(python3-msgpack)
+fi
 if ((${#missing[@]} == 0)); then
   exit 0
 fi

@@ -63,7 +63,10 @@ async fn herd_loads(db: &Db) -> i64 {
 
 fn decode_version(bytes: &[u8]) -> i64 {
     let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
-    value.as_array().unwrap()[2].as_array().unwrap()[1].as_i64().unwrap()
+    // The payload is the envelope's last element (docs/FORMAT.md).
+    value.as_array().unwrap().last().unwrap().as_array().unwrap()[1]
+        .as_i64()
+        .unwrap()
 }
 
 /// One cache-aside reader of row 1, driven through the stale-set race by

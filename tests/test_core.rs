@@ -74,10 +74,11 @@ async fn cached_value_is_messagepack_in_a_versioned_envelope() {
     // An independent MessagePack decoder reads it.
     let value = rmpv::decode::read_value(&mut bytes.as_slice()).unwrap();
     let parts = value.as_array().expect("envelope is an array");
-    assert_eq!(parts.len(), 3);
-    assert_eq!(parts[0].as_u64(), Some(1), "version");
+    assert_eq!(parts.len(), 4);
+    assert_eq!(parts[0].as_u64(), Some(2), "version");
     assert_eq!(parts[1].as_u64(), Some(<User as storehaus::Cached>::FINGERPRINT));
-    let record = parts[2].as_array().expect("compact record");
+    assert!(parts[2].as_u64().is_some(), "the fill token");
+    let record = parts[3].as_array().expect("compact record");
     assert_eq!(
         record[0].as_slice(),
         Some(dora.id.as_bytes().as_slice()),

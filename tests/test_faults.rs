@@ -566,14 +566,33 @@ async fn truncated_messagepack_is_a_counted_miss_and_replaced() {
 }
 
 #[tokio::test]
-async fn entry_of_an_older_schema_fingerprint_is_a_counted_miss_and_replaced() {
-    bad_entry_is_a_counted_miss_and_replaced(async |redis, key| {
-        // What an older `Item` (same field types, other fingerprint) wrote:
-        // it would decode, so only the fingerprint can tell.
-        let old = storehaus::codec::encode(Item::FINGERPRINT ^ 0xdead_beef, Some(&item(1, 9))).unwrap();
-        set_raw(redis, key, &old).await;
-    })
-    .await;
+async fn entry_of_another_schema_fingerprint_is_left_alone_and_read_beside() {
+    let server = RedisServer::start().await;
+    let db = items_db(2).await;
+    let manager = fault_manager(&server.url(), 3, 200);
+    let store = store_on(&db, &manager);
+    let mut redis = raw_redis(&server.url()).await;
+    let key = store.cache_key(&1);
+    // What another `Item` (same field types, other fingerprint) wrote: it
+    // would decode, so only the fingerprint can tell. Another version of
+    // the application, during a rolling deploy: not corrupt.
+    let other = storehaus::codec::encode(Item::FINGERPRINT ^ 0xdead_beef, Some(&item(1, 9))).unwrap();
+    set_raw(&mut redis, &key, &other).await;
+
+    let want = db_row(&db, 1).await;
+    assert_eq!(store.get_by_id(&1).await.unwrap(), want);
+    let s = stats(&manager).await;
+    assert_eq!(
+        (s.serialization_errors, s.foreign_entries, s.hits, s.misses),
+        (0, 1, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(raw_get(&mut redis, &key).await, Some(other), "left alone");
+    let side = format!("{key}~{}", storehaus::codec::layout_tag(Item::FINGERPRINT));
+    let bytes = wait_for_value(&mut redis, &side).await;
+    assert!(storehaus::codec::decode::<Item>(Item::FINGERPRINT, &bytes).is_ok());
+    assert_cache_hit(&db, &store, 1).await;
+    db.cleanup().await;
 }
 
 #[tokio::test]
@@ -618,9 +637,13 @@ async fn bad_entries_read_by_get_many_are_counted_misses_and_replaced() {
     assert_eq!(store.get_many(&ids).await.unwrap(), want);
     let s = stats(&manager).await;
     assert_eq!((s.hits, s.misses), (0, 5), "{s:?}");
-    assert_eq!(s.serialization_errors, 4, "every bad entry is counted: {s:?}");
+    assert_eq!(s.serialization_errors, 3, "every bad entry is counted: {s:?}");
+    assert_eq!(s.foreign_entries, 1, "another version's entry is not bad: {s:?}");
+    let side = format!("~{}", storehaus::codec::layout_tag(Item::FINGERPRINT));
     for id in &ids {
-        let bytes = wait_for_value(&mut redis, &store.cache_key(id)).await;
+        // Item 2's key keeps the other version's entry; this one's is beside it.
+        let key = store.cache_key(id) + if *id == 2 { side.as_str() } else { "" };
+        let bytes = wait_for_value(&mut redis, &key).await;
         assert!(
             storehaus::codec::decode::<Item>(Item::FINGERPRINT, &bytes).is_ok(),
             "item {id} was replaced by a good entry"

@@ -48,7 +48,8 @@ async fn db_version(db: &Db, id: i64) -> Option<i64> {
 
 fn decode_version(bytes: &[u8]) -> Option<i64> {
     let value = rmpv::decode::read_value(&mut &bytes[..]).ok()?;
-    value.as_array()?.get(2)?.as_array()?.get(1)?.as_i64()
+    // The payload is the envelope's last element (docs/FORMAT.md).
+    value.as_array()?.last()?.as_array()?.get(1)?.as_i64()
 }
 
 /// Reads `id` until it returns `want`, for at most 3 s (far less than any

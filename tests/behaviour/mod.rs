@@ -576,13 +576,13 @@ pub async fn corrupt_entry_is_a_counted_miss_and_is_replaced(stack: Stack) {
         assert_eq!(store.get_by_id(&g.id).await.unwrap(), Some(g.clone()));
         assert_eq!(env.manager.get_stats().await.unwrap().serialization_errors, 2);
         let bytes = wait_for_value(&mut redis, &key).await;
-        assert_eq!(bytes[0], 0x93);
+        assert_eq!(bytes[0], 0x94, "an envelope: an array of four");
         assert!(bytes.len() > 20, "replaced by a real envelope");
     }
     env.teardown().await;
 }
 
-pub async fn entry_of_another_schema_is_a_miss_and_is_replaced(stack: Stack) {
+pub async fn entries_of_another_schema_stay_and_each_version_hits_its_own(stack: Stack) {
     let env = Env::new(stack).await;
     let old = env.store::<UserName>();
     let new = env.store::<User>();
@@ -592,16 +592,25 @@ pub async fn entry_of_another_schema_is_a_miss_and_is_replaced(stack: Stack) {
     assert_eq!(old.get_by_id(&h.id).await.unwrap().unwrap().name, "hugo");
     env.wait_for_fills(1).await;
 
-    // The new build finds a foreign fingerprint: a miss, never a misread.
+    // The new build finds a foreign fingerprint: a miss, never a misread,
+    // and not a corrupt entry either: it fills its own entry beside it.
     assert_eq!(new.get_by_id(&h.id).await.unwrap(), Some(h.clone()));
     let stats = env.manager.get_stats().await.unwrap();
-    assert_eq!((stats.serialization_errors, stats.misses), (1, 2));
+    assert_eq!(
+        (stats.serialization_errors, stats.foreign_entries, stats.misses),
+        (0, 1, 2)
+    );
     env.wait_for_fills(2).await;
     execute!(env, "UPDATE users SET name = 'changed'");
     assert_eq!(
         new.get_by_id(&h.id).await.unwrap(),
-        Some(h),
-        "refilled in the new shape: a hit"
+        Some(h.clone()),
+        "the new build's own entry: a hit"
+    );
+    assert_eq!(
+        old.get_by_id(&h.id).await.unwrap().unwrap().name,
+        "hugo",
+        "the old build's entry was left alone: a hit"
     );
     env.teardown().await;
 }
@@ -1038,7 +1047,7 @@ storehaus_testkit::every_stack! {
     missing_rows_are_cached_and_create_clears_the_marker,
     get_many_keeps_order_and_caches_misses,
     corrupt_entry_is_a_counted_miss_and_is_replaced,
-    entry_of_another_schema_is_a_miss_and_is_replaced,
+    entries_of_another_schema_stay_and_each_version_hits_its_own,
     guarded_fill_is_dropped_when_a_write_lands_first,
     guarded_batch_fill_drops_only_the_rewritten_key,
     concurrent_cold_reads_share_one_load,

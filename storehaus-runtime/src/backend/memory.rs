@@ -91,6 +91,8 @@ pub(crate) struct MemoryBackend {
     evicted: Arc<AtomicU64>,
     counters: RwLock<HashMap<String, i64>>,
     sets: RwLock<HashMap<String, TagSet>>,
+    /// Live-version registries: member -> the instant its time ends.
+    registries: RwLock<HashMap<String, HashMap<String, Instant>>>,
     max_capacity: u64,
 }
 
@@ -190,6 +192,7 @@ impl MemoryBackend {
             evicted,
             counters: RwLock::new(HashMap::new()),
             sets: RwLock::new(HashMap::new()),
+            registries: RwLock::new(HashMap::new()),
             max_capacity,
         }
     }
@@ -240,8 +243,13 @@ impl MemoryBackend {
             .entry_by_ref(key)
             .and_compute_with(|entry| if entry.is_some() { Op::Remove } else { Op::Nop });
         let removed_value = matches!(result, CompResult::Removed(_));
-        let removed_other = self.remove_counter(key) | self.remove_set(key).is_some();
+        let removed_other = self.remove_counter(key) | self.remove_set(key).is_some() | self.remove_registry(key);
         removed_value || removed_other
+    }
+
+    fn remove_registry(&self, key: &str) -> bool {
+        let mut registries = self.registries.write().unwrap_or_else(PoisonError::into_inner);
+        registries.remove(key).is_some()
     }
 
     fn remove_counter(&self, key: &str) -> bool {
@@ -467,6 +475,10 @@ impl MemoryBackend {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|key, _| unlink(key));
+        self.registries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|key, _| unlink(key));
         Ok(ScanStep { next: 0, removed, keys })
     }
 
@@ -521,6 +533,33 @@ impl MemoryBackend {
         let keys: Vec<String> = self.remove_set(draining).unwrap_or_default().into_iter().collect();
         let removed = keys.iter().filter(|member| self.delete_one(member)).count() as u64;
         Ok(ScanStep { next: 0, removed, keys })
+    }
+
+    // Registries live beside values and counters, like a sorted set in Redis.
+    pub async fn register_version(&self, key: &str, tag: &str, ttl_ms: u64) -> CacheResult<()> {
+        let until = deadline_in(ttl_ms, "pexpire")?;
+        let now = Instant::now();
+        let mut registries = self.registries.write().unwrap_or_else(PoisonError::into_inner);
+        let members = registries.entry(key.to_string()).or_default();
+        let at = members.entry(tag.to_string()).or_insert(until);
+        *at = (*at).max(until);
+        members.retain(|_, at| *at > now);
+        Ok(())
+    }
+
+    pub async fn versions(&self, key: &str) -> CacheResult<Vec<String>> {
+        let now = Instant::now();
+        let registries = self.registries.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(registries
+            .get(key)
+            .map(|members| {
+                members
+                    .iter()
+                    .filter(|(_, at)| **at > now)
+                    .map(|(m, _)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// The time `key` has left, as Redis' `PTTL` would say: `None` for a

@@ -186,6 +186,16 @@ impl Backend {
         /// then the member from the set (so a step cut short leaves its
         /// members for a later walk). Same cursor rules as `scan_step`.
         pub async fn drain_step(&self, draining: &str, cursor: u64) -> CacheResult<ScanStep>;
+        /// Adds `tag` to the live-version registry `key` (a sorted set
+        /// scored by expiry, in the server's clock) until at least `ttl_ms`
+        /// from now, drops members whose time has passed, and keeps the
+        /// registry itself alive as long as its longest member, atomically.
+        /// A key of another type is replaced.
+        pub async fn register_version(&self, key: &str, tag: &str, ttl_ms: u64) -> CacheResult<()>;
+        /// The members of the live-version registry `key` (`ZRANGE key 0 -1`),
+        /// including any whose time has passed and which no registration
+        /// has dropped yet. A key of another type is a `WRONGTYPE` error.
+        pub async fn versions(&self, key: &str) -> CacheResult<Vec<String>>;
     }
 }
 

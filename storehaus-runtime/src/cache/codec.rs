@@ -1,19 +1,33 @@
 //! The cache value format: MessagePack in a small versioned envelope.
+//! `docs/FORMAT.md` is the reference, for readers in any language.
 //!
-//! Every value StoreHaus writes is one MessagePack array of three elements,
+//! Every value StoreHaus writes is one MessagePack array of four elements,
 //! readable by any MessagePack decoder:
 //!
 //! ```text
-//! [ version: 1, fingerprint: u64, payload ]
+//! [ version: 2, fingerprint: u64, token: u64, payload ]
 //! ```
 //!
 //! `payload` is the record in rmp-serde's compact (positional) encoding, or
 //! `nil` for a cached "no such row". The fingerprint is the record type's
 //! [`Cached::FINGERPRINT`](crate::Cached::FINGERPRINT), a hash of its column
-//! names and field types, so an entry written by another version of the
-//! struct is detected and treated as a miss instead of being misread.
-//! Manual writes ([`CacheManager::set_record`](crate::CacheManager::set_record))
-//! carry fingerprint 0, which every reader accepts.
+//! names and field types. Manual writes
+//! ([`CacheManager::set_record`](crate::CacheManager::set_record)) carry
+//! fingerprint 0, which every reader accepts. The token is drawn at random
+//! for every value written, so no two fills write the same bytes: a guard
+//! that compares bytes (an early refresh replaces the value it read only if
+//! the key still holds those bytes) compares fills, never contents.
+//!
+//! An envelope is one of three things to a reader ([`decode_any`]):
+//! - its own: version 2 with the reader's fingerprint (or 0), or a
+//!   version-1 envelope (`[1, fingerprint, payload]`, written before tokens;
+//!   read, never refreshed in place);
+//! - **another version's**: a well-formed envelope of another fingerprint,
+//!   or of an envelope version above [`VERSION`]. It is neither served nor
+//!   removed: the reader's own version lives beside it (see
+//!   `cache::versions`);
+//! - corrupt: anything else (not an envelope, truncated, a payload that
+//!   does not decode as the reader's type). Counted, removed, refilled.
 //!
 //! Fill leases (see the read path, `cache::read`) are stored under the same keys; they
 //! start with the byte `0xC1`, which MessagePack reserves as "never used", so
@@ -25,7 +39,11 @@ use serde::Serialize;
 use crate::error::CacheError;
 
 /// The envelope format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+
+/// The envelope version before fill tokens: `[1, fingerprint, payload]`.
+/// Still read; never written.
+pub const LEGACY_VERSION: u8 = 1;
 
 /// The fingerprint of manual writes: accepted by every reader.
 pub const ANY_FINGERPRINT: u64 = 0;
@@ -46,19 +64,44 @@ pub enum Entry<T> {
     Absent,
 }
 
+/// What an envelope is to a reader of one fingerprint (see [`decode_any`]).
+#[derive(Debug, PartialEq)]
+pub enum Found<T> {
+    /// The reader's own entry, and the fill token it was written with
+    /// (`None`: a version-1 envelope, written before tokens).
+    Own(Entry<T>, Option<u64>),
+    /// A well-formed entry of another version (another fingerprint, or a
+    /// newer envelope version): not for this reader, and not corrupt.
+    Foreign,
+}
+
 fn ser_err(e: impl std::fmt::Display) -> CacheError {
     CacheError::SerializationError(e.to_string())
 }
 
-/// Encodes a record (or `None` for "no such row") in the envelope.
+/// Encodes a record (or `None` for "no such row") in the envelope, with a
+/// fresh random fill token.
 ///
 /// # Errors
 /// [`CacheError::SerializationError`] when serde cannot serialize the value.
 pub fn encode<T: Serialize + ?Sized>(fingerprint: u64, value: Option<&T>) -> Result<Vec<u8>, CacheError> {
+    encode_with_token(fingerprint, rand::random::<u64>(), value)
+}
+
+/// Encodes like [`encode`], with the fill token `token`.
+///
+/// # Errors
+/// [`CacheError::SerializationError`] when serde cannot serialize the value.
+pub fn encode_with_token<T: Serialize + ?Sized>(
+    fingerprint: u64,
+    token: u64,
+    value: Option<&T>,
+) -> Result<Vec<u8>, CacheError> {
     let mut buf = Vec::with_capacity(128);
-    rmp::encode::write_array_len(&mut buf, 3).map_err(ser_err)?;
+    rmp::encode::write_array_len(&mut buf, 4).map_err(ser_err)?;
     rmp::encode::write_pfix(&mut buf, VERSION).map_err(ser_err)?;
     rmp::encode::write_u64(&mut buf, fingerprint).map_err(ser_err)?;
+    rmp::encode::write_u64(&mut buf, token).map_err(ser_err)?;
     match value {
         Some(v) => rmp_serde::encode::write(&mut buf, v).map_err(ser_err)?,
         None => rmp::encode::write_nil(&mut buf).map_err(ser_err)?,
@@ -74,42 +117,76 @@ pub fn is_lease(bytes: &[u8]) -> bool {
     bytes.len() == LEASE_LEN && bytes[0] == LEASE_TAG
 }
 
-/// Decodes an envelope, checking version and fingerprint.
+/// Decodes an envelope written for `expected_fingerprint`.
 ///
 /// # Errors
 /// [`CacheError::SerializationError`] when the bytes are not our envelope,
-/// are truncated, carry another version or fingerprint, or the payload does
-/// not decode as `T`.
+/// are truncated, belong to another version (another fingerprint, or a
+/// newer envelope version), or the payload does not decode as `T`.
 pub fn decode<T: DeserializeOwned>(expected_fingerprint: u64, bytes: &[u8]) -> Result<Entry<T>, CacheError> {
+    match decode_any(expected_fingerprint, bytes)? {
+        Found::Own(entry, _) => Ok(entry),
+        Found::Foreign => Err(ser_err(format!(
+            "written by another version (envelope or schema fingerprint other than {expected_fingerprint:#x})"
+        ))),
+    }
+}
+
+/// Decodes an envelope and says whose it is: the reader's own entry (with
+/// its fill token), or another version's ([`Found::Foreign`]).
+///
+/// # Errors
+/// [`CacheError::SerializationError`] when the bytes are corrupt: not an
+/// envelope, truncated, trailing bytes, or a payload of the reader's own
+/// version that does not decode as `T`.
+pub fn decode_any<T: DeserializeOwned>(expected_fingerprint: u64, bytes: &[u8]) -> Result<Found<T>, CacheError> {
     let mut rd = bytes;
     let len = rmp::decode::read_array_len(&mut rd).map_err(|e| ser_err(format!("not a StoreHaus envelope: {e}")))?;
-    if len != 3 {
-        return Err(ser_err(format!("not a StoreHaus envelope: array of {len}")));
-    }
     let version: u8 = rmp::decode::read_int(&mut rd).map_err(|e| ser_err(format!("bad envelope version: {e}")))?;
-    if version != VERSION {
-        return Err(ser_err(format!("envelope version {version}, expected {VERSION}")));
-    }
-    let fingerprint: u64 = rmp::decode::read_int(&mut rd).map_err(|e| ser_err(format!("bad fingerprint: {e}")))?;
-    if fingerprint != expected_fingerprint && fingerprint != ANY_FINGERPRINT && expected_fingerprint != ANY_FINGERPRINT
-    {
+    let expected_len = match version {
+        LEGACY_VERSION => 3,
+        VERSION => 4,
+        // A newer format: another version's entry, whatever its shape.
+        v if v > VERSION && len >= 2 => return Ok(Found::Foreign),
+        v => return Err(ser_err(format!("envelope version {v}, expected {VERSION}"))),
+    };
+    if len != expected_len {
         return Err(ser_err(format!(
-            "schema fingerprint {fingerprint:#x} does not match {expected_fingerprint:#x} (written by another version of the struct)"
+            "not a StoreHaus envelope: version {version} in an array of {len}"
         )));
     }
-    if rd == [0xc0] {
-        return Ok(Entry::Absent);
-    }
-    // Check the payload's extent first, then decode it in place:
-    // `from_slice` borrows strings and byte arrays from the slice, where a
-    // `Deserializer` over `impl Read` copies each one through a buffer.
+    let fingerprint: u64 = rmp::decode::read_int(&mut rd).map_err(|e| ser_err(format!("bad fingerprint: {e}")))?;
+    let token = match version {
+        VERSION => Some(rmp::decode::read_int::<u64, _>(&mut rd).map_err(|e| ser_err(format!("bad fill token: {e}")))?),
+        _ => None,
+    };
+    // Check the payload's extent first: a truncated entry is corrupt,
+    // whoever wrote it.
     match value_len(rd) {
         Some(n) if n == rd.len() => {}
         Some(n) => return Err(ser_err(format!("{} trailing bytes after the payload", rd.len() - n))),
         None => return Err(ser_err("truncated or invalid MessagePack payload")),
     }
+    if fingerprint != expected_fingerprint && fingerprint != ANY_FINGERPRINT && expected_fingerprint != ANY_FINGERPRINT
+    {
+        return Ok(Found::Foreign);
+    }
+    if rd == [0xc0] {
+        return Ok(Found::Own(Entry::Absent, token));
+    }
+    // Decode the payload in place: `from_slice` borrows strings and byte
+    // arrays from the slice, where a `Deserializer` over `impl Read` copies
+    // each one through a buffer.
     let value = rmp_serde::from_slice::<T>(rd).map_err(ser_err)?;
-    Ok(Entry::Record(value))
+    Ok(Found::Own(Entry::Record(value), token))
+}
+
+/// The name of the value layout a reader of `fingerprint` writes: the
+/// envelope version and the fingerprint, `2-0123456789abcdef`. Another
+/// version's entries live beside this layout's under keys ending in
+/// `:v{tag}` (see `cache::key::side_key`).
+pub fn layout_tag(fingerprint: u64) -> String {
+    format!("{VERSION}-{fingerprint:016x}")
 }
 
 /// The length in bytes of the one MessagePack value at the start of `buf`;
@@ -177,11 +254,68 @@ mod tests {
             id: 7,
             name: "ann".into(),
         };
-        let bytes = encode(42, Some(&row)).unwrap();
-        assert_eq!(bytes[0], 0x93);
-        assert_eq!(decode::<Row>(42, &bytes).unwrap(), Entry::Record(row));
+        let bytes = encode_with_token(42, 7, Some(&row)).unwrap();
+        assert_eq!(bytes[0], 0x94);
+        assert_eq!(
+            decode_any::<Row>(42, &bytes).unwrap(),
+            Found::Own(Entry::Record(row), Some(7))
+        );
         let absent = encode::<Row>(42, None).unwrap();
         assert_eq!(decode::<Row>(42, &absent).unwrap(), Entry::Absent);
+        assert_ne!(
+            absent,
+            encode::<Row>(42, None).unwrap(),
+            "every fill writes its own bytes"
+        );
+    }
+
+    #[test]
+    fn the_example_of_docs_format_md_is_what_is_written() {
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
+        let bytes = encode_with_token(0x1122_3344_5566_7788, 0x0102_0304_0506_0708, Some(&row)).unwrap();
+        let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex.join(" "),
+            "94 02 cf 11 22 33 44 55 66 77 88 cf 01 02 03 04 05 06 07 08 92 07 a3 61 6e 6e"
+        );
+    }
+
+    #[test]
+    fn version_one_envelopes_are_read_without_a_token() {
+        let mut legacy = vec![0x93, 0x01, 0xcf];
+        legacy.extend_from_slice(&42u64.to_be_bytes());
+        legacy.extend_from_slice(&rmp_serde::to_vec(&(7i64, "ann")).unwrap());
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
+        assert_eq!(
+            decode_any::<Row>(42, &legacy).unwrap(),
+            Found::Own(Entry::Record(row), None)
+        );
+        assert_eq!(decode_any::<Row>(43, &legacy).unwrap(), Found::Foreign);
+    }
+
+    #[test]
+    fn other_versions_are_foreign_not_corrupt() {
+        let row = Row {
+            id: 7,
+            name: "ann".into(),
+        };
+        let bytes = encode(42, Some(&row)).unwrap();
+        assert_eq!(decode_any::<Row>(43, &bytes).unwrap(), Found::Foreign);
+        // A newer envelope, whatever it holds after its version.
+        assert_eq!(
+            decode_any::<Row>(42, &[0x95, 0x03, 0x01, 0x02, 0x03, 0x04]).unwrap(),
+            Found::Foreign
+        );
+        // A foreign fingerprint does not excuse a truncated entry.
+        assert!(decode_any::<Row>(43, &bytes[..bytes.len() - 2]).is_err());
+        assert!(decode_any::<Row>(42, &[0x92, 0x00, 0x01]).is_err(), "version 0");
+        assert_eq!(layout_tag(0xab), "2-00000000000000ab");
     }
 
     #[test]
@@ -234,7 +368,7 @@ mod tests {
             name: "ann".into(),
         };
         let bytes = encode(42, Some(&row)).unwrap();
-        assert!(decode::<Row>(43, &bytes).is_err());
+        assert!(decode::<Row>(43, &bytes).is_err(), "another version is not served");
         assert!(decode::<Row>(42, &bytes[..bytes.len() - 2]).is_err());
         assert!(decode::<Row>(42, b"hello world").is_err());
         assert!(decode::<Row>(42, b"").is_err());

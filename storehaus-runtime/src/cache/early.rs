@@ -6,16 +6,35 @@
 //! `PTTL`, pipelined) and refreshes the entry from the database when
 //! `δ·β·(−ln u) ≥ remaining`, `u` uniform in (0, 1], δ the time a load of
 //! this store takes: the closer the expiry and the slower the load, the
-//! likelier. One reader refreshes (through the same guarded fill, which
-//! only replaces the very bytes it read, so a write that deletes the key
-//! meanwhile wins), while the others keep being served the cached value.
+//! likelier. One reader refreshes, while the others keep being served the
+//! cached value.
+//!
+//! The refresh replaces the entry only if the key still holds the very
+//! bytes it read, and those bytes name one fill: every value is written
+//! with a random fill token in its envelope (`codec`), so a key that a
+//! write deleted and another reader filled again with the same row holds
+//! other bytes (no ABA: W1 X→Y, the refresh loads Y, W2 Y→X and a reader
+//! fills X again; the refresh then finds another fill's X and drops its Y).
+//! A version-1 entry (no token) is served but never refreshed in place.
 //!
 //! δ is measured in each process, per store (an exponentially weighted
-//! mean of its loads), not stored in the entry: the value format stays
-//! what every reader expects.
+//! mean of its loads), not stored in the entry.
+//!
+//! A refresh marks its key in the manager's `refreshing` set while it
+//! loads, so that one reader of the process refreshes at a time; the mark
+//! is removed when the refresh ends or its reader is dropped.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cache::fill::{Fill, Guard, Ttls};
+use crate::cache::versions::Layout;
+use crate::cache::CacheManager;
+use crate::error::Result;
 
 /// One store's early-refresh setting and its measured load time.
 #[derive(Debug)]
@@ -55,6 +74,76 @@ impl Early {
         // `random` is in [0, 1): 1 − random is in (0, 1], its log finite.
         let gap = delta_ms * self.beta * -(1.0 - random).ln();
         gap >= pttl_ms as f64
+    }
+}
+
+/// A hit due for an early refresh: unless a refresh of this process is
+/// already loading the key, loads the row and replaces the entry with it,
+/// only if the entry still holds the very bytes (the very fill) that were
+/// read: a write deletes the key, so it wins. On a side key (`side`: the
+/// version's layout) the version registers again first, since the new
+/// value lives longer. Answers the loaded row; the cached one if the
+/// database fails (the caller had a hit).
+pub(crate) async fn refresh_early<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    key: String,
+    (cached, bytes): (Option<V>, Vec<u8>),
+    (fingerprint, side): (u64, Option<&Layout>),
+    ttls: Ttls,
+    load: F,
+) -> Option<V>
+where
+    V: Serialize + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let Some(_mark) = Refreshing::mark(mgr, &key) else {
+        return cached;
+    };
+    if let Some(layout) = side {
+        if !mgr.register_layout(layout, mgr.deadline()).await {
+            return cached;
+        }
+    }
+    let Ok(value) = load().await else {
+        return cached;
+    };
+    mgr.count(|c| &c.early_refreshes);
+    if let Some(fresh) = mgr.encode_fill(fingerprint, value.as_ref()) {
+        let fill = Fill {
+            keys: vec![key],
+            values: vec![fresh],
+            guard: Guard::Value(bytes),
+            ttl_secs: ttls.of(value.as_ref()),
+        };
+        mgr.spawn_fill(fill, None);
+    }
+    value
+}
+
+/// A key's mark in the manager's `refreshing` set, removed when dropped:
+/// when the refresh ends, and when its reader is dropped mid-load.
+struct Refreshing<'a> {
+    mgr: &'a CacheManager,
+    key: String,
+}
+
+impl<'a> Refreshing<'a> {
+    /// Marks `key`; `None` when a refresh of this process holds it already.
+    fn mark(mgr: &'a CacheManager, key: &str) -> Option<Self> {
+        let first = mgr.refreshing.lock().is_ok_and(|mut set| set.insert(key.to_string()));
+        first.then(|| Refreshing {
+            mgr,
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.mgr.refreshing.lock() {
+            set.remove(&self.key);
+        }
     }
 }
 

@@ -1,10 +1,13 @@
-//! A committed write's invalidation: delete its keys, bump its store's query
-//! generation and record its tags, in one round trip under one budget.
-//! What cannot be delivered is remembered for replay (see `replay`).
+//! A committed write's invalidation: delete its keys (and the side keys of
+//! the other versions of its record type that live beside them, see
+//! `versions`), bump its store's query generation and record its tags, in
+//! one round trip under one budget. What cannot be delivered is remembered
+//! for replay (see `replay`).
 
 use std::sync::Arc;
 
 use crate::backend::{Invalidated, Invalidation, TagAdd};
+use crate::cache::versions::sides;
 use crate::cache::CacheManager;
 use crate::error::CacheResult;
 
@@ -35,44 +38,108 @@ impl CacheManager {
         counters: Vec<String>,
         tags: Vec<TagAdd>,
     ) {
+        self.invalidate_versions(scope, (keys, Vec::new()), counters, tags)
+            .await;
+    }
+
+    /// [`invalidate_committed`](Self::invalidate_committed), where every
+    /// home key (`keys`: records, index entries) goes with the side keys of
+    /// every version registered for the store (see `versions`); `filled`:
+    /// homes this write filled itself, whose side keys alone go.
+    ///
+    /// The registry is read in parallel with the invalidation, after the
+    /// commit: the side keys of the versions this process knew go in the
+    /// first round trip, those of versions it meets only now in a second.
+    async fn invalidate_versions(
+        self: &Arc<Self>,
+        scope: &str,
+        (keys, filled): (Vec<String>, Vec<String>),
+        counters: Vec<String>,
+        tags: Vec<TagAdd>,
+    ) {
         self.flights.detach(&keys);
-        if keys.is_empty() && counters.is_empty() && tags.is_empty() {
+        if keys.is_empty() && filled.is_empty() && counters.is_empty() && tags.is_empty() {
             return;
         }
+        let invalidated = keys.len() as u64;
+        let mut homes = keys.clone();
+        homes.extend(filled);
+        let registry = self.registry_of_scope(scope).filter(|_| !homes.is_empty());
+        let known = registry.as_deref().map(|r| self.known_versions.get(r));
+        let mut all = keys;
+        all.extend(sides(&homes, known.as_deref().unwrap_or_default()));
         let mut work = Unfinished {
             manager: self,
             scope,
-            keys,
+            keys: homes,
             counters,
             tags,
             done: false,
         };
         // Logged before it is sent: a failover noticed while it is under
-        // way then delivers it again.
+        // way then delivers it again (with the side keys registered then).
         self.recent.record(scope, &work.keys, &work.counters);
         let inv = Invalidation {
-            keys: &work.keys,
+            keys: &all,
             counters: &work.counters,
             tags: &work.tags,
         };
-        let delivered = self
-            .guarded(self.deadline(), "invalidate", || self.backend.invalidate(&inv))
-            .await;
+        let deadline = self.deadline();
+        let (delivered, live) = tokio::join!(
+            self.guarded(deadline, "invalidate", || self.backend.invalidate(&inv)),
+            async {
+                match &registry {
+                    Some(r) => self.live_tags(r, deadline).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        );
         // After Redis answered (or failed), never before: a reader whose GET
         // raced the DEL holds an older ticket, and its entry is not served.
-        self.near_forget(&work.keys);
+        self.near_forget(&all);
+        let delivered = match (delivered, live) {
+            (Ok(done), Ok(live)) => {
+                let known = known.as_deref().unwrap_or_default();
+                let new: Vec<String> = live
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| !known.contains(t))
+                    .collect();
+                self.delete_new_sides(&work.keys, &new, deadline).await.map(|()| done)
+            }
+            (Ok(_), Err(e)) | (Err(e), _) => Err(e),
+        };
         work.done = true;
         match delivered {
             Ok(done) => {
                 self.count_resets(&done);
-                self.count_n(|c| &c.invalidations, work.keys.len() as u64);
+                self.count_n(|c| &c.invalidations, invalidated);
                 if done.tags_refused {
                     self.remember(scope, Vec::new(), Vec::new(), std::mem::take(&mut work.tags));
                 }
             }
+            // Replayed whole: the replay reads the registry again.
             Err(_) => work.remember(),
         }
         self.kick_replayer();
+    }
+
+    /// Deletes the side keys of `homes` for versions `tags` met only now.
+    async fn delete_new_sides(
+        &self,
+        homes: &[String],
+        tags: &[String],
+        deadline: tokio::time::Instant,
+    ) -> crate::error::CacheResult<()> {
+        let extra = sides(homes, tags);
+        if extra.is_empty() {
+            return Ok(());
+        }
+        let deleted = self
+            .guarded(deadline, "invalidate", || self.backend.delete(&extra))
+            .await;
+        self.near_forget(&extra);
+        deleted.map(|_| ())
     }
 
     /// A committed write's invalidation for a write that fills the cache
@@ -109,9 +176,14 @@ impl CacheManager {
         let filled = self.land(&fill).await == 1;
         // The near cache may hold the row from before the write.
         self.near_forget(&fill.keys);
-        let mut keys = if filled { Vec::new() } else { fill.keys };
+        let (mut keys, filled) = if filled {
+            (Vec::new(), fill.keys)
+        } else {
+            (fill.keys, Vec::new())
+        };
         keys.extend(also);
-        self.invalidate_committed(scope, keys, counters, tags).await;
+        // Other versions' side entries of the key go in any case.
+        self.invalidate_versions(scope, (keys, filled), counters, tags).await;
     }
 
     /// Delivers changes the database logged (the outbox): deletes their

@@ -145,6 +145,39 @@ pub fn tag_draining_key(tag_set: &str) -> String {
     format!("{tag_set}:draining")
 }
 
+/// The second segment of every live-version registry's key.
+pub(crate) const VERSIONS_SEGMENT: &str = "__versions";
+
+/// The registry of the value layouts that live beside each other in one
+/// store's key space: `{global}:__versions:{prefix}` (see `cache::versions`).
+pub fn versions_key(global_prefix: &str, prefix: &str) -> String {
+    format!("{global_prefix}:{VERSIONS_SEGMENT}:{prefix}")
+}
+
+/// Where the layout `tag` keeps its entry when another version holds the
+/// home key `home` (a record or an index entry): `{home}~{tag}`. No home
+/// key holds a `~` (ids and index values escape it, prefixes may not hold
+/// it), so a side key is never another entry's home key, and it stays
+/// inside the store's key space `{global}:{prefix}:`.
+pub fn side_key(home: &str, tag: &str) -> String {
+    let mut out = String::with_capacity(home.len() + tag.len() + 1);
+    out.push_str(home);
+    out.push(SIDE_MARK);
+    out.push_str(tag);
+    out
+}
+
+/// What separates a side key from its home key.
+pub(crate) const SIDE_MARK: char = '~';
+
+/// The store prefix segment of a key of the global prefix `global`
+/// (`{global}:{prefix}:...`), if it has one.
+pub fn prefix_of<'k>(global_prefix: &str, key: &'k str) -> Option<&'k str> {
+    let rest = key.strip_prefix(global_prefix)?.strip_prefix(':')?;
+    let (prefix, _) = rest.split_once(':')?;
+    Some(prefix)
+}
+
 /// Confines a user pattern to the global prefix: `{global}:{pattern}`.
 ///
 /// The pattern is used as a Redis glob below `{global}:`; because the result
@@ -202,6 +235,17 @@ mod tests {
         assert!(validate_prefix("prefix", "a:b").is_err());
         assert!(validate_prefix("prefix", "a*").is_err());
         assert!(validate_prefix("prefix", "__tag").is_err());
+    }
+
+    #[test]
+    fn side_keys_and_registries_have_keys_of_their_own() {
+        let home = record_key("app", "users", &7);
+        assert_eq!(side_key(&home, "2-00000000000000ab"), "app:users:7~2-00000000000000ab");
+        assert_ne!(side_key(&home, "x"), record_key("app", "users", "7~x"));
+        assert_eq!(versions_key("app", "users"), "app:__versions:users");
+        assert_eq!(prefix_of("app", &home), Some("users"));
+        assert_eq!(prefix_of("app", "app:users"), None);
+        assert_eq!(prefix_of("app", "other:users:7"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 pub(crate) mod adapt;
 pub(crate) mod breaker;
 pub mod codec;
+pub(crate) mod controls;
 pub(crate) mod early;
 pub(crate) mod fill;
 pub(crate) mod flight;
@@ -35,6 +36,7 @@ mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
 pub(crate) mod telemetry;
+pub(crate) mod versions;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -100,6 +102,8 @@ pub struct CacheManager {
     near: Option<Arc<Near>>,
     /// The background fills under way (see `flush_fills`).
     pub(crate) fill_epochs: fill::FillEpochs,
+    /// The live-version registries as last read (see `versions`).
+    pub(crate) known_versions: versions::Known,
     /// Keys an early refresh of this process is loading.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) outbox: crate::outbox::Watchers,
@@ -170,6 +174,7 @@ impl CacheManager {
             flights: Flights::default(),
             near,
             fill_epochs: Default::default(),
+            known_versions: Default::default(),
             refreshing: Default::default(),
             outbox,
             last_warning_ms: AtomicU64::new(0),
@@ -299,7 +304,9 @@ impl CacheManager {
         }
     }
 
-    /// Removes `{global}:{prefix}:{id}`; `true` when a key existed.
+    /// Removes `{global}:{prefix}:{id}`, and the entries other versions of
+    /// the store's record type keep beside it during a rolling deploy
+    /// (`docs/FORMAT.md`); `true` when the key itself existed.
     ///
     /// # Errors
     /// [`CacheError::InvalidInput`] for a bad prefix; connection errors and
@@ -307,15 +314,30 @@ impl CacheManager {
     #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn delete_record(&self, prefix: &str, id: &str) -> CacheResult<bool> {
         let key = self.manual_key(prefix, id)?;
-        let keys = [key];
+        let mut keys = vec![key];
         self.flights.detach(&keys);
         self.recent
             .record(&key::store_scope(self.global_prefix(), prefix), &keys, &[]);
-        let n = self
-            .guarded(self.deadline(), "delete_record", || self.backend.delete(&keys))
+        let deadline = self.deadline();
+        let sides = self.side_keys(&keys, deadline).await;
+        let home = self
+            .guarded(deadline, "delete_record", || self.backend.delete(&keys[..1]))
             .await;
+        let sides = match sides {
+            Ok(sides) if !sides.is_empty() => {
+                let deleted = self
+                    .guarded(deadline, "delete_record", || self.backend.delete(&sides))
+                    .await;
+                keys.extend(sides);
+                deleted.map(|_| ())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
         self.near_forget(&keys);
-        Ok(n? > 0)
+        let existed = home? > 0;
+        sides?;
+        Ok(existed)
     }
 
     /// Invalidates everything cached for the store prefix `prefix`: its
@@ -514,6 +536,7 @@ impl CacheManager {
                 .await?;
             self.flights.detach(&step.keys);
             self.near_forget(&step.keys);
+            self.drop_side_entries(&step.keys, deadline).await;
             removed += step.removed;
             cursor = step.next;
             if cursor == 0 {

@@ -18,9 +18,12 @@
  *
  * Scenarios (spin -DSCENARIO=n): 1, across processes: process 0 has two
  * readers, process 1 a writer and a reader; 2, the writer's own process:
- * process 0 has the writer and two readers, process 1 a reader. Each read
- * and write happens once, in every order. -DEXPIRIES=1 lets Redis expire
- * the key (a lease or a value) once, anywhere (8 M states, a minute).
+ * process 0 has the writer and two readers, process 1 a reader; 3, early
+ * refresh (cache/early.rs): process 0 has a reader that refreshes the value
+ * it hits and a reader, process 1 two writers (the row goes X -> Y -> X:
+ * its content is its version modulo 2) and a reader. Each read and write
+ * happens once, in every order. -DEXPIRIES=1 lets Redis expire the key (a
+ * lease or a value) once, anywhere (8 M states, a minute).
  *
  * Knobs (spin -D...), to show what each mechanism is for:
  *   JOIN_CHECKS_LEASE=0  a reader joins its process's load whatever lease it
@@ -31,6 +34,12 @@
  *                        across processes (the lease comparison alone
  *                        closes the hole); with JOIN_CHECKS_LEASE=0 too,
  *                        violated in the writer's own process (scenario 2).
+ *   REFRESH_TOKEN=0      an early refresh replaces the value only where the
+ *                        key holds the same *content* it read, not the same
+ *                        fill (the envelope's fill token): violated in
+ *                        scenario 3 (the refresh ABA: it loads Y after W1,
+ *                        W2 writes X back and a reader fills X, the refresh
+ *                        finds "its" X and puts Y back).
  *
  * The hole spin finds with JOIN_CHECKS_LEASE=0 (scenario 1, shortest
  * trail): a reader of process 0 takes the lease and loads version 0; the
@@ -48,6 +57,9 @@
 #endif
 #ifndef DETACH_ON_WRITE
 #define DETACH_ON_WRITE 1
+#endif
+#ifndef REFRESH_TOKEN
+#define REFRESH_TOKEN 1
 #endif
 #ifndef SCENARIO
 #define SCENARIO 1
@@ -68,6 +80,10 @@ byte next_ver = 0;
 byte rk = EMPTY;
 byte rval = 0;
 byte rlease = 0;
+/* The fill that wrote the value: the envelope's random fill token
+ * (cache/codec.rs), unique per fill. */
+byte rfill = 0;
+byte next_fill = 0;
 
 byte next_lease = 0;
 
@@ -95,11 +111,12 @@ proctype Writer(byte p) {
 #if DETACH_ON_WRITE
     fl_active[p] = false;
 #endif
-    /* cache/invalidate.rs: DEL under the budget, or remembered. */
+    /* cache/invalidate.rs: DEL under the budget, or remembered (scenario
+     * 3, about the refresh, delivers every invalidation). */
     if
     :: rk = EMPTY; delivered = true
-    :: delivered = false; pend[p] = true                  /* timed out, not applied */
-    :: rk = EMPTY; delivered = false; pend[p] = true      /* timed out, applied */
+    :: SCENARIO != 3 -> delivered = false; pend[p] = true                  /* timed out, not applied */
+    :: SCENARIO != 3 -> rk = EMPTY; delivered = false; pend[p] = true      /* timed out, applied */
     fi;
     /* The write returns. */
     atomic {
@@ -129,8 +146,8 @@ end:
     od
 }
 
-proctype Reader(byte p) {
-    byte f, lease, found, joined, v;
+proctype Reader(byte p; bool refresh) {
+    byte f, lease, found, joined, v, seen, seen_fill;
     /* The read begins: what it must not go below. */
     atomic { f = floor_proc[p]; if :: floor_all > f -> f = floor_all :: else fi }
     /* cache/mod.rs ready(): pending invalidations in this process bypass Redis. */
@@ -140,9 +157,10 @@ proctype Reader(byte p) {
     fi;
     /* cache/read.rs new_lease */
     atomic { next_lease++; lease = next_lease }
-    /* cache/read.rs lookup: GET ... */
+    /* cache/read.rs lookup: GET ... (with early refresh, a hit may be due) */
     atomic {
         if
+        :: rk == VAL && refresh -> v = rval; seen = rval; seen_fill = rfill; goto refill
         :: rk == VAL -> v = rval; goto done
         :: rk == LEASE -> found = rlease; goto busy
         :: rk == EMPTY
@@ -166,13 +184,28 @@ lead:
      * the compare-and-set script), the load joinable until it lands. */
     atomic {
         if
-        :: FILL_CAS && rk == LEASE && rlease == lease -> rk = VAL; rval = v
-        :: !FILL_CAS -> rk = VAL; rval = v
+        :: FILL_CAS && rk == LEASE && rlease == lease -> rk = VAL; rval = v; next_fill++; rfill = next_fill
+        :: !FILL_CAS -> rk = VAL; rval = v; next_fill++; rfill = next_fill
         :: else
         fi
     }
     /* flight.rs Drop for Lead: leaves the table if still its entry. */
     atomic { if :: fl_active[p] && fl_lease[p] == lease -> fl_active[p] = false :: else fi }
+    goto done;
+
+refill:
+    /* cache/early.rs refresh_early: load the row, then replace the value
+     * read only where the key still holds that very fill (the fill script
+     * compares the bytes, which carry the fill token). The reader answers
+     * what it loaded. */
+    v = db_ver;
+    atomic {
+        if
+        :: REFRESH_TOKEN && rk == VAL && rfill == seen_fill -> rval = v; next_fill++; rfill = next_fill
+        :: !REFRESH_TOKEN && rk == VAL && rval % 2 == seen % 2 -> rval = v; next_fill++; rfill = next_fill
+        :: else
+        fi
+    }
     goto done;
 
 busy:
@@ -201,20 +234,30 @@ init {
         run Expiry();
         run Replayer(0);
         run Replayer(1);
-#if SCENARIO == 2
+#if SCENARIO == 3
+        /* Early refresh: the key starts cached (X, version 0), as the
+         * refresh needs a hit. Process 0 a refreshing reader and a reader,
+         * process 1 two writers and a reader. */
+        rk = VAL; rval = 0; next_fill = 1; rfill = 1;
+        run Reader(0, true);
+        run Reader(0, false);
+        run Writer(1);
+        run Writer(1);
+        run Reader(1, false)
+#elif SCENARIO == 2
         /* The writer's own process, its invalidation possibly lost:
          * process 0 a writer and two readers, process 1 a reader. */
         run Writer(0);
-        run Reader(0);
-        run Reader(0);
-        run Reader(1)
+        run Reader(0, false);
+        run Reader(0, false);
+        run Reader(1, false)
 #else
         /* Across processes: process 0 two readers, process 1 a writer
          * and a reader. */
-        run Reader(0);
-        run Reader(0);
+        run Reader(0, false);
+        run Reader(0, false);
         run Writer(1);
-        run Reader(1)
+        run Reader(1, false)
 #endif
     }
 }

@@ -35,6 +35,11 @@
 //! Fills run in a background task, so a miss costs two cache round trips
 //! (one with single-command reads) plus the database query; the load stays
 //! joinable until the fill has landed.
+//!
+//! An entry of another version of the record type at the key (a rolling
+//! deploy) is neither served nor removed: the read goes on at this
+//! version's side key, with the same protocol, and registers its version
+//! before it fills there (see `cache::versions`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -44,12 +49,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::adapt::ReadMode;
-use crate::cache::codec::{self, Entry};
-use crate::cache::early::Early;
+use crate::cache::codec::{self, Entry, Found};
+use crate::cache::early::{refresh_early, Early};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::{follow, Lease};
 use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
+use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result};
 
@@ -79,8 +85,10 @@ enum Step<V> {
     /// refresh).
     Hit(Option<V>, Option<i64>),
     /// Answered from the cache, and due for an early refresh: these bytes
-    /// are what the refresh may replace.
+    /// (which hold the fill's token) are what the refresh may replace.
     Due(Option<V>, Vec<u8>),
+    /// Another version's entry: look at this version's side key.
+    Foreign,
     /// The lease is ours: load and fill.
     Lead,
     /// Someone else holds the lease (these bytes).
@@ -98,7 +106,7 @@ enum Step<V> {
 pub(crate) async fn read_through<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
-    fingerprint: u64,
+    layout: &Layout,
     ttls: Ttls,
     early: Option<&Early>,
     (near, mode): (bool, &ReadMode),
@@ -128,21 +136,27 @@ where
         return (load().await, Outcome::Bypass);
     }
     let near = if near { mgr.near() } else { None };
-    if let Some(v) = near.and_then(|n| n.get::<V>(&key)) {
-        mgr.count(|c| &c.hits);
-        timing.op = Op::Hit;
-        return (Ok(v), Outcome::NearHit);
+    if let Some(n) = near {
+        // The home key, or this version's side key (a rollout).
+        if let Some(v) = n.get::<V>(&key).or_else(|| n.get::<V>(&layout.side(&key))) {
+            mgr.count(|c| &c.hits);
+            timing.op = Op::Hit;
+            return (Ok(v), Outcome::NearHit);
+        }
     }
     // Taken before the GET is sent: an invalidation of the key that arrives
     // after this point, whenever, keeps the answer out of the near cache.
     let ticket = near.and_then(|n| n.ticket());
     let lease = new_lease();
     let mut retried = false;
+    let mut key = key;
+    let mut on_side = false;
+    let fingerprint = layout.fingerprint;
     loop {
         match lookup::<V>(
             mgr,
             &key,
-            fingerprint,
+            (fingerprint, on_side),
             &lease,
             early,
             deadline,
@@ -150,6 +164,11 @@ where
         )
         .await
         {
+            Step::Foreign => {
+                mgr.count(|c| &c.foreign_entries);
+                key = layout.side(&key);
+                on_side = true;
+            }
             Step::Hit(v, pttl) => {
                 mgr.count(|c| &c.hits);
                 mode.saw(false);
@@ -164,27 +183,43 @@ where
             Step::Due(v, bytes) => {
                 mgr.count(|c| &c.hits);
                 mode.saw(false);
-                let refreshed = refresh_early(mgr, key, v, bytes, fingerprint, ttls, load).await;
+                let side = on_side.then_some(layout);
+                let refreshed = refresh_early(mgr, key, (v, bytes), (fingerprint, side), ttls, load).await;
                 return (Ok(refreshed), Outcome::Hit);
             }
             Step::Lead => {
                 mgr.count(|c| &c.misses);
                 mode.saw(true);
+                // A side key is filled only once this version is registered,
+                // and registered before the database is read.
+                if on_side && !mgr.register_layout(layout, deadline).await {
+                    let _ = mgr
+                        .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
+                        .await;
+                    return (load().await, Outcome::Bypass);
+                }
                 let loaded = load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await;
                 return (loaded, Outcome::Miss);
             }
-            Step::Busy(found) => match behind_another_reader::<V>(mgr, &key, &found, fingerprint, deadline).await {
-                Behind::Served(v) => {
-                    mgr.count(|c| &c.hits);
-                    timing.op = Op::Hit;
-                    return (Ok(v), Outcome::Hit);
+            Step::Busy(found) => {
+                match behind_another_reader::<V>(mgr, &key, &found, (fingerprint, on_side), deadline).await {
+                    Behind::Served(v) => {
+                        mgr.count(|c| &c.hits);
+                        timing.op = Op::Hit;
+                        return (Ok(v), Outcome::Hit);
+                    }
+                    Behind::Foreign => {
+                        mgr.count(|c| &c.foreign_entries);
+                        key = layout.side(&key);
+                        on_side = true;
+                    }
+                    Behind::LookAgain if !retried => retried = true,
+                    Behind::LookAgain | Behind::Load => {
+                        mgr.count(|c| &c.misses);
+                        return (load().await, Outcome::Bypass);
+                    }
                 }
-                Behind::LookAgain if !retried => retried = true,
-                Behind::LookAgain | Behind::Load => {
-                    mgr.count(|c| &c.misses);
-                    return (load().await, Outcome::Bypass);
-                }
-            },
+            }
             Step::Retry if !retried => retried = true,
             Step::Retry | Step::Bypass => {
                 mgr.count(|c| &c.misses);
@@ -194,163 +229,10 @@ where
     }
 }
 
-/// Reads `key`'s value from the database (`load`) whatever the cache holds,
-/// and puts it in the cache behind a lease of its own: the entry is deleted
-/// first, then leased (`SET NX`), so a write that lands meanwhile deletes the
-/// lease and the fill is dropped. When another reader takes the key between
-/// the delete and the lease (its load began after the delete), or the cache
-/// cannot be reached, the value is read from the database all the same and
-/// not filled.
-pub(crate) async fn refresh_through<V, F, Fut>(
-    mgr: &Arc<CacheManager>,
-    key: String,
-    fingerprint: u64,
-    ttls: Ttls,
-    load: F,
-) -> Result<Option<V>>
-where
-    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Option<V>>>,
-{
-    let deadline = mgr.deadline();
-    if !mgr.ready(deadline).await {
-        return load().await;
-    }
-    let keys = [key];
-    mgr.flights.detach(&keys);
-    let [key] = keys;
-    let lease = new_lease();
-    let deleted = mgr
-        .guarded(deadline, "refresh", || mgr.backend.delete(std::slice::from_ref(&key)))
-        .await;
-    // Whatever the near cache holds for the key is older than this read.
-    mgr.near_forget(std::slice::from_ref(&key));
-    let leased = match deleted {
-        Ok(_) => matches!(
-            mgr.guarded(deadline, "lease", || mgr.backend.get_or_lease(
-                &key,
-                &lease,
-                mgr.lease_ms()
-            ))
-            .await,
-            Ok(None)
-        ),
-        Err(_) => false,
-    };
-    if leased {
-        load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await
-    } else {
-        load().await
-    }
-}
-
-/// Puts `bytes` under `key` when the key is free (no value and no lease),
-/// behind a lease of its own: taken with `SET NX`, then the value written
-/// only while the lease is still there. Whether it was written.
-pub(crate) async fn prime(mgr: &CacheManager, key: String, bytes: Vec<u8>, ttl_secs: u64) -> bool {
-    let deadline = mgr.deadline();
-    if !mgr.ready(deadline).await {
-        return false;
-    }
-    let lease = new_lease();
-    let leased = mgr
-        .guarded(deadline, "lease", || {
-            mgr.backend.get_or_lease(&key, &lease, mgr.lease_ms())
-        })
-        .await;
-    if !matches!(leased, Ok(None)) {
-        return false;
-    }
-    let fill = Fill {
-        keys: vec![key],
-        values: vec![bytes],
-        guard: Guard::Lease(lease),
-        ttl_secs,
-    };
-    if mgr.land(&fill).await == 1 {
-        return true;
-    }
-    // Not written (the cache failed, or a write took the key): give back
-    // the lease if it is still there, so that readers need not wait for it.
-    let _ = mgr
-        .guarded(deadline, "release_lease", || {
-            mgr.backend.release_lease(&fill.keys[0], &lease)
-        })
-        .await;
-    false
-}
-
-/// Takes a lease on `key` for a write that fills the cache with what it
-/// wrote (`CacheParams::with_fill_on_write`), before the write is sent:
-/// deletes the key, then leases it (`SET NX`). `None` when the cache could
-/// not be reached or another reader took the key in between; the write then
-/// only invalidates.
-pub(crate) async fn write_lease(mgr: &CacheManager, key: &str) -> Option<Lease> {
-    let deadline = mgr.deadline();
-    if !mgr.ready(deadline).await {
-        return None;
-    }
-    let keys = [key.to_string()];
-    mgr.guarded(deadline, "write_lease", || mgr.backend.delete(&keys))
-        .await
-        .ok()?;
-    let lease = new_lease();
-    let leased = mgr
-        .guarded(deadline, "write_lease", || {
-            mgr.backend.get_or_lease(key, &lease, mgr.lease_ms())
-        })
-        .await;
-    matches!(leased, Ok(None)).then_some(lease)
-}
-
-/// A hit due for an early refresh: unless a refresh of this process is
-/// already loading the key, loads the row and replaces the entry with it,
-/// only if the entry still holds the very bytes that were read (a write
-/// deletes the key, so it wins). Answers the loaded row; the cached one if
-/// the database fails (the caller had a hit).
-async fn refresh_early<V, F, Fut>(
-    mgr: &Arc<CacheManager>,
-    key: String,
-    cached: Option<V>,
-    bytes: Vec<u8>,
-    fingerprint: u64,
-    ttls: Ttls,
-    load: F,
-) -> Option<V>
-where
-    V: Serialize + Clone + Send + Sync + 'static,
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Option<V>>>,
-{
-    let first = mgr.refreshing.lock().is_ok_and(|mut set| set.insert(key.clone()));
-    if !first {
-        return cached;
-    }
-    let loaded = load().await;
-    if let Ok(mut set) = mgr.refreshing.lock() {
-        set.remove(&key);
-    }
-    let Ok(value) = loaded else {
-        return cached;
-    };
-    mgr.count(|c| &c.early_refreshes);
-    if let Some(fresh) = mgr.encode_fill(fingerprint, value.as_ref()) {
-        let fill = Fill {
-            keys: vec![key],
-            values: vec![fresh],
-            guard: Guard::Value(bytes),
-            ttl_secs: ttls.of(value.as_ref()),
-        };
-        mgr.spawn_fill(fill, None);
-    }
-    value
-}
-
 /// The lease is ours: loads, lets the readers of this process share the
 /// load, and fills the cache behind the lease. A load that fails gives the
 /// lease back, so that other readers need not wait for it to expire.
-async fn load_and_fill<V, F, Fut>(
+pub(crate) async fn load_and_fill<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
     lease: Lease,
@@ -393,6 +275,8 @@ enum Behind<V> {
     Served(Option<V>),
     /// The "lease" was a corrupt entry and is gone: look again.
     LookAgain,
+    /// The fill that landed is another version's: look at the side key.
+    Foreign,
     /// Nothing came in time: read the database, don't fill.
     Load,
 }
@@ -403,7 +287,7 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
     mgr: &CacheManager,
     key: &str,
     found: &[u8],
-    fingerprint: u64,
+    version: (u64, bool),
     deadline: tokio::time::Instant,
 ) -> Behind<V> {
     if let Some(rx) = mgr.flights.join(key, found) {
@@ -416,13 +300,14 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
             None => Behind::Load,
         };
     }
-    match wait_for_fill::<V>(mgr, key, found, fingerprint, deadline).await {
+    match wait_for_fill::<V>(mgr, key, found, version, deadline).await {
         Waited::Filled(v) => {
             mgr.count(|c| &c.lease_waits);
             tracing::Span::current().record("lease_waited", true);
             Behind::Served(v)
         }
         Waited::NotALease => Behind::LookAgain,
+        Waited::Foreign => Behind::Foreign,
         Waited::GaveUp => Behind::Load,
     }
 }
@@ -430,11 +315,13 @@ async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'stat
 /// One look at the cache. With early refresh, a `GET` + `PTTL` first; else
 /// a `GET` first, or the lease command first when the store's reads mostly
 /// miss (see `adapt`). With `want_ttl` (the near cache is on) the `GET` also
-/// reads the key's `PTTL`, so that a hit can be kept near.
+/// reads the key's `PTTL`, so that a hit can be kept near. `version`: the
+/// reader's fingerprint, and whether `key` is its side key (where another
+/// version's entry is corrupt, not foreign).
 async fn lookup<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
-    fingerprint: u64,
+    version: (u64, bool),
     lease: &[u8],
     early: Option<&Early>,
     deadline: tokio::time::Instant,
@@ -445,18 +332,18 @@ async fn lookup<V: DeserializeOwned>(
         // GET + PTTL in one round trip; a miss then takes the lease.
         match mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key)).await {
             Ok((Some(bytes), pttl)) if !codec::is_lease(&bytes) => {
-                return match codec::decode::<V>(fingerprint, &bytes) {
-                    Ok(entry) => {
-                        let v = match entry {
-                            Entry::Record(v) => Some(v),
-                            Entry::Absent => None,
-                        };
-                        if early.due(pttl) {
+                return match judge::<V>(version, &bytes) {
+                    // Without a fill token (a version-1 entry) the refresh
+                    // could not tell this fill from a later one: no refresh.
+                    Ok(Found::Own(entry, token)) => {
+                        let v = into_option(entry);
+                        if token.is_some() && early.due(pttl) {
                             Step::Due(v, bytes)
                         } else {
                             Step::Hit(v, Some(pttl))
                         }
                     }
+                    Ok(Found::Foreign) => Step::Foreign,
                     Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
                 };
             }
@@ -491,9 +378,9 @@ async fn lookup<V: DeserializeOwned>(
     match found {
         Ok(None) => Step::Lead,
         Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy(bytes),
-        Ok(Some(bytes)) => match codec::decode::<V>(fingerprint, &bytes) {
-            Ok(Entry::Record(v)) => Step::Hit(Some(v), pttl),
-            Ok(Entry::Absent) => Step::Hit(None, pttl),
+        Ok(Some(bytes)) => match judge::<V>(version, &bytes) {
+            Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), pttl),
+            Ok(Found::Foreign) => Step::Foreign,
             Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
         },
         Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
@@ -502,15 +389,33 @@ async fn lookup<V: DeserializeOwned>(
         // without a lease and without a fill.
         Err(CacheError::Command(m)) if m.starts_with("OOM") => {
             match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
-                Ok(Some(bytes)) if !codec::is_lease(&bytes) => match codec::decode::<V>(fingerprint, &bytes) {
-                    Ok(Entry::Record(v)) => Step::Hit(Some(v), None),
-                    Ok(Entry::Absent) => Step::Hit(None, None),
-                    Err(_) => Step::Bypass,
+                Ok(Some(bytes)) if !codec::is_lease(&bytes) => match judge::<V>(version, &bytes) {
+                    Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), None),
+                    _ => Step::Bypass,
                 },
                 _ => Step::Bypass,
             }
         }
         Err(_) => Step::Bypass,
+    }
+}
+
+/// Decodes an entry for the reader of `version`: its own, another
+/// version's, or corrupt. On the reader's side key another version's entry
+/// is corrupt (no other version writes there).
+fn judge<V: DeserializeOwned>((fingerprint, on_side): (u64, bool), bytes: &[u8]) -> Result<Found<V>, CacheError> {
+    match codec::decode_any::<V>(fingerprint, bytes)? {
+        Found::Foreign if on_side => Err(CacheError::SerializationError(
+            "another version's entry at this version's side key".into(),
+        )),
+        found => Ok(found),
+    }
+}
+
+fn into_option<V>(entry: Entry<V>) -> Option<V> {
+    match entry {
+        Entry::Record(v) => Some(v),
+        Entry::Absent => None,
     }
 }
 
@@ -540,6 +445,8 @@ enum Waited<V> {
     Filled(Option<V>),
     /// What looked like a lease has no expiry: it was removed as corrupt.
     NotALease,
+    /// The fill that landed is another version's.
+    Foreign,
     /// No value appeared in time, or the lease went away.
     GaveUp,
 }
@@ -553,7 +460,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
     mgr: &CacheManager,
     key: &str,
     found: &[u8],
-    fingerprint: u64,
+    version: (u64, bool),
     deadline: tokio::time::Instant,
 ) -> Waited<V> {
     let until = (tokio::time::Instant::now() + mgr.lease_wait()).min(deadline);
@@ -575,7 +482,7 @@ async fn wait_for_fill<V: DeserializeOwned>(
                 Err(_) => Waited::GaveUp,
             };
         }
-        Ok((Some(bytes), _)) if !codec::is_lease(&bytes) => return decoded(fingerprint, &bytes),
+        Ok((Some(bytes), _)) if !codec::is_lease(&bytes) => return decoded(version, &bytes),
         Ok((Some(_), _)) => {}
         Ok((None, _)) | Err(_) => return Waited::GaveUp,
     }
@@ -588,16 +495,16 @@ async fn wait_for_fill<V: DeserializeOwned>(
         pause = (pause * 2).min(Duration::from_millis(16));
         match mgr.guarded(until, "lease_wait", || mgr.backend.get(key)).await {
             Ok(Some(bytes)) if codec::is_lease(&bytes) => continue,
-            Ok(Some(bytes)) => return decoded(fingerprint, &bytes),
+            Ok(Some(bytes)) => return decoded(version, &bytes),
             Ok(None) | Err(_) => return Waited::GaveUp,
         }
     }
 }
 
-fn decoded<V: DeserializeOwned>(fingerprint: u64, bytes: &[u8]) -> Waited<V> {
-    match codec::decode::<V>(fingerprint, bytes) {
-        Ok(Entry::Record(v)) => Waited::Filled(Some(v)),
-        Ok(Entry::Absent) => Waited::Filled(None),
+fn decoded<V: DeserializeOwned>(version: (u64, bool), bytes: &[u8]) -> Waited<V> {
+    match judge::<V>(version, bytes) {
+        Ok(Found::Own(entry, _)) => Waited::Filled(into_option(entry)),
+        Ok(Found::Foreign) => Waited::Foreign,
         Err(_) => Waited::GaveUp,
     }
 }

@@ -1,6 +1,8 @@
 //! Batched read-through for `get_many`: one MGET for the hits, one database
 //! query for the misses, one guarded fill for the misses that won their
-//! leases (see `read` for the protocol).
+//! leases (see `read` for the protocol). Keys holding another version's
+//! entry are read again at this version's side keys (one more MGET; see
+//! `versions`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,12 +12,13 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::codec::{self, Entry};
+use crate::cache::codec::{self, Entry, Found};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
 use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
+use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
 use crate::error::Result;
 
@@ -31,7 +34,7 @@ pub(crate) async fn read_many<V, Id, F, Fut>(
     mgr: &Arc<CacheManager>,
     keys: &[String],
     ids: &[Id],
-    fingerprint: u64,
+    layout: &Layout,
     ttls: Ttls,
     load: F,
 ) -> (Result<Vec<Option<V>>>, ManyOutcome)
@@ -61,11 +64,31 @@ where
         return (Ok(ids.iter().map(|id| rows.get(id).cloned()).collect()), bypass);
     };
 
+    let fingerprint = layout.fingerprint;
     let Decoded {
         mut out,
-        missing,
-        corrupt,
-    } = decode_all::<V>(mgr, keys, cached, fingerprint);
+        mut missing,
+        mut corrupt,
+        foreign,
+    } = decode_all::<V>(mgr, keys, cached, (fingerprint, false));
+    // Another version holds these keys: read this version's side keys.
+    let mut keys = keys.to_vec();
+    if !foreign.is_empty() {
+        mgr.count_n(|c| &c.foreign_entries, foreign.len() as u64);
+        let sides: Vec<String> = foreign.iter().map(|&i| layout.side(&keys[i])).collect();
+        let found = mgr.guarded(deadline, "mget", || mgr.backend.mget(&sides)).await;
+        let found = found.unwrap_or_else(|_| vec![None; sides.len()]);
+        let side = decode_all::<V>(mgr, &sides, found, (fingerprint, true));
+        for (n, &i) in foreign.iter().enumerate() {
+            keys[i] = sides[n].clone();
+        }
+        for (n, v) in side.out.into_iter().enumerate() {
+            out[foreign[n]] = v;
+        }
+        missing.extend(side.missing.iter().map(|&n| foreign[n]));
+        missing.sort_unstable();
+        corrupt.extend(side.corrupt);
+    }
     let hits = (ids.len() - missing.len()) as u64;
     mgr.count_n(|c| &c.hits, hits);
     mgr.count_n(|c| &c.misses, missing.len() as u64);
@@ -83,7 +106,10 @@ where
     }
     let missing_keys: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
     let lease = new_lease();
-    let granted = lease_missing(mgr, &missing_keys, &lease, deadline).await;
+    let mut granted = lease_missing(mgr, &missing_keys, &lease, deadline).await;
+    if !foreign.is_empty() {
+        register_for_sides(mgr, layout, &missing_keys, &mut granted, &lease, deadline).await;
+    }
 
     let rows = match load(missing.iter().map(|&i| ids[i].clone()).collect()).await {
         Ok(rows) => rows,
@@ -122,24 +148,39 @@ struct Decoded<V> {
     missing: Vec<usize>,
     /// Keys holding corrupt entries (counted, to be removed).
     corrupt: Vec<String>,
+    /// Positions of the keys holding another version's entry (also missing).
+    foreign: Vec<usize>,
 }
 
+/// Decodes what one MGET answered for the reader of `fingerprint`;
+/// `on_side`: the keys are its side keys, where no other version writes.
 fn decode_all<V: DeserializeOwned>(
     mgr: &CacheManager,
     keys: &[String],
     cached: Vec<Option<Vec<u8>>>,
-    fingerprint: u64,
+    (fingerprint, on_side): (u64, bool),
 ) -> Decoded<V> {
     let mut d = Decoded {
         out: Vec::with_capacity(keys.len()),
         missing: Vec::new(),
         corrupt: Vec::new(),
+        foreign: Vec::new(),
     };
     for (i, bytes) in cached.into_iter().enumerate() {
         let value = match bytes {
-            Some(b) if !codec::is_lease(&b) => match codec::decode::<V>(fingerprint, &b) {
-                Ok(Entry::Record(v)) => Some(Some(v)),
-                Ok(Entry::Absent) => Some(None),
+            Some(b) if !codec::is_lease(&b) => match codec::decode_any::<V>(fingerprint, &b) {
+                Ok(Found::Own(Entry::Record(v), _)) => Some(Some(v)),
+                Ok(Found::Own(Entry::Absent, _)) => Some(None),
+                Ok(Found::Foreign) if !on_side => {
+                    d.foreign.push(i);
+                    d.out.push(None);
+                    continue;
+                }
+                Ok(Found::Foreign) => {
+                    mgr.count_corrupt(1);
+                    d.corrupt.push(keys[i].clone());
+                    None
+                }
                 Err(e) => {
                     mgr.count_corrupt(1);
                     mgr.warn("decode", &e);
@@ -158,6 +199,31 @@ fn decode_all<V: DeserializeOwned>(
         }
     }
     d
+}
+
+/// Registers this version before side keys it leased are filled; when it
+/// cannot, gives those leases back and fills none of them.
+async fn register_for_sides(
+    mgr: &CacheManager,
+    layout: &Layout,
+    keys: &[String],
+    granted: &mut [bool],
+    lease: &Lease,
+    deadline: tokio::time::Instant,
+) {
+    let is_side = |k: &String| k.contains(crate::cache::key::SIDE_MARK);
+    let leased_sides = keys.iter().zip(granted.iter()).any(|(k, g)| *g && is_side(k));
+    if !leased_sides || mgr.register_layout(layout, deadline).await {
+        return;
+    }
+    for (k, g) in keys.iter().zip(granted.iter_mut()) {
+        if *g && is_side(k) {
+            *g = false;
+            let _ = mgr
+                .guarded(deadline, "release_lease", || mgr.backend.release_lease(k, lease))
+                .await;
+        }
+    }
 }
 
 /// Takes fill leases on the missing keys in one round trip; `true` where

@@ -118,8 +118,13 @@ impl CacheManager {
                 }
             };
         }
+        // The side keys of the versions registered now (see `versions`).
+        let Ok(sides) = self.side_keys(&batch.keys, deadline).await else {
+            return Replay::Failed;
+        };
+        let keys: Vec<String> = batch.keys.iter().cloned().chain(sides).collect();
         let inv = Invalidation {
-            keys: &batch.keys,
+            keys: &keys,
             counters: &batch.counters,
             tags: &batch.tags,
         };

@@ -16,10 +16,11 @@ pub struct CacheStats {
     pub misses: u64,
     /// Connection-level failures (refused, dropped, auth).
     pub connection_errors: u64,
-    /// Corrupt entries met in the cache: values that failed to decode or
-    /// carried another schema fingerprint, lease-shaped values without an
+    /// Corrupt entries met in the cache: values that failed to decode,
+    /// lease-shaped values without an
     /// expiry, generation counters that held no integer. Each was removed or
-    /// replaced, and the database answered.
+    /// replaced, and the database answered. (An entry of another version of
+    /// the record type is not corrupt: see `foreign_entries`.)
     pub serialization_errors: u64,
     /// Values a read loaded but could not encode (serde refused them): the
     /// reader got its answer, nothing was cached.
@@ -82,6 +83,14 @@ pub struct CacheStats {
     /// Hits that refreshed their entry early from the database
     /// (`CacheParams::with_early_refresh`), before it expired.
     pub early_refreshes: u64,
+    /// Entries of another version of the record type (another schema
+    /// fingerprint, or a newer value format) found at a home key: left in
+    /// place, and read beside it under this version's side key (see
+    /// `docs/FORMAT.md`, rolling deploys).
+    pub foreign_entries: u64,
+    /// Times this version registered itself in a store's live-version
+    /// registry, before filling a side key.
+    pub version_registrations: u64,
     /// Reads answered from the cache: how long they took.
     pub hit_latency: LatencySummary,
     /// Reads that went to the database: how long they took.
@@ -288,6 +297,8 @@ pub(crate) struct Counters {
     pub breaker_skips: AtomicU64,
     pub breaker_opened: AtomicU64,
     pub early_refreshes: AtomicU64,
+    pub foreign_entries: AtomicU64,
+    pub version_registrations: AtomicU64,
 }
 
 impl Counters {
@@ -324,6 +335,8 @@ impl Counters {
             near_invalidations: 0,
             near_flushes: 0,
             early_refreshes: self.early_refreshes.load(Relaxed),
+            foreign_entries: self.foreign_entries.load(Relaxed),
+            version_registrations: self.version_registrations.load(Relaxed),
             hit_latency: LatencySummary::default(),
             miss_latency: LatencySummary::default(),
             write_latency: LatencySummary::default(),

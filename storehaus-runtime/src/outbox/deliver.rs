@@ -32,45 +32,63 @@ where
         .collect()
 }
 
-/// What `entries` change in the cache, by store: for each watched
-/// `(table, prefix)` its scope, the record keys of its ids and its query
-/// generation; and the scopes of whole tables (TRUNCATE) to clear.
-pub(super) fn changes(
-    global: &str,
-    entries: &[Entry],
-    watches: &[(String, String)],
-) -> (Vec<crate::cache::Change>, Vec<String>) {
-    let mut changes = Vec::new();
-    let mut cleared = BTreeSet::new();
+/// What `entries` change for one watched store: the ids written, and
+/// whether the whole table was (TRUNCATE).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Touched {
+    pub ids: Vec<String>,
+    pub whole_table: bool,
+}
+
+/// Groups `entries` by the watched `(table, prefix)` pairs they touch, in
+/// `watches` order; untouched stores are left out.
+pub(super) fn touched<'w>(entries: &[Entry], watches: &'w [(String, String)]) -> Vec<(&'w str, Touched)> {
+    let mut out = Vec::new();
     for (table, prefix) in watches {
-        let mut keys = Vec::new();
-        let mut touched = false;
+        let mut t = Touched::default();
+        let mut any = false;
         for entry in entries.iter().filter(|e| &e.table == table) {
-            touched = true;
+            any = true;
             match &entry.key {
-                Some(id) => keys.push(key::record_key(global, prefix, id.as_str())),
-                None => {
-                    cleared.insert(key::store_scope(global, prefix) + "*");
-                }
+                Some(id) => t.ids.push(id.clone()),
+                None => t.whole_table = true,
             }
         }
-        if touched {
-            changes.push(crate::cache::Change {
-                scope: key::store_scope(global, prefix),
-                keys,
-                counters: vec![key::generation_key(global, prefix)],
-            });
+        if any {
+            out.push((prefix.as_str(), t));
         }
     }
-    (changes, cleared.into_iter().collect())
+    out
 }
 
 /// Deletes the keys of `entries` (under every prefix this deployment
-/// watches their table with) and bumps those stores' query generations, in
-/// one round trip; a whole-table entry (TRUNCATE) clears the store's key
-/// space. Any cache failure fails the pass, which then moves nothing.
+/// watches their table with: each record's key and the side keys of the
+/// record type's other versions registered now, see `cache::versions`) and
+/// bumps those stores' query generations, in one round trip; a whole-table
+/// entry (TRUNCATE) clears the store's key space. Any cache failure fails
+/// the pass, which then moves nothing.
 pub(super) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
-    let (changes, cleared) = changes(manager.global_prefix(), entries, watches);
+    let global = manager.global_prefix();
+    let mut changes = Vec::new();
+    let mut cleared = BTreeSet::new();
+    for (prefix, touched) in touched(entries, watches) {
+        let keys = if touched.ids.is_empty() {
+            Vec::new()
+        } else {
+            manager
+                .record_keys_to_delete(prefix, &touched.ids)
+                .await
+                .map_err(StorehausError::Cache)?
+        };
+        if touched.whole_table {
+            cleared.insert(key::store_scope(global, prefix) + "*");
+        }
+        changes.push(crate::cache::Change {
+            scope: key::store_scope(global, prefix),
+            keys,
+            counters: vec![key::generation_key(global, prefix)],
+        });
+    }
     manager.deliver_logged(&changes).await.map_err(StorehausError::Cache)?;
     for glob in &cleared {
         manager.clear_glob(glob).await.map_err(StorehausError::Cache)?;
@@ -90,35 +108,35 @@ mod tests {
     }
 
     #[test]
-    fn entries_become_keys_and_generations_of_every_watching_store() {
+    fn entries_are_grouped_by_every_watching_store() {
         let watches = [
             ("users".to_string(), "users".to_string()),
             ("users".to_string(), "people".to_string()),
             ("orders".to_string(), "orders".to_string()),
         ];
-        let (changes, cleared) = changes(
-            "app",
-            &[
-                entry("users", Some("1")),
-                entry("users", Some("a:b")),
-                entry("other", Some("9")),
-            ],
-            &watches,
-        );
-        assert_eq!(changes.len(), 2, "orders untouched: {changes:?}");
-        assert_eq!(changes[0].scope, "app:users:");
+        let entries = [
+            entry("users", Some("1")),
+            entry("users", None),
+            entry("other", Some("9")),
+        ];
+        let t = touched(&entries, &watches);
+        let users = Touched {
+            ids: vec!["1".to_string()],
+            whole_table: true,
+        };
         assert_eq!(
-            changes[0].keys,
-            vec!["app:users:1".to_string(), key::record_key("app", "users", "a:b")]
+            t,
+            vec![
+                ("users", users),
+                (
+                    "people",
+                    Touched {
+                        ids: vec!["1".into()],
+                        whole_table: true
+                    }
+                )
+            ]
         );
-        assert_eq!(changes[1].keys[0], "app:people:1");
-        assert_eq!(changes[1].counters, vec![key::generation_key("app", "people")]);
-        assert!(cleared.is_empty());
-        let (_, cleared) = changes_of_truncate();
-        assert_eq!(cleared, vec!["app:users:*".to_string()]);
-    }
-
-    fn changes_of_truncate() -> (Vec<crate::cache::Change>, Vec<String>) {
-        changes("app", &[entry("users", None)], &[("users".into(), "users".into())])
+        assert!(touched(&[entry("orders", Some("2"))], &watches)[0].1.ids == vec!["2".to_string()]);
     }
 }

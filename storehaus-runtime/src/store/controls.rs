@@ -1,8 +1,8 @@
 //! Explicit controls over one store's cache entries: invalidate a record,
 //! read it fresh from the database, or prime the cache with it.
 
+use crate::cache::controls::{prime, refresh_through};
 use crate::cache::key;
-use crate::cache::read::{prime, refresh_through};
 use crate::error::Result;
 use crate::record::Cached;
 use crate::store::signals::ChangeOp;
@@ -72,7 +72,7 @@ impl<T: Cached> GenericStore<T> {
         self.scoped(refresh_through(
             &cache.manager,
             key,
-            T::FINGERPRINT,
+            &cache.layout,
             cache.ttls(),
             || self.load_one(id),
         ))
@@ -102,6 +102,7 @@ impl<T: Cached> GenericStore<T> {
             return false;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, record.id());
-        self.scoped(prime(&cache.manager, key, bytes, cache.ttl)).await
+        self.scoped(prime(&cache.manager, key, &cache.layout, bytes, cache.ttl))
+            .await
     }
 }

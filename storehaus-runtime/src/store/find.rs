@@ -95,7 +95,9 @@ impl<T: Cached> GenericStore<T> {
         Fut: Future<Output = Result<V>>,
     {
         let mut key = key::query_namespace(cache.manager.global_prefix(), &cache.prefix);
-        key.push_str(&rendered.hash());
+        // Each version of the record type caches its own results (their
+        // rows differ); the generation they are checked against is shared.
+        key.push_str(&rendered.hash(&cache.layout.tag));
         let space = QuerySpace {
             key,
             generation_key: &cache.generation_key,

@@ -94,7 +94,7 @@ where
             .scoped(read_through(
                 &cache.manager,
                 key.clone(),
-                T::FINGERPRINT,
+                &cache.layout,
                 cache.ttls(),
                 None,
                 (false, &cache.index_reads),
@@ -176,7 +176,7 @@ where
                 &cache.manager,
                 &keys,
                 &rendered,
-                T::FINGERPRINT,
+                &cache.layout,
                 cache.ttls(),
                 |missing: Vec<String>| {
                     let wanted: Vec<C::Value> = missing
@@ -290,10 +290,13 @@ where
             .collect())
     }
 
-    /// Removes index entries that no longer match their record.
-    async fn drop_hints(&self, keys: Vec<String>) {
+    /// Removes index entries that no longer match their record (at their
+    /// home key and at this version's side key: the lookup read one of them).
+    async fn drop_hints(&self, homes: Vec<String>) {
         if let Some(cache) = self.cache_settings() {
             let mgr = &cache.manager;
+            let mut keys: Vec<String> = homes.iter().map(|h| cache.layout.side(h)).collect();
+            keys.extend(homes);
             let _ = mgr
                 .guarded(mgr.deadline(), "drop_hint", || mgr.backend.delete(&keys))
                 .await;

@@ -161,6 +161,8 @@ pub(crate) struct StoreCache {
     /// This store's own counters and latencies (`GenericStore::stats`).
     pub figures: Arc<crate::cache::stats::Figures>,
     pub generation_key: String,
+    /// The value layout its readers write, and its live-version registry.
+    pub layout: crate::cache::versions::Layout,
     /// The store's key space: `{global}:{prefix}:`.
     pub scope: String,
     /// Whether reads use the manager's near cache.
@@ -239,6 +241,13 @@ impl<T: Cached> GenericStore<T> {
                 .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS.min(ttl))
                 .clamp(1, MAX_TTL_SECS);
             let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
+            let layout = crate::cache::versions::Layout::new(
+                params.manager.global_prefix(),
+                &escaped,
+                T::FINGERPRINT,
+                ttl.max(negative_ttl),
+                params.manager.lease_ms(),
+            );
             let scope = key::store_scope(params.manager.global_prefix(), &escaped);
             Arc::new(StoreCache {
                 manager: params.manager,
@@ -249,6 +258,7 @@ impl<T: Cached> GenericStore<T> {
                 early: params.early_refresh.and_then(crate::cache::early::Early::new),
                 figures: Arc::default(),
                 generation_key,
+                layout,
                 scope,
                 near: params.near,
                 reads: ReadMode::default(),
@@ -391,7 +401,7 @@ impl<T: Cached> GenericStore<T> {
                 self.scoped(read_through(
                     &cache.manager,
                     key,
-                    T::FINGERPRINT,
+                    &cache.layout,
                     cache.ttls(),
                     cache.early.as_ref(),
                     (cache.near, &cache.reads),
@@ -438,7 +448,7 @@ impl<T: Cached> GenericStore<T> {
                 &cache.manager,
                 &keys,
                 ids,
-                T::FINGERPRINT,
+                &cache.layout,
                 cache.ttls(),
                 |missing| async move { self.load_many(&missing).await },
             ))

@@ -6,9 +6,9 @@ use std::future::Future;
 use std::time::Instant;
 
 use crate::backend::TagAdd;
+use crate::cache::controls::write_lease;
 use crate::cache::flight::Lease;
 use crate::cache::key;
-use crate::cache::read::write_lease;
 use crate::cache::stats::{Op, Timing};
 use crate::error::{Result, StorehausError};
 use crate::record::Cached;

@@ -360,6 +360,24 @@ impl ClusterBackend {
             .await?;
         Ok(ScanStep { next, removed, keys })
     }
+
+    pub async fn register_version(&self, key: &str, tag: &str, ttl_ms: u64) -> CacheResult<()> {
+        let mut inv = self.scripts.register_version.prepare_invoke();
+        inv.key(physical(key).as_ref()).arg(tag).arg(ttl_ms);
+        let _: u64 = self.run(Script(inv)).await?;
+        Ok(())
+    }
+
+    pub async fn versions(&self, key: &str) -> CacheResult<Vec<String>> {
+        self.run(
+            redis::cmd("ZRANGE")
+                .arg(physical(key).as_ref())
+                .arg(0)
+                .arg(-1)
+                .to_owned(),
+        )
+        .await
+    }
 }
 
 /// TLS certificates for every node, when configured.

@@ -273,6 +273,17 @@ impl RedisBackend {
         self.run(inv).await
     }
 
+    pub async fn register_version(&self, key: &str, tag: &str, ttl_ms: u64) -> CacheResult<()> {
+        let mut inv = self.scripts.register_version.prepare_invoke();
+        inv.key(key).arg(tag).arg(ttl_ms);
+        let _: u64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    pub async fn versions(&self, key: &str) -> CacheResult<Vec<String>> {
+        self.run(redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).to_owned()).await
+    }
+
     // SSCAN, then UNLINK of the members and SREM of them, in that order.
     pub async fn drain_step(&self, draining: &str, cursor: u64) -> CacheResult<ScanStep> {
         let (next, keys): (u64, Vec<String>) = self

@@ -86,6 +86,27 @@ end
 return redis.call('SCARD', KEYS[2])
 ";
 
+/// Registers the layout tag `ARGV[1]` in the live-version registry
+/// `KEYS[1]` until `ARGV[2]` ms from now, in the server's clock (so that
+/// processes whose clocks disagree agree on it): `ZADD GT` never shortens a
+/// member's time; members whose time has passed are dropped; the registry
+/// lives as long as its longest member. A key of another type is replaced.
+const REGISTER_VERSION_SCRIPT: &str = r"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'zset' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], 'GT', now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1
+";
+
 /// Every script, prepared once per backend.
 pub(crate) struct Scripts {
     pub fill: Script,
@@ -93,6 +114,7 @@ pub(crate) struct Scripts {
     pub release: Script,
     pub fill_if_counter: Script,
     pub drain_tag: Script,
+    pub register_version: Script,
 }
 
 impl Scripts {
@@ -103,6 +125,7 @@ impl Scripts {
             release: Script::new(RELEASE_SCRIPT),
             fill_if_counter: Script::new(FILL_IF_COUNTER_SCRIPT),
             drain_tag: Script::new(DRAIN_TAG_SCRIPT),
+            register_version: Script::new(REGISTER_VERSION_SCRIPT),
         }
     }
 }

@@ -31,13 +31,16 @@ pub(crate) struct Rendered {
 }
 
 impl Rendered {
-    /// A stable hex SHA-256 of the SQL and the encoded values. Filter values
+    /// A stable hex SHA-256 of `layout` (the value layout of the results:
+    /// see `cache::versions`), the SQL and the encoded values. Filter values
     /// come from users, so the hash must be collision-resistant: two queries
     /// sharing a key would serve each other's rows.
-    pub fn hash(&self) -> String {
+    pub fn hash(&self, layout: &str) -> String {
         use sha2::{Digest, Sha256};
         use std::fmt::Write;
-        let mut bytes = Vec::with_capacity(self.sql.len() + 16 * self.values.len());
+        let mut bytes = Vec::with_capacity(layout.len() + 9 + self.sql.len() + 16 * self.values.len());
+        bytes.extend_from_slice(&(layout.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(layout.as_bytes());
         bytes.extend_from_slice(self.sql.as_bytes());
         let mut value = Vec::new();
         for v in &self.values {
