@@ -7,6 +7,8 @@ pub use storehaus_runtime::codec;
 pub use storehaus_runtime::Cached;
 #[cfg(feature = "sqlite")]
 pub use storehaus_runtime::SqliteQuery;
+#[cfg(feature = "wal")]
+pub use storehaus_runtime::{WalError, WalSlotStatus};
 pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
     Column, DbPool, DeploymentStatus, Filter, GenericStore, Health, HealthWarning, InTransaction, IndexColumn, Indexed,

@@ -69,7 +69,7 @@ pub(super) fn changes(
 /// watches their table with) and bumps those stores' query generations, in
 /// one round trip; a whole-table entry (TRUNCATE) clears the store's key
 /// space. Any cache failure fails the pass, which then moves nothing.
-pub(super) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
+pub(crate) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
     let (changes, cleared) = changes(manager.global_prefix(), entries, watches);
     manager.deliver_logged(&changes).await.map_err(StorehausError::Cache)?;
     for glob in &cleared {

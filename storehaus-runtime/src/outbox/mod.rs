@@ -30,6 +30,14 @@ use crate::store::pool::DbPool;
 use crate::GenericStore;
 
 pub(crate) use registry::{Deployment, Watchers};
+// The write-ahead log's reader delivers as the outbox does.
+#[cfg(feature = "wal")]
+pub(crate) use {
+    ddl::ident,
+    deliver::{deliver, Entry},
+    registry::{lock, WorkerState},
+    worker::clear_prefixes,
+};
 pub use status::DeploymentStatus;
 
 impl<T: Cached> GenericStore<T> {
