@@ -7,14 +7,14 @@ pub use storehaus_runtime::codec;
 pub use storehaus_runtime::Cached;
 #[cfg(feature = "sqlite")]
 pub use storehaus_runtime::SqliteQuery;
-#[cfg(feature = "wal")]
-pub use storehaus_runtime::{WalError, WalSlotStatus};
 pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
     Column, DbPool, DeploymentStatus, Filter, GenericStore, Health, HealthWarning, InTransaction, IndexColumn, Indexed,
     LatencySummary, Order, PgQuery, Plain, Query, Result, ServerStats, SignalManager, SqlValue, SqliteId, SqliteRecord,
     Statements, StoreTransaction, StorehausError, DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
 };
+#[cfg(feature = "wal")]
+pub use storehaus_runtime::{WalError, WalSlotStatus};
 
 /// The names most programs need: `use storehaus::prelude::*;`.
 pub mod prelude {

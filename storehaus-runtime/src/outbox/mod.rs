@@ -31,6 +31,7 @@ use crate::GenericStore;
 
 pub(crate) use registry::{Deployment, Watchers};
 // The write-ahead log's reader delivers as the outbox does.
+pub use status::DeploymentStatus;
 #[cfg(feature = "wal")]
 pub(crate) use {
     ddl::ident,
@@ -38,7 +39,6 @@ pub(crate) use {
     registry::{lock, WorkerState},
     worker::clear_prefixes,
 };
-pub use status::DeploymentStatus;
 
 impl<T: Cached> GenericStore<T> {
     /// Makes every committed write to `T`'s table reach this store's cache,

@@ -9,6 +9,19 @@ use pg_walstream::{ChangeEvent, ColumnValue, EventType, RowData};
 
 use crate::outbox::Entry;
 
+/// A published relation of a watched table (the table itself, or one of
+/// its partitions, published under its own name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Relation {
+    /// The watched table (`schema.name`) whose store it belongs to.
+    pub root: String,
+    /// The table's id column.
+    pub id_column: String,
+}
+
+/// Qualified relation name → what it belongs to.
+pub(crate) type Relations = HashMap<String, Relation>;
+
 /// Entries waiting for delivery, and what their delivery lets the reader
 /// confirm.
 #[derive(Debug, Default)]
@@ -34,8 +47,8 @@ pub(crate) enum Needs {
 }
 
 impl Batch {
-    /// Whether `event` names a table `ids` does not know.
-    pub fn needs(event: &ChangeEvent, ids: &HashMap<String, String>) -> Needs {
+    /// Whether `event` names a relation `ids` does not know.
+    pub fn needs(event: &ChangeEvent, ids: &Relations) -> Needs {
         let known = |schema: &str, table: &str| ids.contains_key(&format!("{schema}.{table}"));
         let unknown = match &event.event_type {
             EventType::Insert { schema, table, .. }
@@ -51,17 +64,19 @@ impl Batch {
         }
     }
 
-    /// Takes `event` in: its entries (for the tables in `ids`, which map a
-    /// qualified table to its id column), and where the slot may be
-    /// confirmed after them. `heartbeat` is this slot's message prefix.
-    pub fn add(&mut self, event: &ChangeEvent, ids: &HashMap<String, String>, heartbeat: &str) {
+    /// Takes `event` in: its entries (for the relations in `ids`, keyed
+    /// by their watched table), and where the slot may be confirmed after
+    /// them. `heartbeat` is this slot's message prefix.
+    pub fn add(&mut self, event: &ChangeEvent, ids: &Relations, heartbeat: &str) {
         match &event.event_type {
             EventType::Begin { .. } => self.in_transaction = true,
             EventType::Commit { end_lsn, .. } => {
                 self.in_transaction = false;
                 self.confirm = Some(end_lsn.0);
             }
-            EventType::Insert { schema, table, data, .. } => self.row(ids, schema, table, [Some(data), None]),
+            EventType::Insert {
+                schema, table, data, ..
+            } => self.row(ids, schema, table, [Some(data), None]),
             EventType::Update {
                 schema,
                 table,
@@ -70,13 +85,16 @@ impl Batch {
                 ..
             } => self.row(ids, schema, table, [Some(new_data), old_data.as_ref()]),
             EventType::Delete {
-                schema, table, old_data, ..
+                schema,
+                table,
+                old_data,
+                ..
             } => self.row(ids, schema, table, [Some(old_data), None]),
             EventType::Truncate { tables, .. } => {
                 for table in tables {
-                    if ids.contains_key(&**table) {
+                    if let Some(relation) = ids.get(&**table) {
                         self.entries.push(Entry {
-                            table: table.to_string(),
+                            table: relation.root.clone(),
                             key: None,
                         });
                     }
@@ -101,9 +119,8 @@ impl Batch {
     /// row, and the old key when it came along and differs). A tuple
     /// without its id (it cannot happen under the replica identities
     /// `watch_wal` accepts) clears the whole table instead.
-    fn row(&mut self, ids: &HashMap<String, String>, schema: &str, table: &str, tuples: [Option<&RowData>; 2]) {
-        let qualified = format!("{schema}.{table}");
-        let Some(id_column) = ids.get(&qualified) else {
+    fn row(&mut self, ids: &Relations, schema: &str, table: &str, tuples: [Option<&RowData>; 2]) {
+        let Some(Relation { root, id_column }) = ids.get(&format!("{schema}.{table}")) else {
             return;
         };
         let mut seen: Option<String> = None;
@@ -116,7 +133,7 @@ impl Batch {
                 continue;
             }
             self.entries.push(Entry {
-                table: qualified.clone(),
+                table: root.clone(),
                 key: key.clone(),
             });
             seen = key;
@@ -158,8 +175,16 @@ mod tests {
         }
     }
 
-    fn ids() -> HashMap<String, String> {
-        [("s.accounts".to_string(), "id".to_string())].into()
+    fn ids() -> Relations {
+        let relation = |root: &str| Relation {
+            root: root.into(),
+            id_column: "id".into(),
+        };
+        [
+            ("s.accounts".to_string(), relation("s.accounts")),
+            ("s.accounts_p1".to_string(), relation("s.accounts")),
+        ]
+        .into()
     }
 
     fn update(old: Option<&str>, new: &str) -> EventType {
@@ -221,7 +246,7 @@ mod tests {
         b.add(
             &event(
                 EventType::Truncate {
-                    tables: vec!["s.accounts".into(), "s.other".into()],
+                    tables: vec!["s.accounts_p1".into(), "s.other".into()],
                     cascade: false,
                     restart_identity: false,
                 },
@@ -238,7 +263,10 @@ mod tests {
         assert_eq!(b.entries.len(), 1);
         assert_eq!(b.entries[0].table, "s.accounts");
         assert_eq!(b.entries[0].key, None);
-        assert!(matches!(Batch::needs(&event(update(None, "1"), 1), &ids()), Needs::Nothing));
+        assert!(matches!(
+            Batch::needs(&event(update(None, "1"), 1), &ids()),
+            Needs::Nothing
+        ));
         let mut unknown = update(None, "1");
         if let EventType::Update { table, .. } = &mut unknown {
             *table = "new_one".into();

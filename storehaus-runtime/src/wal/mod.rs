@@ -51,7 +51,8 @@ impl<T: Cached> GenericStore<T> {
     /// needs none of it).
     ///
     /// Creates or resumes this deployment's publication (the table is
-    /// added, with `publish_via_partition_root`) and its logical
+    /// added; a partitioned table's partitions are published under their
+    /// own names, so that a TRUNCATE of one is published too) and its logical
     /// replication slot (one per deployment and database; its name is
     /// `storehaus_` + the deployment's name + a hash), starts this cache
     /// manager's reader if none runs, and returns once the reader has
@@ -120,7 +121,8 @@ impl<T: Cached> GenericStore<T> {
     /// or the slot cannot be created (the role must own the table).
     pub async fn watch_wal(&self) -> Result<()> {
         let pool = postgres(self.pool())?;
-        self.watch_wal_at(replication_url(pool.connect_options().as_ref())?).await
+        self.watch_wal_at(replication_url(pool.connect_options().as_ref())?)
+            .await
     }
 
     /// [`watch_wal`](Self::watch_wal), with the reader connecting to
@@ -168,6 +170,7 @@ impl<T: Cached> GenericStore<T> {
                 state,
                 poll,
                 streams: 0,
+                last_check: None,
             };
             tokio::spawn(reader.run());
         });

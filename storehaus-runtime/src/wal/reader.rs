@@ -46,8 +46,11 @@ const BATCH: usize = 5_000;
 /// Events buffered between the stream's task and the reader.
 const CHANNEL: usize = 8_192;
 
-/// How often the slots of every deployment are checked (retained WAL).
-const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often the slots of every deployment are checked (retained WAL):
+/// every 10 s, or twice per expiry when that is shorter.
+fn check_every(expiry: Duration) -> Duration {
+    (expiry / 2).min(Duration::from_secs(10))
+}
 
 pub(crate) struct Reader {
     pub manager: Weak<CacheManager>,
@@ -61,6 +64,8 @@ pub(crate) struct Reader {
     /// Streams started so far (an in-process deployment's temporary slot
     /// is new on every stream: each but the first starts over).
     pub streams: u64,
+    /// When every deployment's slot was last checked.
+    pub last_check: Option<Instant>,
 }
 
 /// Heartbeats emitted and not yet back.
@@ -75,12 +80,8 @@ impl Reader {
         tracing::debug!(target: "storehaus", slot = %self.slot.0, deployment = %self.deployment.name, "wal reader started");
         let bounds = Bounds::new(self.poll, self.deployment.expiry);
         let mut backoff = Duration::from_millis(50);
-        let mut last_check = Instant::now() - CHECK_EVERY;
         while self.manager.strong_count() > 0 {
-            if last_check.elapsed() >= CHECK_EVERY {
-                last_check = Instant::now();
-                super::ops::check(&self.pool, &self.state).await;
-            }
+            self.maybe_check().await;
             let wait = match self.turn(bounds).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(50);
@@ -101,6 +102,17 @@ impl Reader {
             let _ = tokio::time::timeout(wait, self.state.wake.notified()).await;
         }
         tracing::debug!(target: "storehaus", slot = %self.slot.0, "wal reader stopped: its cache manager is gone");
+    }
+
+    /// Checks every deployment's slot when a check is due.
+    async fn maybe_check(&mut self) {
+        if self
+            .last_check
+            .is_none_or(|at| at.elapsed() >= check_every(self.deployment.expiry))
+        {
+            self.last_check = Some(Instant::now());
+            super::ops::check(&self.pool, &self.state).await;
+        }
     }
 
     /// One turn: stream the slot until that ends, or stand by for one check.
@@ -160,7 +172,13 @@ impl Reader {
             return Ok(());
         };
         let mut prefixes: BTreeSet<String> = lock(&self.state.watches).iter().map(|(_, p)| p.clone()).collect();
-        prefixes.extend(setup::watches(&self.pool, &self.slot).await?.pairs.into_iter().map(|(_, p)| p));
+        prefixes.extend(
+            setup::watches(&self.pool, &self.slot)
+                .await?
+                .pairs
+                .into_iter()
+                .map(|(_, p)| p),
+        );
         clear_prefixes(&manager, &prefixes).await?;
         sqlx::query("UPDATE storehaus_wal_slots SET note = $2 WHERE slot = $1")
             .bind(&self.slot.0)
@@ -206,12 +224,16 @@ impl Reader {
     #[tracing::instrument(target = "storehaus", skip_all, fields(slot = %self.slot.0))]
     async fn stream(&mut self, bounds: Bounds) -> Result<()> {
         let wal = |e: ReplicationError| StorehausError::Wal(WalError::stream(e));
-        let mut stream = LogicalReplicationStream::new(&self.url, self.config()).await.map_err(wal)?;
+        let mut stream = LogicalReplicationStream::new(&self.url, self.config())
+            .await
+            .map_err(wal)?;
         stream.start(None).await.map_err(wal)?;
         self.streams += 1;
         if self.deployment.ephemeral && self.streams > 1 {
-            self.clear("its temporary replication slot ended with its stream (an in-process cache is its own deployment)")
-                .await?;
+            self.clear(
+                "its temporary replication slot ended with its stream (an in-process cache is its own deployment)",
+            )
+            .await?;
         }
         tracing::info!(target: "storehaus", slot = %self.slot.0, "streaming the deployment's replication slot");
         let feedback = stream.shared_lsn_feedback.clone();
@@ -225,6 +247,9 @@ impl Reader {
         self.emit(&mut beats).await?;
         let mut tick = tokio::time::interval(self.poll);
         loop {
+            if self.manager.strong_count() == 0 {
+                return Ok(());
+            }
             let event = tokio::select! {
                 event = rx.recv() => event,
                 _ = tick.tick() => {
@@ -258,6 +283,12 @@ impl Reader {
     async fn take(&self, batch: &mut Batch, event: ChangeEvent, watched: &mut Watched) -> Result<()> {
         if let Needs::Watches = Batch::needs(&event, &watched.ids) {
             *watched = setup::watches(&self.pool, &self.slot).await?;
+            if let Needs::Watches = Batch::needs(&event, &watched.ids) {
+                // Published, yet no watch names it (its watch was deleted
+                // by hand?): nothing to deliver it to.
+                tracing::warn!(target: "storehaus", slot = %self.slot.0, event = ?event.event_type,
+                    "a change of a published table no store of this deployment watches");
+            }
         }
         batch.add(&event, &watched.ids, &self.slot.heartbeat_prefix());
         Ok(())
@@ -289,9 +320,9 @@ impl Reader {
             self.state
                 .delivered
                 .fetch_add(batch.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            #[cfg(feature = "test-hooks")]
+            manager.hooks.before_wal_confirm().await;
         }
-        #[cfg(feature = "test-hooks")]
-        manager.hooks.before_wal_confirm().await;
         if let Some(position) = batch.confirm {
             feedback.update_applied_lsn(position);
         }
@@ -336,7 +367,8 @@ impl Reader {
 
     /// Every poll interval: closes the read gate while a heartbeat is
     /// overdue, emits the next, and checks every slot now and then.
-    async fn tick(&self, beats: &mut Heartbeats, bounds: Bounds) -> Result<()> {
+    async fn tick(&mut self, beats: &mut Heartbeats, bounds: Bounds) -> Result<()> {
+        self.maybe_check().await;
         if let Some(&(_, at)) = beats.outstanding.front() {
             if at.elapsed() > bounds.fresh {
                 self.set_lagging(true);

@@ -4,14 +4,19 @@
 //! its slot.
 //!
 //! One slot and one publication per deployment and database, both named
-//! [`SlotName`]: the publication lists every table the deployment watches
-//! (`publish_via_partition_root`, so a write addressed to a partition is
-//! reported as its root's), the slot holds the position up to which the
-//! deployment's cache has acknowledged the changes.
+//! [`SlotName`]: the publication lists every table the deployment watches,
+//! the slot holds the position up to which the deployment's cache has
+//! acknowledged the changes. A partitioned table is published with
+//! `publish_via_partition_root = false`: each partition under its own
+//! name, which the reader maps to the watched table (see `watches`).
+//! With `true`, PostgreSQL publishes the rows written through a partition
+//! as the root's but not a `TRUNCATE` of one partition, which would leave
+//! the store's cached rows of that partition behind.
 
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 
+use super::decode::{Relation, Relations};
 use super::error::WalError;
 use crate::error::Result;
 use crate::outbox::Deployment;
@@ -82,7 +87,11 @@ impl Table {
     }
 
     fn sql(&self) -> String {
-        format!("{}.{}", crate::outbox::ident(&self.schema), crate::outbox::ident(&self.name))
+        format!(
+            "{}.{}",
+            crate::outbox::ident(&self.schema),
+            crate::outbox::ident(&self.name)
+        )
     }
 }
 
@@ -192,7 +201,7 @@ pub(crate) async fn register(
     if !exists {
         tracing::info!(target: "storehaus", publication = %slot.0, table = %table.qualified(), "creating the publication");
         sqlx::raw_sql(&format!(
-            "CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish_via_partition_root = true)",
+            "CREATE PUBLICATION {publication} FOR TABLE {} WITH (publish_via_partition_root = false)",
             table.sql()
         ))
         .execute(&mut *tx)
@@ -209,11 +218,11 @@ pub(crate) async fn register(
 
 async fn published(tx: &mut sqlx::PgConnection, slot: &SlotName, table: &Table) -> Result<bool> {
     Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid \
+         WHERE p.pubname = $1 AND r.prrelid = to_regclass($2))",
     )
     .bind(&slot.0)
-    .bind(&table.schema)
-    .bind(&table.name)
+    .bind(table.sql())
     .fetch_one(tx)
     .await?)
 }
@@ -226,10 +235,12 @@ pub(crate) async fn known(pool: &PgPool, slot: &SlotName) -> Result<bool> {
     if !exists {
         return Ok(false);
     }
-    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM storehaus_wal_slots WHERE slot = $1)")
-        .bind(&slot.0)
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM storehaus_wal_slots WHERE slot = $1)")
+            .bind(&slot.0)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// What the server says of a deployment's slot.
@@ -286,21 +297,39 @@ pub(crate) async fn drop_slot(pool: &PgPool, slot: &SlotName) -> Result<bool> {
 pub(crate) struct Watched {
     /// (qualified table, store prefix) pairs, as the outbox's deliveries take them.
     pub pairs: Vec<(String, String)>,
-    /// Qualified table → its id column.
-    pub ids: std::collections::HashMap<String, String>,
+    /// Every published relation of those tables (each table, each of its
+    /// partitions at any depth) → its table and id column.
+    pub ids: Relations,
 }
 
+/// The watches of `slot`'s deployment, with the partitions each watched
+/// table has now (a partition attached later is found when its first
+/// change arrives: the reader reads the watches again).
 pub(crate) async fn watches(pool: &PgPool, slot: &SlotName) -> Result<Watched> {
-    let rows: Vec<(String, String, String, String)> =
-        sqlx::query_as("SELECT nspname, relname, prefix, id_column FROM storehaus_wal_watches WHERE slot = $1")
-            .bind(&slot.0)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(String, String, String, String, String, String)> = sqlx::query_as(
+        "SELECT w.nspname, w.relname, w.prefix, w.id_column, n.nspname::text, c.relname::text \
+         FROM storehaus_wal_watches w \
+         CROSS JOIN LATERAL (SELECT to_regclass(format('%I.%I', w.nspname, w.relname)) AS root) r \
+         CROSS JOIN LATERAL (SELECT relid FROM pg_partition_tree(r.root) UNION SELECT r.root) t \
+         JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE w.slot = $1",
+    )
+    .bind(&slot.0)
+    .fetch_all(pool)
+    .await?;
     let mut watched = Watched::default();
-    for (schema, name, prefix, id) in rows {
-        let table = Table { schema, name }.qualified();
-        watched.ids.insert(table.clone(), id);
-        watched.pairs.push((table, prefix));
+    for (schema, name, prefix, id_column, rel_schema, rel_name) in rows {
+        let root = Table { schema, name }.qualified();
+        let relation = Table {
+            schema: rel_schema,
+            name: rel_name,
+        }
+        .qualified();
+        let pair = (root.clone(), prefix);
+        if !watched.pairs.contains(&pair) {
+            watched.pairs.push(pair);
+        }
+        watched.ids.insert(relation, Relation { root, id_column });
     }
     Ok(watched)
 }
@@ -314,7 +343,10 @@ mod tests {
         let a = SlotName::new("app", "My-App.prod");
         assert!(a.0.starts_with("storehaus_my_app_prod_"), "{a:?}");
         assert!(a.0.len() <= 63);
-        assert!(a.0.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+        assert!(a
+            .0
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
         assert_eq!(a, SlotName::new("app", "My-App.prod"));
         assert_ne!(a, SlotName::new("app", "my_app_prod"), "folding alone must not collide");
         assert_ne!(a, SlotName::new("other", "My-App.prod"), "one slot per database");
