@@ -6,6 +6,9 @@
 #          namespace of its own (a silent partition, 5 % loss)
 #   spin   the model checker behind scripts/model.sh (.ci/run)
 #   wrk    the HTTP load generator of scripts/load.sh (bench.sh full run)
+# The `wal` feature builds aws-lc-rs (through pg_walstream's rustls) with
+# the C compiler alone (aws-lc-sys 0.47 needs no cmake); its tests run
+# initdb/pg_ctl from the PostgreSQL server packages, as PgServer does.
 # Elsewhere it says what to install and exits 0: the tests that need a
 # missing tool fail and name it.
 set -uo pipefail

@@ -25,7 +25,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use pg_walstream::{
-    CancellationToken, ChangeEvent, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
+    CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
     ReplicationStreamConfig, RetryConfig, SharedLsnFeedback, StreamingMode,
 };
 use sqlx::PgPool;
@@ -281,6 +281,13 @@ impl Reader {
     /// Takes `event` into `batch`, reading the watches again first when it
     /// names a table they lack.
     async fn take(&self, batch: &mut Batch, event: ChangeEvent, watched: &mut Watched) -> Result<()> {
+        let announced =
+            matches!(&event.event_type, EventType::Message { prefix, .. } if **prefix == self.slot.watches_prefix());
+        if announced {
+            // A process registered a watch: its store prefix is delivered
+            // to from here on.
+            *watched = setup::watches(&self.pool, &self.slot).await?;
+        }
         if let Needs::Watches = Batch::needs(&event, &watched.ids) {
             *watched = setup::watches(&self.pool, &self.slot).await?;
             if let Needs::Watches = Batch::needs(&event, &watched.ids) {
@@ -306,11 +313,7 @@ impl Reader {
             return Ok(());
         };
         if !batch.entries.is_empty() {
-            // The watches of every process of the deployment, read again:
-            // a store prefix registered since is delivered to as well.
-            let pairs = setup::watches(&self.pool, &self.slot).await?.pairs;
-            let pairs = if pairs.is_empty() { watched.pairs.clone() } else { pairs };
-            if let Err(e) = deliver(&manager, &batch.entries, &pairs).await {
+            if let Err(e) = deliver(&manager, &batch.entries, &watched.pairs).await {
                 // Nothing is confirmed; the stream ends and the next one
                 // resumes from the slot's position.
                 manager.outbox.set_lagging(&self.state, true);

@@ -70,6 +70,12 @@ impl SlotName {
     pub fn heartbeat_prefix(&self) -> String {
         format!("storehaus:{}", self.0)
     }
+
+    /// The prefix of the message that announces a new watch: the reader
+    /// reads the watches again when it reaches it in the log.
+    pub fn watches_prefix(&self) -> String {
+        format!("storehaus:{}:watches", self.0)
+    }
 }
 
 /// A watched table as the write-ahead log names it.
@@ -213,6 +219,12 @@ pub(crate) async fn register(
             .await?;
     }
     tx.commit().await?;
+    // After the commit: the reader that reaches this message in the log
+    // reads the watches again, and delivers to this prefix from there on.
+    sqlx::query("SELECT pg_logical_emit_message(false, $1, '')")
+        .bind(slot.watches_prefix())
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
