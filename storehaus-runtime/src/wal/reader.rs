@@ -43,6 +43,10 @@ use crate::outbox::{clear_prefixes, deliver, lock, Deployment, WorkerState};
 /// Entries delivered per round trip at most.
 const BATCH: usize = 5_000;
 
+/// How often the stream's task tells the server the confirmed position at
+/// most.
+const FEEDBACK_EVERY: Duration = Duration::from_millis(100);
+
 /// Events buffered between the stream's task and the reader.
 const CHANNEL: usize = 8_192;
 
@@ -418,6 +422,7 @@ async fn pump(
     token: CancellationToken,
 ) {
     let mut sent = feedback.get_applied_lsn();
+    let mut sent_at = Instant::now();
     loop {
         let event = stream.next_event(&token).await;
         let failed = event.is_err();
@@ -427,8 +432,12 @@ async fn pump(
         if tx.send(event).await.is_err() || failed {
             break;
         }
+        // At most every FEEDBACK_EVERY (a status update per transaction
+        // costs the writer's server a wake-up each); the heartbeats wake
+        // this task at least every poll interval.
         let applied = feedback.get_applied_lsn();
-        if applied != sent {
+        if applied != sent && sent_at.elapsed() >= FEEDBACK_EVERY {
+            sent_at = Instant::now();
             if let Err(e) = stream.send_feedback().await {
                 tracing::debug!(target: "storehaus", error = %e, "wal status update failed");
                 break;
