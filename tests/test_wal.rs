@@ -308,6 +308,8 @@ async fn with_redis_down_the_slot_holds_the_changes_and_reads_bypass_the_cache()
     redis_server.restart().await;
     let mut redis = raw_redis(&redis_server.url()).await;
     set_raw(&mut redis, &key, &v1).await;
+    let read = accounts.get_by_id(&1).await.unwrap().map(|a| a.balance);
+    assert_eq!(read, Some(2), "a read served the old value before the held change was delivered");
     eventually("the held change was delivered", || async {
         let mut redis = raw_redis(&redis_server.url()).await;
         raw_get(&mut redis, &key).await.is_none()
@@ -566,20 +568,28 @@ async fn processes_of_a_deployment_take_turns_and_a_stalled_holder_is_replaced()
     c.watch_wal().await.unwrap();
     cached(&c, &redis_url(), 1).await;
     raw(&db.other, "UPDATE accounts SET balance = 4 WHERE id = 1").await;
+    // Delivered (the entry is deleted), not only bypassed.
+    let key = c.cache_key(&1);
+    eventually("the new prefix's entry was invalidated", || async {
+        raw_get(&mut raw_redis(&redis_url()).await, &key).await.is_none()
+    })
+    .await;
     fresh_within(&c, 1, Some(4), WITHIN).await;
-    let mut redis = raw_redis(&redis_url()).await;
-    assert_eq!(
-        raw_get(&mut redis, &c.cache_key(&1)).await,
-        None,
-        "delivered, not only bypassed"
-    );
     drop((a, b, c, p1, p2));
 
     // A process holds the slot and stalls (SIGSTOP): another process of
     // the deployment bypasses its cache meanwhile, then takes the slot
     // over once the holder has not caught up for half its expiry (8 s).
+    eventually("the first two processes let go of the slot", || async {
+        db.slots().await.iter().all(|(_, active)| !active)
+    })
+    .await;
     let (mut child, lines) = child(&db, &redis_url(), &global, false);
     expect_line(&lines, "CHILD-READY");
+    eventually("the child streams the slot", || async {
+        db.slots().await.iter().all(|(_, active)| *active)
+    })
+    .await;
     let standby = process(&redis_url(), &global, 16_000);
     let accounts = db.store(&standby);
     accounts.watch_wal().await.unwrap();
