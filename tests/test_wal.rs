@@ -309,7 +309,11 @@ async fn with_redis_down_the_slot_holds_the_changes_and_reads_bypass_the_cache()
     let mut redis = raw_redis(&redis_server.url()).await;
     set_raw(&mut redis, &key, &v1).await;
     let read = accounts.get_by_id(&1).await.unwrap().map(|a| a.balance);
-    assert_eq!(read, Some(2), "a read served the old value before the held change was delivered");
+    assert_eq!(
+        read,
+        Some(2),
+        "a read served the old value before the held change was delivered"
+    );
     eventually("the held change was delivered", || async {
         let mut redis = raw_redis(&redis_server.url()).await;
         raw_get(&mut redis, &key).await.is_none()
@@ -777,4 +781,54 @@ async fn without_logical_wal_or_replication_the_error_points_to_the_trigger_outb
     assert!(err.to_string().contains("ALTER ROLE app REPLICATION"), "{err}");
     assert!(err.to_string().contains("watch_external_writes"), "{err}");
     assert!(logical.slots().await.is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_makes_reads_bypass_the_cache_until_it_catches_up() {
+    let db = Logical::new(1).await;
+    let manager = process(&redis_url(), &random_name("t"), 60_000);
+    let accounts = db.store(&manager);
+    accounts.watch_wal().await.unwrap();
+    cached(&accounts, &redis_url(), 1).await;
+    // The server's WAL sender for this slot stops (as under a stuck disk
+    // or a saturated server): nothing is decoded, heartbeats stop coming back.
+    let sender: i32 = sqlx::query_scalar("SELECT pid FROM pg_stat_replication")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(Command::new("kill")
+        .args(["-STOP", &sender.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    raw(&db.other, "UPDATE accounts SET balance = 2 WHERE id = 1").await;
+    // The reader sees its heartbeat overdue and closes the read gate:
+    // reads are fresh although the stale entry is still in Redis.
+    fresh_within(&accounts, 1, Some(2), Duration::from_secs(4)).await;
+    let mut redis = raw_redis(&redis_url()).await;
+    assert!(
+        raw_get(&mut redis, &accounts.cache_key(&1)).await.is_some(),
+        "nothing delivered yet"
+    );
+    // The sender resumes: the change is delivered and the cache serves again.
+    assert!(Command::new("kill")
+        .args(["-CONT", &sender.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    eventually("the held change was delivered", || async {
+        raw_get(&mut raw_redis(&redis_url()).await, &accounts.cache_key(&1))
+            .await
+            .is_none()
+    })
+    .await;
+    cached(&accounts, &redis_url(), 1).await;
+    let hits = manager.get_stats().await.unwrap().hits;
+    let start = Instant::now();
+    while manager.get_stats().await.unwrap().hits == hits {
+        assert!(start.elapsed() < WITHIN, "the cache never served again");
+        accounts.get_by_id(&1).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    clear_prefix(&manager).await;
 }
