@@ -680,15 +680,17 @@ async fn a_slot_whose_deployment_is_gone_is_reported_and_can_be_dropped() {
     clear_prefix(&watcher).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidated_slot_makes_its_deployment_start_over_and_say_so() {
+/// A deployment `global` (cache on `url`) that cached account 1 at
+/// balance 100, went away, missed an update to 2, and whose slot the
+/// server then invalidated (past `max_slot_wal_keep_size`).
+async fn invalidated(url: &str) -> (Logical, String) {
     let db = Logical::with(1, &["max_slot_wal_keep_size=1MB", "wal_keep_size=0"]).await;
     raw(&db.pool, "CREATE TABLE filler (id bigint, pad text)").await;
     let global = random_name("t");
-    let first = process(&redis_url(), &global, 60_000);
+    let first = process(url, &global, 60_000);
     let accounts = db.store(&first);
     accounts.watch_wal().await.unwrap();
-    cached(&accounts, &redis_url(), 1).await;
+    cached(&accounts, url, 1).await;
     drop(accounts);
     drop(first);
     eventually("the slot is free", || async {
@@ -714,6 +716,13 @@ async fn an_invalidated_slot_makes_its_deployment_start_over_and_say_so() {
         status == "lost"
     })
     .await;
+
+    (db, global)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_slot_makes_its_deployment_start_over_and_say_so() {
+    let (db, global) = invalidated(&redis_url()).await;
 
     // The old value is still in Redis; the deployment comes back, starts
     // over (clearing what it cached), and says so.
@@ -831,4 +840,38 @@ async fn a_stalled_stream_makes_reads_bypass_the_cache_until_it_catches_up() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     clear_prefix(&manager).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_over_that_cannot_reach_the_cache_is_finished_before_the_cache_is_trusted() {
+    let mut redis_server = RedisServer::start().await;
+    let (db, global) = invalidated(&redis_server.url()).await;
+    let key = db.store(&process(&redis_server.url(), &global, 60_000)).cache_key(&1);
+    let mut redis = raw_redis(&redis_server.url()).await;
+    let v1 = raw_get(&mut redis, &key).await.expect("v1 cached");
+    // The deployment comes back while its Redis is down: the new slot is
+    // created, the clear fails.
+    redis_server.kill();
+    let back = process(&redis_server.url(), &global, 60_000);
+    let accounts = db.store(&back);
+    accounts.watch_wal().await.unwrap();
+    eventually("the new slot exists", || async {
+        sqlx::query_scalar::<_, String>("SELECT wal_status FROM pg_replication_slots")
+            .fetch_one(&db.pool)
+            .await
+            .is_ok_and(|s| s != "lost")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Redis returns with the old value: the start-over is finished (the
+    // clear) before the cache serves it.
+    redis_server.restart().await;
+    let mut redis = raw_redis(&redis_server.url()).await;
+    set_raw(&mut redis, &key, &v1).await;
+    fresh_within(&accounts, 1, Some(2), WITHIN).await;
+    eventually("the old entry was cleared", || async {
+        raw_get(&mut raw_redis(&redis_server.url()).await, &key).await != Some(v1.clone())
+    })
+    .await;
+    fresh_within(&accounts, 1, Some(2), WITHIN).await;
 }

@@ -96,7 +96,6 @@ impl Reader {
                     if let Some(m) = self.manager.upgrade() {
                         m.warn("wal", &CacheError::ConnectionError(e.to_string()));
                     }
-                    let _ = turn::lagging(&self.pool, &self.slot).await;
                     let wait = backoff;
                     backoff = (backoff * 2).min(self.poll.max(Duration::from_millis(50)));
                     wait
@@ -161,13 +160,18 @@ impl Reader {
     async fn start_over(&mut self, reason: &str) -> Result<()> {
         tracing::warn!(target: "storehaus", deployment = %self.deployment.name, slot = %self.slot.0, reason,
             "the replication slot of this cache deployment cannot be trusted: its cached entries are cleared and it starts over with a new slot");
+        // Recorded first: until the clear is done, every process of the
+        // deployment that finds the slot starts over too (this one may die
+        // between the new slot and the clear).
+        turn::clear_pending(&self.pool, &self.slot, Some(reason)).await?;
         if setup::slot_state(&self.pool, &self.slot).await? == setup::SlotState::Lost {
             setup::drop_slot(&self.pool, &self.slot).await?;
         }
         if setup::slot_state(&self.pool, &self.slot).await? == setup::SlotState::Missing {
             setup::create_slot(&self.pool, &self.slot).await?;
         }
-        self.clear(reason).await
+        self.clear(reason).await?;
+        turn::clear_pending(&self.pool, &self.slot, None).await
     }
 
     /// Clears every store prefix the deployment watches, and says so.

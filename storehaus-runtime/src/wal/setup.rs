@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS storehaus_wal_slots (
     caught_up_at timestamptz NOT NULL DEFAULT now(),
     lagging boolean NOT NULL DEFAULT false,
     ephemeral boolean NOT NULL DEFAULT false,
+    clear_pending boolean NOT NULL DEFAULT false,
     note text
 );
 CREATE TABLE IF NOT EXISTS storehaus_wal_watches (

@@ -49,6 +49,15 @@ impl Bounds {
 
 /// Decides this reader's turn for a (persistent) slot.
 pub(crate) async fn decide(pool: &PgPool, slot: &SlotName, bounds: Bounds) -> Result<Turn> {
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT note FROM storehaus_wal_slots WHERE slot = $1 AND clear_pending")
+            .bind(&slot.0)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+    if let Some(reason) = pending {
+        return Ok(Turn::StartOver(reason));
+    }
     let active_pid = match slot_state(pool, slot).await? {
         SlotState::Missing => {
             return Ok(Turn::StartOver(
@@ -108,5 +117,18 @@ pub(crate) async fn lagging(pool: &PgPool, slot: &SlotName) -> Result<()> {
         .bind(&slot.0)
         .execute(pool)
         .await?;
+    Ok(())
+}
+
+/// Records that the deployment is starting over (`Some(reason)`), or that
+/// it has cleared its cache and streams its new slot (`None`).
+pub(crate) async fn clear_pending(pool: &PgPool, slot: &SlotName, reason: Option<&str>) -> Result<()> {
+    sqlx::query(
+        "UPDATE storehaus_wal_slots SET clear_pending = $2 IS NOT NULL, note = coalesce($2, note) WHERE slot = $1",
+    )
+    .bind(&slot.0)
+    .bind(reason)
+    .execute(pool)
+    .await?;
     Ok(())
 }
