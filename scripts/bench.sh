@@ -15,6 +15,9 @@
 #                                     after an outage (about a minute)
 #   bash scripts/bench.sh --outbox    invalidation from the database: delay,
 #                                     trigger cost, drain rate (about a minute)
+#   bash scripts/bench.sh --wal       the trigger outbox against the write-ahead
+#                                     log (feature wal) on a private logical
+#                                     cluster: update cost, delay, drain rate
 #   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
 #                                     under each Redis fault (about a minute;
 #                                     README, "What a fault costs")
@@ -40,6 +43,7 @@ for arg in "$@"; do
     --diagnose) mode=diagnose ;;
     --replay) mode=replay ;;
     --outbox) mode=outbox ;;
+    --wal) mode=wal ;;
     --faults) mode=faults ;;
     --cluster) mode=cluster ;;
     --near) mode=near ;;
@@ -50,7 +54,7 @@ for arg in "$@"; do
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --faults, --cluster, --near, --early, --rollout or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout or nothing)" >&2
       exit 2
       ;;
   esac
@@ -67,6 +71,7 @@ case "$mode" in
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
     cargo bench --bench replay -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench outbox -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench wal --features wal -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench early_refresh -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench rollout -- --append "$PWD/BENCHMARKS.md"
@@ -82,6 +87,7 @@ case "$mode" in
   diagnose) cargo bench --bench scenarios -- --diagnose ;;
   replay) cargo bench --bench replay ;;
   outbox) cargo bench --bench outbox ;;
+  wal) cargo bench --bench wal --features wal ;;
   near) cargo bench --bench near ;;
   early) cargo bench --bench early_refresh ;;
   rollout) cargo bench --bench rollout ;;

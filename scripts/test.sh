@@ -54,3 +54,7 @@ step "doc tests" cargo test --workspace --doc
 step "axum example" env -u DATABASE_URL -u REDIS_URL cargo run --quiet --example axum_service -- --smoke
 # TLS (rediss://) is an opt-in feature; its tests start their own TLS redis-server.
 step "tls" cargo test --features tls --test test_security
+# Invalidation from the write-ahead log is an opt-in feature (`wal`): its
+# tests start private PostgreSQL clusters with wal_level = logical.
+step "wal" cargo test --features wal --test test_wal
+step "wal unit" cargo test -p storehaus-runtime --features wal --lib wal::

@@ -8,6 +8,9 @@
 #   wrk    the HTTP load generator of scripts/load.sh (bench.sh full run)
 #   python3-msgpack, psql   tests/test_format.rs: a Python reader and writer
 #          of the cache format (docs/FORMAT.md), writing with psql
+# The `wal` feature builds aws-lc-rs (through pg_walstream's rustls) with
+# the C compiler alone (aws-lc-sys 0.47 needs no cmake); its tests run
+# initdb/pg_ctl from the PostgreSQL server packages, as PgServer does.
 # Elsewhere it says what to install and exits 0: the tests that need a
 # missing tool fail and name it.
 set -uo pipefail

@@ -13,6 +13,8 @@ pub use storehaus_runtime::{
     LatencySummary, Order, PgQuery, Plain, Query, Result, ServerStats, SignalManager, SqlValue, SqliteId, SqliteRecord,
     Statements, StoreTransaction, StorehausError, DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
 };
+#[cfg(feature = "wal")]
+pub use storehaus_runtime::{WalError, WalSlotStatus};
 
 /// The names most programs need: `use storehaus::prelude::*;`.
 pub mod prelude {

@@ -106,6 +106,11 @@ pub enum StorehausError {
     /// The store's database is not compiled in or not usable for this record type.
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Invalidation from the write-ahead log cannot run here
+    /// ([`GenericStore::watch_wal`](crate::GenericStore::watch_wal)).
+    #[cfg(feature = "wal")]
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
 }
 
 /// A shorthand for results of store operations.

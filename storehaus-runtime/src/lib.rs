@@ -14,6 +14,8 @@
 //! - `backend/`: the cache backends behind one contract (Redis, in-process);
 //! - `outbox/`: invalidation from the database itself (triggers, a durable
 //!   outbox, the worker that drains it);
+//! - `wal/` (feature `wal`): invalidation from the write-ahead log (a
+//!   replication slot per deployment, the reader that streams it);
 //! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else;
 //! - `fuzzing.rs` (the `fuzzing` feature): the properties `fuzz/` checks.
 #![warn(missing_docs)]
@@ -30,6 +32,8 @@ mod outbox;
 pub mod private;
 mod record;
 mod store;
+#[cfg(feature = "wal")]
+mod wal;
 
 pub use cache::codec;
 #[cfg(feature = "test-hooks")]
@@ -48,3 +52,5 @@ pub use store::query::{Column, Filter, IndexColumn, Indexed, Order, Plain, Query
 pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use store::transaction::{InTransaction, StoreTransaction};
 pub use store::{CacheParams, GenericStore, DEFAULT_NEGATIVE_TTL_SECS};
+#[cfg(feature = "wal")]
+pub use wal::{WalError, WalSlotStatus};

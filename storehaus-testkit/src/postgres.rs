@@ -24,7 +24,13 @@ pub struct PgServer {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Server settings given on every start (`-c name=value`).
+    settings: Vec<String>,
 }
+
+/// The settings of [`PgServer::start_logical`]: logical decoding, and room
+/// for the replication slots and WAL senders of a test's deployments.
+pub const LOGICAL_SETTINGS: [&str; 3] = ["wal_level=logical", "max_replication_slots=20", "max_wal_senders=20"];
 
 /// The directory of `initdb` and `pg_ctl`: `PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<major>/bin`, else `PATH`.
@@ -55,12 +61,25 @@ fn is_root() -> bool {
 impl PgServer {
     /// `initdb` + start; panics (the test's failure) if either fails.
     pub fn start() -> PgServer {
+        Self::start_with(&[])
+    }
+
+    /// A cluster with `wal_level = logical` (and room for 20 replication
+    /// slots and WAL senders), for invalidation from the write-ahead log.
+    pub fn start_logical() -> PgServer {
+        Self::start_with(&LOGICAL_SETTINGS)
+    }
+
+    /// A cluster started with these server settings (`name=value`, each
+    /// given as `-c name=value` on every start).
+    pub fn start_with(settings: &[&str]) -> PgServer {
         let dir = std::env::temp_dir().join(random_name("storehaus-pg"));
         std::fs::create_dir_all(&dir).expect("create the cluster directory");
         let server = PgServer {
             port: free_port(),
             dir,
             bin: pg_bin(),
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         if is_root() {
             let ok = Command::new("chown")
@@ -116,13 +135,22 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// `postgres://<user>@127.0.0.1:<port>/<database>` (trust auth: no password).
+    pub fn url_as(&self, user: &str, database: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
     /// Starts the cluster (again) and waits until it accepts connections.
     pub fn start_again(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             self.port,
             self.dir.display()
         );
+        for setting in &self.settings {
+            opts.push_str(" -c ");
+            opts.push_str(setting);
+        }
         let log = self.dir.join("log").display().to_string();
         self.pg("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "start"]);
     }

@@ -53,6 +53,7 @@ pub struct TestHooks {
     fill_delay_us: AtomicU64,
     pause: Mutex<Option<FillPause>>,
     near_pause: Mutex<Option<FillPause>>,
+    wal_pause: Mutex<Option<FillPause>>,
 }
 
 impl TestHooks {
@@ -73,6 +74,22 @@ impl TestHooks {
         self.arm(&self.near_pause, key)
     }
 
+    /// Holds the write-ahead log reader (feature `wal`) after its next
+    /// delivery reached the cache and before it confirms the slot's
+    /// position, until the returned pause is released.
+    pub fn pause_wal_confirm(&self) -> FillPause {
+        self.arm(&self.wal_pause, "wal")
+    }
+
+    /// Called by the write-ahead log reader between a delivery and the
+    /// confirmation of its position.
+    #[cfg_attr(not(feature = "wal"), allow(dead_code))]
+    pub(crate) async fn before_wal_confirm(&self) {
+        if self.active.load(Ordering::Acquire) {
+            self.hold(&self.wal_pause, "wal").await;
+        }
+    }
+
     fn arm(&self, slot: &Mutex<Option<FillPause>>, key: &str) -> FillPause {
         let pause = FillPause {
             key: key.to_string(),
@@ -90,7 +107,7 @@ impl TestHooks {
         let armed = |slot: &Mutex<Option<FillPause>>| slot.lock().map(|p| p.is_some()).unwrap_or(false);
         let delayed = self.fill_delay_us.load(Ordering::Relaxed) > 0;
         self.active.store(
-            armed(&self.pause) || armed(&self.near_pause) || delayed,
+            armed(&self.pause) || armed(&self.near_pause) || armed(&self.wal_pause) || delayed,
             Ordering::Release,
         );
     }

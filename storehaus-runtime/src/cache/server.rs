@@ -112,6 +112,30 @@ pub enum HealthWarning {
         /// Why.
         reason: String,
     },
+    /// A replication slot of StoreHaus (`GenericStore::watch_wal`, feature
+    /// `wal`) that no process of its deployment has streamed within the
+    /// deployment's expiry: the server keeps every byte of WAL written since
+    /// its position, forever, unless `max_slot_wal_keep_size` caps it. Drop
+    /// a deployment that is gone for good with
+    /// `GenericStore::drop_wal_deployment`.
+    WalSlotRetained {
+        /// The slot.
+        slot: String,
+        /// The deployment it belongs to.
+        deployment: String,
+        /// WAL the server retains for it, in bytes.
+        retained_bytes: u64,
+    },
+    /// The deployment's replication slot was gone or invalidated (dropped,
+    /// or past `max_slot_wal_keep_size`) since the previous check: changes
+    /// may have been missed, so it cleared what it cached of its tables and
+    /// started over with a new slot.
+    WalStartedOver {
+        /// The deployment.
+        deployment: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The share of `maxmemory` from which a `noeviction` server is "nearly full".

@@ -67,7 +67,7 @@ pub(super) fn touched<'w>(entries: &[Entry], watches: &'w [(String, String)]) ->
 /// bumps those stores' query generations, in one round trip; a whole-table
 /// entry (TRUNCATE) clears the store's key space. Any cache failure fails
 /// the pass, which then moves nothing.
-pub(super) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
+pub(crate) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
     let global = manager.global_prefix();
     let mut changes = Vec::new();
     let mut cleared = BTreeSet::new();

@@ -46,7 +46,15 @@ use crate::store::pool::DbPool;
 use crate::GenericStore;
 
 pub(crate) use registry::{Deployment, Watchers};
+// The write-ahead log's reader delivers as the outbox does.
 pub use status::DeploymentStatus;
+#[cfg(feature = "wal")]
+pub(crate) use {
+    ddl::ident,
+    deliver::{deliver, Entry},
+    registry::{lock, WorkerState},
+    worker::clear_prefixes,
+};
 
 impl<T: Cached> GenericStore<T> {
     /// Makes every committed write to `T`'s table reach this store's cache,

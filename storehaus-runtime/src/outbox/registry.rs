@@ -45,21 +45,26 @@ pub(crate) struct Watchers {
 /// One worker's shared state.
 #[derive(Debug)]
 pub(crate) struct WorkerState {
-    pub(super) wake: Notify,
+    pub(crate) wake: Notify,
     /// Passes completed (successful or not).
-    pub(super) passes: watch::Sender<u64>,
+    pub(crate) passes: watch::Sender<u64>,
     lagging: AtomicBool,
     /// When its last pass succeeded (ms since the registry's `born`).
     ok_ms: AtomicU64,
-    pub(super) backlog: AtomicU64,
-    pub(super) lag_ms: AtomicU64,
-    pub(super) delivered: AtomicU64,
+    pub(crate) backlog: AtomicU64,
+    pub(crate) lag_ms: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// The (table, store prefix) pairs this process watches through it.
-    pub(super) watches: Mutex<Vec<(String, String)>>,
+    pub(crate) watches: Mutex<Vec<(String, String)>>,
     /// Watched tables that lost outbox triggers: table → relations.
     pub(super) missing: Mutex<Vec<(String, Vec<String>)>>,
     /// Why the deployment last started over (taken by the next health check).
     pub(super) started_over: Mutex<Option<String>>,
+    /// What another kind of worker (the write-ahead log's) has to report:
+    /// standing conditions, replaced by each of its checks.
+    pub(crate) standing: Mutex<Vec<HealthWarning>>,
+    /// ...and events, taken by the next health check.
+    pub(crate) events: Mutex<Vec<HealthWarning>>,
 }
 
 impl Watchers {
@@ -118,6 +123,8 @@ impl Watchers {
                     reason,
                 });
             }
+            out.extend(lock(&w.standing).iter().cloned());
+            out.append(&mut lock(&w.events));
         }
         out
     }
@@ -128,6 +135,21 @@ impl Watchers {
 
     /// The worker of `location`, started if none runs.
     pub fn ensure(&self, manager: &Arc<CacheManager>, pool: DbPool, location: String) -> Arc<WorkerState> {
+        let deployment = self.deployment.clone();
+        self.ensure_worker(location, |state, location| {
+            let worker = Worker::new(manager, pool, deployment, state);
+            tokio::spawn(worker.run(location));
+        })
+    }
+
+    /// The worker of `location`, started by `spawn` (given its fresh state
+    /// and the location) if none runs: every kind of worker of this manager
+    /// (the outbox's, the write-ahead log's) is gated the same way.
+    pub(crate) fn ensure_worker(
+        &self,
+        location: String,
+        spawn: impl FnOnce(Arc<WorkerState>, String),
+    ) -> Arc<WorkerState> {
         let mut workers = lock(&self.workers);
         if let Some(state) = workers.get(&location) {
             state.wake.notify_one();
@@ -144,16 +166,17 @@ impl Watchers {
             watches: Mutex::default(),
             missing: Mutex::default(),
             started_over: Mutex::default(),
+            standing: Mutex::default(),
+            events: Mutex::default(),
         });
         workers.insert(location.clone(), state.clone());
         drop(workers);
         self.renewed(&state);
-        let worker = Worker::new(manager, pool, self.deployment.clone(), state.clone());
-        tokio::spawn(worker.run(location));
+        spawn(state.clone(), location);
         state
     }
 
-    pub(super) fn set_lagging(&self, state: &WorkerState, lagging: bool) {
+    pub(crate) fn set_lagging(&self, state: &WorkerState, lagging: bool) {
         if state.lagging.swap(lagging, Ordering::AcqRel) != lagging {
             if lagging {
                 self.lagging.fetch_add(1, Ordering::AcqRel);
@@ -165,7 +188,7 @@ impl Watchers {
 
     /// `state` completed a pass: reads may trust the cache for another half
     /// expiry (as far as this worker is concerned).
-    pub(super) fn renewed(&self, state: &WorkerState) {
+    pub(crate) fn renewed(&self, state: &WorkerState) {
         state.ok_ms.store(self.now_ms(), Ordering::Release);
         let half = (self.deployment.expiry / 2).as_millis() as u64;
         let due = self
@@ -208,6 +231,6 @@ impl WorkerState {
     }
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -200,7 +200,7 @@ impl Worker {
 
 /// Clears every entry of the store prefixes `prefixes` (records, index
 /// entries, query results and generations) from the cache.
-pub(super) async fn clear_prefixes(manager: &CacheManager, prefixes: &BTreeSet<String>) -> Result<()> {
+pub(crate) async fn clear_prefixes(manager: &CacheManager, prefixes: &BTreeSet<String>) -> Result<()> {
     for prefix in prefixes {
         let glob = key::store_scope(manager.global_prefix(), prefix) + "*";
         manager.clear_glob(&glob).await.map_err(StorehausError::Cache)?;
