@@ -130,6 +130,11 @@ impl Backend {
     }
 
     delegate! {
+        /// Whether the server answers, for the circuit breaker's probe: a
+        /// `PING` on one node (through Sentinel, the primary it names now);
+        /// on a cluster, a fresh look at the slot map, which must reach at
+        /// least one live node.
+        pub async fn probe(&self) -> CacheResult<()>;
         /// `GET key`: the bytes, or `None` for a missing key. A key of
         /// another type is a `WRONGTYPE` command error.
         pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;

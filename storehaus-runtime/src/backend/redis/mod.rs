@@ -32,7 +32,7 @@ pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod scripts;
 #[cfg(feature = "cluster")]
-mod switch;
+pub(crate) mod switch;
 pub(crate) mod tracking;
 
 use std::sync::Arc;
@@ -130,6 +130,11 @@ impl RedisBackend {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
         self.pool.run(cmd).await
+    }
+
+    pub async fn probe(&self) -> CacheResult<()> {
+        let _: String = self.run(redis::cmd("PING")).await?;
+        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
