@@ -27,6 +27,7 @@
 //! `pool` holds the connections, `scripts` the Lua scripts; this file holds
 //! one function per primitive of the backend contract (see `backend`).
 
+pub(crate) mod failover;
 pub(crate) mod invalidation;
 pub(crate) mod pool;
 pub(crate) mod probe;
@@ -38,6 +39,7 @@ pub(crate) mod tracking;
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::failover::Failovers;
 pub(crate) use self::pool::map_err;
 use self::pool::{Connector, Pool, RunOn};
 use self::probe::NodeWatch;
@@ -92,8 +94,10 @@ impl RedisBackend {
     pub fn new(target: Target<'_>) -> CacheResult<Self> {
         let url = target.url;
         let sentinel = url.contains("+sentinel://");
+        let mut failovers = None;
         let connector = if sentinel {
             let parsed = SentinelUrl::parse(url)?;
+            failovers = Some(Arc::new(Failovers::new(&parsed, target.contact.clone())));
             Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(parsed.client(target.tls)?)))
         } else {
             #[cfg(feature = "tls")]
@@ -122,7 +126,7 @@ impl RedisBackend {
             } else {
                 Some(switch::ClusterSwitch::new(&target)?)
             },
-            pool: Pool::new(connector, watch, target.pool_size, target.timeout),
+            pool: Pool::new(connector, watch, failovers, target.pool_size, target.timeout),
             scripts: Scripts::new(),
             wait: target.wait,
         })
