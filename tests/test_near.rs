@@ -2,6 +2,7 @@
 //! coherent by Redis client tracking. Two managers on one Redis stand for
 //! two processes: A reads with a near cache, B writes.
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -325,6 +326,110 @@ async fn torture_no_stale_read_beyond_the_delivery_delay() {
     assert!(stats.near_hits > 0, "the near cache was used");
     assert_eq!(stale(p99), 0);
 
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
+
+/// A near hit is always ready: a task looping over hot keys must still let
+/// the rest of its runtime run (tokio's cooperative budget). On a 2-worker
+/// runtime, one task reads 4 hot keys through A's near cache without
+/// pause while the same runtime updates them through B, and another
+/// runtime (another thread, standing for another process) updates them
+/// through a third manager: every update completes, and the loop sees each
+/// key's last version within the bound of a delivered invalidation.
+#[test]
+fn a_loop_of_near_hits_leaves_the_runtime_to_writes() {
+    // On a thread of its own: a starved runtime fails the test, not hangs it.
+    let (done, finished) = std::sync::mpsc::channel();
+    let test = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(near_hits_and_writes());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => test.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(test.join().expect_err("it panicked"))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("the runtime never finished: the loop of near hits starved it")
+        }
+    }
+}
+
+async fn near_hits_and_writes() {
+    const HOT: i64 = 4;
+    let db = rows_db(HOT).await;
+    let (a, b) = managers(&redis_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    for id in 1..=HOT {
+        until_near(&sa, &a, id).await;
+    }
+    let seen: Arc<Vec<AtomicI64>> = Arc::new((0..=HOT).map(|_| AtomicI64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (sa, seen, stop) = (sa.clone(), seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for id in 1..=HOT {
+                    seen[id as usize].store(version(&sa, id).await, Ordering::Relaxed);
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    // Writes in the same runtime, with the loop running.
+    let start = Instant::now();
+    for v in 1..=40 {
+        let id = 1 + v % HOT;
+        tokio::time::timeout(Duration::from_secs(2), sb.update(&id, Row { id, version: v }, None))
+            .await
+            .unwrap_or_else(|_| panic!("update {v} in the runtime of the loop did not complete"))
+            .unwrap();
+    }
+    eprintln!("40 updates in the loop's runtime took {:?}", start.elapsed());
+    // Writes from another runtime, on another thread.
+    let other = {
+        let (pool, global) = (db.pool.clone(), a.global_prefix().to_string());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let config = CacheConfig::new(redis_url(), 3600, global);
+                let c = GenericStore::<Row>::new(
+                    pool,
+                    None,
+                    Some(CacheParams::new(Arc::new(CacheManager::new(config).unwrap()))),
+                );
+                for v in 41..=80 {
+                    let id = 1 + v % HOT;
+                    c.update(&id, Row { id, version: v }, None).await.unwrap();
+                }
+            })
+        })
+    };
+    tokio::task::spawn_blocking(move || other.join().expect("the other runtime's updates completed"))
+        .await
+        .unwrap();
+    // The loop sees the last version of every key.
+    let last = |id: i64| (41..=80).filter(|v| 1 + v % HOT == id).max().unwrap();
+    within(Duration::from_secs(2), "the loop sees every last write", async || {
+        (1..=HOT).all(|id| seen[id as usize].load(Ordering::Relaxed) == last(id))
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    let stats = a.get_stats().await.unwrap();
+    eprintln!("the loop read {reads} times, {} near hits", stats.near_hits);
+    assert!(stats.near_hits > 1_000, "the loop ran on near hits: {stats:?}");
     clear_prefix(&a).await;
     db.cleanup().await;
 }

@@ -131,6 +131,10 @@ where
     if let Some(v) = near.and_then(|n| n.get::<V>(&key)) {
         mgr.count(|c| &c.hits);
         timing.op = Op::Hit;
+        // Always ready: without a share of tokio's budget, a loop of near
+        // hits would never yield, and the runtime's other tasks (writes,
+        // the tracking connection's pushes) would wait for it to end.
+        tokio::task::consume_budget().await;
         return (Ok(v), Outcome::NearHit);
     }
     // Taken before the GET is sent: an invalidation of the key that arrives
