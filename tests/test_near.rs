@@ -10,69 +10,8 @@ use storehaus::prelude::*;
 use storehaus::{CacheParams, GenericStore};
 use storehaus_testkit::*;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, sqlx::FromRow, Cached)]
-#[cache(table = "near_rows", prefix = "rows")]
-struct Row {
-    id: i64,
-    version: i64,
-}
-
-async fn rows_db(n: i64) -> Db {
-    let db = Db::with_max_connections(10).await;
-    db.exec("CREATE TABLE near_rows (id bigint PRIMARY KEY, version bigint NOT NULL)")
-        .await;
-    db.exec(&format!(
-        "INSERT INTO near_rows SELECT g, 0 FROM generate_series(1, {n}) g"
-    ))
-    .await;
-    db
-}
-
-/// Two managers on `url` sharing one global prefix: A with a near cache.
-fn managers(url: &str) -> (Arc<CacheManager>, Arc<CacheManager>) {
-    let global = random_name("near");
-    let a = CacheConfig::new(url, 3600, global.clone()).with_near_cache(10_000);
-    let b = CacheConfig::new(url, 3600, global);
-    (
-        Arc::new(CacheManager::new(a).unwrap()),
-        Arc::new(CacheManager::new(b).unwrap()),
-    )
-}
-
-fn store(db: &Db, manager: &Arc<CacheManager>) -> GenericStore<Row> {
-    GenericStore::new(db.pool.clone(), None, Some(CacheParams::new(manager.clone())))
-}
-
-async fn version(store: &GenericStore<Row>, id: i64) -> i64 {
-    store.get_by_id(&id).await.unwrap().expect("row").version
-}
-
-/// Reads `id` through `store` until it sits in the near cache (the first
-/// read starts the tracking connection; a read is kept only once it is
-/// subscribed and the value is in Redis).
-async fn until_near(store: &GenericStore<Row>, manager: &CacheManager, id: i64) {
-    let key = store.cache_key(&id);
-    let start = Instant::now();
-    while !manager.near_state(&key).0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "never kept near: {:?}",
-            manager.near_state(&key)
-        );
-        store.get_by_id(&id).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Polls until `check` holds, for at most `within`; how long it took.
-async fn within(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    start.elapsed()
-}
+mod near;
+use near::*;
 
 #[tokio::test]
 async fn near_hits_and_another_processs_write_reaches_them() {
@@ -119,40 +58,7 @@ async fn near_hits_and_another_processs_write_reaches_them() {
 /// between Redis's reply and the L1 insert. The insert must be dropped.
 #[tokio::test]
 async fn an_invalidation_between_the_reply_and_the_insert_keeps_the_value_out() {
-    let db = rows_db(1).await;
-    let (a, b) = managers(&redis_url());
-    let (sa, sb) = (store(&db, &a), store(&db, &b));
-    let key = sa.cache_key(&1);
-    // Fill Redis, start tracking, then drop the L1 entry by a flush-free
-    // route: A's own write of the same version.
-    until_near(&sa, &a, 1).await;
-    sa.update(&1, Row { id: 1, version: 0 }, None).await.unwrap();
-    sa.get_by_id(&1).await.unwrap(); // refill Redis
-    let mut redis = raw_redis(&redis_url()).await;
-    wait_for_value(&mut redis, &key).await;
-    assert!(!a.near_state(&key).0);
-
-    let pause = a.test_hooks().pause_near_insert(&key);
-    let reader = {
-        let sa = sa.clone();
-        tokio::spawn(async move { version(&sa, 1).await })
-    };
-    tokio::time::timeout(Duration::from_secs(5), pause.reached())
-        .await
-        .expect("the reader reached the near insert");
-    let seen = a.get_stats().await.unwrap().near_invalidations;
-    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
-    within(Duration::from_secs(2), "A hears of B's write", async || {
-        a.get_stats().await.unwrap().near_invalidations > seen
-    })
-    .await;
-    pause.release();
-    assert_eq!(reader.await.unwrap(), 0, "the reader's own answer predates the write");
-    assert!(!a.near_state(&key).0, "the old value was not kept");
-    assert_eq!(version(&sa, 1).await, 1);
-
-    clear_prefix(&a).await;
-    db.cleanup().await;
+    reply_insert_race(&redis_url()).await;
 }
 
 /// The tracking connection killed, and Redis restarted: the L1 is flushed,
@@ -430,26 +336,6 @@ async fn near_hits_and_writes() {
     let stats = a.get_stats().await.unwrap();
     eprintln!("the loop read {reads} times, {} near hits", stats.near_hits);
     assert!(stats.near_hits > 1_000, "the loop ran on near hits: {stats:?}");
-    clear_prefix(&a).await;
-    db.cleanup().await;
-}
-
-/// On a Redis Cluster a broadcast subscription on one node would hear of
-/// that node's keys only: the near cache stays off, and reads are right.
-#[tokio::test]
-async fn on_a_cluster_the_near_cache_stays_off() {
-    let db = rows_db(1).await;
-    let (a, b) = managers(&cluster_url());
-    let (sa, sb) = (store(&db, &a), store(&db, &b));
-    for _ in 0..20 {
-        assert_eq!(version(&sa, 1).await, 0);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();
-    assert_eq!(version(&sa, 1).await, 1, "no near cache to wait for");
-    let stats = a.get_stats().await.unwrap();
-    assert_eq!(stats.near_hits, 0, "{stats:?}");
-    assert!(!a.near_state(&sa.cache_key(&1)).1, "never live");
     clear_prefix(&a).await;
     db.cleanup().await;
 }

@@ -47,6 +47,19 @@ impl Sentinels {
         self.deployment.restart(port);
     }
 
+    /// Asks a Sentinel for a failover (`SENTINEL FAILOVER mymaster`): the
+    /// replica is promoted, and the primary, alive, is demoted to a replica
+    /// of it.
+    pub async fn failover(&self) {
+        let mut s = crate::raw_node(self.deployment.ports[2]).await;
+        let _: () = redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg("mymaster")
+            .query_async(&mut s)
+            .await
+            .expect("SENTINEL FAILOVER");
+    }
+
     /// The port of the primary the Sentinels name now.
     pub async fn current_primary(&self) -> Option<u16> {
         for &sentinel in &self.deployment.ports[2..] {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Contact {
     epoch: AtomicU64,
     heals: AtomicU64,
+    healing: tokio::sync::Notify,
 }
 
 impl Contact {
@@ -47,5 +48,11 @@ impl Contact {
     /// Records that the deployment can serve again (after a failover).
     pub fn healed(&self) {
         self.heals.fetch_add(1, Ordering::AcqRel);
+        self.healing.notify_waiters();
+    }
+
+    /// Waits for the next [`healed`](Self::healed).
+    pub async fn next_heal(&self) {
+        self.healing.notified().await;
     }
 }

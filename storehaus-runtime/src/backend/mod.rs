@@ -120,11 +120,11 @@ impl Backend {
         }
     }
 
-    /// Where a Redis backend's connections go, for the near cache's
-    /// tracking connection; `None` for the in-process backend.
-    pub(crate) fn tracking_connector(&self) -> Option<self::redis::pool::Connector> {
+    /// Where a Redis backend's near cache hears of changes (see
+    /// `redis::tracking`); `None` for the in-process backend.
+    pub(crate) fn tracking_source(&self) -> Option<self::redis::tracking::Source> {
         match self {
-            Backend::Redis(r) => Some(r.connector().clone()),
+            Backend::Redis(r) => Some(r.tracking_source()),
             Backend::Memory(_) => None,
         }
     }

@@ -27,6 +27,7 @@ pub(crate) mod layout;
 mod scan;
 mod slots;
 pub(crate) mod topology;
+pub(crate) mod tracking;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;

@@ -83,10 +83,18 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Where this backend's connections go (for the near cache's tracking
-    /// connection).
-    pub(crate) fn connector(&self) -> &Connector {
-        self.pool.connector()
+    /// Where the near cache's invalidations come from.
+    pub(crate) fn tracking_source(&self) -> tracking::Source {
+        tracking::Source {
+            connector: self.pool.connector().clone(),
+            failovers: self.pool.failovers().cloned(),
+            #[cfg(feature = "cluster")]
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|switch| switch.topology.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// A backend for a `redis://`, `rediss://`, `redis+unix://` or
