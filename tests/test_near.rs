@@ -236,6 +236,47 @@ async fn torture_no_stale_read_beyond_the_delivery_delay() {
     db.cleanup().await;
 }
 
+/// `get_many` serves what the near cache holds and asks Redis (and the
+/// database) for the rest; a write by another process reaches it as it
+/// reaches `get_by_id`.
+#[tokio::test]
+async fn get_many_serves_what_the_near_cache_holds() {
+    let db = rows_db(6).await;
+    let (a, b) = managers(&redis_url());
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    // Rows 1 and 2 near; 3 and 4 in Redis only (read through B); 5 and 6 nowhere.
+    until_near(&sa, &a, 1).await;
+    until_near(&sa, &a, 2).await;
+    wait_until_cached(&b, &sb, 3).await;
+    wait_until_cached(&b, &sb, 4).await;
+    // Behind the cache's back: a row read from the database shows 9.
+    db.exec("UPDATE near_rows SET version = 9").await;
+    let before = a.get_stats().await.unwrap();
+    let rows = sa.get_many(&[1, 2, 3, 4, 5, 6]).await.unwrap();
+    let versions: Vec<i64> = rows.iter().map(|r| r.as_ref().expect("row").version).collect();
+    assert_eq!(
+        versions,
+        vec![0, 0, 0, 0, 9, 9],
+        "cached, cached, cached, cached, loaded, loaded"
+    );
+    let after = a.get_stats().await.unwrap();
+    assert_eq!(
+        after.near_hits - before.near_hits,
+        2,
+        "rows 1 and 2 from the near cache"
+    );
+    assert_eq!(after.hits - before.hits, 4, "and 3 and 4 from Redis");
+    assert_eq!(after.misses - before.misses, 2);
+
+    sb.update(&1, Row { id: 1, version: 10 }, None).await.unwrap();
+    within(Duration::from_secs(2), "get_many sees B's write", async || {
+        sa.get_many(&[1, 2]).await.unwrap()[0].as_ref().map(|r| r.version) == Some(10)
+    })
+    .await;
+    clear_prefix(&a).await;
+    db.cleanup().await;
+}
+
 /// A near hit is always ready: a task looping over hot keys must still let
 /// the rest of its runtime run (tokio's cooperative budget). On a 2-worker
 /// runtime, one task reads 4 hot keys through A's near cache without
