@@ -187,3 +187,41 @@ impl Ledger {
             .collect()
     }
 }
+
+/// How long another process's write takes to evict a near entry: B's
+/// `update` of one of rows `1..=rows` returned → A's entry no longer
+/// served, over `n` writes (A's near cache refilled before each).
+pub async fn delivery_delay(url: &str, rows: i64, n: i64) -> Vec<Duration> {
+    let db = rows_db(rows).await;
+    let (a, b) = managers(url);
+    let (sa, sb) = (store(&db, &a), store(&db, &b));
+    let mut delays = Vec::new();
+    for v in 1..=n {
+        let id = 1 + v % rows;
+        until_near(&sa, &a, id).await;
+        let key = sa.cache_key(&id);
+        sb.update(&id, Row { id, version: v }, None).await.unwrap();
+        let start = Instant::now();
+        while a.near_state(&key).0 {
+            assert!(start.elapsed() < Duration::from_secs(2), "never evicted");
+            tokio::task::yield_now().await;
+        }
+        delays.push(start.elapsed());
+    }
+    clear_prefix(&a).await;
+    db.cleanup().await;
+    delays.sort();
+    delays
+}
+
+/// `p50 …, p99 …, max …` of sorted durations.
+pub fn summary(sorted: &[Duration]) -> String {
+    let at = |q: usize| sorted[(sorted.len() * q / 100).min(sorted.len() - 1)];
+    format!(
+        "p50 {:?}, p99 {:?}, max {:?} over {}",
+        at(50),
+        at(99),
+        sorted[sorted.len() - 1],
+        sorted.len()
+    )
+}
