@@ -213,17 +213,25 @@ async fn recovers_every_time(deployment: Deployment, topology: &str) {
         );
         assert!(run.stats.hits > 0 && !run.stats.breaker_open, "run {n}: {run:?}");
         hits_after_kill.push(run.healed_after + hit);
-        hits_after_healthy.push(hit);
+        hits_after_healthy.push((run.death, hit));
     }
-    let summary = |v: &mut Vec<Duration>| {
+    let summary = |mut v: Vec<Duration>| {
         v.sort();
-        format!("p50 {:?}, max {:?}", v[v.len() / 2], v[v.len() - 1])
+        match v.len() {
+            0 => "no run".to_string(),
+            n => format!("p50 {:?}, max {:?} ({n} runs)", v[n / 2], v[n - 1]),
+        }
+    };
+    let after = |death: Option<Death>| {
+        let hits = hits_after_healthy.iter().filter(|(d, _)| death.is_none_or(|x| x == *d));
+        summary(hits.map(|(_, hit)| *hit).collect())
     };
     eprintln!(
-        "{topology}: first hit over {} runs: after the kill {}; after the deployment was healthy {}",
-        hits_after_kill.len(),
-        summary(&mut hits_after_kill),
-        summary(&mut hits_after_healthy)
+        "{topology}: first hit after the kill {}; after the deployment was healthy {} (killed: {}; frozen: {})",
+        summary(hits_after_kill),
+        after(None),
+        after(Some(Death::Kill)),
+        after(Some(Death::Freeze)),
     );
 }
 
