@@ -39,9 +39,9 @@ const PROBES: usize = 4;
 
 /// Runs per topology unless `STOREHAUS_FAILOVER_RUNS` says otherwise: a run
 /// takes about 10 s (the failover, then the killed server rejoining), so
-/// the suite runs 4 (two kills, two freezes); `STOREHAUS_FAILOVER_RUNS=10`
-/// for the full series.
-const DEFAULT_RUNS: usize = 4;
+/// the suite runs 2 (a kill and a freeze); `STOREHAUS_FAILOVER_RUNS=10` for
+/// the full series.
+const DEFAULT_RUNS: usize = 2;
 
 fn runs() -> usize {
     std::env::var("STOREHAUS_FAILOVER_RUNS")
