@@ -1,6 +1,7 @@
 //! Redis Cluster: StoreHaus against raw redis-rs `cluster-async` in the
-//! same run, what the `cluster` feature costs a single node, the key
-//! layout of query results, and what an opt-in `WAIT` costs a write.
+//! same run, a near-cache hit on the cluster against a raw cluster GET +
+//! decode, what the `cluster` feature costs a single node, the key layout
+//! of query results, and what an opt-in `WAIT` costs a write.
 //!
 //! `bash scripts/bench.sh --cluster` (release build, about a minute); the
 //! full `bash scripts/bench.sh` appends its section to BENCHMARKS.md. It
@@ -276,8 +277,72 @@ async fn cluster(db: &Db, out: &mut String) {
          | StoreHaus `get_many(100)` all hits (one MGET per slot, concurrently) | {many_ops:.0} | {many_ratio:.2} |\n",
         slots.len(),
     );
+    near_on_cluster(db, &url, &raw, out).await;
     layout(&raw, out).await;
     wait_cost(db, &url, out).await;
+}
+
+/// A near hit on the cluster (`with_near_cache`, tracking on every
+/// primary) against a raw redis-rs cluster GET + MessagePack decode of the
+/// same row (plain copies under keys of their own).
+#[cfg(feature = "cluster")]
+async fn near_on_cluster(db: &Db, url: &str, raw: &redis::cluster_async::ClusterConnection, out: &mut String) {
+    let store = Arc::new(store_on(db, url, |c| c.with_near_cache(2 * ROWS as u64)).await);
+    let manager = store.cache_manager().expect("cached");
+    let ids: Vec<i64> = (1..=ROWS).collect();
+    store.get_many(&ids).await.expect("warm");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until every row is answered near (the first hits start the tracking
+    // and are kept).
+    for _ in 0..50 {
+        let before = manager.get_stats().await.expect("stats").near_hits;
+        for id in &ids {
+            store.get_by_id(id).await.expect("get_by_id");
+        }
+        if manager.get_stats().await.expect("stats").near_hits - before == ROWS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let keys: Arc<Vec<String>> = Arc::new(
+        ids.iter()
+            .map(|id| format!("{}:rawcopy:{id}", manager.global_prefix()))
+            .collect(),
+    );
+    let mut c = raw.clone();
+    for (key, id) in keys.iter().zip(&ids) {
+        let bytes = rmp_serde::to_vec(&item(*id, 1)).expect("encode");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .query_async(&mut c)
+            .await
+            .expect("SET");
+    }
+    let get_decode = |raw: redis::cluster_async::ClusterConnection, keys: Arc<Vec<String>>| {
+        move |i: u64| {
+            let (mut raw, key) = (raw.clone(), keys[(i % ROWS as u64) as usize].clone());
+            async move {
+                let bytes: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut raw).await.expect("GET");
+                std::hint::black_box(rmp_serde::from_slice::<Item>(&bytes).expect("decode"));
+            }
+        }
+    };
+    let near_before = manager.get_stats().await.expect("stats").near_hits;
+    let (raw_ops, near_ops, ratio) = compare(get_decode(raw.clone(), keys.clone()), hit(store.clone())).await;
+    let raw_us = latency(2_000, get_decode(raw.clone(), keys.clone())).await;
+    let near_us = latency(20_000, hit(store.clone())).await;
+    let stats = manager.get_stats().await.expect("stats");
+    let near_share = (stats.near_hits - near_before) as f64 / (stats.hits.max(1)) as f64;
+    let _ = writeln!(
+        out,
+        "| near cache on the cluster | ops/s (median of {ROUNDS}) | vs raw (median ratio) | µs per call, 1 task |\n|---|---:|---:|---:|\n\
+         | raw redis-rs cluster GET + MessagePack decode | {raw_ops:.0} | 1.00 | {raw_us:.1} |\n\
+         | StoreHaus `get_by_id` near hit (tracking on every primary) | {near_ops:.0} | {ratio:.2} | {near_us:.2} |\n\n\
+         {:.0} % of the hits of these rows were answered near.\n",
+        near_share * 100.0,
+    );
+    let _ = manager.delete_pattern("*").await;
 }
 
 /// Query results: one MGET of [generation, entry] in one slot (the hash tag

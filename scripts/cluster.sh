@@ -7,6 +7,9 @@
 #
 #   scripts/cluster.sh start DIR [PORT...]   6 ports, or 6 free ones
 #   scripts/cluster.sh stop DIR              kills the nodes it started
+#   scripts/cluster.sh restart DIR PORT      starts a killed node again (it
+#                                            rejoins, as a replica once its
+#                                            slots were taken over)
 #
 # DIR receives the nodes' files, `ports` (the 6 ports, primaries first as
 # created) and `url` (redis://127.0.0.1:<first port>). Each node's pid is
@@ -47,16 +50,20 @@ stop() {
 
 case "$cmd" in
   stop) stop; exit 0 ;;
-  start) ;;
-  *) echo "usage: $0 start|stop DIR [PORT...]" >&2; exit 2 ;;
+  start | restart) ;;
+  *) echo "usage: $0 start|stop|restart DIR [PORT...]" >&2; exit 2 ;;
 esac
 
 shift 2
 ports=("$@")
-if [ "${#ports[@]}" -eq 0 ]; then
+if [ "$cmd" = start ] && [ "${#ports[@]}" -eq 0 ]; then
   read -r -a ports <<<"$(pick_ports)"
 fi
-[ "${#ports[@]}" -eq 6 ] || { echo "cluster.sh: need 6 ports, got ${#ports[@]}" >&2; exit 2; }
+if [ "$cmd" = restart ]; then
+  [ "${#ports[@]}" -eq 1 ] || { echo "cluster.sh: restart needs one port" >&2; exit 2; }
+else
+  [ "${#ports[@]}" -eq 6 ] || { echo "cluster.sh: need 6 ports, got ${#ports[@]}" >&2; exit 2; }
+fi
 
 tls_node=()
 tls_cli=()
@@ -69,8 +76,9 @@ if [ -n "${TLS_DIR:-}" ]; then
   scheme=rediss
 fi
 
-mkdir -p "$dir"
-for p in "${ports[@]}"; do
+# start_node PORT: one node, its files (and nodes.conf, its identity) in DIR/PORT.
+start_node() {
+  local p="$1" listen
   mkdir -p "$dir/$p"
   # The cluster bus listens on port + 10000 (said explicitly: with TLS only,
   # the plain port is 0).
@@ -81,7 +89,10 @@ for p in "${ports[@]}"; do
     --cluster-enabled yes --cluster-config-file nodes.conf \
     --cluster-node-timeout "${NODE_TIMEOUT:-1000}" \
     --save "" --appendonly no ${PASSWORD:+--requirepass "$PASSWORD" --masterauth "$PASSWORD"}
-done
+}
+
+mkdir -p "$dir"
+for p in "${ports[@]}"; do start_node "$p"; done
 if [ -n "${PASSWORD:-}" ]; then export REDISCLI_AUTH="$PASSWORD"; fi
 cli() { redis-cli "${tls_cli[@]}" "$@"; }
 for p in "${ports[@]}"; do
@@ -92,10 +103,13 @@ for p in "${ports[@]}"; do
   done
   if [ "$up" = 0 ]; then
     echo "cluster.sh: node $p did not start (port taken?): $(tail -3 "$dir/$p/log" 2>/dev/null)" >&2
-    stop
+    [ "$cmd" = start ] && stop
     exit 1
   fi
 done
+# A restarted node finds the others through its nodes.conf; the caller
+# waits for the cluster to settle (RedisCluster::wait_until_healthy).
+[ "$cmd" = restart ] && exit 0
 nodes=()
 for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
 timeout 60 redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {

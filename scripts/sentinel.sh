@@ -5,6 +5,9 @@
 #
 #   scripts/sentinel.sh start DIR [PRIMARY REPLICA S1 S2 S3]
 #   scripts/sentinel.sh stop DIR
+#   scripts/sentinel.sh restart DIR PORT   starts a killed server again, as a
+#                                          replica of the primary the
+#                                          Sentinels name now
 #
 # DIR receives `ports` (primary replica s1 s2 s3) and `url`
 # (redis+sentinel://127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/mymaster).
@@ -26,10 +29,42 @@ stop() {
   done
 }
 
+up() {
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = "PONG" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
+# start_server PORT [--replicaof HOST PORT]: a data server, files in DIR/PORT.
+start_server() {
+  local p="$1"
+  shift
+  mkdir -p "$dir/$p"
+  redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
+    --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
+    --save "" --appendonly no "$@"
+  up "$p"
+}
+
+restart() {
+  local p="$1" s primary
+  read -r -a all <"$dir/ports"
+  for s in "${all[@]:2:3}"; do
+    primary=$(redis-cli -h 127.0.0.1 -p "$s" sentinel get-master-addr-by-name mymaster 2>/dev/null | sed -n 2p)
+    [ -n "$primary" ] && break
+  done
+  [ -n "${primary:-}" ] || { echo "sentinel.sh: no Sentinel names a primary" >&2; exit 1; }
+  [ "$primary" != "$p" ] || { echo "sentinel.sh: $p is still the primary" >&2; exit 1; }
+  start_server "$p" --replicaof 127.0.0.1 "$primary" || { echo "sentinel.sh: $p did not start" >&2; exit 1; }
+}
+
 case "$cmd" in
   stop) stop; exit 0 ;;
+  restart) restart "${3:?restart needs a port}"; exit 0 ;;
   start) ;;
-  *) echo "usage: $0 start|stop DIR [PORT...]" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart DIR [PORT...]" >&2; exit 2 ;;
 esac
 
 shift 2
@@ -41,23 +76,11 @@ done
 primary=${ports[0]}
 replica=${ports[1]}
 
-up() {
-  for _ in $(seq 1 100); do
-    [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = "PONG" ] && return 0
-    sleep 0.05
-  done
-  return 1
-}
-
 mkdir -p "$dir"
 for p in "$primary" "$replica"; do
-  mkdir -p "$dir/$p"
   extra=()
   [ "$p" = "$replica" ] && extra=(--replicaof 127.0.0.1 "$primary")
-  redis-server --bind 127.0.0.1 --port "$p" --daemonize yes \
-    --dir "$dir/$p" --pidfile "$dir/$p/pid" --logfile "$dir/$p/log" \
-    --save "" --appendonly no "${extra[@]}"
-  up "$p" || { echo "sentinel.sh: $p did not start (port taken?)" >&2; stop; exit 1; }
+  start_server "$p" "${extra[@]}" || { echo "sentinel.sh: $p did not start (port taken?)" >&2; stop; exit 1; }
 done
 for s in "${ports[@]:2:3}"; do
   mkdir -p "$dir/$s"

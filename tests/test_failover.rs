@@ -19,6 +19,9 @@
 //!
 //! A read is stale, as in `test_consistency`'s torture, when it returns a
 //! version below the one committed when the read started.
+//!
+//! `recovery`: after the failover the cache serves hits again, within a
+//! bound, run after run.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +30,8 @@ use std::time::Duration;
 use storehaus::{CacheManager, CacheParams, GenericStore};
 use storehaus_testkit::records::items::{self, item, Item};
 use storehaus_testkit::*;
+
+mod recovery;
 
 /// Rows of the workload.
 const ROWS: i64 = 40;
@@ -52,7 +57,10 @@ impl Deployment {
                 let (primary, replica) = c.owner(key).await;
                 (primary, replica.expect("every primary has a replica"))
             }
-            Deployment::Sentinel(s) => (s.primary(), s.replica()),
+            Deployment::Sentinel(s) => {
+                let primary = s.current_primary().await.expect("a Sentinel names the primary");
+                (primary, s.other(primary))
+            }
         }
     }
 
@@ -60,7 +68,7 @@ impl Deployment {
     async fn served_by(&self, key: &str, port: u16) -> bool {
         match self {
             Deployment::Cluster(c) => c.owner(key).await.0 == port,
-            Deployment::Sentinel(s) => s.primary() == port,
+            Deployment::Sentinel(s) => s.current_primary().await == Some(port),
         }
     }
 
@@ -84,6 +92,32 @@ impl Deployment {
             Deployment::Sentinel(s) => s.wait_until_primary(port).await,
         }
     }
+
+    /// Brings the server on `port` back (started again after a kill, or
+    /// thawed after a freeze) and waits until it is a synced replica and
+    /// the deployment is whole again.
+    async fn rejoin(&self, port: u16, killed: bool) {
+        if killed {
+            match self {
+                Deployment::Cluster(c) => c.restart(port),
+                Deployment::Sentinel(s) => s.restart(port),
+            }
+        } else {
+            self.freeze(port, false);
+        }
+        match self {
+            Deployment::Cluster(c) => c.wait_until_healthy().await,
+            Deployment::Sentinel(s) => s.wait_until_replica(port).await,
+        }
+    }
+
+    /// Whether the replica on `port` holds every key of `keys`.
+    async fn replica_holds(&self, port: u16, keys: &[String]) -> bool {
+        match self {
+            Deployment::Cluster(c) => c.replica_holds(port, keys).await,
+            Deployment::Sentinel(s) => s.replica_holds(port, keys).await,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -105,74 +139,115 @@ struct Rows {
 }
 
 impl Rows {
-    fn new() -> Arc<Rows> {
+    fn new(rows: i64) -> Arc<Rows> {
         Arc::new(Rows {
-            committed: (0..=ROWS).map(|_| AtomicI64::new(1)).collect(),
+            committed: (0..=rows).map(|_| AtomicI64::new(1)).collect(),
         })
+    }
+
+    /// Rows `1..=n`.
+    fn n(&self) -> i64 {
+        self.committed.len() as i64 - 1
     }
 }
 
-/// Readers and writers through `store` until `stop`; writers leave the
-/// `staged` rows alone. Counts failed store calls and stale reads.
-fn spawn_workload(
-    store: &GenericStore<Item>,
-    rows: &Arc<Rows>,
-    staged: &[i64],
-    stop: &Arc<AtomicBool>,
-    counts: &Arc<[AtomicU64; 4]>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    const READS: usize = 0;
-    const WRITES: usize = 1;
-    const FAILED: usize = 2;
-    const STALE: usize = 3;
-    let mut tasks = Vec::new();
-    for w in 0..2i64 {
-        let (store, rows, stop, counts) = (store.clone(), rows.clone(), stop.clone(), counts.clone());
-        let staged = staged.to_vec();
-        tasks.push(tokio::spawn(async move {
-            // Each writer owns its rows: versions only grow, one writer per row.
-            let mine: Vec<i64> = (1..=ROWS).filter(|id| id % 2 == w && !staged.contains(id)).collect();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let id = mine[n % mine.len()];
-                n += 1;
-                let v = rows.committed[id as usize].load(Ordering::SeqCst) + 1;
-                match store.update(&id, item(id, v as i32), None).await {
-                    Ok(_) => {
-                        rows.committed[id as usize].store(v, Ordering::SeqCst);
-                        counts[WRITES].fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        eprintln!("write failed: {e}");
-                        counts[FAILED].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }));
+/// Readers and writers through one store, with what they saw.
+#[derive(Clone)]
+struct Workload {
+    store: GenericStore<Item>,
+    rows: Arc<Rows>,
+    stop: Arc<AtomicBool>,
+    /// Reads, writes, failed calls, stale reads.
+    counts: Arc<[AtomicU64; 4]>,
+}
+
+const READS: usize = 0;
+const WRITES: usize = 1;
+const FAILED: usize = 2;
+const STALE: usize = 3;
+
+impl Workload {
+    fn new(store: &GenericStore<Item>, rows: i64) -> Workload {
+        Workload {
+            store: store.clone(),
+            rows: Rows::new(rows),
+            stop: Arc::new(AtomicBool::new(false)),
+            counts: Arc::new([(); 4].map(|_| AtomicU64::new(0))),
+        }
     }
-    for _ in 0..4 {
-        let (store, rows, stop, counts) = (store.clone(), rows.clone(), stop.clone(), counts.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let id = rand::random_range(1..=ROWS);
-                let at_start = rows.committed[id as usize].load(Ordering::SeqCst);
-                match store.get_by_id(&id).await {
-                    Ok(Some(found)) if i64::from(found.version) < at_start => {
-                        counts[STALE].fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => panic!("row {id} is never deleted"),
-                    Err(e) => {
-                        eprintln!("read failed: {e}");
-                        counts[FAILED].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                counts[READS].fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+
+    fn count(&self, i: usize) -> u64 {
+        self.counts[i].load(Ordering::Relaxed)
     }
-    tasks
+
+    /// Two writers, which leave the rows of `unwritten` alone, and
+    /// `readers` readers, which leave the rows of `unread` alone, until
+    /// [`stop`](Self::stop). Counts failed store calls and stale reads.
+    fn spawn(&self, unwritten: &[i64], unread: &[i64], readers: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for w in 0..2i64 {
+            let (load, unwritten) = (self.clone(), unwritten.to_vec());
+            tasks.push(tokio::spawn(async move {
+                // Each writer owns its rows: versions only grow, one writer per row.
+                let n = load.rows.n();
+                let mine: Vec<i64> = (1..=n).filter(|id| id % 2 == w && !unwritten.contains(id)).collect();
+                let mut i = 0;
+                while !load.stop.load(Ordering::Relaxed) {
+                    load.write(mine[i % mine.len()]).await;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }));
+        }
+        for _ in 0..readers {
+            let (load, unread) = (self.clone(), unread.to_vec());
+            tasks.push(tokio::spawn(async move {
+                let readable: Vec<i64> = (1..=load.rows.n()).filter(|id| !unread.contains(id)).collect();
+                while !load.stop.load(Ordering::Relaxed) {
+                    load.read(readable[rand::random_range(0..readable.len())]).await;
+                }
+            }));
+        }
+        tasks
+    }
+
+    async fn write(&self, id: i64) {
+        let v = self.rows.committed[id as usize].load(Ordering::SeqCst) + 1;
+        match self.store.update(&id, item(id, v as i32), None).await {
+            Ok(_) => {
+                self.rows.committed[id as usize].store(v, Ordering::SeqCst);
+                self.counts[WRITES].fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                eprintln!("write failed: {e}");
+                self.counts[FAILED].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn read(&self, id: i64) {
+        let at_start = self.rows.committed[id as usize].load(Ordering::SeqCst);
+        match self.store.get_by_id(&id).await {
+            Ok(Some(found)) if i64::from(found.version) < at_start => {
+                self.counts[STALE].fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("row {id} is never deleted"),
+            Err(e) => {
+                eprintln!("read failed: {e}");
+                self.counts[FAILED].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.counts[READS].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops the workers and waits for them.
+    async fn stop(&self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("no worker panicked");
+        }
+    }
 }
 
 /// Runs the workload through a failover of the primary that serves row 1,
@@ -200,10 +275,8 @@ async fn failover_torture(deployment: Deployment, recent_window_secs: u64) -> Ou
             staged.push(id);
         }
     }
-    let rows = Rows::new();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new([(); 4].map(|_| AtomicU64::new(0)));
-    let tasks = spawn_workload(&store, &rows, &staged, &stop, &counts);
+    let load = Workload::new(&store, ROWS);
+    let tasks = load.spawn(&staged, &[], 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // The replica misses the staged rows' DELs: frozen, its link cut, the
@@ -213,26 +286,22 @@ async fn failover_torture(deployment: Deployment, recent_window_secs: u64) -> Ou
     let updates: Vec<(i64, Item)> = staged.iter().map(|&id| (id, item(id, 2))).collect();
     store.update_many(updates).await.unwrap();
     for &id in &staged {
-        rows.committed[id as usize].store(2, Ordering::SeqCst);
+        load.rows.committed[id as usize].store(2, Ordering::SeqCst);
     }
     deployment.kill(primary);
     deployment.freeze(replica, false);
     deployment.wait_until_primary(replica).await;
     // Reads and writes go on against the promoted replica.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("no worker panicked");
-    }
+    load.stop(tasks).await;
 
-    let wrong_entries = wrong_entries(&manager, &store, &db).await;
+    let wrong_entries = wrong_entries(&manager, &store, &db, 1..=ROWS).await;
     let stats = stats(&manager).await;
-    let count = |i: usize| counts[i].load(Ordering::Relaxed);
     let outcome = Outcome {
-        reads: count(0),
-        writes: count(1),
-        failed_calls: count(2),
-        stale_reads: count(3),
+        reads: load.count(READS),
+        writes: load.count(WRITES),
+        failed_calls: load.count(FAILED),
+        stale_reads: load.count(STALE),
         staged: staged.len(),
         wrong_entries,
         recent_replays: stats.recent_replays,
@@ -242,9 +311,14 @@ async fn failover_torture(deployment: Deployment, recent_window_secs: u64) -> Ou
     outcome
 }
 
-/// Cached entries (read with `get_record` once nothing is pending) that
-/// differ from their row.
-async fn wrong_entries(manager: &Arc<CacheManager>, store: &GenericStore<Item>, db: &Db) -> u64 {
+/// Cached entries of the rows `ids` (read with `get_record` once nothing
+/// is pending) that differ from their row.
+async fn wrong_entries(
+    manager: &Arc<CacheManager>,
+    store: &GenericStore<Item>,
+    db: &Db,
+    ids: impl IntoIterator<Item = i64>,
+) -> u64 {
     // Patient: on a loaded machine the cluster client may take a few
     // seconds to settle on the new topology.
     let start = std::time::Instant::now();
@@ -261,7 +335,7 @@ async fn wrong_entries(manager: &Arc<CacheManager>, store: &GenericStore<Item>, 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut wrong = 0;
-    for id in 1..=ROWS {
+    for id in ids {
         let row: Item = sqlx::query_as("SELECT id, name, version FROM items WHERE id = $1")
             .bind(id)
             .fetch_one(&db.pool)

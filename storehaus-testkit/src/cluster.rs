@@ -1,6 +1,6 @@
-//! Private Redis Clusters and Sentinel deployments, started by
-//! `scripts/cluster.sh` and `scripts/sentinel.sh` on free loopback ports,
-//! for the tests that kill a primary; and the shared cluster the behaviour
+//! Private Redis Clusters started by `scripts/cluster.sh` on free loopback
+//! ports, for the tests that kill a primary (Sentinel deployments, started
+//! the same way, are in `sentinels`); and the shared cluster the behaviour
 //! suite runs on (`STOREHAUS_CLUSTER_URL`, started by `scripts/test.sh`).
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use crate::{random_name, raw_redis};
+use crate::{random_name, raw_redis, Sentinels};
 
 /// The URL of the shared test cluster: `STOREHAUS_CLUSTER_URL`, which
 /// `scripts/test.sh` exports after starting one with `scripts/cluster.sh`.
@@ -49,23 +49,25 @@ fn run_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), S
 
 /// A deployment started by one of the scripts, in a directory of its own;
 /// stopped (its processes killed by pid) on drop.
-struct Deployment {
+pub(crate) struct Deployment {
     script: &'static str,
     dir: PathBuf,
-    ports: Vec<u16>,
-    url: String,
+    pub(crate) ports: Vec<u16>,
+    pub(crate) url: String,
+    /// What the script was started with, for a restart.
+    env: Vec<(String, String)>,
 }
 
 impl Deployment {
     /// Starts it on free ports; tries again on other ports when one was
     /// taken meanwhile (by another test), three times at most.
-    fn start(script: &'static str, env: &[(&str, &str)]) -> Deployment {
+    pub(crate) fn start(script: &'static str, env: &[(&str, &str)]) -> Deployment {
         let mut failures = Vec::new();
         loop {
             let dir = std::env::temp_dir().join(random_name("storehaus"));
             let dir_arg = dir.to_string_lossy().to_string();
             match run_script(script, &["start", &dir_arg], env) {
-                Ok(()) => return Self::started(script, dir),
+                Ok(()) => return Self::started(script, dir, env),
                 Err(e) => {
                     let _ = std::fs::remove_dir_all(&dir);
                     failures.push(e);
@@ -75,7 +77,7 @@ impl Deployment {
         }
     }
 
-    fn started(script: &'static str, dir: PathBuf) -> Deployment {
+    fn started(script: &'static str, dir: PathBuf, env: &[(&str, &str)]) -> Deployment {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("the script wrote it");
         let ports = read("ports")
             .split_whitespace()
@@ -87,11 +89,23 @@ impl Deployment {
             dir,
             ports,
             url,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        }
+    }
+
+    /// Starts the server on `port` again (after [`kill`](Self::kill)),
+    /// with the settings it was started with.
+    pub(crate) fn restart(&self, port: u16) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let dir = self.dir.to_string_lossy().to_string();
+        let port = port.to_string();
+        if let Err(e) = run_script(self.script, &["restart", &dir, &port], &env) {
+            panic!("{e}");
         }
     }
 
     /// Sends `signal` to the server on `port` (its pid file names it).
-    fn signal(&self, port: u16, signal: &str) {
+    pub(crate) fn signal(&self, port: u16, signal: &str) {
         let pidfile = self.dir.join(port.to_string()).join("pid");
         if let Ok(pid) = std::fs::read_to_string(&pidfile) {
             let _ = Command::new("kill").args([signal, pid.trim()]).status();
@@ -101,7 +115,7 @@ impl Deployment {
         }
     }
 
-    fn kill(&self, port: u16) {
+    pub(crate) fn kill(&self, port: u16) {
         self.signal(port, "-9");
     }
 }
@@ -131,6 +145,16 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         RedisCluster {
             deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", "1000")]),
+        }
+    }
+
+    /// Starts one whose replicas replace a silent primary after
+    /// `node_timeout_ms` (cluster-node-timeout): a failover takes about
+    /// twice that.
+    pub fn start_with_node_timeout(node_timeout_ms: u64) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        RedisCluster {
+            deployment: Deployment::start("cluster.sh", &[("NODE_TIMEOUT", &timeout)]),
         }
     }
 
@@ -170,6 +194,64 @@ impl RedisCluster {
         self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
     }
 
+    /// Starts the killed node on `port` again: it rejoins the cluster (as
+    /// a replica, once its slots went to its replica). See
+    /// [`wait_until_healthy`](Self::wait_until_healthy).
+    pub fn restart(&self, port: u16) {
+        self.deployment.restart(port);
+    }
+
+    /// Waits until all six nodes answer, say `cluster_state:ok`, see three
+    /// primaries each with a replica whose link is up and synced (as
+    /// `scripts/cluster.sh start` does), for at most 30 s.
+    pub async fn wait_until_healthy(&self) {
+        let start = Instant::now();
+        while !self.healthy().await {
+            assert!(start.elapsed() < Duration::from_secs(30), "the cluster did not heal");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn healthy(&self) -> bool {
+        for &p in self.ports() {
+            let Ok(mut c) = try_raw(p).await else { return false };
+            let query = |name: &str, arg: &str| {
+                let mut cmd = redis::cmd(name);
+                cmd.arg(arg);
+                cmd
+            };
+            let info: String = query("CLUSTER", "INFO").query_async(&mut c).await.unwrap_or_default();
+            let nodes: String = query("CLUSTER", "NODES").query_async(&mut c).await.unwrap_or_default();
+            let repl: String = query("INFO", "replication")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            let slots: Vec<redis::Value> = query("CLUSTER", "SLOTS").query_async(&mut c).await.unwrap_or_default();
+            let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+            let failing = nodes.lines().any(|l| l.contains("fail"));
+            // CLUSTER SLOTS lists a replica once it has synced.
+            let synced = slots.len() == 3
+                && slots
+                    .iter()
+                    .all(|r| matches!(r, redis::Value::Array(parts) if parts.len() == 4));
+            let linked = repl.contains("connected_slaves:1") || repl.contains("master_link_status:up");
+            if !(info.contains("cluster_state:ok") && replicas == 3 && !failing && synced && linked) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether the replica on `port` holds every key of `keys` (read with
+    /// `READONLY`): what its primary wrote has reached it.
+    pub async fn replica_holds(&self, port: u16, keys: &[String]) -> bool {
+        let Ok(mut c) = try_raw(port).await else { return false };
+        if redis::cmd("READONLY").query_async::<()>(&mut c).await.is_err() {
+            return false;
+        }
+        holds(&mut c, keys).await
+    }
+
     /// The port of the primary that serves `key`'s slot now, and the port
     /// of one of its replicas, asked of a live node.
     pub async fn owner(&self, key: &str) -> (u16, Option<u16>) {
@@ -190,103 +272,41 @@ impl RedisCluster {
         panic!("no live node knows who serves slot {slot}");
     }
 
-    /// Waits until every live node says `cluster_state:ok` and agrees that
-    /// `port` is a primary (after a failover, the promoted replica).
+    /// Waits until every live node says `cluster_state:ok` and `port` says
+    /// it is a primary (after a failover, the promoted replica). A node
+    /// that does not answer within [`LIVE_WITHIN`] (killed, or frozen) is
+    /// not live.
     pub async fn wait_until_primary(&self, port: u16) {
         let start = Instant::now();
         loop {
             let mut ok = true;
             for &p in self.ports() {
-                let Ok(mut c) = try_raw(p).await else { continue };
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                let role: String = redis::cmd("ROLE")
-                    .query_async::<Vec<redis::Value>>(&mut c)
-                    .await
-                    .ok()
-                    .and_then(|r| r.into_iter().next())
-                    .and_then(|v| redis::from_redis_value(v).ok())
-                    .unwrap_or_default();
-                ok &= info.contains("cluster_state:ok") && (p != port || role == "master");
+                match tokio::time::timeout(LIVE_WITHIN, state_and_role(p)).await {
+                    Ok(Some((info, role))) => {
+                        ok &= info.contains("cluster_state:ok") && (p != port || role == "master");
+                    }
+                    _ => ok &= p != port,
+                }
             }
             if ok {
                 return;
             }
             assert!(start.elapsed() < Duration::from_secs(30), "no failover to {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-/// A private primary + replica + 3 Sentinels (service `mymaster`,
-/// down-after 500 ms), stopped on drop.
-pub struct Sentinels {
-    deployment: Deployment,
-}
+/// How soon a live node answers a test's question.
+const LIVE_WITHIN: Duration = Duration::from_millis(300);
 
-impl Sentinels {
-    /// Starts them and waits until every Sentinel sees the replica.
-    pub fn start() -> Sentinels {
-        Sentinels {
-            deployment: Deployment::start("sentinel.sh", &[("DOWN_AFTER", "500")]),
-        }
-    }
-
-    /// `redis+sentinel://127.0.0.1:<s1>,.../mymaster`.
-    pub fn url(&self) -> String {
-        self.deployment.url.clone()
-    }
-
-    /// The first primary's port.
-    pub fn primary(&self) -> u16 {
-        self.deployment.ports[0]
-    }
-
-    /// The replica's port.
-    pub fn replica(&self) -> u16 {
-        self.deployment.ports[1]
-    }
-
-    /// SIGKILLs the server on `port`.
-    pub fn kill(&self, port: u16) {
-        self.deployment.kill(port);
-    }
-
-    /// SIGSTOPs (`true`) or SIGCONTs (`false`) the server on `port`.
-    pub fn freeze(&self, port: u16, frozen: bool) {
-        self.deployment.signal(port, if frozen { "-STOP" } else { "-CONT" });
-    }
-
-    /// Waits until a Sentinel names `port` as the primary and it says so.
-    pub async fn wait_until_primary(&self, port: u16) {
-        let start = Instant::now();
-        let sentinel = self.deployment.ports[2];
-        loop {
-            if let Ok(mut s) = try_raw(sentinel).await {
-                let addr: Vec<String> = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg("mymaster")
-                    .query_async(&mut s)
-                    .await
-                    .unwrap_or_default();
-                if addr.get(1).map(String::as_str) == Some(port.to_string().as_str()) {
-                    if let Ok(mut c) = try_raw(port).await {
-                        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap_or_default();
-                        let first: Option<String> =
-                            role.into_iter().next().and_then(|v| redis::from_redis_value(v).ok());
-                        if first.as_deref() == Some("master") {
-                            return;
-                        }
-                    }
-                }
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "no failover to {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// What `CLUSTER INFO` and `ROLE` say on the node on `port`, if it answers.
+async fn state_and_role(port: u16) -> Option<(String, String)> {
+    let mut c = try_raw(port).await.ok()?;
+    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.ok()?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.ok()?;
+    let role = role.into_iter().next().and_then(|v| redis::from_redis_value(v).ok())?;
+    Some((info, role))
 }
 
 /// Where a failover test runs: a private Redis Cluster or a private
@@ -366,7 +386,18 @@ pub async fn cut_replication(port: u16) {
         .expect("CLIENT KILL TYPE replica");
 }
 
-async fn try_raw(port: u16) -> redis::RedisResult<MultiplexedConnection> {
+/// Whether the node behind `c` holds every key of `keys`.
+pub(crate) async fn holds(c: &mut MultiplexedConnection, keys: &[String]) -> bool {
+    for key in keys {
+        let exists: i64 = redis::cmd("EXISTS").arg(key).query_async(c).await.unwrap_or(0);
+        if exists != 1 {
+            return false;
+        }
+    }
+    true
+}
+
+pub(crate) async fn try_raw(port: u16) -> redis::RedisResult<MultiplexedConnection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(500)))

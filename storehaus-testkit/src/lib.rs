@@ -55,15 +55,17 @@ mod netns;
 mod postgres;
 mod raw;
 pub mod records;
+mod sentinels;
 mod server;
 mod wait;
 
 pub use cache::{clear_prefix, manager, manager_on, memory_manager, redis_url, stats};
-pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Sentinels, Topology};
+pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node, RedisCluster, Topology};
 pub use db::{database_url, sqlite_memory, Db};
 pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
 pub use postgres::{PgServer, LOGICAL_SETTINGS};
 pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
+pub use sentinels::Sentinels;
 pub use server::{free_port, RedisServer};
 pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
 

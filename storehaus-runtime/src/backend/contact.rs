@@ -9,6 +9,10 @@
 //! manager then replays its log of recent invalidations before it serves
 //! cached values again (see `cache::recent`). Bumping is cheap and
 //! idempotent in effect: a spurious bump costs one replay of the log.
+//!
+//! A backend also tells when it found a deployment able to serve again (a
+//! cluster's slot map it can trust after a failover): the manager's
+//! circuit breaker then probes at once instead of after its cool-down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub(crate) struct Contact {
     epoch: AtomicU64,
+    heals: AtomicU64,
+    healing: tokio::sync::Notify,
 }
 
 impl Contact {
@@ -30,5 +36,23 @@ impl Contact {
     pub fn bump(&self, why: &'static str) {
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::debug!(target: "storehaus", epoch, why, "the cache's primary may have changed");
+    }
+
+    /// How many times the backend found the deployment able to serve
+    /// again. One atomic load.
+    #[inline]
+    pub fn heals(&self) -> u64 {
+        self.heals.load(Ordering::Acquire)
+    }
+
+    /// Records that the deployment can serve again (after a failover).
+    pub fn healed(&self) {
+        self.heals.fetch_add(1, Ordering::AcqRel);
+        self.healing.notify_waiters();
+    }
+
+    /// Waits for the next [`healed`](Self::healed).
+    pub async fn next_heal(&self) {
+        self.healing.notified().await;
     }
 }

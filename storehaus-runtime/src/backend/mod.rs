@@ -120,16 +120,21 @@ impl Backend {
         }
     }
 
-    /// Where a Redis backend's connections go, for the near cache's
-    /// tracking connection; `None` for the in-process backend.
-    pub(crate) fn tracking_connector(&self) -> Option<self::redis::pool::Connector> {
+    /// Where a Redis backend's near cache hears of changes (see
+    /// `redis::tracking`); `None` for the in-process backend.
+    pub(crate) fn tracking_source(&self) -> Option<self::redis::tracking::Source> {
         match self {
-            Backend::Redis(r) => Some(r.connector().clone()),
+            Backend::Redis(r) => Some(r.tracking_source()),
             Backend::Memory(_) => None,
         }
     }
 
     delegate! {
+        /// Whether the server answers, for the circuit breaker's probe: a
+        /// `PING` on one node (through Sentinel, the primary it names now);
+        /// on a cluster, a fresh look at the slot map, which must reach at
+        /// least one live node.
+        pub async fn probe(&self) -> CacheResult<()>;
         /// `GET key`: the bytes, or `None` for a missing key. A key of
         /// another type is a `WRONGTYPE` command error.
         pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;

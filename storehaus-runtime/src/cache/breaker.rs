@@ -7,7 +7,7 @@
 //! another cooldown. A probe whose caller vanished (a cancelled future) is
 //! presumed lost after one more cooldown, so the breaker can never stick.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Why a call was refused.
@@ -27,6 +27,10 @@ pub(crate) struct Breaker {
     opened_at: AtomicU64,
     /// Milliseconds since `base` (+1) when the current probe started; 0 = none.
     probe_at: AtomicU64,
+    /// The backend's heal count last acted on (see [`healed`](Self::healed)).
+    heals_seen: AtomicU64,
+    /// The next probe need not wait for the cool-down.
+    expedited: AtomicBool,
 }
 
 /// What a state change means, for the caller to log and count.
@@ -46,6 +50,8 @@ impl Breaker {
             failures: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probe_at: AtomicU64::new(0),
+            heals_seen: AtomicU64::new(0),
+            expedited: AtomicBool::new(false),
         }
     }
 
@@ -71,7 +77,7 @@ impl Breaker {
             retry_in_ms: until.saturating_sub(now),
         };
         let reopens_at = opened.saturating_add(self.cooldown_ms);
-        if now < reopens_at {
+        if now < reopens_at && !self.expedited.load(Ordering::Acquire) {
             return Err(refuse(reopens_at));
         }
         let probe = self.probe_at.load(Ordering::Acquire);
@@ -83,8 +89,30 @@ impl Breaker {
             .probe_at
             .compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                self.expedited.store(false, Ordering::Release);
+                Ok(true)
+            }
             Err(_) => Err(refuse(now.saturating_add(self.cooldown_ms))),
+        }
+    }
+
+    /// Given the backend's count of heals (`Contact::heals`): when it moved
+    /// since last seen, lets the next call probe at once ([`expedite`]
+    /// (Self::expedite)) and returns `true`.
+    pub fn healed(&self, heals: u64) -> bool {
+        if self.heals_seen.swap(heals, Ordering::AcqRel) == heals {
+            return false;
+        }
+        self.expedite();
+        true
+    }
+
+    /// Lets the next call probe at once if the breaker is open and no
+    /// probe is under way (the backend found the cache able to serve again).
+    pub fn expedite(&self) {
+        if self.is_open() && self.probe_at.load(Ordering::Acquire) == 0 {
+            self.expedited.store(true, Ordering::Release);
         }
     }
 
@@ -95,6 +123,7 @@ impl Breaker {
         }
         self.failures.store(0, Ordering::Relaxed);
         self.probe_at.store(0, Ordering::Release);
+        self.expedited.store(false, Ordering::Release);
         if self.opened_at.swap(0, Ordering::AcqRel) != 0 {
             Transition::Closed
         } else {
@@ -131,6 +160,7 @@ impl Breaker {
                 .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
+            self.expedited.store(false, Ordering::Release);
             return Transition::Opened;
         }
         Transition::None
@@ -183,6 +213,21 @@ mod tests {
         assert!(open.retry_in_ms > 1_000_000, "{open:?}");
         assert_eq!(b.failure(true), Transition::None);
         assert!(b.allow().is_err());
+    }
+
+    #[test]
+    fn an_expedited_breaker_probes_at_once() {
+        let b = Breaker::new(1, 60_000);
+        b.expedite();
+        assert!(matches!(b.allow(), Ok(false)), "closed: nothing to expedite");
+        assert_eq!(b.failure(false), Transition::Opened);
+        assert!(b.allow().is_err());
+        b.expedite();
+        assert!(matches!(b.allow(), Ok(true)), "the probe comes at once");
+        b.expedite();
+        assert!(b.allow().is_err(), "one probe at a time");
+        assert_eq!(b.failure(true), Transition::None);
+        assert!(b.allow().is_err(), "a failed probe waits a cool-down again");
     }
 
     #[test]

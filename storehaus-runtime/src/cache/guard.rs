@@ -2,6 +2,13 @@
 //! [`CacheManager::guarded`], which applies the circuit breaker, retries
 //! connection-level failures with a jittered exponential backoff, and stops
 //! at the operation's deadline, however many commands the operation sends.
+//!
+//! The breaker's half-open probe is the backend's own check (`probe`: a
+//! `PING`, or on a cluster a fresh look at the slot map that must reach a
+//! live node), not the call that happens to come first: that call may go to
+//! the one node that is gone (a replay of keys on every node of a cluster
+//! does), and would keep the breaker open while the rest of the cache, or
+//! the replica that replaced the node, is there to serve.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -52,8 +59,14 @@ impl CacheManager {
                 budget_ms: self.config.timeout_ms,
             });
         }
-        let probe = match self.breaker.allow() {
-            Ok(probe) => probe,
+        let mut allowed = self.breaker.allow();
+        if allowed.is_err() && self.breaker.healed(self.contact.heals()) {
+            // The backend found the cache able to serve again: probe now.
+            allowed = self.breaker.allow();
+        }
+        match allowed {
+            Ok(false) => {}
+            Ok(true) => self.probe(deadline, op).await?,
             Err(open) => {
                 self.count(|c| &c.breaker_skips);
                 return Err(CacheError::CircuitOpen {
@@ -61,15 +74,12 @@ impl CacheManager {
                     retry_in_ms: open.retry_in_ms,
                 });
             }
-        };
+        }
         let mut attempt = 0u32;
         loop {
             let err = match timeout_at(deadline, call()).await {
                 Ok(Ok(v)) => {
-                    if self.breaker.success() == Transition::Closed {
-                        self.metrics.breaker(false);
-                        tracing::info!(target: "storehaus", "cache reachable again: circuit breaker closed");
-                    }
+                    self.breaker_success();
                     if self.contact_moved() {
                         // The answer may come from a node that lost recent
                         // invalidations (a promoted replica, a restart):
@@ -113,13 +123,48 @@ impl CacheManager {
                     continue;
                 }
             }
-            if self.breaker.failure(probe) == Transition::Opened {
+            if self.breaker.failure(false) == Transition::Opened {
                 self.count(|c| &c.breaker_opened);
                 self.metrics.breaker(true);
                 tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
             self.warn(op, &err);
             return Err(err);
+        }
+    }
+
+    /// The breaker's half-open probe (see the module above): the backend's
+    /// own check within `deadline`; its success closes the breaker, its
+    /// failure keeps it open for another cool-down.
+    async fn probe(&self, deadline: tokio::time::Instant, op: &'static str) -> CacheResult<()> {
+        let err = match timeout_at(deadline, self.backend.probe()).await {
+            Ok(Ok(())) => {
+                self.breaker_success();
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                self.count(|c| &c.connection_errors);
+                self.metrics.cache_errors("connection", 1);
+                e
+            }
+            Err(_elapsed) => {
+                self.count(|c| &c.timeouts);
+                self.metrics.cache_errors("timeout", 1);
+                CacheError::Timeout {
+                    budget_ms: self.config.timeout_ms,
+                }
+            }
+        };
+        self.breaker.failure(true);
+        self.warn(op, &err);
+        Err(err)
+    }
+
+    /// Records a success; logs and reports the breaker closing.
+    fn breaker_success(&self) {
+        if self.breaker.success() == Transition::Closed {
+            self.metrics.breaker(false);
+            tracing::info!(target: "storehaus", "cache reachable again: circuit breaker closed");
         }
     }
 

@@ -51,6 +51,7 @@ impl FillPause {
 pub struct TestHooks {
     active: AtomicBool,
     fill_delay_us: AtomicU64,
+    near_delay_us: AtomicU64,
     pause: Mutex<Option<FillPause>>,
     near_pause: Mutex<Option<FillPause>>,
     wal_pause: Mutex<Option<FillPause>>,
@@ -60,6 +61,14 @@ impl TestHooks {
     /// Delays every fill by `delay` (a slow reader), or stops delaying with zero.
     pub fn set_fill_delay(&self, delay: Duration) {
         self.fill_delay_us.store(delay.as_micros() as u64, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    /// Delays every near-cache insert by a random time up to `max` (a slow
+    /// reader between Redis's reply and the insert: the race the near
+    /// cache's tickets close happens often), or stops with zero.
+    pub fn set_near_insert_delay(&self, max: Duration) {
+        self.near_delay_us.store(max.as_micros() as u64, Ordering::Relaxed);
         self.refresh();
     }
 
@@ -105,7 +114,7 @@ impl TestHooks {
 
     fn refresh(&self) {
         let armed = |slot: &Mutex<Option<FillPause>>| slot.lock().map(|p| p.is_some()).unwrap_or(false);
-        let delayed = self.fill_delay_us.load(Ordering::Relaxed) > 0;
+        let delayed = self.fill_delay_us.load(Ordering::Relaxed) > 0 || self.near_delay_us.load(Ordering::Relaxed) > 0;
         self.active.store(
             armed(&self.pause) || armed(&self.near_pause) || armed(&self.wal_pause) || delayed,
             Ordering::Release,
@@ -114,9 +123,14 @@ impl TestHooks {
 
     /// Called by the read path between a Redis hit and its near-cache insert.
     pub(crate) async fn before_near_insert(&self, key: &str) {
-        if self.active.load(Ordering::Acquire) {
-            self.hold(&self.near_pause, key).await;
+        if !self.active.load(Ordering::Acquire) {
+            return;
         }
+        let max = self.near_delay_us.load(Ordering::Relaxed);
+        if max > 0 {
+            tokio::time::sleep(Duration::from_micros(rand::random_range(0..=max))).await;
+        }
+        self.hold(&self.near_pause, key).await;
     }
 
     async fn hold(&self, slot: &Mutex<Option<FillPause>>, key: &str) {

@@ -152,7 +152,7 @@ impl CacheManager {
             ephemeral: matches!(backend, Backend::Memory(_)),
             expiry: Duration::from_millis(config.deployment_expiry_ms),
         });
-        let near = match (config.near_max, backend.tracking_connector()) {
+        let near = match (config.near_max, backend.tracking_source()) {
             (Some(max), Some(_)) => Some(Arc::new(Near::new(max))),
             (Some(_), None) => {
                 tracing::info!(target: "storehaus", "the near cache is for Redis: off on memory://");
@@ -559,15 +559,14 @@ impl CacheManager {
 
     #[cold]
     fn start_tracking(&self, near: &Arc<Near>) {
-        let (Ok(_), Some(connector)) = (tokio::runtime::Handle::try_current(), self.backend.tracking_connector())
-        else {
+        let (Ok(_), Some(source)) = (tokio::runtime::Handle::try_current(), self.backend.tracking_source()) else {
             return;
         };
         if near.started.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let prefix = format!("{}:", self.global_prefix());
-        crate::backend::redis::tracking::spawn(connector, prefix, near, self.timeout);
+        crate::backend::redis::tracking::spawn(source, prefix, near, self.timeout);
     }
 
     /// `keys` changed (this process's write reached Redis, or may have):

@@ -141,6 +141,10 @@ where
         if let Some(v) = n.get::<V>(&key).or_else(|| n.get::<V>(&layout.side(&key))) {
             mgr.count(|c| &c.hits);
             timing.op = Op::Hit;
+            // Always ready: without a share of tokio's budget, a loop of near
+            // hits would never yield, and the runtime's other tasks (writes,
+            // the tracking connection's pushes) would wait for it to end.
+            tokio::task::consume_budget().await;
             return (Ok(v), Outcome::NearHit);
         }
     }

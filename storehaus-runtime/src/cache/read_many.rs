@@ -1,8 +1,10 @@
-//! Batched read-through for `get_many`: one MGET for the hits, one database
-//! query for the misses, one guarded fill for the misses that won their
-//! leases (see `read` for the protocol). Keys holding another version's
-//! entry are read again at this version's side keys (one more MGET; see
-//! `versions`).
+//! Batched read-through for `get_many`: what the near cache holds is
+//! served from it, then one MGET for the rest, one database query for the
+//! misses, one guarded fill for the misses that won their leases (see
+//! `read` for the protocol). Keys holding another version's entry are read
+//! again at this version's side keys (one more MGET; see `versions`).
+//! Values read from Redis by a `get_many` are not kept near (MGET says
+//! nothing of their TTL); single reads keep them.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,8 +31,79 @@ pub(crate) struct ManyOutcome {
     pub rest: Outcome,
 }
 
-/// Reads `keys` (one per id, same order) through the cache.
+/// Reads `keys` (one per id, same order) through the cache; with `near`,
+/// what the manager's near cache holds first.
 pub(crate) async fn read_many<V, Id, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    keys: &[String],
+    ids: &[Id],
+    layout: &Layout,
+    ttls: Ttls,
+    near: bool,
+    load: F,
+) -> (Result<Vec<Option<V>>>, ManyOutcome)
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    Id: Clone + Eq + Hash,
+    F: FnOnce(Vec<Id>) -> Fut,
+    Fut: Future<Output = Result<HashMap<Id, V>>>,
+{
+    let near = if near { mgr.near() } else { None };
+    let Some(near) = near else {
+        return read_redis(mgr, keys, ids, layout, ttls, load).await;
+    };
+    let mut timing = Timing::start(mgr, Op::Hit);
+    if !mgr.ready(mgr.deadline()).await {
+        // Pending invalidations: the Redis path reads the database.
+        timing.op = Op::Miss;
+        return read_redis(mgr, keys, ids, layout, ttls, load).await;
+    }
+    let mut out: Vec<Option<V>> = Vec::with_capacity(keys.len());
+    let mut rest = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        match near.get::<V>(key) {
+            Some(v) => out.push(v),
+            None => {
+                rest.push(i);
+                out.push(None);
+            }
+        }
+    }
+    let near_hits = (keys.len() - rest.len()) as u64;
+    mgr.count_n(|c| &c.hits, near_hits);
+    if near_hits > 0 {
+        // Always ready: take a share of tokio's budget (see `read`).
+        tokio::task::consume_budget().await;
+    }
+    if rest.is_empty() {
+        return (
+            Ok(out),
+            ManyOutcome {
+                hits: near_hits,
+                rest: Outcome::NearHit,
+            },
+        );
+    }
+    timing.op = Op::Miss;
+    drop(timing);
+    let rest_keys: Vec<String> = rest.iter().map(|&i| keys[i].clone()).collect();
+    let rest_ids: Vec<Id> = rest.iter().map(|&i| ids[i].clone()).collect();
+    let (found, outcome) = read_redis(mgr, &rest_keys, &rest_ids, layout, ttls, load).await;
+    let found = found.map(|found| {
+        for (&i, v) in rest.iter().zip(found) {
+            out[i] = v;
+        }
+        out
+    });
+    let outcome = ManyOutcome {
+        hits: near_hits + outcome.hits,
+        rest: outcome.rest,
+    };
+    (found, outcome)
+}
+
+/// Reads `keys` (one per id, same order) through Redis.
+async fn read_redis<V, Id, F, Fut>(
     mgr: &Arc<CacheManager>,
     keys: &[String],
     ids: &[Id],

@@ -157,8 +157,9 @@ impl CacheManager {
 }
 
 /// Replays the pending invalidations, batch after batch, with backoff after
-/// a failure, so that a process that only writes still cleans up after an
-/// outage. Ends when nothing is pending, or when the manager is gone.
+/// a failure (cut short when the backend finds the deployment healed), so
+/// that a process that only writes still cleans up after an outage. Ends
+/// when nothing is pending, or when the manager is gone.
 async fn replay_in_background(manager: Weak<CacheManager>) {
     let mut pause = Duration::from_millis(50);
     loop {
@@ -179,11 +180,18 @@ async fn replay_in_background(manager: Weak<CacheManager>) {
             }
             Replay::Busy => Duration::from_millis(5),
         };
+        let contact = this.contact.clone();
         drop(this);
         if wait.is_zero() {
             tokio::task::yield_now().await;
         } else {
-            tokio::time::sleep(wait).await;
+            // A backoff ends early when the backend finds the deployment
+            // healed (a failover completed): other processes read the keys
+            // this one could not invalidate until it delivers them.
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = contact.next_heal() => pause = Duration::from_millis(50),
+            }
         }
     }
 }

@@ -178,6 +178,7 @@ where
                 &rendered,
                 &cache.layout,
                 cache.ttls(),
+                false,
                 |missing: Vec<String>| {
                     let wanted: Vec<C::Value> = missing
                         .iter()

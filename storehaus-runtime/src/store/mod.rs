@@ -123,7 +123,7 @@ impl CacheParams {
         self
     }
 
-    /// Whether this store's `get_by_id` uses the manager's near cache
+    /// Whether this store's `get_by_id` and `get_many` use the manager's near cache
     /// ([`CacheConfig::with_near_cache`](crate::CacheConfig::with_near_cache));
     /// on by default when the manager has one. Turn it off for a store whose
     /// rows are written about as often as they are read: each of its reads
@@ -421,8 +421,9 @@ impl<T: Cached> GenericStore<T> {
     }
 
     /// The records of `ids`, in the same order (`None` where no row exists).
-    /// Hits come from one MGET; the misses from one database query, and are
-    /// then cached behind leases.
+    /// What the near cache holds (when the manager has one) is served from
+    /// it; the other hits come from one MGET; the misses from one database
+    /// query, and are then cached behind leases.
     ///
     /// # Errors
     /// [`StorehausError::Database`] when the database fails.
@@ -450,6 +451,7 @@ impl<T: Cached> GenericStore<T> {
                 ids,
                 &cache.layout,
                 cache.ttls(),
+                cache.near,
                 |missing| async move { self.load_many(&missing).await },
             ))
             .await;

@@ -1,20 +1,26 @@
 //! When a cluster connection stops answering: a command abandoned by its
 //! caller (its budget ran out) moves the contact epoch (a node that does not
-//! answer may be replaced by a replica), and a run of failures has the
-//! connection replaced by a new one, which learns the slot map afresh from
-//! the seeds instead of waiting on a stuck one forever (as the single-node
-//! pool drops a silent connection).
+//! answer may be replaced by a replica) and has the slot map checked
+//! (`topology`); a run of failures while every primary answers the
+//! topology's own questions has the connection replaced by a new one
+//! instead of waiting on a stuck one forever (as the single-node pool drops
+//! a silent connection).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use std::sync::Arc;
+
+use super::topology::Topology;
 use crate::backend::contact::Contact;
 
 /// Moves the contact epoch if the command it watches is abandoned before
 /// its answer (the caller's budget ran out): a node that does not answer
-/// may be replaced by a replica. Counts it as a failure of the connection.
+/// may be replaced by a replica, so the slot map is checked too. Counts it
+/// as a failure of the connection.
 pub(super) struct Watched<'a> {
     pub contact: &'a Contact,
     pub health: &'a Health,
+    pub topology: &'a Arc<Topology>,
     pub done: bool,
 }
 
@@ -22,6 +28,7 @@ impl Drop for Watched<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.contact.bump("a cluster command went unanswered");
+            self.topology.suspect("a cluster command went unanswered");
             self.health.failed();
         }
     }

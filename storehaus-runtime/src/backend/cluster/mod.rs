@@ -12,8 +12,12 @@
 //!   or `ASK` redirection, or a cluster that is down reaches this backend,
 //!   which moves the contact epoch before it answers (a replica may have
 //!   been promoted: the manager replays its recent invalidations before it
-//!   serves cached values again), and the budget's own retries resend the
-//!   command once redis-rs has refreshed its slot map.
+//!   serves cached values again), has its own view of the slot map
+//!   checked (`topology`), and the budget's own retries resend the
+//!   command. When the slot owners changed, the next command gets a new
+//!   cluster connection, seeded with the nodes that answered.
+//! - A multi-slot primitive waits for every slot's answer (a slot that
+//!   fails does not cut the others short) and fails with the first error.
 //!
 //! Connections are made in the background by redis-rs on first use; the
 //! callers' budget bounds only their own wait.
@@ -22,18 +26,22 @@ mod health;
 pub(crate) mod layout;
 mod scan;
 mod slots;
+pub(crate) mod topology;
+pub(crate) mod tracking;
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 
 use self::health::{Health, Watched};
 use self::layout::{by_slot, physical, physical_all};
 use self::slots::{scatter, split_invalidation, SlotInvalidation};
+use self::topology::Topology;
 use crate::backend::contact::Contact;
 use crate::backend::redis::invalidation;
 use crate::backend::redis::scripts::Scripts;
@@ -47,8 +55,11 @@ const MIN_NODE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct ClusterBackend {
     client: ClusterClient,
     config: ClusterConfig,
-    conn: RwLock<Option<ClusterConnection>>,
+    /// The connection and the topology version it was made for.
+    conn: RwLock<Option<(u64, ClusterConnection)>>,
     health: Health,
+    topology: Arc<Topology>,
+    limit: Duration,
     scripts: Scripts,
     contact: Arc<Contact>,
     wait: Option<(u32, u64)>,
@@ -72,14 +83,7 @@ impl ClusterBackend {
         wait: Option<(u32, u64)>,
     ) -> CacheResult<Self> {
         let limit = timeout.max(MIN_NODE_TIMEOUT);
-        let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-            .retries(0)
-            .connection_timeout(limit)
-            .response_timeout(limit);
-        let builder = with_certs(builder, tls)?;
-        let client = builder
-            .build()
-            .map_err(|e| CacheError::InvalidConfig(format!("cannot use the cluster nodes: {e}")))?;
+        let client = client(seeds, limit, tls)?;
         Ok(ClusterBackend {
             client,
             config: ClusterConfig::new()
@@ -87,33 +91,72 @@ impl ClusterBackend {
                 .set_response_timeout(limit),
             conn: RwLock::new(None),
             health: Health::default(),
+            topology: Arc::new(Topology::new(seeds, tls, timeout, contact.clone())?),
+            limit,
             scripts: Scripts::new(),
             contact,
             wait,
         })
     }
 
-    /// The cluster connection (made in the background on first use, and
-    /// made again after a run of failures, see `health`).
+    /// The backend's view of the cluster.
+    pub(crate) fn topology(&self) -> &Arc<Topology> {
+        &self.topology
+    }
+
+    /// The cluster connection: made in the background on first use, and
+    /// made again, seeded with the nodes that answered, when the slot
+    /// owners changed (see `topology`) or when commands keep failing while
+    /// every primary answers the topology's own questions (see `health`).
     fn conn(&self) -> ClusterConnection {
-        let replace = self.health.replace.swap(false, Ordering::AcqRel);
-        if !replace {
-            if let Some(conn) = self.conn.read().ok().and_then(|c| c.clone()) {
-                return conn;
+        let version = self.topology.version();
+        let stuck = self.health.replace.load(Ordering::Acquire) && !self.topology.degraded();
+        if !stuck {
+            if let Some((v, conn)) = self.conn.read().ok().and_then(|c| c.clone()) {
+                if v == version {
+                    return conn;
+                }
             }
-        } else {
-            tracing::debug!(target: "storehaus", "the cluster connection keeps failing: connecting afresh");
         }
         let mut slot = self.conn.write().unwrap_or_else(|p| p.into_inner());
+        let stuck = self.health.replace.swap(false, Ordering::AcqRel) && !self.topology.degraded();
         match slot.as_ref() {
-            Some(conn) if !replace => conn.clone(),
-            _ => {
-                let conn = self
-                    .client
-                    .get_pending_async_connection_with_config(self.config.clone());
-                *slot = Some(conn.clone());
+            Some((v, conn)) if *v == version && !stuck => conn.clone(),
+            current => {
+                if current.is_none() {
+                    self.topology.suspect("first use");
+                } else {
+                    tracing::debug!(target: "storehaus", stuck, "cluster: connecting afresh");
+                }
+                let conn = self.fresh_conn();
+                *slot = Some((version, conn.clone()));
                 conn
             }
+        }
+    }
+
+    /// A new cluster connection, seeded with the nodes of the last trusted
+    /// view that answered (the configured seeds before any).
+    fn fresh_conn(&self) -> ClusterConnection {
+        let seeds = self.topology.snapshot().seeds;
+        let fresh = (!seeds.is_empty())
+            .then(|| client(&seeds, self.limit, self.topology.tls()).ok())
+            .flatten();
+        fresh
+            .as_ref()
+            .unwrap_or(&self.client)
+            .get_pending_async_connection_with_config(self.config.clone())
+    }
+
+    /// Whether a cluster node answers (a fresh look at the slot map, which
+    /// the next command follows if it changed).
+    ///
+    /// # Errors
+    /// `ConnectionError` when no node answers.
+    pub async fn probe(&self) -> CacheResult<()> {
+        match self.topology.refresh().await {
+            0 => Err(CacheError::ConnectionError("no cluster node answers".into())),
+            _ => Ok(()),
         }
     }
 
@@ -123,6 +166,7 @@ impl ClusterBackend {
         let mut watched = Watched {
             contact: &self.contact,
             health: &self.health,
+            topology: &self.topology,
             done: false,
         };
         let result = cmd.run(&mut conn).await;
@@ -147,10 +191,12 @@ impl ClusterBackend {
         match mapped {
             CacheError::Command(m) if moved => {
                 self.contact.bump("a slot moved or the cluster is down");
+                self.topology.suspect("a slot moved or the cluster is down");
                 CacheError::ConnectionError(m)
             }
             e @ CacheError::ConnectionError(_) => {
                 self.contact.bump("a cluster node failed");
+                self.topology.suspect("a cluster node failed");
                 self.health.failed();
                 e
             }
@@ -166,7 +212,7 @@ impl ClusterBackend {
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
         let keys = physical_all(keys);
         let groups = by_slot(&keys);
-        let answers = try_join_all(groups.iter().map(|group| {
+        let answers = every(groups.iter().map(|group| {
             let mut cmd = redis::cmd("MGET");
             for &i in group {
                 cmd.arg(&keys[i]);
@@ -192,7 +238,7 @@ impl ClusterBackend {
     pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
         let keys = physical_all(keys);
         let groups = by_slot(&keys);
-        let answers = try_join_all(groups.iter().map(|group| {
+        let answers = every(groups.iter().map(|group| {
             let mut inv = self.scripts.lease_many.prepare_invoke();
             for &i in group {
                 inv.key(&keys[i]);
@@ -217,7 +263,7 @@ impl ClusterBackend {
     pub async fn fill(&self, keys: &[&str], values: &[&[u8]], lease: &[u8], ttl_ms: u64) -> CacheResult<u64> {
         let keys: Vec<String> = keys.iter().map(|k| physical(k).into_owned()).collect();
         let groups = by_slot(&keys);
-        let filled = try_join_all(groups.iter().map(|group| {
+        let filled = every(groups.iter().map(|group| {
             let mut inv = self.scripts.fill.prepare_invoke();
             for &i in group {
                 inv.key(&keys[i]);
@@ -259,7 +305,7 @@ impl ClusterBackend {
 
     async fn delete_physical(&self, keys: &[String], command: &str) -> CacheResult<u64> {
         let groups = by_slot(keys);
-        let counts = try_join_all(groups.iter().map(|group| {
+        let counts = every(groups.iter().map(|group| {
             let mut cmd = redis::cmd(command);
             for &i in group {
                 cmd.arg(&keys[i]);
@@ -273,7 +319,7 @@ impl ClusterBackend {
     /// The invalidation pipeline once per slot, concurrently.
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
         let parts = split_invalidation(inv);
-        let done = try_join_all(parts.iter().map(|p| self.invalidate_slot(p))).await?;
+        let done = every(parts.iter().map(|p| self.invalidate_slot(p))).await?;
         Ok(done.into_iter().fold(Invalidated::default(), |mut all, one| {
             all.deleted += one.deleted;
             all.corrupt += one.corrupt;
@@ -378,6 +424,24 @@ impl ClusterBackend {
         )
         .await
     }
+}
+
+/// A cluster client on `seeds`: no retries, `limit` to connect and to answer.
+fn client(seeds: &[String], limit: Duration, tls: &TlsCerts) -> CacheResult<ClusterClient> {
+    let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .retries(0)
+        .connection_timeout(limit)
+        .response_timeout(limit);
+    with_certs(builder, tls)?
+        .build()
+        .map_err(|e| CacheError::InvalidConfig(format!("cannot use the cluster nodes: {e}")))
+}
+
+/// Runs every future to its end (one slot's failure does not abandon the
+/// others' commands, which would look unanswered) and returns the answers
+/// in order, or the first error.
+async fn every<T>(futures: impl IntoIterator<Item = impl Future<Output = CacheResult<T>>>) -> CacheResult<Vec<T>> {
+    join_all(futures).await.into_iter().collect()
 }
 
 /// TLS certificates for every node, when configured.

@@ -27,17 +27,19 @@
 //! `pool` holds the connections, `scripts` the Lua scripts; this file holds
 //! one function per primitive of the backend contract (see `backend`).
 
+pub(crate) mod failover;
 pub(crate) mod invalidation;
 pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod scripts;
 #[cfg(feature = "cluster")]
-mod switch;
+pub(crate) mod switch;
 pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::failover::Failovers;
 pub(crate) use self::pool::map_err;
 use self::pool::{Connector, Pool, RunOn};
 use self::probe::NodeWatch;
@@ -81,10 +83,18 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// Where this backend's connections go (for the near cache's tracking
-    /// connection).
-    pub(crate) fn connector(&self) -> &Connector {
-        self.pool.connector()
+    /// Where the near cache's invalidations come from.
+    pub(crate) fn tracking_source(&self) -> tracking::Source {
+        tracking::Source {
+            connector: self.pool.connector().clone(),
+            failovers: self.pool.failovers().cloned(),
+            #[cfg(feature = "cluster")]
+            cluster: self
+                .cluster
+                .as_ref()
+                .map(|switch| switch.topology.clone())
+                .unwrap_or_default(),
+        }
     }
 
     /// A backend for a `redis://`, `rediss://`, `redis+unix://` or
@@ -92,8 +102,10 @@ impl RedisBackend {
     pub fn new(target: Target<'_>) -> CacheResult<Self> {
         let url = target.url;
         let sentinel = url.contains("+sentinel://");
+        let mut failovers = None;
         let connector = if sentinel {
             let parsed = SentinelUrl::parse(url)?;
+            failovers = Some(Arc::new(Failovers::new(&parsed, target.contact.clone())));
             Connector::Sentinel(Arc::new(tokio::sync::Mutex::new(parsed.client(target.tls)?)))
         } else {
             #[cfg(feature = "tls")]
@@ -122,7 +134,7 @@ impl RedisBackend {
             } else {
                 Some(switch::ClusterSwitch::new(&target)?)
             },
-            pool: Pool::new(connector, watch, target.pool_size, target.timeout),
+            pool: Pool::new(connector, watch, failovers, target.pool_size, target.timeout),
             scripts: Scripts::new(),
             wait: target.wait,
         })
@@ -130,6 +142,11 @@ impl RedisBackend {
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
         self.pool.run(cmd).await
+    }
+
+    pub async fn probe(&self) -> CacheResult<()> {
+        let _: String = self.run(redis::cmd("PING")).await?;
+        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {

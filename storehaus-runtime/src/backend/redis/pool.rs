@@ -16,6 +16,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
 use tokio::sync::watch;
 
+use super::failover::Failovers;
 use super::probe::NodeWatch;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
@@ -45,10 +46,17 @@ struct Slot {
     replies: AtomicU64,
     /// Commands sent on this slot and not yet answered or abandoned.
     in_flight: AtomicUsize,
+    /// The Sentinel switch count when this slot's connection began to
+    /// connect: a connection from before a switch is not used.
+    switches: AtomicU64,
 }
 
 impl Slot {
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    /// The live connection, unless it was made before the last switch.
+    fn current(&self, switches: u64) -> Option<(u64, MultiplexedConnection)> {
+        if self.switches.load(Ordering::Acquire) != switches {
+            return None;
+        }
         self.conn.read().ok().and_then(|g| g.clone())
     }
 }
@@ -84,6 +92,8 @@ impl Connector {
 pub(super) struct Pool {
     connector: Connector,
     watch: Arc<NodeWatch>,
+    /// Sentinel's switches (`redis+sentinel://` only).
+    failovers: Option<Arc<Failovers>>,
     connect_timeout: Duration,
     slots: Arc<[Slot]>,
     next: AtomicUsize,
@@ -182,7 +192,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Pool {
-    pub fn new(connector: Connector, watch: Arc<NodeWatch>, pool_size: usize, timeout: Duration) -> Self {
+    pub fn new(
+        connector: Connector,
+        watch: Arc<NodeWatch>,
+        failovers: Option<Arc<Failovers>>,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Self {
         let slots = (0..pool_size).map(|_| Slot::default()).collect();
         let connect_timeout = timeout.max(MIN_CONNECT_TIMEOUT);
         let connection_config = AsyncConnectionConfig::new()
@@ -191,6 +207,7 @@ impl Pool {
         Pool {
             connector,
             watch,
+            failovers,
             connect_timeout,
             slots,
             next: AtomicUsize::new(0),
@@ -201,6 +218,17 @@ impl Pool {
     /// Where this pool's connections go.
     pub(crate) fn connector(&self) -> &Connector {
         &self.connector
+    }
+
+    /// Sentinel's switches, for a `redis+sentinel://` URL.
+    pub(crate) fn failovers(&self) -> Option<&Arc<Failovers>> {
+        self.failovers.as_ref()
+    }
+
+    /// How many Sentinel switches were seen (0 without Sentinel).
+    #[inline]
+    fn switches(&self) -> u64 {
+        self.failovers.as_ref().map_or(0, |f| f.switches())
     }
 
     /// What the first connection's probe found out.
@@ -225,7 +253,8 @@ impl Pool {
             .iter()
             .position(|s| s.in_flight.load(Ordering::Relaxed) < SPILL_IN_FLIGHT)
             .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len());
-        if let Some((generation, c)) = self.slots[i].current() {
+        let switches = self.switches();
+        if let Some((generation, c)) = self.slots[i].current(switches) {
             return Ok((i, generation, c));
         }
         // The spare: keep a second connection open so that the borrowing
@@ -235,7 +264,7 @@ impl Pool {
         }
         let mut rx = {
             let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((generation, c)) = self.slots[i].current() {
+            if let Some((generation, c)) = self.slots[i].current(switches) {
                 return Ok((i, generation, c));
             }
             match connecting.as_ref() {
@@ -252,7 +281,7 @@ impl Pool {
         // While this slot connects in the background, borrow a connected
         // neighbour: a caller never waits for a (re)connect while any
         // connection is up.
-        if let Some(found) = self.any_connected(i) {
+        if let Some(found) = self.any_connected(i, switches) {
             return Ok(found);
         }
         // Only this wait is bounded by the caller's deadline; the connect
@@ -271,24 +300,27 @@ impl Pool {
     /// Starts connecting slot `i` in the background unless it is connected
     /// or connecting.
     fn ensure_connecting(&self, i: usize) {
-        if self.slots[i].current().is_some() {
+        let switches = self.switches();
+        if self.slots[i].current(switches).is_some() {
             return;
         }
         let mut connecting = self.slots[i].connecting.lock().unwrap_or_else(|p| p.into_inner());
         let busy = connecting
             .as_ref()
             .is_some_and(|rx| rx.borrow().is_none() && rx.has_changed().is_ok());
-        if !busy && self.slots[i].current().is_none() {
+        if !busy && self.slots[i].current(switches).is_none() {
             *connecting = Some(self.spawn_connect(i));
         }
     }
 
     /// The first connected slot after `i`, if any.
-    fn any_connected(&self, i: usize) -> Option<(usize, u64, MultiplexedConnection)> {
+    fn any_connected(&self, i: usize, switches: u64) -> Option<(usize, u64, MultiplexedConnection)> {
         let n = self.slots.len();
-        (1..n)
-            .map(|k| (i + k) % n)
-            .find_map(|j| self.slots[j].current().map(|(generation, c)| (j, generation, c)))
+        (1..n).map(|k| (i + k) % n).find_map(|j| {
+            self.slots[j]
+                .current(switches)
+                .map(|(generation, c)| (j, generation, c))
+        })
     }
 
     /// Connects slot `i` in a task of its own and publishes the outcome.
@@ -300,6 +332,11 @@ impl Pool {
         let slots = self.slots.clone();
         let this_attempt = rx.clone();
         let limit = self.connect_timeout;
+        // A connect that began before a switch may reach the old primary.
+        let switches = self.switches();
+        if let Some(failovers) = &self.failovers {
+            failovers.start();
+        }
         tokio::spawn(async move {
             tracing::debug!(target: "storehaus", slot = i, "connecting to redis");
             let connected = async {
@@ -320,6 +357,7 @@ impl Pool {
                     slot.replies.fetch_add(1, Ordering::Release);
                     if let Ok(mut g) = slot.conn.write() {
                         *g = Some((generation, conn.clone()));
+                        slot.switches.store(switches, Ordering::Release);
                     }
                     Ok((generation, conn))
                 }

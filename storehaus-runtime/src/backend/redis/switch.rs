@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::probe::Topology;
 use super::{RedisBackend, Target};
+use crate::backend::cluster::topology::Topology as ClusterView;
 use crate::backend::cluster::ClusterBackend;
 use crate::backend::contact::Contact;
 use crate::config::{redact_url, TlsCerts};
@@ -23,6 +24,8 @@ pub(crate) struct ClusterSwitch {
     single: AtomicBool,
     /// Found out (or configured): a cluster.
     backend: OnceLock<ClusterBackend>,
+    /// Its view, for the near cache's tracking (set with `backend`).
+    pub(super) topology: Arc<OnceLock<Arc<ClusterView>>>,
     url: String,
     timeout: Duration,
     tls: TlsCerts,
@@ -35,6 +38,7 @@ impl ClusterSwitch {
         let switch = ClusterSwitch {
             single: AtomicBool::new(false),
             backend: OnceLock::new(),
+            topology: Arc::default(),
             url: target.url.to_string(),
             timeout: target.timeout,
             tls: target.tls.clone(),
@@ -48,9 +52,18 @@ impl ClusterSwitch {
             }
             let backend =
                 ClusterBackend::new(&seeds, switch.timeout, &switch.tls, switch.contact.clone(), switch.wait)?;
-            let _ = switch.backend.set(backend);
+            switch.set(backend);
         }
         Ok(switch)
+    }
+}
+
+impl ClusterSwitch {
+    fn set(&self, backend: ClusterBackend) {
+        let topology = backend.topology().clone();
+        if self.backend.set(backend).is_ok() {
+            let _ = self.topology.set(topology);
+        }
     }
 }
 
@@ -90,7 +103,7 @@ impl RedisBackend {
             "the cache URL names a Redis Cluster node: cluster mode"
         );
         let backend = ClusterBackend::new(&seeds, switch.timeout, &switch.tls, switch.contact.clone(), switch.wait)?;
-        let _ = switch.backend.set(backend);
+        switch.set(backend);
         Ok(switch.backend.get())
     }
 }

@@ -16,17 +16,25 @@
 //! The task reconnects with a backoff and, once subscribed again, makes the
 //! near cache live after a flush.
 //!
+//! Behind Sentinel the subscription follows the primary: a switch
+//! announced by the Sentinels (`failover`) ends it (the near cache is
+//! flushed, and the task subscribes on the new primary), and the heartbeat
+//! asks `ROLE`, so that a primary demoted under the connection is noticed
+//! within a heartbeat even when no announcement arrives.
+//!
 //! On a Redis Cluster a broadcast subscription on one node would hear of
-//! that node's keys only: the task finds the node is part of a cluster,
-//! logs it once, and the near cache stays off.
+//! that node's keys only: the task finds the node is part of a cluster and
+//! hands over to `cluster::tracking`, which subscribes on every primary.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, Value};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
+use super::failover::Failovers;
 use super::pool::Connector;
 use crate::cache::near::Near;
 
@@ -36,6 +44,22 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_millis(200);
 /// The client name of tracking connections (`CLIENT LIST`).
 pub const TRACKING_CLIENT_NAME: &str = "storehaus-near";
 
+/// One round of subscriptions, from connect to loss: a connection of the
+/// round that drops makes the near cache not live and ends the round; once
+/// the round is over, its connections no longer speak for the near cache.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    pub lost: Notify,
+    over: AtomicBool,
+}
+
+impl Round {
+    /// The round is over (the near cache was or is about to be flushed).
+    pub fn end(&self) {
+        self.over.store(true, Ordering::Release);
+    }
+}
+
 /// Why a subscription ended or could not start.
 enum Ended {
     /// The connection failed; try again.
@@ -44,9 +68,20 @@ enum Ended {
     Cluster,
 }
 
+/// Where the near cache's invalidations come from: the node (or the
+/// primary Sentinel names) and, behind Sentinel, its switches; on a
+/// cluster, the backend's view of it, once the backend has found it out.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub connector: Connector,
+    pub failovers: Option<Arc<Failovers>>,
+    #[cfg(feature = "cluster")]
+    pub cluster: Arc<std::sync::OnceLock<Arc<crate::backend::cluster::topology::Topology>>>,
+}
+
 /// Starts the tracking task of `near` for keys under `prefix`
 /// (`{global}:`). It stops once `near` is dropped.
-pub(crate) fn spawn(connector: Connector, prefix: String, near: &Arc<Near>, timeout: Duration) {
+pub(crate) fn spawn(source: Source, prefix: String, near: &Arc<Near>, timeout: Duration) {
     let near = Arc::downgrade(near);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(20);
@@ -54,9 +89,14 @@ pub(crate) fn spawn(connector: Connector, prefix: String, near: &Arc<Near>, time
             if near.strong_count() == 0 {
                 return;
             }
-            match track(&connector, &prefix, &near, timeout).await {
+            match track(&source, &prefix, &near, timeout).await {
                 Ended::Cluster => {
-                    tracing::warn!(target: "storehaus", "the cache is a Redis Cluster: the near cache stays off");
+                    #[cfg(feature = "cluster")]
+                    if let Some(topology) = found_cluster(&source).await {
+                        crate::backend::cluster::tracking::follow(topology, prefix, near, timeout).await;
+                        return;
+                    }
+                    tracing::warn!(target: "storehaus", "the cache is a Redis Cluster the backend does not follow: the near cache stays off");
                     return;
                 }
                 Ended::Lost(why) => {
@@ -76,10 +116,41 @@ pub(crate) fn spawn(connector: Connector, prefix: String, near: &Arc<Near>, time
     });
 }
 
+/// The cluster backend's view, once the backend has found the cluster out
+/// (it does on its first command; given 10 s).
+#[cfg(feature = "cluster")]
+async fn found_cluster(source: &Source) -> Option<Arc<crate::backend::cluster::topology::Topology>> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(topology) = source.cluster.get() {
+            return Some(topology.clone());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One subscription, from connect to loss.
-async fn track(connector: &Connector, prefix: &str, near: &Weak<Near>, timeout: Duration) -> Ended {
-    let lost = Arc::new(Notify::new());
-    let mut conn = match connect(connector, near, &lost, timeout).await {
+async fn track(source: &Source, prefix: &str, near: &Weak<Near>, timeout: Duration) -> Ended {
+    let round = Arc::new(Round::default());
+    let ended = track_round(source, prefix, near, &round, timeout).await;
+    round.end();
+    ended
+}
+
+async fn track_round(source: &Source, prefix: &str, near: &Weak<Near>, round: &Arc<Round>, timeout: Duration) -> Ended {
+    // Before the primary is asked for: a switch from then on ends it.
+    let mut switched = source.failovers.as_ref().map(|f| {
+        f.start();
+        f.subscribe()
+    });
+    let client = match source.connector.client().await {
+        Ok(client) => client,
+        Err(e) => return Ended::Lost(e.to_string()),
+    };
+    let mut conn = match connect(&client, near, round, timeout).await {
         Ok(conn) => conn,
         Err(e) => return Ended::Lost(e.to_string()),
     };
@@ -89,23 +160,7 @@ async fn track(connector: &Connector, prefix: &str, near: &Weak<Near>, timeout: 
         Ok(_) => {}
         Err(e) => return Ended::Lost(e.to_string()),
     }
-    let subscribed: redis::RedisResult<()> = async {
-        redis::cmd("CLIENT")
-            .arg("SETNAME")
-            .arg(TRACKING_CLIENT_NAME)
-            .query_async::<()>(&mut conn)
-            .await?;
-        redis::cmd("CLIENT")
-            .arg("TRACKING")
-            .arg("ON")
-            .arg("BCAST")
-            .arg("PREFIX")
-            .arg(prefix)
-            .query_async::<()>(&mut conn)
-            .await
-    }
-    .await;
-    if let Err(e) = subscribed {
+    if let Err(e) = subscribe(&mut conn, prefix).await {
         return Ended::Lost(e.to_string());
     }
     match near.upgrade() {
@@ -115,42 +170,89 @@ async fn track(connector: &Connector, prefix: &str, near: &Weak<Near>, timeout: 
     tracing::debug!(target: "storehaus", prefix, "near cache: tracking subscribed");
     loop {
         tokio::select! {
-            _ = lost.notified() => return Ended::Lost("disconnected".into()),
+            _ = round.lost.notified() => return Ended::Lost("disconnected".into()),
+            _ = next_switch(&mut switched) => return Ended::Lost("Sentinel switched the primary".into()),
             _ = tokio::time::sleep(HEARTBEAT) => {}
         }
         if near.strong_count() == 0 {
             return Ended::Lost("the cache manager was dropped".into());
         }
-        let ping = tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await;
-        match ping {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Ended::Lost(e.to_string()),
-            Err(_) => return Ended::Lost(format!("no answer to PING within {} ms", timeout.as_millis())),
+        if let Err(why) = heartbeat(&mut conn, source.failovers.is_some(), timeout).await {
+            return Ended::Lost(why);
         }
     }
 }
 
-/// A RESP3 connection to the node `connector` names now, whose pushes go
-/// to `near`.
-async fn connect(
-    connector: &Connector,
+/// Waits for the next Sentinel switch (forever without Sentinel).
+async fn next_switch(switched: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = switched {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// `CLIENT SETNAME` and `CLIENT TRACKING ON BCAST PREFIX prefix`.
+pub(crate) async fn subscribe(conn: &mut MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
+    redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(TRACKING_CLIENT_NAME)
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(prefix)
+        .query_async::<()>(conn)
+        .await
+}
+
+/// One heartbeat within `timeout`: `PING`, or with `primary` (Sentinel)
+/// `ROLE`, which must still say `master`. The reason it failed.
+pub(crate) async fn heartbeat(
+    conn: &mut MultiplexedConnection,
+    primary: bool,
+    timeout: Duration,
+) -> Result<(), String> {
+    let cmd = redis::cmd(if primary { "ROLE" } else { "PING" });
+    match tokio::time::timeout(timeout, cmd.query_async::<Value>(conn)).await {
+        Err(_) => Err(format!("no answer to a heartbeat within {} ms", timeout.as_millis())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(Value::Array(role))) if primary => match role.first() {
+            Some(Value::BulkString(r)) if r.as_slice() == b"master" => Ok(()),
+            Some(Value::SimpleString(r)) if r == "master" => Ok(()),
+            _ => Err("the primary was demoted".into()),
+        },
+        Ok(Ok(_)) if primary => Err("ROLE: unexpected reply".into()),
+        Ok(Ok(_)) => Ok(()),
+    }
+}
+
+/// A RESP3 connection to the node of `client`, whose pushes go to `near`;
+/// when it drops during `round`, the near cache is no longer live and the
+/// round is told.
+pub(crate) async fn connect(
+    client: &Client,
     near: &Weak<Near>,
-    lost: &Arc<Notify>,
+    round: &Arc<Round>,
     timeout: Duration,
 ) -> redis::RedisResult<MultiplexedConnection> {
-    let info = connector.client().await?.get_connection_info().clone();
+    let info = client.get_connection_info().clone();
     let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
     let client = Client::open(info.set_redis_settings(settings))?;
-    let (near, lost) = (near.clone(), lost.clone());
+    let (near, round) = (near.clone(), round.clone());
     let on_push = move |push: PushInfo| -> Result<(), ()> {
         let Some(near) = near.upgrade() else {
             return Err(());
         };
         match push.kind {
             PushKind::Invalidate => invalidate(&near, push.data),
-            PushKind::Disconnection => {
+            PushKind::Disconnection if !round.over.load(Ordering::Acquire) => {
                 near.set_live(false);
-                lost.notify_one();
+                round.lost.notify_one();
             }
             _ => {}
         }

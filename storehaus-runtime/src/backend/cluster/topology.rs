@@ -1,0 +1,473 @@
+//! The cluster's slot map as StoreHaus sees it, learned and checked by the
+//! backend itself rather than left to redis-rs' cluster connection alone.
+//!
+//! redis-rs refreshes its slot map when a node redirects a command
+//! (`MOVED`). A primary that dies redirects nothing: its commands fail
+//! (SIGKILL) or, when it hangs or is cut off, time out, and nothing tells
+//! the connection that a replica took its slots; a connection made afresh
+//! from seeds that include the hung node waits on it too. So the backend
+//! keeps a view of its own:
+//!
+//! - a refresh asks every known node for `CLUSTER SLOTS` at once, each
+//!   bounded by [`ask_timeout`]; a view is *trusted* when it covers every
+//!   slot and each of its primaries answered in the same round (a node that
+//!   has not heard of a failover yet still names the dead primary, which
+//!   does not answer); the trusted view most nodes agree on wins;
+//! - a refresh runs on suspicion ([`Topology::suspect`]: a connection
+//!   error, a redirection, a command left unanswered), and again every
+//!   [`RETRY`] while no view can be trusted (*degraded*), until one can;
+//! - a view whose slot owners differ from the last one is published under a
+//!   new version: the backend then makes a new cluster connection seeded
+//!   with the nodes that answered (never waiting on a node that is gone),
+//!   the contact epoch moves (recent invalidations are delivered again to
+//!   the new owners), and the near cache's tracking follows the primaries
+//!   (see `cluster::tracking`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+
+use crate::backend::contact::Contact;
+use crate::backend::redis::pool::open_client;
+use crate::backend::redis::switch::seed_url;
+use crate::config::TlsCerts;
+use crate::error::{CacheError, CacheResult};
+
+/// A node: host and port, as the cluster names it.
+pub(crate) type Node = (String, u16);
+
+/// How soon a refresh runs again while no view can be trusted.
+pub(crate) const RETRY: Duration = Duration::from_millis(100);
+
+/// How long a node is given to answer `CLUSTER SLOTS`: the operation
+/// budget, within 100 ms ..= 1 s.
+pub(crate) fn ask_timeout(budget: Duration) -> Duration {
+    budget.clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// One node's `CLUSTER SLOTS`: slot ranges, each with its primary and
+/// replicas, sorted by the first slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct View {
+    ranges: Vec<SlotRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotRange {
+    start: u16,
+    end: u16,
+    primary: Node,
+    replicas: Vec<Node>,
+}
+
+impl View {
+    /// Parses a `CLUSTER SLOTS` reply given by a node on `host` (a node
+    /// named with an empty host is on the answering node's host).
+    pub fn parse(reply: redis::Value, host: &str) -> Option<View> {
+        let redis::Value::Array(items) = reply else { return None };
+        let mut ranges = Vec::new();
+        for item in items {
+            let redis::Value::Array(parts) = item else { continue };
+            let mut parts = parts.into_iter();
+            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end))) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let mut nodes = parts.filter_map(|n| node(n, host));
+            let Some(primary) = nodes.next() else { continue };
+            let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+                continue;
+            };
+            ranges.push(SlotRange {
+                start,
+                end,
+                primary,
+                replicas: nodes.collect(),
+            });
+        }
+        ranges.sort_by_key(|r| r.start);
+        Some(View { ranges })
+    }
+
+    /// Whether every slot 0..=16383 has a primary.
+    pub fn covers_all(&self) -> bool {
+        let mut next = 0u32;
+        for r in &self.ranges {
+            if u32::from(r.start) > next {
+                return false;
+            }
+            next = next.max(u32::from(r.end) + 1);
+        }
+        next == 16_384
+    }
+
+    /// The primaries, sorted, each once.
+    pub fn primaries(&self) -> Vec<Node> {
+        let mut out: Vec<Node> = self.ranges.iter().map(|r| r.primary.clone()).collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Every node, primaries and replicas, sorted, each once.
+    pub fn nodes(&self) -> Vec<Node> {
+        let mut out: Vec<Node> = self
+            .ranges
+            .iter()
+            .flat_map(|r| std::iter::once(&r.primary).chain(&r.replicas))
+            .cloned()
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Whether both views give every slot to the same primary.
+    pub fn same_owners(&self, other: &View) -> bool {
+        self.ranges.len() == other.ranges.len()
+            && self
+                .ranges
+                .iter()
+                .zip(&other.ranges)
+                .all(|(a, b)| (a.start, a.end, &a.primary) == (b.start, b.end, &b.primary))
+    }
+}
+
+/// `[host, port, ...]` of a `CLUSTER SLOTS` range.
+fn node(value: redis::Value, answering_host: &str) -> Option<Node> {
+    let redis::Value::Array(fields) = value else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    let host = match fields.next()? {
+        redis::Value::BulkString(h) => String::from_utf8_lossy(&h).into_owned(),
+        redis::Value::SimpleString(h) => h,
+        redis::Value::Nil => String::new(),
+        _ => return None,
+    };
+    let host = match host.as_str() {
+        "?" => return None,
+        "" => answering_host.to_string(),
+        _ => host,
+    };
+    let redis::Value::Int(port) = fields.next()? else {
+        return None;
+    };
+    Some((host, u16::try_from(port).ok()?))
+}
+
+/// What the backend last learned: the trusted view and its version (which
+/// moves only when the slot owners change, not on the first view).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub version: u64,
+    pub view: Option<Arc<View>>,
+    /// URLs of the nodes that answered the refresh that found the view.
+    pub seeds: Vec<String>,
+}
+
+/// The backend's own knowledge of the cluster (see the module above).
+pub(crate) struct Topology {
+    /// A node URL: scheme, credentials and TLS mode for every node.
+    base_url: String,
+    tls: TlsCerts,
+    ask_timeout: Duration,
+    contact: Arc<Contact>,
+    /// Every node ever named (seeds first): asked on each refresh.
+    known: Mutex<Vec<Node>>,
+    /// One connection per node for the refreshes.
+    links: Mutex<HashMap<Node, MultiplexedConnection>>,
+    current: watch::Sender<Snapshot>,
+    degraded: AtomicBool,
+    /// A refresh loop runs; `again`: a suspicion came while it ran.
+    running: AtomicBool,
+    again: AtomicBool,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("version", &self.current.borrow().version)
+            .field("degraded", &self.degraded.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Topology {
+    /// Knows the cluster by the `seeds` (URLs) only, until a refresh.
+    pub fn new(seeds: &[String], tls: &TlsCerts, budget: Duration, contact: Arc<Contact>) -> CacheResult<Self> {
+        let mut known = Vec::new();
+        for seed in seeds {
+            let url = url::Url::parse(seed).map_err(|e| CacheError::InvalidConfig(format!("cluster seed: {e}")))?;
+            if let (Some(host), Some(port)) = (url.host_str(), url.port()) {
+                known.push((host.trim_matches(['[', ']']).to_string(), port));
+            }
+        }
+        Ok(Topology {
+            base_url: seeds.first().cloned().unwrap_or_default(),
+            tls: tls.clone(),
+            ask_timeout: ask_timeout(budget),
+            contact,
+            known: Mutex::new(known),
+            links: Mutex::default(),
+            current: watch::channel(Snapshot::default()).0,
+            degraded: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            again: AtomicBool::new(false),
+        })
+    }
+
+    /// The version of the trusted view (moves when slot owners change).
+    pub fn version(&self) -> u64 {
+        self.current.borrow().version
+    }
+
+    /// The last trusted view and the nodes to seed a connection with.
+    pub fn snapshot(&self) -> Snapshot {
+        self.current.borrow().clone()
+    }
+
+    /// Follows every change of the trusted view.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.current.subscribe()
+    }
+
+    /// Whether the last refresh found no view it could trust (a primary
+    /// does not answer, or no node does).
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Acquire)
+    }
+
+    /// The URL of `node`, with the seeds' scheme, credentials and TLS.
+    pub fn url_of(&self, node: &Node) -> CacheResult<String> {
+        seed_url(&self.base_url, &format!("{}:{}", node.0, node.1))
+    }
+
+    /// The TLS certificates of every node.
+    pub fn tls(&self) -> &TlsCerts {
+        &self.tls
+    }
+
+    /// Something suggests the slot map may have changed: refreshes in the
+    /// background (at once unless a refresh loop runs, which then goes
+    /// round again), and every [`RETRY`] while degraded. Needs a runtime;
+    /// outside one, nothing happens.
+    pub fn suspect(self: &Arc<Self>, why: &'static str) {
+        self.again.store(true, Ordering::Release);
+        if self.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.running.store(false, Ordering::Release);
+            return;
+        };
+        tracing::debug!(target: "storehaus", why, "cluster: checking the slot map");
+        runtime.spawn(refresh_loop(Arc::downgrade(self)));
+    }
+
+    /// Asks every known node for its view and publishes the trusted one
+    /// if its owners changed. Returns how many nodes answered.
+    pub async fn refresh(&self) -> usize {
+        let nodes = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let answers = join_all(nodes.iter().map(|n| async move {
+            let answer = tokio::time::timeout(self.ask_timeout, self.ask(n)).await;
+            (n, answer.ok().and_then(Result::ok))
+        }))
+        .await;
+        let mut answered = HashSet::new();
+        let mut views = Vec::new();
+        for (node, view) in answers {
+            match view {
+                Some(view) => {
+                    answered.insert(node.clone());
+                    views.push(view);
+                }
+                None => self.forget_link(node),
+            }
+        }
+        let trusted: Vec<&View> = views
+            .iter()
+            .filter(|v| v.covers_all() && v.primaries().iter().all(|p| answered.contains(p)))
+            .collect();
+        let best = trusted
+            .iter()
+            .max_by_key(|v| trusted.iter().filter(|w| w.same_owners(v)).count());
+        match best {
+            Some(view) => {
+                let changed = self.publish(view, &answered);
+                if self.degraded.swap(false, Ordering::AcqRel) || changed {
+                    self.contact.healed();
+                }
+            }
+            None => {
+                self.degraded.store(true, Ordering::Release);
+                tracing::debug!(target: "storehaus",
+                    answered = answered.len(),
+                    asked = nodes.len(),
+                    "cluster: no slot map to trust yet (a primary does not answer)"
+                );
+            }
+        }
+        answered.len()
+    }
+
+    /// Publishes `view` when its owners differ from the last trusted one,
+    /// learns its nodes, and moves the contact epoch on a change (which it
+    /// returns).
+    fn publish(&self, view: &View, answered: &HashSet<Node>) -> bool {
+        {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            for n in view.nodes() {
+                if !known.contains(&n) {
+                    known.push(n);
+                }
+            }
+        }
+        let seeds: Vec<String> = view
+            .nodes()
+            .iter()
+            .filter(|n| answered.contains(*n))
+            .filter_map(|n| self.url_of(n).ok())
+            .collect();
+        let mut changed = false;
+        self.current.send_if_modified(|snap| match &snap.view {
+            Some(last) if last.same_owners(view) => false,
+            last => {
+                changed = last.is_some();
+                snap.version += u64::from(changed);
+                snap.view = Some(Arc::new(view.clone()));
+                snap.seeds = seeds;
+                true
+            }
+        });
+        if changed {
+            tracing::info!(target: "storehaus",
+                primaries = ?view.primaries(),
+                "cluster: the slot map changed; following it (recent invalidations are delivered again)"
+            );
+            self.contact.bump("the cluster's slot map changed");
+        }
+        changed
+    }
+
+    /// One node's view.
+    async fn ask(&self, node: &Node) -> CacheResult<View> {
+        let mut conn = self.link(node).await?;
+        let reply: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(crate::backend::redis::map_err)?;
+        View::parse(reply, &node.0).ok_or_else(|| CacheError::Command("CLUSTER SLOTS: unexpected reply".into()))
+    }
+
+    /// The refresh connection to `node`, made on first use.
+    async fn link(&self, node: &Node) -> CacheResult<MultiplexedConnection> {
+        if let Some(conn) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(node) {
+            return Ok(conn.clone());
+        }
+        let client = open_client(&self.url_of(node)?, &self.tls).map_err(crate::backend::redis::map_err)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.ask_timeout))
+            .set_response_timeout(Some(self.ask_timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(crate::backend::redis::map_err)?;
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    fn forget_link(&self, node: &Node) {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+    }
+}
+
+/// Refreshes until a view can be trusted and no suspicion came meanwhile:
+/// every [`RETRY`], backing off to 1 s once degraded for [`PATIENT`] with
+/// nothing else suggesting a change; ends when the backend is gone.
+async fn refresh_loop(topology: Weak<Topology>) {
+    let mut since = std::time::Instant::now();
+    let mut pause = RETRY;
+    loop {
+        let Some(this) = topology.upgrade() else { return };
+        if this.again.swap(false, Ordering::AcqRel) {
+            since = std::time::Instant::now();
+            pause = RETRY;
+        }
+        this.refresh().await;
+        if !this.degraded() && !this.again.load(Ordering::Acquire) {
+            this.running.store(false, Ordering::Release);
+            // A suspicion between the check and the store started no
+            // loop: go round once more.
+            if !this.again.load(Ordering::Acquire) || this.running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+        drop(this);
+        tokio::time::sleep(pause).await;
+        if since.elapsed() > PATIENT {
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}
+
+/// How long a degraded cluster is looked at every [`RETRY`] (a failover
+/// takes about twice the cluster-node-timeout) before the refreshes back off.
+const PATIENT: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value::{Array, BulkString, Int};
+
+    fn range(start: i64, end: i64, nodes: &[(&str, i64)]) -> redis::Value {
+        let mut parts = vec![Int(start), Int(end)];
+        for (h, p) in nodes {
+            parts.push(Array(vec![
+                BulkString(h.as_bytes().to_vec()),
+                Int(*p),
+                BulkString(b"id".to_vec()),
+            ]));
+        }
+        Array(parts)
+    }
+
+    #[test]
+    fn views_parse_and_compare() {
+        let a = View::parse(
+            Array(vec![
+                range(5461, 10922, &[("10.0.0.2", 2), ("10.0.0.5", 5)]),
+                range(0, 5460, &[("", 1), ("10.0.0.4", 4)]),
+                range(10923, 16383, &[("10.0.0.3", 3), ("?", 6)]),
+            ]),
+            "10.0.0.1",
+        )
+        .unwrap();
+        assert!(a.covers_all());
+        assert_eq!(
+            a.primaries(),
+            vec![("10.0.0.1".into(), 1), ("10.0.0.2".into(), 2), ("10.0.0.3".into(), 3)]
+        );
+        assert_eq!(a.nodes().len(), 5, "an unknown node (?) is left out");
+        let b = View::parse(
+            Array(vec![
+                range(0, 5460, &[("10.0.0.4", 4)]),
+                range(5461, 10922, &[("10.0.0.2", 2)]),
+                range(10923, 16383, &[("10.0.0.3", 3)]),
+            ]),
+            "10.0.0.2",
+        )
+        .unwrap();
+        assert!(!a.same_owners(&b), "slots 0..=5460 moved to node 4");
+        let partial = View::parse(Array(vec![range(0, 5460, &[("h", 1)])]), "h").unwrap();
+        assert!(!partial.covers_all());
+    }
+}
