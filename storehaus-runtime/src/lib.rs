@@ -16,6 +16,7 @@
 //!   outbox, the worker that drains it);
 //! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else;
 //! - `fuzzing.rs` (the `fuzzing` feature): the properties `fuzz/` checks.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod backend;
@@ -41,6 +42,7 @@ pub use config::CacheConfig;
 pub use error::{CacheError, CacheResult, Result, StorehausError};
 pub use outbox::DeploymentStatus;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use record::SqliteQuery;
 pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
 pub use store::pool::DbPool;

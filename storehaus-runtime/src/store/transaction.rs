@@ -116,6 +116,7 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
     /// [`StorehausError::Unsupported`] when the transaction is on PostgreSQL
     /// (use [`as_mut`](Self::as_mut)).
     #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub fn as_sqlite_mut(&mut self) -> Result<&mut sqlx::SqliteConnection> {
         match &mut self.tx {
             DbTx::Sqlite(tx) => Ok(tx),
