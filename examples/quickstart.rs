@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(health) if health.is_ok() => println!("health    the cache is healthy"),
         Ok(health) => {
             for warning in &health.warnings {
-                println!("health    warning: {warning:?}");
+                println!("health    warning: {warning}");
             }
         }
         Err(e) => println!("health    the cache is unavailable: {e}"),

@@ -67,9 +67,10 @@ pub use storehaus_runtime::Cached;
 pub use storehaus_runtime::SqliteQuery;
 pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
-    Column, DbPool, DeploymentStatus, Filter, GenericStore, Health, HealthWarning, InTransaction, IndexColumn, Indexed,
-    LatencySummary, Order, PgQuery, Plain, Query, Result, ServerStats, SignalManager, SqlValue, SqliteId, SqliteRecord,
-    Statements, StoreTransaction, StorehausError, DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
+    Column, DbPool, DeploymentStatus, ErrorDetail, Filter, GenericStore, Health, HealthWarning, InTransaction,
+    IndexColumn, Indexed, LatencySummary, Order, PgQuery, Plain, Query, Result, ServerErrorKind, ServerStats,
+    SignalManager, SqlValue, SqliteId, SqliteRecord, Statements, StoreTransaction, StorehausError,
+    DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
 };
 
 /// The names most programs need: `use storehaus::prelude::*;`.

@@ -145,7 +145,7 @@ async fn health(State(app): State<App>) -> Response {
 
 /// A health warning in words, with the server's own reason where it gave one.
 fn describe(warning: &HealthWarning) -> String {
-    format!("{warning:?}")
+    warning.to_string()
 }
 
 /// `SELECT 1` on the database.

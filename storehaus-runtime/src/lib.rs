@@ -39,7 +39,7 @@ pub use cache::server::{Health, HealthWarning, ServerStats};
 pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
-pub use error::{CacheError, CacheResult, Result, StorehausError};
+pub use error::{CacheError, CacheResult, ErrorDetail, Result, ServerErrorKind, StorehausError};
 pub use outbox::DeploymentStatus;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -47,7 +47,7 @@ pub enum Entry<T> {
 }
 
 fn ser_err(e: impl std::fmt::Display) -> CacheError {
-    CacheError::SerializationError(e.to_string())
+    CacheError::SerializationError(e.to_string().into())
 }
 
 /// Encodes a record (or `None` for "no such row") in the envelope.

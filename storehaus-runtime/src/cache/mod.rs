@@ -34,6 +34,7 @@ pub(crate) mod recent;
 mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
+mod status;
 pub(crate) mod telemetry;
 
 use std::sync::atomic::AtomicU64;
@@ -50,6 +51,7 @@ use self::near::Near;
 use self::pending::Pending;
 use self::recent::Recent;
 use self::stats::{CacheStats, Counters};
+use self::status::Status;
 use self::telemetry::ManagerMetrics;
 use crate::backend::contact::Contact;
 use crate::backend::{Backend, Invalidation, Options};
@@ -88,6 +90,8 @@ pub struct CacheManager {
     /// Latencies of the stores' operations on this manager.
     pub(crate) latencies: stats::Figures,
     breaker: Breaker,
+    /// Whether the server answers, and why not (logged once per change).
+    status: Status,
     pending: Pending,
     /// Acknowledged invalidations, delivered again when `contact` moves.
     recent: Recent,
@@ -147,6 +151,7 @@ impl CacheManager {
         tracing::debug!(target: "storehaus", url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
+            status: Status::new(config.redacted_url().to_string()),
             pending: Pending::new(config.max_pending),
             recent: Recent::new(Duration::from_secs(config.recent_window_secs), config.max_pending),
             contact,

@@ -94,6 +94,21 @@ pub enum HealthWarning {
     },
 }
 
+impl std::fmt::Display for HealthWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthWarning::NoEvictionNearlyFull { used_memory, maxmemory } => write!(
+                f,
+                "the cache server is nearly full ({used_memory} of {maxmemory} bytes) and refuses writes when full (noeviction): fills will stop"
+            ),
+            HealthWarning::EvictionsRising { evicted } => write!(
+                f,
+                "the cache server evicted {evicted} keys since the previous check: it is too small for its working set"
+            ),
+        }
+    }
+}
+
 /// The share of `maxmemory` from which a `noeviction` server is "nearly full".
 const NEARLY_FULL: f64 = 0.9;
 
