@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::error::{CacheError, CacheResult};
 
+mod durations;
+
 /// Global cache settings, shared by every store of one
 /// [`CacheManager`](crate::CacheManager).
 ///
