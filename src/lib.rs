@@ -51,8 +51,12 @@
 //! # Features
 //!
 //! - `sqlite` (default): SQLite pools beside PostgreSQL.
+//! - `redis` (default): the Redis backends and the near cache; without it
+//!   only the in-process `memory://` cache.
 //! - `cluster` (default): Redis Cluster, found out from one node's URL.
-//! - `tls`: `rediss://` through rustls with the ring provider.
+//! - `metrics` (default): metrics through the `metrics` facade.
+//! - `tls`: `rediss://` through rustls with the ring provider; certificates
+//!   are always verified.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 

@@ -25,6 +25,9 @@ mod guard;
 pub mod hooks;
 mod invalidate;
 pub(crate) mod key;
+// Fed by Redis client tracking: without the `redis` feature it is never
+// built (its tracking half is not compiled).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod near;
 pub(crate) mod pending;
 pub(crate) mod query;
@@ -140,9 +143,9 @@ impl CacheManager {
         };
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
-        let near = match (config.near_max, backend.tracking_connector()) {
-            (Some(max), Some(_)) => Some(Arc::new(Near::new(max))),
-            (Some(_), None) => {
+        let near = match (config.near_max, backend.tracks()) {
+            (Some(max), true) => Some(Arc::new(Near::new(max))),
+            (Some(_), false) => {
                 tracing::info!(target: "storehaus", "the near cache is for Redis: off on memory://");
                 None
             }
@@ -511,6 +514,8 @@ impl CacheManager {
     /// first use (it needs a tokio runtime).
     pub(crate) fn near(&self) -> Option<&Arc<Near>> {
         let near = self.near.as_ref()?;
+        // Without the `redis` feature there is no near cache to start.
+        #[cfg(feature = "redis")]
         if !near.started.load(std::sync::atomic::Ordering::Relaxed) {
             self.start_tracking(near);
         }
@@ -518,6 +523,7 @@ impl CacheManager {
     }
 
     #[cold]
+    #[cfg(feature = "redis")]
     fn start_tracking(&self, near: &Arc<Near>) {
         let (Ok(_), Some(connector)) = (tokio::runtime::Handle::try_current(), self.backend.tracking_connector())
         else {

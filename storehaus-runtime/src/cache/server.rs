@@ -34,6 +34,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// Reads the fields of a Redis `INFO` reply.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_info(info: &str) -> ServerStats {
         let mut s = ServerStats::default();
         for line in info.lines() {

@@ -126,6 +126,7 @@ impl ErrorDetail {
     }
 
     /// A redis-rs error: its text, its server code as a kind, itself as the source.
+    #[cfg(feature = "redis")]
     pub(crate) fn redis(err: redis::RedisError) -> ErrorDetail {
         let kind = err.code().map(ServerErrorKind::from_code);
         ErrorDetail {
@@ -136,6 +137,7 @@ impl ErrorDetail {
     }
 
     /// The same detail with `context: ` before its message.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn context(mut self, context: &str) -> ErrorDetail {
         self.message = format!("{context}: {}", self.message);
         self
@@ -176,6 +178,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn a_redis_error_keeps_its_code_and_is_the_source() {
         let err = redis::RedisError::from((redis::ErrorKind::Io, "boom"));
         let detail = ErrorDetail::redis(err);

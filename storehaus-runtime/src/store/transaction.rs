@@ -5,7 +5,9 @@ use std::any::{Any, TypeId};
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::error::{Result, StorehausError};
+use crate::error::Result;
+#[cfg(feature = "sqlite")]
+use crate::error::StorehausError;
 use crate::record::Cached;
 use crate::store::signals::ChangeOp;
 use crate::store::sql::{self, DbTx};
