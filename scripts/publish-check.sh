@@ -39,4 +39,11 @@ done
 echo "publish-check: package contents are clean ($(wc -l <<<"$files") files)"
 [[ "${1:-}" == "--list" ]] && exit 0
 
+# Cargo unpacks the overlay's .crate files under $CARGO_HOME/registry/src/
+# in a directory named after the overlay's path, and never unpacks a
+# name-version there again: an earlier dry run's copy of these crates would
+# be built instead of today's. Local registries' directories start with "-".
+for stale in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/storehaus-{limits,derive,runtime}-*; do
+  [[ -d "$stale" ]] && rm -rf "$stale"
+done
 cargo publish --workspace --dry-run "${extra[@]}"
