@@ -1,9 +1,11 @@
 //! The fault matrix: the latency of one store read (`get_by_id` of a row
-//! that was cached) under each Redis fault, for the README's "What a fault
-//! costs".
+//! that was cached) under each Redis fault: BENCHMARKS.md, "What a fault
+//! costs" (docs/faults.md links to it).
 //!
-//! `bash scripts/bench.sh --faults` (release build, about a minute). Under
-//! `cargo test --all-targets` this binary only prints how to run it.
+//! `bash scripts/bench.sh --faults` (release build, about a minute) prints
+//! it; the full `bash scripts/bench.sh` run appends it to BENCHMARKS.md
+//! (`--append PATH`). Under `cargo test --all-targets` this binary only
+//! prints how to run it.
 //!
 //! Every fault runs on a private `redis-server` on a free loopback port,
 //! with the managers `tests/test_faults.rs` holds to their bounds
@@ -33,7 +35,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(fault_matrix());
+    let section = runtime.block_on(fault_matrix());
+    storehaus_testkit::bench::print_and_append("faults", &section);
 }
 
 /// `n` sequential reads of cached rows, sorted by latency.
@@ -70,8 +73,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Latency of one store read (`get_by_id` of a row that was cached) under
-/// each fault. Prints a Markdown table.
-async fn fault_matrix() {
+/// each fault: the BENCHMARKS.md section, a Markdown table.
+async fn fault_matrix() -> String {
     const N: usize = 400;
     let db = items_db(50).await;
     // (fault, what the user sees, sorted latencies, note)
@@ -174,19 +177,27 @@ async fn fault_matrix() {
 
     let healthy = pct(&rows[1].2, 0.99);
     let database = pct(&rows[0].2, 0.99);
-    println!("\nbudget {TIMEOUT_MS} ms, retries 2 x 5 ms, sequential reads of 50 rows; p99 added vs healthy hits and vs no cache");
-    println!("| fault | what the user sees | n | p50 ms | p99 ms | p99 +vs hits | p99 +vs no cache | note |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let mut out = format!(
+        "## What a fault costs\n\n\
+         Written by `bash scripts/bench.sh` (or alone: `--faults`) on {}. `benches/faults.rs`, release build: \
+         sequential `get_by_id` calls cycling over 50 cached rows, each fault on a private redis-server, \
+         a {TIMEOUT_MS} ms budget, 2 retries 5 ms apart (the managers of tests/test_faults.rs). \
+         p99 is noisy on a shared machine: one outlier in 100 decides it.\n\n\
+         | fault | what the user sees | n | p50 ms | p99 ms | p99 +vs hits | p99 +vs no cache | note |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
     for (name, sees, d, note) in &rows {
         let p99 = pct(d, 0.99);
-        println!(
-            "| {name} | {sees} | {} | {:.2} | {:.2} | {:+.2} | {:+.2} | {note} |",
+        out.push_str(&format!(
+            "| {name} | {sees} | {} | {:.2} | {:.2} | {:+.2} | {:+.2} | {note} |\n",
             d.len(),
             pct(d, 0.5),
             p99,
             p99 - healthy,
             p99 - database
-        );
+        ));
     }
     db.cleanup().await;
+    out
 }

@@ -1,5 +1,7 @@
 //! The whole flow, end to end: create, miss, hit, update + invalidation,
-//! stats. Run it with `cargo run --example quickstart`.
+//! stats, health; each read says where its answer came from. Run it with
+//! `cargo run --example quickstart` (`RUST_LOG=storehaus=debug` for every
+//! step of the cache).
 //!
 //! Runs anywhere: without `DATABASE_URL` it uses a private in-memory SQLite
 //! database, without `REDIS_URL` the in-process cache (`memory://`).
@@ -7,10 +9,11 @@
 //! (`sqlite:...`); `REDIS_URL` may be `redis://`, `rediss://` or `memory://`.
 //! `scripts/services.sh` starts a local PostgreSQL and Redis.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
+use storehaus::CacheStats;
 use uuid::Uuid;
 
 mod support;
@@ -45,19 +48,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     user_store.create(user, None).await?;
     println!("created   {user_id}\nkey       {}", user_store.cache_key(&user_id));
 
-    let t = Instant::now();
-    let first = user_store.get_by_id(&user_id).await?;
-    println!(
-        "miss      {:?} in {:?} (database, then cached)",
-        first.map(|u| u.name),
-        t.elapsed()
-    );
+    let (first, took, from) = read(&user_store, &cache_manager, &user_id).await?;
+    println!("read      {:?} in {took:?} from {from}", first.map(|u| u.name));
 
-    // Wait until the background fill has landed, then read again.
+    // The fill runs in the background: wait until it has landed.
     cache_manager.flush_fills().await;
-    let t = Instant::now();
-    let second = user_store.get_by_id(&user_id).await?;
-    println!("hit       {:?} in {:?} (cache)", second.map(|u| u.name), t.elapsed());
+    let (second, took, from) = read(&user_store, &cache_manager, &user_id).await?;
+    println!("read      {:?} in {took:?} from {from}", second.map(|u| u.name));
 
     let renamed = User {
         id: user_id,
@@ -65,28 +62,59 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         email: "ada@example.com".into(),
     };
     user_store.update(&user_id, renamed, None).await?;
-    println!("updated   cache entry invalidated after commit");
-    let fresh = user_store.get_by_id(&user_id).await?;
+    println!("updated   committed; the cache entry is invalidated (or remembered and replayed once the cache answers)");
+    let (fresh, _, from) = read(&user_store, &cache_manager, &user_id).await?;
     println!(
-        "re-read   {:?} (database: the write is visible at once)",
+        "read      {:?} from {from} (the write is visible at once)",
         fresh.map(|u| u.name)
     );
 
     let stats = cache_manager.get_stats().await?;
     println!(
-        "stats     hits={} misses={} hit rate={:.0}% connection_errors={}",
+        "stats     hits={} misses={} hit rate={:.0}% connection_errors={} timeouts={} breaker_open={}",
         stats.hits,
         stats.misses,
         stats.hit_rate() * 100.0,
-        stats.connection_errors
+        stats.connection_errors,
+        stats.timeouts,
+        stats.breaker_open
     );
     match cache_manager.health_check().await {
-        Ok(health) if health.is_ok() => println!("health    cache is healthy"),
-        Ok(health) => println!("health    cache warns: {:?}", health.warnings),
-        Err(e) => println!("health    cache error: {e}"),
+        Ok(health) if health.is_ok() => println!("health    the cache is healthy"),
+        Ok(health) => {
+            for warning in &health.warnings {
+                println!("health    warning: {warning}");
+            }
+        }
+        Err(e) => println!("health    the cache is unavailable: {e}"),
     }
 
     user_store.delete(&user_id).await?;
     println!("deleted   {user_id}");
     Ok(())
+}
+
+/// Reads `id` and says where the answer came from, by the manager's
+/// counters before and after: a hit is the cache; anything else is the
+/// database, and the counters tell a plain miss from a cache that could not
+/// answer (the WARN log names the cause).
+async fn read(
+    store: &GenericStore<User>,
+    manager: &CacheManager,
+    id: &Uuid,
+) -> Result<(Option<User>, Duration, &'static str), Box<dyn std::error::Error>> {
+    let before = manager.get_stats().await?;
+    let t = Instant::now();
+    let user = store.get_by_id(id).await?;
+    let took = t.elapsed();
+    let after = manager.get_stats().await?;
+    let failures = |s: &CacheStats| s.connection_errors + s.timeouts + s.command_errors + s.breaker_skips;
+    let from = if after.hits > before.hits {
+        "the cache"
+    } else if failures(&after) > failures(&before) || after.breaker_open || after.pending_invalidations > 0 {
+        "the database: the cache could not answer (see the warning above)"
+    } else {
+        "the database: not cached yet, filled in the background"
+    };
+    Ok((user, took, from))
 }

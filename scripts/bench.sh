@@ -20,7 +20,10 @@
 #                                     cluster: update cost, delay, drain rate
 #   bash scripts/bench.sh --faults    the fault matrix: a cached read's latency
 #                                     under each Redis fault (about a minute;
-#                                     README, "What a fault costs")
+#                                     BENCHMARKS.md, "What a fault costs")
+#   bash scripts/bench.sh --network   the network-fault rows (added latency,
+#                                     5 % loss, a silent partition) from
+#                                     tests/test_network.rs; needs root
 #   bash scripts/bench.sh --cluster   Redis Cluster against raw redis-rs, and
 #                                     the single-node hot path built with and
 #                                     without the `cluster` feature
@@ -49,12 +52,13 @@ for arg in "$@"; do
     --near) mode=near ;;
     --early) mode=early ;;
     --rollout) mode=rollout ;;
+    --network) mode=network ;;
     -h|--help)
       sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout, --network or nothing)" >&2
       exit 2
       ;;
   esac
@@ -66,6 +70,35 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/storehaus/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 
+# The "Network faults" section: the rows tests/test_network.rs prints
+# (`network-row: | ... |`) while it proves each row's behaviour. Needs root
+# (a network namespace of its own, nftables); elsewhere the section says it
+# was not measured.
+network_section() {
+  echo
+  echo "## Network faults"
+  echo
+  if [[ "$(id -u)" != 0 ]]; then
+    echo "Not measured in this run: \`bash scripts/bench.sh --network\` needs root (a network namespace, nftables)."
+    echo "SKIPPED: needs root: the network-fault rows were not measured" >&2
+    return 0
+  fi
+  local log
+  log="$(mktemp)"
+  cargo test --release --test test_network -- --nocapture --test-threads=1 >"$log" 2>&1 || {
+    cat "$log" >&2
+    rm -f "$log"
+    echo "bench: tests/test_network.rs failed: no network rows" >&2
+    return 1
+  }
+  echo "Written by \`bash scripts/bench.sh\` (or alone: \`--network\`) on $(date -u '+%Y-%m-%d %H:%M UTC'), from the measurements \`tests/test_network.rs\` (release build) makes while it proves each row: a private redis-server in a network namespace of its own behind a veth pair, packets dropped by nftables there, the fault tests' managers. The added latency comes from an in-process TCP proxy that holds every request for 20 ms (no \`tc netem\` needed)."
+  echo
+  echo "| fault | what the user sees | p50 | p99 | counters |"
+  echo "|---|---|---|---|---|"
+  sed -n 's/^network-row: //p' "$log"
+  rm -f "$log"
+}
+
 case "$mode" in
   full)
     cargo bench --bench scenarios -- --out "$PWD/BENCHMARKS.md"
@@ -75,6 +108,8 @@ case "$mode" in
     cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench early_refresh -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench rollout -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench faults -- --append "$PWD/BENCHMARKS.md"
+    network_section >>"$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -92,6 +127,7 @@ case "$mode" in
   early) cargo bench --bench early_refresh ;;
   rollout) cargo bench --bench rollout ;;
   faults) cargo bench --bench faults ;;
+  network) network_section ;;
   cluster)
     cargo bench --bench cluster
     cargo bench --bench cluster --no-default-features --features sqlite

@@ -19,6 +19,8 @@
 # TLS_DIR, when set, holds ca.crt, server.crt and server.key: the nodes then
 # speak TLS only (clients, cluster bus, replication), and `url` is rediss://.
 set -euo pipefail
+# run_with_timeout (GNU timeout where there is one, a bash watchdog elsewhere).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cmd="${1:-}"
 dir="${2:-}"
@@ -112,7 +114,7 @@ done
 [ "$cmd" = restart ] && exit 0
 nodes=()
 for p in "${ports[@]}"; do nodes+=("127.0.0.1:$p"); done
-timeout 60 redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
+run_with_timeout 60 redis-cli "${tls_cli[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 || {
   cat "$dir/create.log" >&2
   stop
   exit 1

@@ -15,6 +15,7 @@
 # full benchmark when wrk is installed. Never touches the shared Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 append=""
 while [ $# -gt 0 ]; do
@@ -119,7 +120,7 @@ out="$work/section.md"
   echo "## A web service under load"
   echo
   echo "Written by \`bash scripts/load.sh\`: examples/axum_service.rs (release) on PostgreSQL, 1000 users,"
-  echo "GET /users/{random id}, wrk -t1 -c16 for ${SECONDS_PER_ROUND} s after a 2 s warm-up, loopback, on $(nproc) cores"
+  echo "GET /users/{random id}, wrk -t1 -c16 for ${SECONDS_PER_ROUND} s after a 2 s warm-up, loopback, on $(cpu_count) cores"
   echo "shared with wrk, PostgreSQL and Redis. Errors: non-2xx answers and socket errors."
   echo
   echo "| service | requests/s | p50 | p90 | p99 | errors |"

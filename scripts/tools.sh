@@ -13,7 +13,16 @@
 # initdb/pg_ctl from the PostgreSQL server packages, as PgServer does.
 # Elsewhere it says what to install and exits 0: the tests that need a
 # missing tool fail and name it.
+#
+# And, on any system, cargo-hack (`cargo install --locked cargo-hack`):
+# .ci/run builds every feature set with `cargo hack --each-feature`.
 set -uo pipefail
+
+if ! cargo hack --version >/dev/null 2>&1; then
+  echo "tools: installing cargo-hack (cargo install --locked cargo-hack)" >&2
+  cargo install --locked --quiet cargo-hack >/dev/null 2>&1 ||
+    echo "tools: could not install cargo-hack; run: cargo install --locked cargo-hack" >&2
+fi
 
 missing=()
 for pair in nft:nftables spin:spin wrk:wrk psql:postgresql-client; do

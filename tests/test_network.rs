@@ -115,6 +115,12 @@ async fn latency_20ms_calls_stay_within_budget_hits_continue_and_the_breaker_sta
     let after = stats(&manager).await;
     let (p50, p99) = percentiles(reads);
     eprintln!("delay 20 ms: get_by_id p50 {p50:.2} ms, p99 {p99:.2} ms; {after:?}");
+    // A row of BENCHMARKS.md, "Network faults" (`bash scripts/bench.sh --network`).
+    eprintln!(
+        "network-row: | 20 ms added latency (proxy) | cached rows | {p50:.2} ms | {p99:.2} ms | {} timeouts in 100 calls, breaker opened {} times |",
+        after.timeouts - before.timeouts,
+        after.breaker_opened
+    );
     assert!(
         p50 >= 20.0,
         "every cached read crosses the delayed link: p50 {p50:.2} ms"
@@ -143,6 +149,10 @@ async fn loss_5_percent_no_call_fails_or_outlasts_its_budget_and_answers_equal_t
     let s = stats(&manager).await;
     let (p50, p99) = percentiles(reads);
     eprintln!("loss 5 %: get_by_id p50 {p50:.2} ms, p99 {p99:.2} ms; {s:?}");
+    eprintln!(
+        "network-row: | 5 % packet loss both ways | mostly cached rows; a lost segment waits for TCP's retransmission | {p50:.2} ms | {p99:.2} ms | {} timeouts in 300 calls, breaker opened {} times (it closes by itself) |",
+        s.timeouts, s.breaker_opened
+    );
     assert!(s.hits > 0, "most reads still hit: {s:?}");
 
     server.heal();
@@ -236,6 +246,15 @@ async fn silent_partition_opens_the_breaker_heals_without_a_stale_read_or_a_leak
          tasks {tasks_before} -> {}",
         to_open.len(),
         to_open.iter().max().unwrap(),
+        server.connected_clients(),
+        server.established_from_here(),
+        alive_tasks(),
+    );
+    eprintln!(
+        "network-row: | silent partition (100 % loss both ways, no RST), breaker open | database rows; a write made during it is replayed once it heals | {p50_open:.2} ms | {p99_open:.2} ms | opened after {} reads (slowest {:.0} ms); closed {:.2} s after healing; connections {clients_before} -> {}, sockets {sockets_before} -> {}, tasks {tasks_before} -> {} |",
+        to_open.len(),
+        to_open.iter().max().unwrap().as_secs_f64() * 1000.0,
+        closed_after.as_secs_f64(),
         server.connected_clients(),
         server.established_from_here(),
         alive_tasks(),

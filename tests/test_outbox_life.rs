@@ -318,7 +318,11 @@ async fn a_database_restored_from_a_dump_starts_the_deployment_over() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
-        assert_eq!(accounts.get_by_id(&1).await.unwrap(), Some(account(1, 100)), "the restored row");
+        assert_eq!(
+            accounts.get_by_id(&1).await.unwrap(),
+            Some(account(1, 100)),
+            "the restored row"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let statuses = accounts.external_writes_status().await.unwrap();

@@ -140,10 +140,7 @@ async fn filters_ordering_and_paging_return_the_right_rows() {
     let empty: Vec<i64> = Vec::new();
     let err = store.find(Query::new().filter(c.id.is_in(empty))).await.unwrap_err();
     assert!(matches!(err, StorehausError::InvalidQuery(_)), "{err}");
-    let err = store.find(Query::new().limit(-1)).await.unwrap_err();
-    assert!(matches!(err, StorehausError::InvalidQuery(_)), "{err}");
-    let err = store.find(Query::new().offset(-5)).await.unwrap_err();
-    assert!(matches!(err, StorehausError::InvalidQuery(_)), "{err}");
+    // A negative limit or offset does not compile (ui-tests/query/negative-limit.rs).
     clear_prefix(&manager).await;
     db.cleanup().await;
 }

@@ -56,10 +56,14 @@ async fn db_item(db: &Db, id: i64) -> Option<Item> {
 /// Reads `id` until it is cached, then proves a hit by changing the row
 /// behind the cache's back.
 async fn assert_hits(db: &Db, store: &GenericStore<Item>, url: &str, id: i64) {
+    assert_hits_on(db, store, &mut raw_redis(url).await, id).await;
+}
+
+/// [`assert_hits`] with the raw connection given (a TLS one, say).
+async fn assert_hits_on(db: &Db, store: &GenericStore<Item>, redis: &mut redis::aio::MultiplexedConnection, id: i64) {
     let want = db_item(db, id).await;
     assert_eq!(store.get_by_id(&id).await.unwrap(), want);
-    let mut redis = raw_redis(url).await;
-    wait_for_value(&mut redis, &store.cache_key(&id)).await;
+    wait_for_value(redis, &store.cache_key(&id)).await;
     sqlx::query("UPDATE items SET name = 'behind-the-cache' WHERE id = $1")
         .bind(id)
         .execute(&db.pool)
@@ -605,15 +609,22 @@ mod tls {
         );
     }
 
+    #[test]
+    fn verification_cannot_be_turned_off() {
+        let config = storehaus::CacheConfig::new("rediss://127.0.0.1:6380/#insecure", 60, "app");
+        let err = storehaus::CacheManager::new(config).unwrap_err();
+        assert!(matches!(err, storehaus::CacheError::InvalidConfig(_)), "{err:?}");
+    }
+
     #[tokio::test]
     async fn rediss_serves_hits_over_tls() {
         let certs = make_certs();
         let server = start(&certs);
         let db = items_db().await;
-        // The server's certificate is signed by a CA of this test only:
-        // `#insecure` (redis-rs' URL flag) skips verification.
-        let url = format!("rediss://127.0.0.1:{}/#insecure", server.port);
-        let manager = manager_on(&url, |c| c);
+        // The server's certificate is signed by a CA of this test only,
+        // trusted for this manager.
+        let url = format!("rediss://127.0.0.1:{}", server.port);
+        let manager = manager_on(&url, |c| c.with_tls_root_cert(certs.read("ca.crt")));
         let store = store_on(&db, &manager);
         let mut ready = false;
         for _ in 0..100 {
@@ -625,7 +636,17 @@ mod tls {
         }
         assert!(ready, "TLS health check: {:?}", manager.health_check().await);
         exercise(&db, &store).await;
-        assert_hits(&db, &store, &url, 4).await;
+        // The raw connection trusts the same CA.
+        let certs_for_raw = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(certs.read("ca.crt")),
+        };
+        let mut raw = redis::Client::build_with_tls(url.as_str(), certs_for_raw)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        assert_hits_on(&db, &store, &mut raw, 4).await;
         db.cleanup().await;
     }
 

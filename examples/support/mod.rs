@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use sqlx::sqlite::SqlitePoolOptions;
 use storehaus::{CacheConfig, CacheManager, DbPool};
+use tracing_subscriber::EnvFilter;
 
 /// Where an example runs.
 pub struct Backends {
@@ -17,11 +18,25 @@ pub struct Backends {
     pub cache_manager: Arc<CacheManager>,
 }
 
+/// Installs a `tracing` subscriber on stderr that honours `RUST_LOG`
+/// (`RUST_LOG=storehaus=debug` shows every read's answer); without it,
+/// warnings and errors are shown, so a cache that cannot be reached (wrong
+/// password, wrong database, nothing listening) is named at once.
+pub fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    // Err: a subscriber is already installed (the example installed its own).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 /// Opens the database and the cache and runs `create_table` (a
 /// `CREATE TABLE IF NOT EXISTS` where `{uuid}` stands for the dialect's
 /// uuid column type). Prints which backends it chose, never a URL (it may
-/// hold a password).
+/// hold a password). Installs the `tracing` subscriber first ([`init_tracing`]).
 pub async fn open(global_prefix: &str, create_table: &str) -> Result<Backends, Box<dyn std::error::Error>> {
+    init_tracing();
     let (db_pool, database): (DbPool, &str) = match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("sqlite:") => {
             let pool = sqlx::SqlitePool::connect(&url).await?;

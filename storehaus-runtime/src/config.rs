@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use crate::error::{CacheError, CacheResult};
 
+mod durations;
+
 /// Global cache settings, shared by every store of one
 /// [`CacheManager`](crate::CacheManager).
 ///
@@ -97,8 +99,10 @@ impl CacheConfig {
     ///
     /// `rediss://` (TLS, cargo feature `tls`: rustls with the ring provider)
     /// verifies the server's certificate against the system's roots; point
-    /// `SSL_CERT_FILE` at a private CA's PEM file to trust it, or append
-    /// `#insecure` to the URL to skip verification (test setups only).
+    /// `SSL_CERT_FILE` at a private CA's PEM file, or give it to
+    /// [`with_tls_root_cert`](Self::with_tls_root_cert), to trust it.
+    /// Verification cannot be turned off: a URL with redis-rs's `#insecure`
+    /// flag is refused by [`CacheManager::new`](crate::CacheManager::new).
     pub fn new(url: impl Into<String>, default_ttl: u64, global_prefix: impl Into<String>) -> Self {
         CacheConfig {
             url: url.into(),
@@ -383,6 +387,13 @@ impl CacheConfig {
             in_range("replicas to wait for", u64::from(replicas), 1, 100, "")?;
             in_range("replica wait", timeout_ms, 1, ONE_DAY_MS, " ms")?;
         }
+        if self.url.ends_with("#insecure") {
+            return Err(CacheError::InvalidConfig(
+                "`#insecure` (TLS without certificate verification) is not supported: trust the server's CA \
+                 with CacheConfig::with_tls_root_cert or SSL_CERT_FILE"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -473,6 +484,7 @@ impl fmt::Debug for CacheConfig {
 /// detail can repeat a piece of the URL (an unknown `protocol=` value, say),
 /// so it is left out when the URL holds a secret (when [`redact_url`]
 /// changes it). Found by the `config_url` fuzz target (fuzz/).
+#[cfg(feature = "redis")]
 pub(crate) fn url_error(url: &str, e: &redis::RedisError) -> String {
     let text = e.to_string();
     match e.detail() {
@@ -568,6 +580,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "redis")]
     fn a_url_error_repeats_no_piece_of_a_url_with_a_password() {
         let url = "redis://h/?protocol=x:s3cret@y";
         let e = redis::Client::open(url)

@@ -18,6 +18,7 @@
 //!   replication slot per deployment, the reader that streams it);
 //! - `private/`: what the code `#[derive(Cached)]` generates needs, nothing else;
 //! - `fuzzing.rs` (the `fuzzing` feature): the properties `fuzz/` checks.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 mod backend;
@@ -42,9 +43,10 @@ pub use cache::server::{Health, HealthWarning, ServerStats};
 pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;
-pub use error::{CacheError, CacheResult, Result, StorehausError};
+pub use error::{CacheError, CacheResult, ErrorDetail, Result, ServerErrorKind, StorehausError};
 pub use outbox::DeploymentStatus;
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use record::SqliteQuery;
 pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
 pub use store::pool::DbPool;

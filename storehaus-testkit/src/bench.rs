@@ -23,11 +23,21 @@ pub fn section_main<Fut: Future<Output = String>>(name: &str, mode: &str, report
         .build()
         .expect("tokio runtime");
     let report = runtime.block_on(report());
+    print_and_append(name, &report);
+}
+
+/// Prints `report`, and with `--append PATH` among the arguments appends
+/// it to that file (for benchmarks that build their own runtime).
+///
+/// # Panics
+/// When the file cannot be written.
+pub fn print_and_append(name: &str, report: &str) {
     println!("{report}");
+    let args: Vec<String> = std::env::args().collect();
     if let Some(path) = args.iter().position(|a| a == "--append").and_then(|i| args.get(i + 1)) {
         let mut text = std::fs::read_to_string(path).unwrap_or_default();
         text.push('\n');
-        text.push_str(&report);
+        text.push_str(report);
         std::fs::write(path, text).unwrap_or_else(|e| panic!("write {path}: {e}"));
         eprintln!("bench: appended the {name} section to {path}");
     }

@@ -114,9 +114,9 @@ fn seed_i64() -> i64 {
 /// refuses `PX 0`; an absurdly long TTL saturates instead of overflowing.
 fn deadline_in(ms: u64, command: &str) -> CacheResult<Instant> {
     if ms == 0 {
-        return Err(CacheError::Command(format!(
-            "ERR invalid expire time in '{command}' command"
-        )));
+        return Err(CacheError::Command(
+            format!("ERR invalid expire time in '{command}' command").into(),
+        ));
     }
     let now = Instant::now();
     Ok(now
@@ -428,8 +428,8 @@ impl MemoryBackend {
     }
 
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
-        let start =
-            i64::try_from(start).map_err(|_| CacheError::Command(format!("counter start {start} is out of range")))?;
+        let start = i64::try_from(start)
+            .map_err(|_| CacheError::Command(format!("counter start {start} is out of range").into()))?;
         if let Some(item) = self.values.get(key) {
             return Ok(Some(item.bytes.to_vec()));
         }

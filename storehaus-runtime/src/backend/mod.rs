@@ -17,7 +17,10 @@
 //! integers without one; sets (tags) have an expiry that only grows.
 //! Errors: a failure to reach the server is `ConnectionError` (or
 //! `AuthenticationFailed`); a command the server refused is `Command`,
-//! its message starting with the server's error code (`OOM`, `WRONGTYPE`).
+//! carrying the server's error kind (`OutOfMemory`, `WrongType`).
+//!
+//! The Redis backends are the `redis` cargo feature (on by default); without
+//! it only `memory://` is compiled in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,11 +34,14 @@ pub(crate) mod cluster;
 pub(crate) mod contact;
 pub(crate) mod glob;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
 pub(crate) mod sentinel;
 
 use self::contact::Contact;
 use self::memory::MemoryBackend;
+#[cfg(feature = "redis")]
 use self::redis::{RedisBackend, Target};
 
 /// A cache backend.
@@ -44,6 +50,7 @@ use self::redis::{RedisBackend, Target};
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Backend {
+    #[cfg(feature = "redis")]
     Redis(RedisBackend),
     Memory(MemoryBackend),
 }
@@ -56,6 +63,7 @@ macro_rules! delegate {
             $(#[$doc])*
             pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match self {
+                    #[cfg(feature = "redis")]
                     Backend::Redis(b) => {
                         #[cfg(feature = "cluster")]
                         if let Some(cluster) = b.cluster().await? {
@@ -70,8 +78,9 @@ macro_rules! delegate {
     };
 }
 
-/// Where a backend connects to, beyond its URL.
+/// Where a backend connects to, beyond its URL (read by the Redis backends).
 #[derive(Clone, Default)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Options {
     pub pool_size: usize,
     pub timeout: Duration,
@@ -98,6 +107,7 @@ impl Backend {
             ));
         }
         match scheme {
+            #[cfg(feature = "redis")]
             "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel" => {
                 Ok(Backend::Redis(RedisBackend::new(Target {
                     url,
@@ -108,6 +118,13 @@ impl Backend {
                     contact,
                     wait: options.wait_replicas,
                 })?))
+            }
+            #[cfg(not(feature = "redis"))]
+            "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel" => {
+                let _ = contact;
+                Err(CacheError::InvalidConfig(format!(
+                    "{scheme}:// needs the `redis` feature of storehaus (off in this build); memory:// works without it"
+                )))
             }
             "memory" => Ok(Backend::Memory(MemoryBackend::open(url)?)),
             "" => Err(CacheError::InvalidConfig(format!(
@@ -122,11 +139,21 @@ impl Backend {
 
     /// Where a Redis backend's near cache hears of changes (see
     /// `redis::tracking`); `None` for the in-process backend.
+    #[cfg(feature = "redis")]
     pub(crate) fn tracking_source(&self) -> Option<self::redis::tracking::Source> {
         match self {
             Backend::Redis(r) => Some(r.tracking_source()),
             Backend::Memory(_) => None,
         }
+    }
+
+    /// Whether the near cache can be kept coherent here (client tracking:
+    /// Redis only).
+    pub(crate) fn tracks(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.tracking_source().is_some();
+        #[cfg(not(feature = "redis"))]
+        return false;
     }
 
     delegate! {
@@ -272,11 +299,16 @@ mod tests {
         let open = |url: &str| Backend::open(url, &options, Arc::default());
         assert!(matches!(open("memory://"), Ok(Backend::Memory(_))));
         assert!(matches!(open("memory://?max_capacity=5"), Ok(Backend::Memory(_))));
-        assert!(matches!(open("redis://127.0.0.1:1"), Ok(Backend::Redis(_))));
-        assert!(matches!(
-            open("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster"),
-            Ok(Backend::Redis(_))
-        ));
+        #[cfg(feature = "redis")]
+        {
+            assert!(matches!(open("redis://127.0.0.1:1"), Ok(Backend::Redis(_))));
+            assert!(matches!(
+                open("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster"),
+                Ok(Backend::Redis(_))
+            ));
+        }
+        #[cfg(not(feature = "redis"))]
+        assert!(matches!(open("redis://127.0.0.1:1"), Err(CacheError::InvalidConfig(_))));
         for bad in [
             "memory",
             "memory:",

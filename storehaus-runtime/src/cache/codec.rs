@@ -76,7 +76,7 @@ pub enum Found<T> {
 }
 
 fn ser_err(e: impl std::fmt::Display) -> CacheError {
-    CacheError::SerializationError(e.to_string())
+    CacheError::SerializationError(e.to_string().into())
 }
 
 /// Encodes a record (or `None` for "no such row") in the envelope, with a

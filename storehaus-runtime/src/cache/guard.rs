@@ -18,7 +18,18 @@ use tokio::time::timeout_at;
 
 use crate::cache::breaker::Transition;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, CacheResult};
+use crate::error::{CacheError, CacheResult, ServerErrorKind};
+
+/// Whether another try of a failed call could succeed: a connection-level
+/// failure, unless the server itself refused the session (a database index
+/// it does not have, an ACL user without rights): it would answer the same.
+fn retryable(err: &CacheError) -> bool {
+    matches!(err, CacheError::ConnectionError(_))
+        && !matches!(
+            err.server_error_kind(),
+            Some(ServerErrorKind::Generic | ServerErrorKind::NoPermission | ServerErrorKind::Authentication)
+        )
+}
 
 impl CacheManager {
     /// The deadline of one operation's cache budget.
@@ -72,6 +83,7 @@ impl CacheManager {
                 return Err(CacheError::CircuitOpen {
                     failures: open.failures,
                     retry_in_ms: open.retry_in_ms,
+                    last_error: self.status.last_failure(),
                 });
             }
         }
@@ -94,10 +106,12 @@ impl CacheManager {
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
                     self.count(|c| &c.connection_errors);
                     self.metrics.cache_errors("connection", 1);
+                    self.status.failed(&e);
                     e
                 }
                 Ok(Err(e)) => {
                     // The server answered: it is alive, the command was refused.
+                    self.status.answered();
                     self.count(|c| &c.command_errors);
                     self.metrics.cache_errors("command", 1);
                     self.breaker.success();
@@ -112,7 +126,7 @@ impl CacheManager {
                     }
                 }
             };
-            if matches!(err, CacheError::ConnectionError(_)) && attempt < self.config.retry_attempts {
+            if retryable(&err) && attempt < self.config.retry_attempts {
                 let backoff = self.backoff(attempt);
                 if tokio::time::Instant::now()
                     .checked_add(backoff)
@@ -126,9 +140,22 @@ impl CacheManager {
             if self.breaker.failure(false) == Transition::Opened {
                 self.count(|c| &c.breaker_opened);
                 self.metrics.breaker(true);
+                if matches!(err, CacheError::Timeout { .. }) {
+                    // No answer, again and again: unreachable, for the
+                    // operator as for the breaker.
+                    self.status.failed(&err);
+                }
                 tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
             }
-            self.warn(op, &err);
+            if matches!(
+                err,
+                CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)
+            ) {
+                // `status` logged it at WARN, once per state and cause.
+                tracing::debug!(target: "storehaus", op, error = %err, "cache operation failed; falling back to the database");
+            } else {
+                self.warn(op, &err);
+            }
             return Err(err);
         }
     }
@@ -162,6 +189,7 @@ impl CacheManager {
 
     /// Records a success; logs and reports the breaker closing.
     fn breaker_success(&self) {
+        self.status.answered();
         if self.breaker.success() == Transition::Closed {
             self.metrics.breaker(false);
             tracing::info!(target: "storehaus", "cache reachable again: circuit breaker closed");

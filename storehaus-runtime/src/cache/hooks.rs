@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 pub use crate::cache::telemetry::time_reads;
 
 /// The Lua source of the guarded fill (for benchmarks that rebuild it by hand).
+#[cfg(feature = "redis")]
 pub use crate::backend::redis::FILL_SCRIPT;
 
 /// The key a logical key (as `cache_key` and the documented layout name

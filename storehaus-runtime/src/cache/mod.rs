@@ -26,6 +26,9 @@ mod guard;
 pub mod hooks;
 mod invalidate;
 pub(crate) mod key;
+// Fed by Redis client tracking: without the `redis` feature it is never
+// built (its tracking half is not compiled).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) mod near;
 pub(crate) mod pending;
 pub(crate) mod query;
@@ -35,6 +38,7 @@ pub(crate) mod recent;
 mod replay;
 pub(crate) mod server;
 pub(crate) mod stats;
+mod status;
 pub(crate) mod telemetry;
 pub(crate) mod versions;
 
@@ -52,6 +56,7 @@ use self::near::Near;
 use self::pending::Pending;
 use self::recent::Recent;
 use self::stats::{CacheStats, Counters};
+use self::status::Status;
 use self::telemetry::ManagerMetrics;
 use crate::backend::contact::Contact;
 use crate::backend::{Backend, Invalidation, Options};
@@ -92,6 +97,8 @@ pub struct CacheManager {
     /// Latencies of the stores' operations on this manager.
     pub(crate) latencies: stats::Figures,
     breaker: Breaker,
+    /// Whether the server answers, and why not (logged once per change).
+    status: Status,
     pending: Pending,
     /// Acknowledged invalidations, delivered again when `contact` moves.
     recent: Recent,
@@ -152,9 +159,9 @@ impl CacheManager {
             ephemeral: matches!(backend, Backend::Memory(_)),
             expiry: Duration::from_millis(config.deployment_expiry_ms),
         });
-        let near = match (config.near_max, backend.tracking_source()) {
-            (Some(max), Some(_)) => Some(Arc::new(Near::new(max))),
-            (Some(_), None) => {
+        let near = match (config.near_max, backend.tracks()) {
+            (Some(max), true) => Some(Arc::new(Near::new(max))),
+            (Some(_), false) => {
                 tracing::info!(target: "storehaus", "the near cache is for Redis: off on memory://");
                 None
             }
@@ -163,6 +170,7 @@ impl CacheManager {
         tracing::debug!(target: "storehaus", url = %config.redacted_url(), prefix = %config.global_prefix, "cache manager created");
         Ok(CacheManager {
             breaker: Breaker::new(config.breaker_threshold, config.breaker_cooldown_ms),
+            status: Status::new(config.redacted_url().to_string()),
             pending: Pending::new(config.max_pending),
             recent: Recent::new(Duration::from_secs(config.recent_window_secs), config.max_pending),
             contact,
@@ -551,6 +559,8 @@ impl CacheManager {
     /// first use (it needs a tokio runtime).
     pub(crate) fn near(&self) -> Option<&Arc<Near>> {
         let near = self.near.as_ref()?;
+        // Without the `redis` feature there is no near cache to start.
+        #[cfg(feature = "redis")]
         if !near.started.load(std::sync::atomic::Ordering::Relaxed) {
             self.start_tracking(near);
         }
@@ -558,6 +568,7 @@ impl CacheManager {
     }
 
     #[cold]
+    #[cfg(feature = "redis")]
     fn start_tracking(&self, near: &Arc<Near>) {
         let (Ok(_), Some(source)) = (tokio::runtime::Handle::try_current(), self.backend.tracking_source()) else {
             return;

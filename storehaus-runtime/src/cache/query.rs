@@ -29,7 +29,7 @@ use crate::cache::fill::{Fill, Guard};
 use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, Result};
+use crate::error::{Result, ServerErrorKind};
 
 /// Where a store's query results live.
 pub(crate) struct QuerySpace<'a> {
@@ -141,7 +141,7 @@ async fn current_generation(
             {
                 Ok(None) => Some(start),
                 Ok(Some(bytes)) => parse_counter(&bytes),
-                Err(CacheError::Command(m)) if m.starts_with("WRONGTYPE") => None,
+                Err(e) if e.server_error_kind() == Some(&ServerErrorKind::WrongType) => None,
                 Err(_) => return None,
             }
         }

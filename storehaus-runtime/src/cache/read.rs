@@ -57,7 +57,7 @@ use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, Result};
+use crate::error::{CacheError, Result, ServerErrorKind};
 
 /// A fresh lease token: `0xC1` and 16 random bytes.
 pub(crate) fn new_lease() -> Lease {
@@ -391,7 +391,7 @@ async fn lookup<V: DeserializeOwned>(
         // Out of memory (noeviction): the lease write is refused, but reads
         // still work. Serve a cached value; otherwise go to the database
         // without a lease and without a fill.
-        Err(CacheError::Command(m)) if m.starts_with("OOM") => {
+        Err(e) if e.server_error_kind() == Some(&ServerErrorKind::OutOfMemory) => {
             match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
                 Ok(Some(bytes)) if !codec::is_lease(&bytes) => match judge::<V>(version, &bytes) {
                     Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), None),
@@ -424,7 +424,7 @@ fn into_option<V>(entry: Entry<V>) -> Option<V> {
 }
 
 fn is_wrong_type(e: &CacheError) -> bool {
-    matches!(e, CacheError::Command(m) if m.starts_with("WRONGTYPE"))
+    e.server_error_kind() == Some(&ServerErrorKind::WrongType)
 }
 
 /// Counts a corrupt entry, removes it, and asks for another look.

@@ -34,6 +34,7 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// Reads the fields of a Redis `INFO` reply.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn from_info(info: &str) -> ServerStats {
         let mut s = ServerStats::default();
         for line in info.lines() {
@@ -136,6 +137,42 @@ pub enum HealthWarning {
         /// Why.
         reason: String,
     },
+}
+
+impl std::fmt::Display for HealthWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HealthWarning::NoEvictionNearlyFull { used_memory, maxmemory } => write!(
+                f,
+                "the cache server is nearly full ({used_memory} of {maxmemory} bytes) and refuses writes when full (noeviction): fills will stop"
+            ),
+            HealthWarning::EvictionsRising { evicted } => write!(
+                f,
+                "the cache server evicted {evicted} keys since the previous check: it is too small for its working set"
+            ),
+            HealthWarning::OutboxTriggersMissing { table, relations } => write!(
+                f,
+                "the watched table {table} lost outbox triggers on {}: its writes no longer reach the cache (call watch_external_writes again)",
+                relations.join(", ")
+            ),
+            HealthWarning::OutboxStartedOver { deployment, reason } => write!(
+                f,
+                "the outbox deployment {deployment} cleared what it cached and started over: {reason}"
+            ),
+            HealthWarning::WalSlotRetained {
+                slot,
+                deployment,
+                retained_bytes,
+            } => write!(
+                f,
+                "the replication slot {slot} of the stopped deployment {deployment} retains {retained_bytes} bytes of WAL (drop it with drop_wal_deployment, or bound it with max_slot_wal_keep_size)"
+            ),
+            HealthWarning::WalStartedOver { deployment, reason } => write!(
+                f,
+                "the write-ahead-log deployment {deployment} cleared what it cached and started over: {reason}"
+            ),
+        }
+    }
 }
 
 /// The share of `maxmemory` from which a `noeviction` server is "nearly full".

@@ -47,7 +47,7 @@ use std::sync::{Arc, Mutex};
 use crate::cache::codec;
 use crate::cache::key;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, CacheResult};
+use crate::error::CacheResult;
 
 /// Added to a registration's time so that a fill's value never outlives it.
 const REGISTRATION_MARGIN_MS: u64 = 1_000;
@@ -154,7 +154,7 @@ impl CacheManager {
             .await;
         let tags: Vec<String> = match read {
             Ok(members) => members.into_iter().filter(|m| is_tag(m)).collect(),
-            Err(CacheError::Command(m)) if m.starts_with("WRONGTYPE") => {
+            Err(e) if e.server_error_kind() == Some(&crate::error::ServerErrorKind::WrongType) => {
                 self.count_corrupt(1);
                 Vec::new()
             }

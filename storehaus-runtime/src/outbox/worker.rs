@@ -92,7 +92,7 @@ impl Worker {
                 }
                 Err(e) => {
                     manager.outbox.set_lagging(&self.state, true);
-                    manager.warn("outbox", &CacheError::ConnectionError(e.to_string()));
+                    manager.warn("outbox", &CacheError::ConnectionError(e.to_string().into()));
                     let wait = backoff;
                     backoff = (backoff * 2).min(self.poll.max(Duration::from_millis(50)));
                     wait

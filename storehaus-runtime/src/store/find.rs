@@ -27,7 +27,7 @@ impl<T: Cached> GenericStore<T> {
     ///
     /// # Errors
     /// [`StorehausError::InvalidQuery`](crate::StorehausError::InvalidQuery)
-    /// for an empty `in` list or a negative limit/offset;
+    /// for an empty `in` list;
     /// [`StorehausError::Database`](crate::StorehausError::Database) when the
     /// database fails. Cache failures are never returned.
     #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE, outcome = Empty))]

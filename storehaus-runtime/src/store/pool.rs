@@ -33,6 +33,7 @@ impl From<sqlx::PgPool> for DbPool {
 }
 
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 impl From<sqlx::SqlitePool> for DbPool {
     fn from(pool: sqlx::SqlitePool) -> Self {
         DbPool::Sqlite(pool)

@@ -5,7 +5,9 @@ use std::any::{Any, TypeId};
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::error::{Result, StorehausError};
+use crate::error::Result;
+#[cfg(feature = "sqlite")]
+use crate::error::StorehausError;
 use crate::record::Cached;
 use crate::store::signals::ChangeOp;
 use crate::store::sql::{self, DbTx};
@@ -116,6 +118,7 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
     /// [`StorehausError::Unsupported`] when the transaction is on PostgreSQL
     /// (use [`as_mut`](Self::as_mut)).
     #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
     pub fn as_sqlite_mut(&mut self) -> Result<&mut sqlx::SqliteConnection> {
         match &mut self.tx {
             DbTx::Sqlite(tx) => Ok(tx),

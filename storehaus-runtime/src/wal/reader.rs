@@ -94,7 +94,7 @@ impl Reader {
                 Err(e) => {
                     self.set_lagging(true);
                     if let Some(m) = self.manager.upgrade() {
-                        m.warn("wal", &CacheError::ConnectionError(e.to_string()));
+                        m.warn("wal", &CacheError::ConnectionError(e.to_string().into()));
                     }
                     let wait = backoff;
                     backoff = (backoff * 2).min(self.poll.max(Duration::from_millis(50)));

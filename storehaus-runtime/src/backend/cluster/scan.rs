@@ -46,9 +46,9 @@ impl ClusterBackend {
             keys.retain(|k| !k.starts_with(spare));
         }
         if next >= 1 << NODE_BITS {
-            return Err(CacheError::Command(format!(
-                "SCAN cursor {next} is too large to combine"
-            )));
+            return Err(CacheError::Command(
+                format!("SCAN cursor {next} is too large to combine").into(),
+            ));
         }
         let removed = if keys.is_empty() {
             0

@@ -2,7 +2,7 @@
 //! single-node and the cluster backends (the cluster runs one per slot).
 
 use crate::backend::{counter_seed, Invalidated, Invalidation, TagAdd};
-use crate::error::{CacheError, CacheResult};
+use crate::error::{CacheError, CacheResult, ErrorDetail, ServerErrorKind};
 
 /// The one pipeline of an invalidation (errors kept per command): `DEL`
 /// of the keys, `SET NX` + `INCR` of each counter, `SADD` + expiry of each
@@ -122,11 +122,10 @@ fn expire_at_least(pipe: &mut redis::Pipeline, key: &str, secs: u64) {
 fn int_reply(reply: Option<redis::Value>) -> CacheResult<u64> {
     match reply {
         Some(redis::Value::Int(n)) => Ok(u64::try_from(n).unwrap_or(0)),
-        Some(redis::Value::ServerError(e)) => Err(CacheError::Command(format!(
-            "{}: {}",
-            e.code(),
-            e.details().unwrap_or("")
-        ))),
-        other => Err(CacheError::Command(format!("unexpected reply {other:?}"))),
+        Some(redis::Value::ServerError(e)) => Err(CacheError::Command(
+            ErrorDetail::new(format!("{}: {}", e.code(), e.details().unwrap_or("")))
+                .with_server_kind(ServerErrorKind::from_code(e.code())),
+        )),
+        other => Err(CacheError::Command(format!("unexpected reply {other:?}").into())),
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::failover::Failovers;
 use super::probe::NodeWatch;
 use crate::config::TlsCerts;
-use crate::error::{CacheError, CacheResult};
+use crate::error::{CacheError, CacheResult, ErrorDetail};
 
 /// Commands in flight on one connection beyond which new commands go to the
 /// next connection of the pool.
@@ -106,24 +106,40 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Maps a redis-rs error to ours. The URL (and so any password) is never part
-/// of redis-rs error messages; we add none.
+/// Whether redis-rs says the server refused our credentials.
+fn is_auth_failure(err: &RedisError) -> bool {
+    matches!(err.kind(), ErrorKind::AuthenticationFailed) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// Maps a redis-rs error to ours, keeping it as the source and its server
+/// code as a typed kind. The URL (and so any password) is never part of
+/// redis-rs error messages; we add none.
 pub(crate) fn map_err(err: RedisError) -> CacheError {
-    if matches!(err.kind(), ErrorKind::AuthenticationFailed)
-        || err.code() == Some("NOAUTH")
-        || err.code() == Some("WRONGPASS")
-    {
-        CacheError::AuthenticationFailed(err.to_string())
+    if is_auth_failure(&err) {
+        CacheError::AuthenticationFailed(ErrorDetail::redis(err))
     } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
-        CacheError::ConnectionError(err.to_string())
+        CacheError::ConnectionError(ErrorDetail::redis(err))
     } else {
-        // Lead with the server's error code (`OOM`, `WRONGTYPE`, ...), which
-        // the read path matches on.
-        match err.code() {
-            Some(code) if !err.to_string().starts_with(code) => CacheError::Command(format!("{code}: {err}")),
-            _ => CacheError::Command(err.to_string()),
-        }
+        CacheError::Command(ErrorDetail::redis(err))
     }
+}
+
+/// Maps an error of opening a connection (connect, `AUTH`, `SELECT`, the
+/// handshake): whatever the server said, the connection is not usable, so
+/// it is a connection error (retried, counted, and it opens the breaker),
+/// not a refused command. A refused database index (`redis://host/99`)
+/// keeps the server's words and its kind.
+pub(crate) fn map_connect_err(err: RedisError) -> CacheError {
+    if is_auth_failure(&err) {
+        return CacheError::AuthenticationFailed(ErrorDetail::redis(err));
+    }
+    let answered = err.code().is_some();
+    let detail = ErrorDetail::redis(err);
+    CacheError::ConnectionError(if answered {
+        detail.context("the server refused to set up the connection")
+    } else {
+        detail
+    })
 }
 
 /// A client for `url`, with the configured certificates when there are any.
@@ -340,7 +356,7 @@ impl Pool {
         tokio::spawn(async move {
             tracing::debug!(target: "storehaus", slot = i, "connecting to redis");
             let connected = async {
-                let (addr, mut conn) = connector.connect(&config).await.map_err(map_err)?;
+                let (addr, mut conn) = connector.connect(&config).await.map_err(map_connect_err)?;
                 // Before anybody uses it: a restarted node or another
                 // primary moves the contact epoch first.
                 probe.probe(&addr, &mut conn).await?;

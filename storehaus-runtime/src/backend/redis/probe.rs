@@ -90,9 +90,9 @@ impl NodeWatch {
             Err(e) => return Err(crate::backend::redis::map_err(e)),
         };
         if self.want_primary && node.role.as_deref().is_some_and(|r| r != "master") {
-            return Err(CacheError::ConnectionError(format!(
-                "{addr} is a replica, not the primary Sentinel named"
-            )));
+            return Err(CacheError::ConnectionError(
+                format!("{addr} is a replica, not the primary Sentinel named").into(),
+            ));
         }
         if let Some(run_id) = node.run_id {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());

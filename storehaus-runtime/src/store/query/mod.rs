@@ -26,8 +26,9 @@
 //! ```
 //!
 //! A column of another record type, or a value of the wrong type, is a
-//! compile error. Values are always bound parameters. What can only be
-//! checked at run time (an empty `in` list, a negative limit or offset) is a
+//! compile error, and so is a negative limit or offset (they are `u32`).
+//! Values are always bound parameters. What can only be checked at run time
+//! (an empty `in` list) is a
 //! [`StorehausError::InvalidQuery`](crate::StorehausError::InvalidQuery).
 
 use std::fmt;
@@ -317,6 +318,7 @@ pub enum Order {
 pub struct Query<T> {
     filter: Option<Filter<T>>,
     order: Vec<(&'static str, Order)>,
+    /// Never negative (set from a `u32`); `i64` is the SQL `bigint` bound.
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -375,15 +377,15 @@ impl<T> Query<T> {
         self
     }
 
-    /// At most `n` rows (must not be negative).
-    pub fn limit(mut self, n: i64) -> Self {
-        self.limit = Some(n);
+    /// At most `n` rows. Unsigned, so a negative limit is a compile error.
+    pub fn limit(mut self, n: u32) -> Self {
+        self.limit = Some(i64::from(n));
         self
     }
 
-    /// Skips `n` rows (must not be negative).
-    pub fn offset(mut self, n: i64) -> Self {
-        self.offset = Some(n);
+    /// Skips `n` rows. Unsigned, so a negative offset is a compile error.
+    pub fn offset(mut self, n: u32) -> Self {
+        self.offset = Some(i64::from(n));
         self
     }
 }

@@ -182,15 +182,6 @@ impl<T: Cached> Query<T> {
                 b.sql.push_str(if *order == Order::Asc { " ASC" } else { " DESC" });
             }
         }
-        for (what, n) in [("limit", self.limit), ("offset", self.offset)] {
-            if let Some(n) = n {
-                if n < 0 {
-                    return Err(StorehausError::InvalidQuery(format!(
-                        "{what} must not be negative, got {n}"
-                    )));
-                }
-            }
-        }
         match (self.limit, self.offset, dialect) {
             (None, Some(_), Dialect::Sqlite) => b.sql.push_str(" LIMIT -1"),
             (Some(n), _, _) => {

@@ -1,7 +1,9 @@
 //! A web service on StoreHaus: `GET`, `PUT` and `DELETE /users/{id}` served
-//! by a cached `GenericStore`, Prometheus metrics at `GET /metrics`, request
-//! timeouts (a write whose request times out still runs to its end and
-//! invalidates after its commit) and graceful shutdown on Ctrl-C / SIGTERM.
+//! by a cached `GenericStore`, `GET /health` (live / ready, with the cache's
+//! health check), Prometheus metrics at `GET /metrics` (latency histograms
+//! with explicit buckets), request timeouts (a write whose request times
+//! out still runs to its end and invalidates after its commit) and graceful
+//! shutdown on Ctrl-C / SIGTERM. Logs go to stderr (`RUST_LOG`).
 //!
 //! ```sh
 //! cargo run --release --example axum_service              # 127.0.0.1:3000, 1000 users
@@ -21,12 +23,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
+use storehaus::{DbPool, HealthWarning};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower_http::timeout::TimeoutLayer;
 
+#[path = "../support/mod.rs"]
 mod support;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
@@ -44,8 +48,17 @@ const CREATE_TABLE: &str =
 #[derive(Clone)]
 struct App {
     users: GenericStore<User>,
+    db_pool: DbPool,
     metrics: PrometheusHandle,
 }
+
+/// Bucket bounds (seconds) of StoreHaus's latency histograms
+/// (`storehaus_*_duration_seconds`): from a near-cache hit (tens of µs) to
+/// a database call that ran into a timeout (seconds). Without them the
+/// exporter renders summaries, which cannot be aggregated across instances.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 /// A store error as an HTTP answer: the database failed (503), or the
 /// request was wrong (400/404).
@@ -95,10 +108,61 @@ async fn metrics(State(app): State<App>) -> String {
     app.metrics.render()
 }
 
+/// `GET /health`: `live` is always true while the process answers; `ready`
+/// is whether the database answers (the source of truth: without it no
+/// request can be served). The cache does not decide readiness (a cache
+/// failure costs latency, not answers) but is reported with the reason
+/// `health_check()` gives, so an operator sees a wrong password or a full
+/// Redis at once. 200 when ready, 503 otherwise.
+async fn health(State(app): State<App>) -> Response {
+    let database = match ping(&app.db_pool).await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    let ready = database == "ok";
+    let (cache, warnings): (String, Vec<String>) = match app.users.cache_manager() {
+        Err(_) => ("disabled".into(), Vec::new()),
+        Ok(manager) => match manager.health_check().await {
+            Ok(h) if h.is_ok() => ("ok".into(), Vec::new()),
+            Ok(h) => ("warning".into(), h.warnings.iter().map(describe).collect()),
+            Err(e) => (format!("unavailable: {e}"), Vec::new()),
+        },
+    };
+    let body = serde_json::json!({
+        "live": true,
+        "ready": ready,
+        "database": database,
+        "cache": cache,
+        "cache_warnings": warnings,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A health warning in words, with the server's own reason where it gave one.
+fn describe(warning: &HealthWarning) -> String {
+    warning.to_string()
+}
+
+/// `SELECT 1` on the database.
+async fn ping(pool: &DbPool) -> Result<(), sqlx::Error> {
+    match pool {
+        DbPool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        DbPool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        // DbPool is non-exhaustive: a database this example does not know.
+        _ => Ok(()),
+    }
+}
+
 fn router(app: App, timeout: Duration) -> Router {
     Router::new()
         .route("/users/{id}", get(get_user).put(put_user).delete(delete_user))
         .route("/metrics", get(metrics))
+        .route("/health", get(health))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
         .with_state(app)
 }
@@ -170,7 +234,9 @@ impl Options {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::parse()?;
-    let metrics = PrometheusBuilder::new().install_recorder()?;
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
     let backends = support::open("service", CREATE_TABLE).await?;
     let params = options.cache.then(|| CacheParams::new(backends.cache_manager.clone()));
     let users = GenericStore::<User>::new(backends.db_pool.clone(), None, params);
@@ -178,7 +244,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(options.addr).await?;
     let addr = listener.local_addr()?;
-    let app = router(App { users, metrics }, options.timeout);
+    let db_pool = backends.db_pool.clone();
+    let app = router(
+        App {
+            users,
+            db_pool,
+            metrics,
+        },
+        options.timeout,
+    );
     if options.smoke {
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let outcome = smoke(addr).await;
@@ -216,7 +290,7 @@ async fn seed(users: &GenericStore<User>, n: i64) -> Result<(), StorehausError> 
 /// A few requests against the running service; an error names the first
 /// answer that was not the expected one.
 async fn smoke(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-    let checks: [(&str, &str, Option<&str>, u16, &str); 9] = [
+    let checks: [(&str, &str, Option<&str>, u16, &str); 10] = [
         // Known starting values, whatever an earlier run left.
         (
             "PUT",
@@ -245,6 +319,7 @@ async fn smoke(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         ("DELETE", "/users/2", None, 204, ""),
         ("GET", "/users/2", None, 404, ""),
         ("GET", "/users/not-a-number", None, 400, ""),
+        ("GET", "/health", None, 200, "\"ready\":true"),
     ];
     for (method, path, body, want, contains) in checks {
         let (status, text) = request(addr, method, path, body).await?;
@@ -254,8 +329,15 @@ async fn smoke(addr: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
         println!("smoke: {method} {path} -> {status}");
     }
     let (status, text) = request(addr, "GET", "/metrics", None).await?;
-    if status != 200 || !text.contains("storehaus_reads_total") || !text.contains("storehaus_writes_total") {
-        return Err(format!("GET /metrics: {status} {text:?}, want StoreHaus's read and write series").into());
+    if status != 200
+        || !text.contains("storehaus_reads_total")
+        || !text.contains("storehaus_writes_total")
+        || !text.contains("storehaus_read_duration_seconds_bucket")
+    {
+        return Err(format!(
+            "GET /metrics: {status} {text:?}, want StoreHaus's read and write series and latency buckets"
+        )
+        .into());
     }
     println!("smoke: GET /metrics -> {status} ({} lines)", text.lines().count());
     Ok(())
