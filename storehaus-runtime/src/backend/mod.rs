@@ -147,6 +147,12 @@ impl Backend {
         }
     }
 
+    /// Whether the cache lives in this process (`memory://`): no other
+    /// process shares it.
+    pub(crate) fn is_in_process(&self) -> bool {
+        matches!(self, Backend::Memory(_))
+    }
+
     /// Whether the near cache can be kept coherent here (client tracking:
     /// Redis only).
     pub(crate) fn tracks(&self) -> bool {

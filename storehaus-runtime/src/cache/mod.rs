@@ -149,14 +149,16 @@ impl CacheManager {
         };
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
+        let in_process = backend.is_in_process();
         let outbox = crate::outbox::Watchers::new(crate::outbox::Deployment {
             // An in-process cache is its own deployment: two of them with
             // one name must each get every entry.
-            name: match backend {
-                Backend::Memory(_) => format!("{}~{:016x}", config.deployment(), rand::random::<u64>()),
-                _ => config.deployment().to_string(),
+            name: if in_process {
+                format!("{}~{:016x}", config.deployment(), rand::random::<u64>())
+            } else {
+                config.deployment().to_string()
             },
-            ephemeral: matches!(backend, Backend::Memory(_)),
+            ephemeral: in_process,
             expiry: Duration::from_millis(config.deployment_expiry_ms),
         });
         let near = match (config.near_max, backend.tracks()) {

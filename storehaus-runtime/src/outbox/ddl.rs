@@ -102,6 +102,7 @@ INSERT INTO storehaus_outbox_instance SELECT lower(hex(randomblob(16)))
 
 /// Columns of the SQLite positions table added after its first release:
 /// name and definition.
+#[cfg(feature = "sqlite")]
 pub(crate) const SQLITE_LATER_COLUMNS: [(&str, &str); 5] = [
     ("renewed_at", "TEXT NOT NULL DEFAULT '1970-01-01T00:00:00.000Z'"),
     ("expires_after_ms", "INTEGER NOT NULL DEFAULT 600000"),

@@ -77,6 +77,7 @@ pub(crate) async fn read(pool: &DbPool) -> Result<Vec<DeploymentStatus>> {
         .map(status)
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?,
     };
+    #[allow(irrefutable_let_patterns)] // PostgreSQL is the only database without `sqlite`
     if let DbPool::Postgres(p) = pool {
         for s in &mut statuses {
             for (table, _) in watched(pool, &s.deployment).await? {
