@@ -401,7 +401,12 @@ async fn near_hits_and_writes() {
     let reads = reader.await.unwrap();
     let stats = a.get_stats().await.unwrap();
     eprintln!("the loop read {reads} times, {} near hits", stats.near_hits);
-    assert!(stats.near_hits > 1_000, "the loop ran on near hits: {stats:?}");
+    // Mostly near hits (how many reads a loaded machine fits in is no
+    // matter: the writes above completed while it ran).
+    assert!(
+        reads >= 100 && stats.near_hits * 2 > reads,
+        "the loop ran on near hits: {reads} reads, {stats:?}"
+    );
     clear_prefix(&a).await;
     db.cleanup().await;
 }
