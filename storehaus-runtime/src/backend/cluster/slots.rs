@@ -2,11 +2,12 @@
 //! back in the keys' order.
 
 use super::layout::{self, physical};
-use crate::backend::{Invalidation, TagAdd};
+use crate::backend::{Invalidation, Marker, TagAdd};
 
 /// One slot's share of an invalidation.
 #[derive(Default)]
 pub(super) struct SlotInvalidation {
+    pub markers: Vec<Marker>,
     pub keys: Vec<String>,
     pub counters: Vec<String>,
     pub tags: Vec<TagAdd>,
@@ -27,6 +28,11 @@ pub(super) fn split_invalidation(inv: &Invalidation<'_>) -> Vec<SlotInvalidation
             }
         }
     };
+    let mut marker_index = Vec::new();
+    for m in inv.markers {
+        let key = physical(&m.key).into_owned();
+        marker_index.push((part(&key), Marker { key, ..m.clone() }));
+    }
     let mut index = Vec::new();
     for k in inv.keys {
         let k = physical(k).into_owned();
@@ -40,6 +46,9 @@ pub(super) fn split_invalidation(inv: &Invalidation<'_>) -> Vec<SlotInvalidation
     for t in inv.tags {
         let set = physical(&t.set).into_owned();
         tag_index.push((part(&set), set, t));
+    }
+    for (i, marker) in marker_index {
+        parts[i].1.markers.push(marker);
     }
     for (i, kind, key) in index {
         let p = &mut parts[i].1;
