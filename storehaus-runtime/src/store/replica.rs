@@ -68,6 +68,8 @@ pub(crate) struct Replicas {
     members: Vec<Member>,
     /// The primary's position, sampled: (when the sample was asked for, position).
     samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// The primary's `wal_segment_size` in bytes (0 until read).
+    segment: AtomicU64,
     next: AtomicUsize,
     polling: AtomicBool,
     replica_loads: AtomicU64,
@@ -103,6 +105,7 @@ impl Replicas {
                 })
                 .collect(),
             samples: Mutex::default(),
+            segment: AtomicU64::new(0),
             next: AtomicUsize::new(0),
             polling: AtomicBool::new(false),
             replica_loads: AtomicU64::new(0),
@@ -179,11 +182,12 @@ impl Replicas {
     /// A replica that has replayed `needed`, in turn.
     fn pick(&self, needed: u64) -> Option<&Member> {
         let now = self.now_ms();
+        let segment = self.segment.load(Ordering::Relaxed);
         let n = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &self.members[(start + i) % n])
-            .find(|m| m.usable(now) && m.replay.load(Ordering::Acquire) >= needed)
+            .find(|m| m.usable(now) && covers(m.replay.load(Ordering::Acquire), needed, segment))
     }
 
     /// Runs `load` on a replica that has replayed every write the markers
@@ -242,6 +246,31 @@ impl Replicas {
     }
 }
 
+/// The size of a write-ahead log page, and of the headers at the start of
+/// a page and of a segment's first page.
+const WAL_PAGE: u64 = 8192;
+const WAL_PAGE_HEADER: u64 = 24;
+const WAL_SEGMENT_HEADER: u64 = 40;
+
+/// Whether a replica that has replayed up to `replay` has replayed every
+/// record that ended at or before `needed`, an insert position of the
+/// primary whose segments are `segment` bytes (0: unknown). An insert
+/// position at the start of a page points past the page's header, where no
+/// record ends, while a replica that has replayed the last record before
+/// that page reports the page's start: the two are the same point of the
+/// log (otherwise an idle primary whose last record ended a page, or which
+/// switched segments, would keep its replicas out until it writes again).
+fn covers(replay: u64, needed: u64, segment: u64) -> bool {
+    let header = if segment > 0 && needed % segment == WAL_SEGMENT_HEADER {
+        WAL_SEGMENT_HEADER
+    } else if needed % WAL_PAGE == WAL_PAGE_HEADER {
+        WAL_PAGE_HEADER
+    } else {
+        0
+    };
+    replay >= needed - header
+}
+
 impl Member {
     fn usable(&self, now_ms: u64) -> bool {
         let polled = self.polled_ms.load(Ordering::Acquire);
@@ -266,6 +295,16 @@ pub(crate) async fn commit_position(pool: &PgPool) -> Option<u64> {
     }
 }
 
+/// The primary's `wal_segment_size` in bytes.
+async fn segment_size(pool: &PgPool) -> Option<u64> {
+    sqlx::query_scalar::<_, String>("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+        .fetch_one(pool)
+        .await
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// What a replica has replayed (a primary passed as a replica: what it has
 /// written); `None` while it has replayed nothing.
 async fn replay_position(pool: &DbPool) -> Result<Option<u64>> {
@@ -288,6 +327,11 @@ async fn sample_primary(replicas: Weak<Replicas>) {
         let Some(this) = replicas.upgrade() else {
             return;
         };
+        if this.segment.load(Ordering::Relaxed) == 0 {
+            if let Ok(Some(size)) = tokio::time::timeout(POLL_TIMEOUT, segment_size(&this.primary)).await {
+                this.segment.store(size, Ordering::Relaxed);
+            }
+        }
         let asked = Instant::now();
         if let Ok(Some(lsn)) = tokio::time::timeout(POLL_TIMEOUT, commit_position(&this.primary)).await {
             let mut samples = this.samples.lock().unwrap_or_else(|p| p.into_inner());
@@ -464,5 +508,25 @@ impl<T: Cached> GenericStore<T> {
             DbPool::Postgres(pool) if cache.manager.marks_scope(&cache.prefix) => commit_position(pool).await,
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_past_a_page_header_is_covered_by_the_page_s_start() {
+        let seg = 16 << 20;
+        assert!(covers(100, 100, seg));
+        assert!(!covers(99, 100, seg));
+        assert!(covers(8192, 8192 + 24, seg));
+        assert!(!covers(8191, 8192 + 24, seg));
+        assert!(!covers(8192, 8192 + 32, seg));
+        assert!(covers(3 * seg, 3 * seg + 40, seg));
+        assert!(!covers(3 * seg, 3 * seg + 40, 0), "a segment of unknown size: no guess");
+        assert!(!covers(8192, 8192 + 40, seg), "a page's header is 24 bytes");
+        assert!(covers(u64::MAX - 1, 0, seg));
+        assert!(!covers(u64::MAX - 1, u64::MAX, seg));
     }
 }
