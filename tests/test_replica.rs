@@ -464,3 +464,35 @@ async fn an_in_process_cache_keeps_its_markers_too() {
     assert_eq!(body(store.get_by_id(&1).await.unwrap()).as_deref(), Some("v1"));
     pair.resume().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_loads_fail_is_skipped_and_never_an_error() {
+    let pair = Pair::start().await;
+    let mgr = manager();
+    // Its replay position reads fine; its loads fail (no `notes` there).
+    let broken = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&pair.standby.url_as("postgres", "template1"))
+        .await
+        .unwrap();
+    let store = GenericStore::<Note>::new(pair.pool.clone(), None, Some(CacheParams::new(mgr.clone())))
+        .with_read_replica(broken);
+    // Until the pollers have seen it, loads use the primary.
+    eventually("the broken replica was tried", || async {
+        mgr.delete_record("notes", &PROBE.to_string()).await.unwrap();
+        body(store.get_by_id(&PROBE).await.unwrap()).as_deref() == Some("v0") && stats_of(&store).fallbacks > 0
+    })
+    .await;
+    let before = stats_of(&store);
+    for id in 1..=20 {
+        mgr.delete_record("notes", &id.to_string()).await.unwrap();
+        let found = store.get_by_id(&id).await.expect("a failing replica is never an error");
+        assert_eq!(body(found).as_deref(), Some("v0"));
+    }
+    let after = stats_of(&store);
+    assert_eq!(after.replica_loads, 0);
+    assert_eq!(after.primary_loads - before.primary_loads, 20);
+    // Three failures in a row take it out for a second.
+    assert!(after.fallbacks - before.fallbacks <= 3, "{before:?} {after:?}");
+    clear_prefix(&mgr).await;
+}
