@@ -31,6 +31,9 @@
 #                                     key across its expiries, with and without
 #   bash scripts/bench.sh --rollout   rolling deploys: hit rates of two versions
 #                                     side by side, the cost on a hit and per write
+#   bash scripts/bench.sh --replica   read replicas on a private primary and
+#                                     standby: marker costs, the standby's share
+#                                     of misses, the primary's load with and without
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -49,12 +52,13 @@ for arg in "$@"; do
     --near) mode=near ;;
     --early) mode=early ;;
     --rollout) mode=rollout ;;
+    --replica) mode=replica ;;
     -h|--help)
-      sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout, --replica or nothing)" >&2
       exit 2
       ;;
   esac
@@ -75,6 +79,7 @@ case "$mode" in
     cargo bench --bench near -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench early_refresh -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench rollout -- --append "$PWD/BENCHMARKS.md"
+    cargo bench --bench replica -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -91,6 +96,7 @@ case "$mode" in
   near) cargo bench --bench near ;;
   early) cargo bench --bench early_refresh ;;
   rollout) cargo bench --bench rollout ;;
+  replica) cargo bench --bench replica ;;
   faults) cargo bench --bench faults ;;
   cluster)
     cargo bench --bench cluster
