@@ -113,14 +113,22 @@ async fn marker_costs(db: &PgPool, replica: &PgPool, out: &mut String) {
         for (s, into) in [(&plain, &mut w_plain), (&marked, &mut w_marked)] {
             for _ in 0..per_round {
                 id = id % ROWS + 1;
-                let row = Item { id, n: id, body: "x".repeat(200) };
+                let row = Item {
+                    id,
+                    n: id,
+                    body: "x".repeat(200),
+                };
                 let t = Instant::now();
                 s.update(&id, row, None).await.unwrap();
                 into.push(t.elapsed());
             }
         }
         // Misses of rows nobody wrote lately: marked misses then load from the standby.
-        for (s, into) in [(&plain, &mut m_primary), (&on_standby, &mut m_standby), (&marked, &mut m_marked)] {
+        for (s, into) in [
+            (&plain, &mut m_primary),
+            (&on_standby, &mut m_standby),
+            (&marked, &mut m_marked),
+        ] {
             let mgr = s.cache_manager().unwrap();
             for k in 0..per_round {
                 let id = ROWS - k as i64;
@@ -137,7 +145,10 @@ async fn marker_costs(db: &PgPool, replica: &PgPool, out: &mut String) {
     let (mp, mp99) = p50_p99(m_primary);
     let (ms, ms99) = p50_p99(m_standby);
     let (mm, mm99) = p50_p99(m_marked);
-    let _ = writeln!(out, "What a replica marker costs ({SAMPLES} of each, interleaved in {ROUNDS} rounds):\n");
+    let _ = writeln!(
+        out,
+        "What a replica marker costs ({SAMPLES} of each, interleaved in {ROUNDS} rounds):\n"
+    );
     let _ = writeln!(out, "| operation | p50 µs | p99 µs | p50 vs. without |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let _ = writeln!(out, "| `update`, no replica | {wp:.0} | {wp99:.0} | 1.00x |");
@@ -146,8 +157,14 @@ async fn marker_costs(db: &PgPool, replica: &PgPool, out: &mut String) {
         "| `update` of a store with a replica (commit position read + marker in the invalidation) | {wm:.0} | {wm99:.0} | {:.2}x |",
         wm / wp
     );
-    let _ = writeln!(out, "| miss loaded from the primary, no replica | {mp:.0} | {mp99:.0} | — |");
-    let _ = writeln!(out, "| miss loaded from the standby, no marker (a store on the standby's pool) | {ms:.0} | {ms99:.0} | 1.00x |");
+    let _ = writeln!(
+        out,
+        "| miss loaded from the primary, no replica | {mp:.0} | {mp99:.0} | — |"
+    );
+    let _ = writeln!(
+        out,
+        "| miss loaded from the standby, no marker (a store on the standby's pool) | {ms:.0} | {ms99:.0} | 1.00x |"
+    );
     let _ = writeln!(
         out,
         "| miss of a store with a replica (marker read, then the standby) | {mm:.0} | {mm99:.0} | {:.2}x |",
@@ -166,7 +183,10 @@ async fn marker_costs(db: &PgPool, replica: &PgPool, out: &mut String) {
 /// Transactions committed on a server so far (`pg_stat_database`).
 async fn xacts(pool: &PgPool) -> i64 {
     // The statistics a backend reports are flushed at most once a second.
-    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pool).await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await
+        .unwrap();
     sqlx::query_scalar("SELECT sum(xact_commit + xact_rollback)::int8 FROM pg_stat_database")
         .fetch_one(pool)
         .await
@@ -201,7 +221,11 @@ async fn mix(store: GenericStore<Item>, db: &PgPool, replica: &PgPool) -> Mix {
                     x ^= x << 17;
                     let id = (x % ROWS as u64) as i64 + 1;
                     if i % (READS_PER_WRITE + 1) == READS_PER_WRITE {
-                        let row = Item { id, n: i as i64, body: "y".repeat(200) };
+                        let row = Item {
+                            id,
+                            n: i as i64,
+                            body: "y".repeat(200),
+                        };
                         store.update(&id, row, None).await.unwrap();
                     } else {
                         store.get_by_id(&id).await.unwrap();
@@ -241,7 +265,10 @@ async fn mixes(db: &PgPool, replica: &PgPool, out: &mut String) {
         "A read-heavy mix on a cold cache ({MIX_TASKS} tasks for {MIX_FOR:?}, {READS_PER_WRITE} `get_by_id` per `update`, \
          ids uniform over the {ROWS} rows), once without and once with the standby, the standby caught up:\n"
     );
-    let _ = writeln!(out, "| | store ops | hit rate | primary transactions | per 1 000 ops | standby transactions |");
+    let _ = writeln!(
+        out,
+        "| | store ops | hit rate | primary transactions | per 1 000 ops | standby transactions |"
+    );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     for (name, m) in [("without a replica", &without), ("with the standby", &with)] {
         let _ = writeln!(

@@ -435,7 +435,7 @@ impl<T: Cached> GenericStore<T> {
     ///   cannot be polled or whose loads fail three times in a row (for a
     ///   second); its loads run on the primary, never as errors. Each
     ///   replica is polled every 20 ms, the primary sampled every 100 ms.
-    /// - Markers live in the cache: a store without [`CacheParams`] (and a
+    /// - Markers live in the cache: a store without [`CacheParams`](crate::CacheParams) (and a
     ///   SQLite store) does not use the replica. Every process that writes
     ///   the table must raise markers: use `with_read_replica` there too,
     ///   or deliver the writes through the outbox. Raw SQL writes are

@@ -5,7 +5,7 @@ use crate::backend::{counter_seed, Invalidated, Invalidation, Marker, TagAdd};
 use crate::error::{CacheError, CacheResult};
 
 /// The one pipeline of an invalidation (errors kept per command): `ZADD GT`
-/// + `PEXPIRE` of each replica marker (first: a reader that finds a key
+/// and `PEXPIRE` of each replica marker (first: a reader that finds a key
 /// deleted then finds its marker), `DEL` of the keys, `SET NX` + `INCR` of each counter, `SADD` + expiry of each
 /// tag set; then, when `wait` is set, `WAIT replicas timeout_ms` (its
 /// answer is not checked: a replica that is late does not fail the write).
