@@ -78,3 +78,43 @@ pub(super) fn scatter<T: Default + Clone>(len: usize, groups: &[Vec<usize>], ans
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Marker;
+    use crate::cache::key;
+
+    #[test]
+    fn a_marker_goes_with_its_record_and_a_store_marker_with_the_query_keys() {
+        let home = key::record_key("app", "users", &7);
+        let markers = [
+            Marker {
+                key: key::record_marker_key("app", &home),
+                lsn: 9,
+                ttl_ms: 5_000,
+            },
+            Marker {
+                key: key::store_marker_key("app", "users"),
+                lsn: 9,
+                ttl_ms: 5_000,
+            },
+        ];
+        let keys = [home.clone()];
+        let counters = [key::generation_key("app", "users")];
+        let inv = Invalidation {
+            markers: &markers,
+            keys: &keys,
+            counters: &counters,
+            tags: &[],
+        };
+        let parts = split_invalidation(&inv);
+        assert_eq!(parts.len(), 2);
+        let record = parts.iter().find(|p| p.keys == vec![home.clone()]).unwrap();
+        assert_eq!(record.markers.len(), 1);
+        assert_eq!(record.markers[0].key, markers[0].key);
+        let query = parts.iter().find(|p| !p.counters.is_empty()).unwrap();
+        assert_eq!(query.markers.len(), 1);
+        assert_eq!(query.markers[0].key, markers[1].key);
+    }
+}
