@@ -503,12 +503,16 @@ async fn on_a_redis_cluster_writes_are_never_read_back_old() {
     let pair = Pair::start().await;
     let writer_mgr = manager_on(&cluster_url(), |c| c);
     let writer = pair.store(&writer_mgr);
-    let reader_mgr = Arc::new(CacheManager::new(CacheConfig::new(cluster_url(), 3600, writer_mgr.global_prefix())).unwrap());
+    let reader_mgr =
+        Arc::new(CacheManager::new(CacheConfig::new(cluster_url(), 3600, writer_mgr.global_prefix())).unwrap());
     let reader = pair.store(&reader_mgr);
     until_standby_serves(&reader).await;
     let renamed = || Query::<Note>::new().filter(Note::columns().body.eq("renamed".to_string()));
     assert!(reader.find(renamed()).await.unwrap().is_empty());
-    assert_eq!(body(reader.get_by(Note::columns().slug, "n3".to_string()).await.unwrap()).as_deref(), Some("v0"));
+    assert_eq!(
+        body(reader.get_by(Note::columns().slug, "n3".to_string()).await.unwrap()).as_deref(),
+        Some("v0")
+    );
     for id in [1, 2] {
         reader.get_by_id(&id).await.unwrap();
     }
@@ -518,10 +522,22 @@ async fn on_a_redis_cluster_writes_are_never_read_back_old() {
     writer.create(note(41, "born"), None).await.unwrap();
     assert!(writer.delete(&2).await.unwrap());
     writer.update(&3, note(3, "renamed"), None).await.unwrap();
-    assert_eq!(pair.on_standby(1).await.as_deref(), Some("v0"), "control: the standby lags");
+    assert_eq!(
+        pair.on_standby(1).await.as_deref(),
+        Some("v0"),
+        "control: the standby lags"
+    );
     for (name, store) in [("the writer", &writer), ("another process", &reader)] {
-        assert_eq!(body(store.get_by_id(&1).await.unwrap()).as_deref(), Some("v1"), "{name}: update");
-        assert_eq!(body(store.get_by_id(&41).await.unwrap()).as_deref(), Some("born"), "{name}: create");
+        assert_eq!(
+            body(store.get_by_id(&1).await.unwrap()).as_deref(),
+            Some("v1"),
+            "{name}: update"
+        );
+        assert_eq!(
+            body(store.get_by_id(&41).await.unwrap()).as_deref(),
+            Some("born"),
+            "{name}: create"
+        );
         assert_eq!(store.get_by_id(&2).await.unwrap(), None, "{name}: delete");
         assert_eq!(store.find(renamed()).await.unwrap().len(), 1, "{name}: a cached query");
         let by_slug = store.get_by(Note::columns().slug, "n3".to_string()).await.unwrap();
