@@ -438,9 +438,9 @@ async fn a_stopped_standby_costs_reads_nothing_but_a_fallback() {
     let after = stats_of(&store);
     assert_eq!(after.replica_loads, before.replica_loads);
     assert_eq!(after.primary_loads - before.primary_loads, 60, "{before:?} {after:?}");
-    // Its poll fails within one interval: at most a load that raced it
-    // tried the standby first.
-    assert!(after.fallbacks - before.fallbacks <= 1, "{before:?} {after:?}");
+    // Its poll fails within one interval (20 ms), and three failed loads in
+    // a row take it out: only loads that raced both tried the standby.
+    assert!(after.fallbacks - before.fallbacks <= 3, "{before:?} {after:?}");
 
     // Started again, it serves again.
     pair.standby.start_again();
