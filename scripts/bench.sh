@@ -34,6 +34,9 @@
 #                                     key across its expiries, with and without
 #   bash scripts/bench.sh --rollout   rolling deploys: hit rates of two versions
 #                                     side by side, the cost on a hit and per write
+#   bash scripts/bench.sh --replica   read replicas on a private primary and
+#                                     standby: marker costs, the standby's share
+#                                     of misses, the primary's load with and without
 #
 # Exits 0 whatever the numbers are: nothing here is a timed assertion.
 set -euo pipefail
@@ -53,12 +56,13 @@ for arg in "$@"; do
     --early) mode=early ;;
     --rollout) mode=rollout ;;
     --network) mode=network ;;
+    --replica) mode=replica ;;
     -h|--help)
-      sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
-      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout, --network or nothing)" >&2
+      echo "bench.sh: unknown argument '$arg' (use --quick, --diagnose, --replay, --outbox, --wal, --faults, --cluster, --near, --early, --rollout, --replica, --network or nothing)" >&2
       exit 2
       ;;
   esac
@@ -110,6 +114,7 @@ case "$mode" in
     cargo bench --bench rollout -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench faults -- --append "$PWD/BENCHMARKS.md"
     network_section >>"$PWD/BENCHMARKS.md"
+    cargo bench --bench replica -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster -- --append "$PWD/BENCHMARKS.md"
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
@@ -126,6 +131,7 @@ case "$mode" in
   near) cargo bench --bench near ;;
   early) cargo bench --bench early_refresh ;;
   rollout) cargo bench --bench rollout ;;
+  replica) cargo bench --bench replica ;;
   faults) cargo bench --bench faults ;;
   network) network_section ;;
   cluster)

@@ -72,9 +72,9 @@ pub use storehaus_runtime::SqliteQuery;
 pub use storehaus_runtime::{
     CacheConfig, CacheError, CacheId, CacheManager, CacheParams, CacheResult, CacheStats, ChangeEvent, ChangeOp,
     Column, DbPool, DeploymentStatus, ErrorDetail, Filter, GenericStore, Health, HealthWarning, InTransaction,
-    IndexColumn, Indexed, LatencySummary, Order, PgQuery, Plain, Query, Result, ServerErrorKind, ServerStats,
-    SignalManager, SqlValue, SqliteId, SqliteRecord, Statements, StoreTransaction, StorehausError,
-    DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS,
+    IndexColumn, Indexed, LatencySummary, Order, PgQuery, Plain, Query, ReplicaStats, Result, ServerErrorKind,
+    ServerStats, SignalManager, SqlValue, SqliteId, SqliteRecord, Statements, StoreTransaction, StorehausError,
+    DEFAULT_NEGATIVE_TTL_SECS, MAX_TTL_SECS, REPLICA_LAG_BUDGET,
 };
 #[cfg(feature = "wal")]
 pub use storehaus_runtime::{WalError, WalSlotStatus};

@@ -39,6 +39,7 @@ mod wal;
 pub use cache::codec;
 #[cfg(feature = "test-hooks")]
 pub use cache::hooks as test_hooks;
+pub use cache::markers::REPLICA_LAG_BUDGET;
 pub use cache::server::{Health, HealthWarning, ServerStats};
 pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
@@ -51,6 +52,7 @@ pub use record::SqliteQuery;
 pub use record::{CacheId, Cached, PgQuery, SqliteId, SqliteRecord, Statements};
 pub use store::pool::DbPool;
 pub use store::query::{Column, Filter, IndexColumn, Indexed, Order, Plain, Query, SqlValue};
+pub use store::replica::ReplicaStats;
 pub use store::signals::{ChangeEvent, ChangeOp, SignalManager};
 pub use store::transaction::{InTransaction, StoreTransaction};
 pub use store::{CacheParams, GenericStore, DEFAULT_NEGATIVE_TTL_SECS};

@@ -1,5 +1,6 @@
 //! A private PostgreSQL cluster per test, for the faults the shared server
-//! must never see: stopped, restarted.
+//! must never see: stopped, restarted; and hot standbys of one, for the
+//! read replicas' tests.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -91,6 +92,62 @@ impl PgServer {
         }
         let data = server.data();
         server.pg("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]);
+        server.start_again();
+        server
+    }
+
+    /// A hot standby of `primary`: `pg_basebackup -R` (streaming, with a
+    /// fast checkpoint) into a fresh directory, started on a free loopback
+    /// port with the primary's settings; it replays what the primary
+    /// writes, and tests pause it with `SELECT pg_wal_replay_pause()` (and
+    /// resume it with `pg_wal_replay_resume()`) to make lag on demand.
+    /// Stopped and removed on drop, like any `PgServer`.
+    ///
+    /// ```no_run
+    /// # async fn example() {
+    /// let primary = storehaus_testkit::PgServer::start();
+    /// let standby = storehaus_testkit::PgServer::standby_of(&primary);
+    /// let replica = sqlx::PgPool::connect(&standby.url()).await.unwrap();
+    /// sqlx::query("SELECT pg_wal_replay_pause()").execute(&replica).await.unwrap();
+    /// # }
+    /// ```
+    pub fn standby_of(primary: &PgServer) -> PgServer {
+        let dir = std::env::temp_dir().join(random_name("storehaus-pg-standby"));
+        std::fs::create_dir_all(&dir).expect("create the standby's directory");
+        let server = PgServer {
+            port: free_port(),
+            dir,
+            bin: primary.bin.clone(),
+            settings: primary.settings.clone(),
+        };
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&server.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "chown the standby's directory to postgres");
+        }
+        let port = primary.port.to_string();
+        let data = server.data();
+        server.pg(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ],
+        );
         server.start_again();
         server
     }

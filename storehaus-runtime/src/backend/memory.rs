@@ -93,6 +93,8 @@ pub(crate) struct MemoryBackend {
     sets: RwLock<HashMap<String, TagSet>>,
     /// Live-version registries: member -> the instant its time ends.
     registries: RwLock<HashMap<String, HashMap<String, Instant>>>,
+    /// Replica markers: the highest position, and the instant it expires.
+    markers: RwLock<HashMap<String, (u64, Instant)>>,
     max_capacity: u64,
 }
 
@@ -193,6 +195,7 @@ impl MemoryBackend {
             counters: RwLock::new(HashMap::new()),
             sets: RwLock::new(HashMap::new()),
             registries: RwLock::new(HashMap::new()),
+            markers: RwLock::new(HashMap::new()),
             max_capacity,
         }
     }
@@ -407,6 +410,17 @@ impl MemoryBackend {
     }
 
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
+        if !inv.markers.is_empty() {
+            // Raised before anything is deleted, like the Redis pipeline.
+            let now = Instant::now();
+            let mut markers = self.markers.write().unwrap_or_else(PoisonError::into_inner);
+            markers.retain(|_, (_, until)| *until > now);
+            for m in inv.markers {
+                let until = deadline_in(m.ttl_ms, "pexpire")?;
+                let entry = markers.entry(m.key.clone()).or_insert((m.lsn, until));
+                *entry = (entry.0.max(m.lsn), until);
+            }
+        }
         let mut out = Invalidated {
             deleted: inv.keys.iter().filter(|k| self.delete_one(k)).count() as u64,
             ..Invalidated::default()
@@ -425,6 +439,15 @@ impl MemoryBackend {
             }
         }
         Ok(out)
+    }
+
+    pub async fn markers(&self, keys: &[String]) -> CacheResult<Vec<Option<u64>>> {
+        let now = Instant::now();
+        let markers = self.markers.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(keys
+            .iter()
+            .map(|k| markers.get(k).filter(|(_, until)| *until > now).map(|(lsn, _)| *lsn))
+            .collect())
     }
 
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
@@ -580,6 +603,7 @@ impl MemoryBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Marker;
 
     #[test]
     fn an_option_that_is_not_a_plain_word_is_not_repeated_in_the_error() {
@@ -757,6 +781,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn markers_keep_the_highest_position_until_they_expire() {
+        let b = MemoryBackend::with_capacity(10);
+        let raise = |lsn: u64, ttl_ms: u64| Marker {
+            key: "m".into(),
+            lsn,
+            ttl_ms,
+        };
+        let keys = vec!["m".to_string(), "other".to_string()];
+        for lsn in [50, 70, 60] {
+            let markers = [raise(lsn, 60_000)];
+            let inv = Invalidation {
+                markers: &markers,
+                ..Invalidation::default()
+            };
+            b.invalidate(&inv).await.unwrap();
+        }
+        assert_eq!(b.markers(&keys).await.unwrap(), vec![Some(70), None]);
+        let markers = [raise(10, 20)];
+        let inv = Invalidation {
+            markers: &markers,
+            ..Invalidation::default()
+        };
+        b.invalidate(&inv).await.unwrap();
+        assert_eq!(b.markers(&keys).await.unwrap(), vec![Some(70), None]);
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(b.markers(&keys).await.unwrap(), vec![None, None]);
+    }
+
+    #[tokio::test]
     async fn lease_many_grants_free_keys_only() {
         let b = MemoryBackend::with_capacity(100);
         b.set_ex("hit", b"v", 60).await.unwrap();
@@ -796,7 +849,7 @@ mod tests {
             .invalidate(&Invalidation {
                 keys: &keys,
                 counters: &gens,
-                tags: &[],
+                ..Invalidation::default()
             })
             .await
             .unwrap();

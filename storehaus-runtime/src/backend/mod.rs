@@ -201,6 +201,11 @@ impl Backend {
         /// [`Invalidated`]). Each key's delete and each counter's bump is
         /// atomic; together they are one round trip, not one transaction.
         pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated>;
+        /// `ZSCORE key m` of each replica marker `key` (see [`Marker`]), in
+        /// order: the highest log position written there, `u64::MAX` for
+        /// "the primary only", `None` for a missing marker. A key of another
+        /// type is a `WRONGTYPE` command error.
+        pub async fn markers(&self, keys: &[String]) -> CacheResult<Vec<Option<u64>>>;
         /// `SET key start NX GET`: `None` when the counter was missing and
         /// now holds `start`, else what the key held (`WRONGTYPE` for
         /// another type).
@@ -237,15 +242,61 @@ impl Backend {
     }
 }
 
-/// What one invalidation round trip does, in this order: delete `keys`;
-/// bump every counter in `counters` (a query generation: `SET NX` of a
-/// random seed, then `INCR`); add each tag's members to its set and make
-/// the set live at least `ttl_secs`.
+/// What one invalidation round trip does, in this order: raise each
+/// replica marker in `markers` (before anything is deleted, see [`Marker`]);
+/// delete `keys`; bump every counter in `counters` (a query generation:
+/// `SET NX` of a random seed, then `INCR`); add each tag's members to its
+/// set and make the set live at least `ttl_secs`.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Invalidation<'a> {
+    pub markers: &'a [Marker],
     pub keys: &'a [String],
     pub counters: &'a [String],
     pub tags: &'a [TagAdd],
+}
+
+/// A replica marker to raise: `ZADD key GT lsn m` (a max-register: a lower
+/// position never replaces a higher one, whatever order two writers' markers
+/// arrive in) and `PEXPIRE key ttl_ms`. `lsn` is a write-ahead log position
+/// (`u64::MAX`: "read the primary", sent as `+inf`). A marker shares its
+/// record's slot (`{home}` hash tag, see `cache::key::record_marker_key`)
+/// and is sent before the record's `DEL` in one pipeline: a reader that
+/// finds the key deleted finds the marker. On a cluster, the slots holding
+/// markers are sent before the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Marker {
+    pub key: String,
+    pub lsn: u64,
+    pub ttl_ms: u64,
+}
+
+impl Marker {
+    /// The sorted-set score of `lsn`: never below it (a double holds 53
+    /// bits exactly; a larger position rounds up), `+inf` for `u64::MAX`.
+    pub fn score(&self) -> String {
+        if self.lsn == u64::MAX {
+            return "+inf".to_string();
+        }
+        let f = self.lsn as f64;
+        let f = if (f as u64) < self.lsn {
+            f64::from_bits(f.to_bits() + 1)
+        } else {
+            f
+        };
+        format!("{f}")
+    }
+}
+
+/// The position a marker's score stands for (see [`Marker::score`]): a
+/// fraction rounds up, `+inf` or anything past `u64` is `u64::MAX`.
+pub(crate) fn lsn_of_score(score: f64) -> u64 {
+    if score.is_nan() || score >= u64::MAX as f64 {
+        u64::MAX
+    } else if score <= 0.0 {
+        0
+    } else {
+        score.ceil() as u64
+    }
 }
 
 /// Record keys to add to a tag's set, and the least TTL the set must have.
@@ -271,6 +322,10 @@ pub(crate) struct Invalidated {
     /// Whether the server refused the tag additions (out of memory): the
     /// caller keeps them for replay.
     pub tags_refused: bool,
+    /// Whether the server refused a replica marker (out of memory): the
+    /// caller keeps the whole invalidation for replay (reads use the
+    /// database's primary meanwhile).
+    pub markers_refused: bool,
 }
 
 /// One step of a `SCAN`/`SSCAN` walk that unlinks what it finds.

@@ -31,14 +31,18 @@ impl CacheManager {
     /// cache until it has been replayed, by the next read or by a background
     /// task. That includes a caller whose future is dropped before the
     /// invalidation answered: the drop remembers it.
+    ///
+    /// `lsn`: the write-ahead log position the write committed at, for the
+    /// replica markers of a store read from replicas (see `markers`;
+    /// `None`: unknown, the primary only for a while).
     pub(crate) async fn invalidate_committed(
         self: &Arc<Self>,
         scope: &str,
         keys: Vec<String>,
         counters: Vec<String>,
-        tags: Vec<TagAdd>,
+        (tags, lsn): (Vec<TagAdd>, Option<u64>),
     ) {
-        self.invalidate_versions(scope, (keys, Vec::new()), counters, tags)
+        self.invalidate_versions(scope, (keys, Vec::new()), counters, (tags, lsn))
             .await;
     }
 
@@ -55,7 +59,7 @@ impl CacheManager {
         scope: &str,
         (keys, filled): (Vec<String>, Vec<String>),
         counters: Vec<String>,
-        tags: Vec<TagAdd>,
+        (tags, lsn): (Vec<TagAdd>, Option<u64>),
     ) {
         self.flights.detach(&keys);
         if keys.is_empty() && filled.is_empty() && counters.is_empty() && tags.is_empty() {
@@ -79,7 +83,9 @@ impl CacheManager {
         // Logged before it is sent: a failover noticed while it is under
         // way then delivers it again (with the side keys registered then).
         self.recent.record(scope, &work.keys, &work.counters);
+        let markers = self.markers_for(work.keys.iter().chain(&work.counters), lsn);
         let inv = Invalidation {
+            markers: &markers,
             keys: &all,
             counters: &work.counters,
             tags: &work.tags,
@@ -111,6 +117,9 @@ impl CacheManager {
         };
         work.done = true;
         match delivered {
+            // A refused marker (out of memory): replayed whole, and loads
+            // use the primary until then.
+            Ok(done) if done.markers_refused => work.remember(),
             Ok(done) => {
                 self.count_resets(&done);
                 self.count_n(|c| &c.invalidations, invalidated);
@@ -161,12 +170,15 @@ impl CacheManager {
         key: String,
         fill: (Vec<u8>, crate::cache::flight::Lease, u64),
         (also, counters): (Vec<String>, Vec<String>),
-        tags: Vec<TagAdd>,
+        (tags, lsn): (Vec<TagAdd>, Option<u64>),
     ) {
         let (value, lease, ttl_secs) = fill;
         let keys = vec![key];
         self.flights.detach(&keys);
         self.recent.record(scope, &keys, &[]);
+        // Raised before the fill lands: a reader that misses after the
+        // fill (an eviction) must find it.
+        self.raise_markers(&keys, lsn).await;
         let fill = crate::cache::fill::Fill {
             keys,
             values: vec![value],
@@ -183,7 +195,25 @@ impl CacheManager {
         };
         keys.extend(also);
         // Other versions' side entries of the key go in any case.
-        self.invalidate_versions(scope, (keys, filled), counters, tags).await;
+        self.invalidate_versions(scope, (keys, filled), counters, (tags, lsn))
+            .await;
+    }
+
+    /// Raises the markers of `keys` on their own (see `markers`), before a
+    /// write fills what it wrote; a failure is left to the invalidation
+    /// that follows, which raises them again.
+    async fn raise_markers(&self, keys: &[String], lsn: Option<u64>) {
+        let markers = self.markers_for(keys, lsn);
+        if markers.is_empty() {
+            return;
+        }
+        let inv = Invalidation {
+            markers: &markers,
+            ..Invalidation::default()
+        };
+        let _ = self
+            .guarded(self.deadline(), "replica_marker", || self.backend.invalidate(&inv))
+            .await;
     }
 
     /// Delivers changes the database logged (the outbox): deletes their
@@ -192,8 +222,10 @@ impl CacheManager {
     /// invalidations before it is sent, so a failover that loses the `DEL`
     /// delivers it again; unlike one, a failure is returned rather than
     /// kept for replay: the outbox keeps the entries, and the caller's
-    /// reads bypass the cache until they are delivered.
-    pub(crate) async fn deliver_logged(&self, changes: &[Change]) -> CacheResult<()> {
+    /// reads bypass the cache until they are delivered. `lsn`: a
+    /// write-ahead log position at or after the changes' commits, for the
+    /// replica markers (`None`: unknown, the primary only for a while).
+    pub(crate) async fn deliver_logged(&self, changes: &[Change], lsn: Option<u64>) -> CacheResult<()> {
         let mut keys = Vec::new();
         let mut counters = Vec::new();
         for change in changes {
@@ -205,7 +237,9 @@ impl CacheManager {
             return Ok(());
         }
         self.flights.detach(&keys);
+        let markers = self.markers_for(keys.iter().chain(&counters), lsn);
         let inv = Invalidation {
+            markers: &markers,
             keys: &keys,
             counters: &counters,
             tags: &[],
@@ -215,6 +249,11 @@ impl CacheManager {
             .await;
         self.near_forget(&keys);
         let done = delivered?;
+        if done.markers_refused {
+            return Err(crate::error::CacheError::Command(
+                "OOM: a replica marker was refused (out of memory)".into(),
+            ));
+        }
         self.count_resets(&done);
         self.count_n(|c| &c.invalidations, keys.len() as u64);
         Ok(())

@@ -154,6 +154,24 @@ pub fn versions_key(global_prefix: &str, prefix: &str) -> String {
     format!("{global_prefix}:{VERSIONS_SEGMENT}:{prefix}")
 }
 
+/// The second segment of every replica marker's key.
+pub(crate) const MARKER_SEGMENT: &str = "__lsn";
+
+/// The replica marker of the record key `home` (see `cache::markers`):
+/// `{global}:__lsn:{{home}}`. Only `home` is hashed (`{...}` is a hash tag),
+/// so on a cluster the marker shares the record's slot; no key holds a `{`
+/// otherwise (prefixes and ids escape it), so the mapping is injective.
+pub fn record_marker_key(global_prefix: &str, home: &str) -> String {
+    format!("{global_prefix}:{MARKER_SEGMENT}:{{{home}}}")
+}
+
+/// The store-wide replica marker of a store (index lookups and cached
+/// queries): `{global}:__lsn:{{global}:{prefix}}`, in the slot of the
+/// store's query keys on a cluster (their hash tag is `{global}:{prefix}`).
+pub fn store_marker_key(global_prefix: &str, prefix: &str) -> String {
+    format!("{global_prefix}:{MARKER_SEGMENT}:{{{global_prefix}:{prefix}}}")
+}
+
 /// Where the layout `tag` keeps its entry when another version holds the
 /// home key `home` (a record or an index entry): `{home}~{tag}`. No home
 /// key holds a `~` (ids and index values escape it, prefixes may not hold
@@ -246,6 +264,18 @@ mod tests {
         assert_eq!(prefix_of("app", &home), Some("users"));
         assert_eq!(prefix_of("app", "app:users"), None);
         assert_eq!(prefix_of("app", "other:users:7"), None);
+    }
+
+    #[test]
+    fn markers_have_keys_of_their_own_in_their_record_s_slot() {
+        let home = record_key("app", "users", &7);
+        assert_eq!(record_marker_key("app", &home), "app:__lsn:{app:users:7}");
+        assert_eq!(store_marker_key("app", "users"), "app:__lsn:{app:users}");
+        assert_eq!(prefix_of("app", &record_marker_key("app", &home)), Some("__lsn"));
+        assert_ne!(
+            record_marker_key("app", &record_key("app", "users", "x")),
+            store_marker_key("app", "users")
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod guard;
 pub mod hooks;
 mod invalidate;
 pub(crate) mod key;
+pub(crate) mod markers;
 // Fed by Redis client tracking: without the `redis` feature it is never
 // built (its tracking half is not compiled).
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
@@ -114,6 +115,8 @@ pub struct CacheManager {
     /// Keys an early refresh of this process is loading.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     pub(crate) outbox: crate::outbox::Watchers,
+    /// The stores read from database replicas (see `markers`).
+    replica_scopes: markers::ReplicaScopes,
     last_warning_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
     /// `evicted_keys` at the previous health check (`u64::MAX`: none yet).
@@ -187,6 +190,7 @@ impl CacheManager {
             known_versions: Default::default(),
             refreshing: Default::default(),
             outbox,
+            replica_scopes: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
             last_evicted: AtomicU64::new(u64::MAX),
@@ -396,7 +400,11 @@ impl CacheManager {
         let scope = key::store_scope(self.global_prefix(), prefix);
         let counters = [key::generation_key(self.global_prefix(), prefix)];
         self.recent.record(&scope, &[], &counters);
+        // A change made behind the stores' back: replicas are skipped for
+        // the store's lookups and queries for a while.
+        let markers = self.markers_for(&counters, None);
         let inv = Invalidation {
+            markers: &markers,
             counters: &counters,
             ..Invalidation::default()
         };
@@ -465,10 +473,13 @@ impl CacheManager {
         self.flights.detach_matching(glob);
         let mut removed = 0;
         let mut cursor = 0;
+        // Replica markers stay: without one, a reader could fill from a
+        // replica behind a write it has not replayed (see `markers`).
+        let spare = format!("{}:{}:", self.global_prefix(), key::MARKER_SEGMENT);
         loop {
             let step = self
                 .guarded(deadline, "delete_pattern", || {
-                    self.backend.scan_step(cursor, glob, None)
+                    self.backend.scan_step(cursor, glob, Some(&spare))
                 })
                 .await?;
             removed += step.removed;

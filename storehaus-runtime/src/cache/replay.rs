@@ -123,7 +123,10 @@ impl CacheManager {
             return Replay::Failed;
         };
         let keys: Vec<String> = batch.keys.iter().cloned().chain(sides).collect();
+        // Their commits' positions are not known here: the primary only.
+        let markers = self.markers_for(batch.keys.iter().chain(&batch.counters), None);
         let inv = Invalidation {
+            markers: &markers,
             keys: &keys,
             counters: &batch.counters,
             tags: &batch.tags,
@@ -134,6 +137,10 @@ impl CacheManager {
         else {
             return Replay::Failed;
         };
+        if done.markers_refused {
+            // Out of memory: kept, and loads use the primary meanwhile.
+            return Replay::Failed;
+        }
         self.count_resets(&done);
         self.count_n(|c| &c.invalidations, batch.keys.len() as u64);
         tracing::info!(target: "storehaus",

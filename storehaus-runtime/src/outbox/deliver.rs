@@ -66,8 +66,15 @@ pub(super) fn touched<'w>(entries: &[Entry], watches: &'w [(String, String)]) ->
 /// record type's other versions registered now, see `cache::versions`) and
 /// bumps those stores' query generations, in one round trip; a whole-table
 /// entry (TRUNCATE) clears the store's key space. Any cache failure fails
-/// the pass, which then moves nothing.
-pub(crate) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: &[(String, String)]) -> Result<()> {
+/// the pass, which then moves nothing. `lsn`: a write-ahead log position
+/// at or after every entry's commit, for the replica markers of stores read
+/// from replicas (see `cache::markers`; `None`: unknown).
+pub(crate) async fn deliver(
+    manager: &CacheManager,
+    entries: &[Entry],
+    watches: &[(String, String)],
+    lsn: Option<u64>,
+) -> Result<()> {
     let global = manager.global_prefix();
     let mut changes = Vec::new();
     let mut cleared = BTreeSet::new();
@@ -89,7 +96,10 @@ pub(crate) async fn deliver(manager: &CacheManager, entries: &[Entry], watches: 
             counters: vec![key::generation_key(global, prefix)],
         });
     }
-    manager.deliver_logged(&changes).await.map_err(StorehausError::Cache)?;
+    manager
+        .deliver_logged(&changes, lsn)
+        .await
+        .map_err(StorehausError::Cache)?;
     for glob in &cleared {
         manager.clear_glob(glob).await.map_err(StorehausError::Cache)?;
     }

@@ -265,7 +265,13 @@ async fn deliver_to(manager: &CacheManager, db: &DbPool, deployment: &str, entri
         return Ok(());
     }
     let watches = watched(db, deployment).await?;
-    deliver(manager, entries, &watches).await
+    // The entries are committed (they are visible): the position now is
+    // at or after their commits.
+    let lsn = match db {
+        DbPool::Postgres(pool) if manager.marks_any() => crate::store::replica::commit_position(pool).await,
+        _ => None,
+    };
+    deliver(manager, entries, &watches, lsn).await
 }
 
 fn record(state: &WorkerState, rows: u64, backlog: i64, lag_ms: i64) {

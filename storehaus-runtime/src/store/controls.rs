@@ -66,7 +66,7 @@ impl<T: Cached> GenericStore<T> {
     #[tracing::instrument(target = "storehaus", skip_all, fields(table = T::TABLE))]
     pub async fn get_fresh(&self, id: &T::Id) -> Result<Option<T>> {
         let Some(cache) = self.cache_settings() else {
-            return self.load_one(id).await;
+            return self.load_one_fresh(id).await;
         };
         let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
         self.scoped(refresh_through(
@@ -74,7 +74,7 @@ impl<T: Cached> GenericStore<T> {
             key,
             &cache.layout,
             cache.ttls(),
-            || self.load_one(id),
+            || self.load_one_fresh(id),
         ))
         .await
     }

@@ -107,13 +107,19 @@ impl<T: Cached> GenericStore<T> {
         self.scoped(read_query(&cache.manager, space, load)).await
     }
 
+    /// The rows of `r`, from a read replica that has replayed the store's
+    /// writes, else from the primary.
     pub(crate) async fn fetch_rows(&self, r: &Rendered) -> Result<Vec<T>> {
-        let mut conn = Pooled::acquire(self.pool()).await?;
-        sql::select_rendered(conn.conn(), r).await
+        self.read_db(None, |mut conn: Pooled| async move {
+            sql::select_rendered(conn.conn(), r).await
+        })
+        .await
     }
 
     async fn fetch_count(&self, r: &Rendered) -> Result<i64> {
-        let mut conn = Pooled::acquire(self.pool()).await?;
-        sql::count_rendered(conn.conn(), r).await
+        self.read_db(None, |mut conn: Pooled| async move {
+            sql::count_rendered(conn.conn(), r).await
+        })
+        .await
     }
 }

@@ -4,13 +4,15 @@
 //! writes (each run to its outcome, then invalidated); `find` and `query`
 //! the typed, cached queries; `transaction` several writes under one commit;
 //! `sql` the SQL of each dialect; `pool`, `sqlite` and `signals` the
-//! database pool, the SQLite glue and the change events.
+//! database pool, the SQLite glue and the change events; `replica` where
+//! its loads run when it has read replicas.
 
 mod controls;
 pub(crate) mod find;
 mod index;
 pub(crate) mod pool;
 pub(crate) mod query;
+pub(crate) mod replica;
 pub(crate) mod signals;
 pub(crate) mod sql;
 pub(crate) mod sqlite;
@@ -213,6 +215,8 @@ pub struct GenericStore<T: Cached> {
     signals: Option<Arc<SignalManager>>,
     cache: Option<Arc<StoreCache>>,
     metrics: Arc<StoreMetrics>,
+    /// Read replicas (`with_read_replica`).
+    replicas: Option<Arc<replica::Replicas>>,
     _marker: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -274,6 +278,7 @@ impl<T: Cached> GenericStore<T> {
             signals,
             cache,
             metrics,
+            replicas: None,
             _marker: std::marker::PhantomData,
         }
     }
@@ -415,7 +420,17 @@ impl<T: Cached> GenericStore<T> {
         found
     }
 
+    /// The row `id`, from a read replica that has replayed the record's
+    /// writes, else from the primary.
     pub(crate) async fn load_one(&self, id: &T::Id) -> Result<Option<T>> {
+        self.read_db(Some(std::slice::from_ref(id)), |mut conn: Pooled| async move {
+            sql::select(conn.conn(), id).await
+        })
+        .await
+    }
+
+    /// The row `id`, from the primary.
+    pub(crate) async fn load_one_fresh(&self, id: &T::Id) -> Result<Option<T>> {
         let mut conn = Pooled::acquire(&self.pool).await?;
         sql::select(conn.conn(), id).await
     }
@@ -463,8 +478,10 @@ impl<T: Cached> GenericStore<T> {
 
     /// One query for many ids: `= ANY($1)` on PostgreSQL, `IN (...)` on SQLite.
     async fn load_many(&self, ids: &[T::Id]) -> Result<HashMap<T::Id, T>> {
-        let mut conn = Pooled::acquire(&self.pool).await?;
-        sql::select_many(conn.conn(), ids).await
+        self.read_db(Some(ids), |mut conn: Pooled| async move {
+            sql::select_many(conn.conn(), ids).await
+        })
+        .await
     }
 }
 

@@ -288,12 +288,13 @@ impl<T: Cached> GenericStore<T> {
             Some(bytes) => {
                 let tags = self.tag_adds(std::slice::from_ref(change));
                 let index = self.index_keys(std::slice::from_ref(change));
+                let lsn = self.commit_lsn().await;
                 self.scoped(mgr.fill_committed(
                     &cache.scope,
                     key,
                     (bytes, lease, cache.ttl),
                     (index, vec![cache.generation_key.clone()]),
-                    tags,
+                    (tags, lsn),
                 ))
                 .await;
             }
@@ -316,17 +317,20 @@ impl<T: Cached> GenericStore<T> {
     }
 
     /// Invalidates every key the changes wrote (and the store's cached
-    /// queries) in one round trip, and records their tags.
+    /// queries) in one round trip, and records their tags. For a store read
+    /// from replicas, the primary's log position is read first (after the
+    /// commit) for the replica markers.
     pub(crate) async fn invalidate_changes(&self, changes: &[Change<T::Id>]) {
         if let Some(cache) = &self.cache {
             let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let mut keys: Vec<String> = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
             keys.extend(self.index_keys(changes));
             let tags = self.tag_adds(changes);
+            let lsn = self.commit_lsn().await;
             let invalidation =
                 cache
                     .manager
-                    .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], tags);
+                    .invalidate_committed(&cache.scope, keys, vec![cache.generation_key.clone()], (tags, lsn));
             self.scoped(invalidation).await;
         }
     }

@@ -321,7 +321,10 @@ impl Reader {
             return Ok(());
         };
         if !batch.entries.is_empty() {
-            if let Err(e) = deliver(&manager, &batch.entries, &watched.pairs).await {
+            // The end of the last commit taken in is at or after every
+            // entry's commit, unless a transaction is still under way.
+            let lsn = batch.confirm.filter(|_| !batch.in_transaction);
+            if let Err(e) = deliver(&manager, &batch.entries, &watched.pairs, lsn).await {
                 // Nothing is confirmed; the stream ends and the next one
                 // resumes from the slot's position.
                 manager.outbox.set_lagging(&self.state, true);

@@ -316,21 +316,29 @@ impl ClusterBackend {
         Ok(counts.into_iter().sum())
     }
 
-    /// The invalidation pipeline once per slot, concurrently.
+    /// The invalidation pipeline once per slot, concurrently; the slots
+    /// holding replica markers first (a reader that finds an index entry
+    /// deleted, in another slot, then finds the store's marker).
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
-        let parts = split_invalidation(inv);
-        let done = every(parts.iter().map(|p| self.invalidate_slot(p))).await?;
+        // Slots carrying markers first: a marker lands before any key of
+        // another slot is deleted.
+        let (marked, rest): (Vec<SlotInvalidation>, Vec<SlotInvalidation>) =
+            split_invalidation(inv).into_iter().partition(|p| !p.markers.is_empty());
+        let mut done = every(marked.iter().map(|p| self.invalidate_slot(p))).await?;
+        done.extend(every(rest.iter().map(|p| self.invalidate_slot(p))).await?);
         Ok(done.into_iter().fold(Invalidated::default(), |mut all, one| {
             all.deleted += one.deleted;
             all.corrupt += one.corrupt;
             all.refused += one.refused;
             all.tags_refused |= one.tags_refused;
+            all.markers_refused |= one.markers_refused;
             all
         }))
     }
 
     async fn invalidate_slot(&self, part: &SlotInvalidation) -> CacheResult<Invalidated> {
         let inv = Invalidation {
+            markers: &part.markers,
             keys: &part.keys,
             counters: &part.counters,
             tags: &part.tags,
@@ -342,9 +350,30 @@ impl ClusterBackend {
         let (mut out, reset) = invalidation::read_replies(&inv, replies)?;
         if let Some(reset) = reset {
             let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
-            out.tags_refused |= reset.read_replies(replies)?;
+            let (tags_refused, markers_refused) = reset.read_replies(replies)?;
+            out.tags_refused |= tags_refused;
+            out.markers_refused |= markers_refused;
         }
         Ok(out)
+    }
+
+    /// One pipeline of `ZSCORE` per slot, concurrently.
+    pub async fn markers(&self, keys: &[String]) -> CacheResult<Vec<Option<u64>>> {
+        let keys = physical_all(keys);
+        let groups = by_slot(&keys);
+        let answers = every(groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &i in group {
+                pipe.cmd("ZSCORE").arg(&keys[i]).arg("m");
+            }
+            self.run::<Vec<Option<f64>>>(pipe)
+        }))
+        .await?;
+        let scores = scatter(keys.len(), &groups, answers);
+        Ok(scores
+            .into_iter()
+            .map(|s| s.map(crate::backend::lsn_of_score))
+            .collect())
     }
 
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {

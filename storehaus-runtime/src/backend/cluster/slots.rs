@@ -2,11 +2,12 @@
 //! back in the keys' order.
 
 use super::layout::{self, physical};
-use crate::backend::{Invalidation, TagAdd};
+use crate::backend::{Invalidation, Marker, TagAdd};
 
 /// One slot's share of an invalidation.
 #[derive(Default)]
 pub(super) struct SlotInvalidation {
+    pub markers: Vec<Marker>,
     pub keys: Vec<String>,
     pub counters: Vec<String>,
     pub tags: Vec<TagAdd>,
@@ -27,6 +28,11 @@ pub(super) fn split_invalidation(inv: &Invalidation<'_>) -> Vec<SlotInvalidation
             }
         }
     };
+    let mut marker_index = Vec::new();
+    for m in inv.markers {
+        let key = physical(&m.key).into_owned();
+        marker_index.push((part(&key), Marker { key, ..m.clone() }));
+    }
     let mut index = Vec::new();
     for k in inv.keys {
         let k = physical(k).into_owned();
@@ -40,6 +46,9 @@ pub(super) fn split_invalidation(inv: &Invalidation<'_>) -> Vec<SlotInvalidation
     for t in inv.tags {
         let set = physical(&t.set).into_owned();
         tag_index.push((part(&set), set, t));
+    }
+    for (i, marker) in marker_index {
+        parts[i].1.markers.push(marker);
     }
     for (i, kind, key) in index {
         let p = &mut parts[i].1;
@@ -68,4 +77,44 @@ pub(super) fn scatter<T: Default + Clone>(len: usize, groups: &[Vec<usize>], ans
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Marker;
+    use crate::cache::key;
+
+    #[test]
+    fn a_marker_goes_with_its_record_and_a_store_marker_with_the_query_keys() {
+        let home = key::record_key("app", "users", &7);
+        let markers = [
+            Marker {
+                key: key::record_marker_key("app", &home),
+                lsn: 9,
+                ttl_ms: 5_000,
+            },
+            Marker {
+                key: key::store_marker_key("app", "users"),
+                lsn: 9,
+                ttl_ms: 5_000,
+            },
+        ];
+        let keys = [home.clone()];
+        let counters = [key::generation_key("app", "users")];
+        let inv = Invalidation {
+            markers: &markers,
+            keys: &keys,
+            counters: &counters,
+            tags: &[],
+        };
+        let parts = split_invalidation(&inv);
+        assert_eq!(parts.len(), 2);
+        let record = parts.iter().find(|p| p.keys == vec![home.clone()]).unwrap();
+        assert_eq!(record.markers.len(), 1);
+        assert_eq!(record.markers[0].key, markers[0].key);
+        let query = parts.iter().find(|p| !p.counters.is_empty()).unwrap();
+        assert_eq!(query.markers.len(), 1);
+        assert_eq!(query.markers[0].key, markers[1].key);
+    }
 }

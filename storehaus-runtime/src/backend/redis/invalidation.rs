@@ -1,20 +1,24 @@
 //! The pipelines of a committed write's invalidation, shared by the
 //! single-node and the cluster backends (the cluster runs one per slot).
 
-use crate::backend::{counter_seed, Invalidated, Invalidation, TagAdd};
+use crate::backend::{counter_seed, Invalidated, Invalidation, Marker, TagAdd};
 use crate::error::{CacheError, CacheResult, ErrorDetail, ServerErrorKind};
 
-/// The one pipeline of an invalidation (errors kept per command): `DEL`
-/// of the keys, `SET NX` + `INCR` of each counter, `SADD` + expiry of each
+/// The one pipeline of an invalidation (errors kept per command): `ZADD GT`
+/// and `PEXPIRE` of each replica marker (first: a reader that finds a key
+/// deleted then finds its marker), `DEL` of the keys, `SET NX` + `INCR` of each counter, `SADD` + expiry of each
 /// tag set; then, when `wait` is set, `WAIT replicas timeout_ms` (its
 /// answer is not checked: a replica that is late does not fail the write).
 /// `None` when there is nothing to do.
 pub(crate) fn pipeline(inv: &Invalidation<'_>, wait: Option<(u32, u64)>) -> Option<redis::Pipeline> {
-    if inv.keys.is_empty() && inv.counters.is_empty() && inv.tags.is_empty() {
+    if inv.markers.is_empty() && inv.keys.is_empty() && inv.counters.is_empty() && inv.tags.is_empty() {
         return None;
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
+    for m in inv.markers {
+        raise_marker(&mut pipe, m);
+    }
     if !inv.keys.is_empty() {
         pipe.cmd("DEL").arg(inv.keys);
     }
@@ -43,10 +47,18 @@ pub(crate) fn read_replies<'a>(
 ) -> CacheResult<(Invalidated, Option<Reset<'a>>)> {
     let mut replies = replies.into_iter();
     let mut out = Invalidated::default();
+    let mut reset = Reset::default();
+    for m in inv.markers {
+        match replies.next() {
+            Some(redis::Value::Int(_)) => {}
+            Some(redis::Value::ServerError(e)) if e.code() == "OOM" => out.markers_refused = true,
+            // Another type at the marker's key: replaced.
+            _ => reset.markers.push(m),
+        }
+    }
     if !inv.keys.is_empty() {
         out.deleted = int_reply(replies.next())?;
     }
-    let mut reset = Reset::default();
     for c in inv.counters {
         match replies.next() {
             Some(redis::Value::Int(_)) => {}
@@ -68,16 +80,17 @@ pub(crate) fn read_replies<'a>(
             _ => reset.tags.push(t),
         }
     }
-    let needed = !reset.counters.is_empty() || !reset.tags.is_empty();
+    let needed = !reset.markers.is_empty() || !reset.counters.is_empty() || !reset.tags.is_empty();
     Ok((out, needed.then_some(reset)))
 }
 
 /// The second round trip of an invalidation: a counter that cannot be
 /// bumped is deleted instead (DEL works even out of memory): a missing
 /// counter serves no query result, and it comes back at a fresh random
-/// seed. A tag set of another type is replaced.
+/// seed. A tag set or a replica marker of another type is replaced.
 #[derive(Default)]
 pub(crate) struct Reset<'a> {
+    markers: Vec<&'a Marker>,
     counters: Vec<&'a String>,
     tags: Vec<&'a TagAdd>,
 }
@@ -86,6 +99,10 @@ impl Reset<'_> {
     pub fn pipeline(&self) -> redis::Pipeline {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        for m in &self.markers {
+            pipe.cmd("DEL").arg(&m.key).ignore();
+            raise_marker(&mut pipe, m);
+        }
         for c in &self.counters {
             pipe.cmd("DEL").arg(*c);
             pipe.cmd("SET").arg(*c).arg(counter_seed()).arg("NX").ignore();
@@ -98,17 +115,26 @@ impl Reset<'_> {
         pipe
     }
 
-    /// Whether a tag addition was refused.
-    pub fn read_replies(&self, replies: Vec<redis::Value>) -> CacheResult<bool> {
+    /// Whether a tag addition was refused, and whether a marker was.
+    pub fn read_replies(&self, replies: Vec<redis::Value>) -> CacheResult<(bool, bool)> {
         let mut replies = replies.into_iter();
+        let markers_refused = self.markers.iter().fold(false, |refused, _| {
+            !matches!(replies.next(), Some(redis::Value::Int(_))) || refused
+        });
         for _ in &self.counters {
             int_reply(replies.next())?;
         }
-        Ok(self
-            .tags
-            .iter()
-            .any(|_| !matches!(replies.next(), Some(redis::Value::Int(_)))))
+        let tags_refused = self.tags.iter().fold(false, |refused, _| {
+            !matches!(replies.next(), Some(redis::Value::Int(_))) || refused
+        });
+        Ok((tags_refused, markers_refused))
     }
+}
+
+/// `ZADD key GT score m` + `PEXPIRE key ttl_ms` (only the `ZADD` answers).
+fn raise_marker(pipe: &mut redis::Pipeline, m: &Marker) {
+    pipe.cmd("ZADD").arg(&m.key).arg("GT").arg(m.score()).arg("m");
+    pipe.cmd("PEXPIRE").arg(&m.key).arg(m.ttl_ms).ignore();
 }
 
 /// Sets `key`'s TTL to at least `secs`: `EXPIRE NX` gives one to a key

@@ -224,9 +224,23 @@ impl RedisBackend {
         let (mut out, reset) = invalidation::read_replies(inv, replies)?;
         if let Some(reset) = reset {
             let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
-            out.tags_refused |= reset.read_replies(replies)?;
+            let (tags_refused, markers_refused) = reset.read_replies(replies)?;
+            out.tags_refused |= tags_refused;
+            out.markers_refused |= markers_refused;
         }
         Ok(out)
+    }
+
+    pub async fn markers(&self, keys: &[String]) -> CacheResult<Vec<Option<u64>>> {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("ZSCORE").arg(k).arg("m");
+        }
+        let scores: Vec<Option<f64>> = self.run(pipe).await?;
+        Ok(scores
+            .into_iter()
+            .map(|s| s.map(crate::backend::lsn_of_score))
+            .collect())
     }
 
     pub async fn seed_counter(&self, key: &str, start: u64) -> CacheResult<Option<Vec<u8>>> {
