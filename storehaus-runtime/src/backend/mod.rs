@@ -271,8 +271,9 @@ pub(crate) struct Marker {
 }
 
 impl Marker {
-    /// The sorted-set score of `lsn`: never below it (a double holds 53
+    /// The sorted-set score of `lsn` (Redis backends): never below it (a double holds 53
     /// bits exactly; a larger position rounds up), `+inf` for `u64::MAX`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub fn score(&self) -> String {
         if self.lsn == u64::MAX {
             return "+inf".to_string();
@@ -289,6 +290,7 @@ impl Marker {
 
 /// The position a marker's score stands for (see [`Marker::score`]): a
 /// fraction rounds up, `+inf` or anything past `u64` is `u64::MAX`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn lsn_of_score(score: f64) -> u64 {
     if score.is_nan() || score >= u64::MAX as f64 {
         u64::MAX

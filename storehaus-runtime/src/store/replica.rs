@@ -118,6 +118,7 @@ impl Replicas {
     }
 
     /// The replicas' pools, for a store that adds one more.
+    #[cfg_attr(not(feature = "sqlite"), allow(clippy::unnecessary_filter_map))]
     pub(crate) fn pools(&self) -> Vec<PgPool> {
         self.members
             .iter()
@@ -309,7 +310,9 @@ async fn segment_size(pool: &PgPool) -> Option<u64> {
 /// written); `None` while it has replayed nothing.
 async fn replay_position(pool: &DbPool) -> Result<Option<u64>> {
     let mut conn = Pooled::acquire(pool).await?;
-    let Pooled::Postgres(conn) = &mut conn else {
+    #[allow(irrefutable_let_patterns)] // PostgreSQL is the only database without `sqlite`
+    let Pooled::Postgres(conn) = &mut conn
+    else {
         return Ok(None);
     };
     let lsn: Option<i64> = sqlx::query_scalar(
@@ -454,7 +457,9 @@ impl<T: Cached> GenericStore<T> {
     ///   (use [`invalidate`](Self::invalidate) after a change made behind the
     ///   store's back).
     pub fn with_read_replica(mut self, pool: PgPool) -> Self {
-        let DbPool::Postgres(primary) = &self.pool else {
+        #[allow(irrefutable_let_patterns)] // PostgreSQL is the only database without `sqlite`
+        let DbPool::Postgres(primary) = &self.pool
+        else {
             tracing::warn!(target: "storehaus", table = T::TABLE, "with_read_replica: the store is not on PostgreSQL; the replica is not used");
             return self;
         };
