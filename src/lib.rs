@@ -109,6 +109,8 @@ mod guides {
     mod queries_and_transactions {}
     #[doc = include_str!("../docs/outbox.md")]
     mod outbox {}
+    #[doc = include_str!("../docs/read-replicas.md")]
+    mod read_replicas {}
     #[doc = include_str!("../docs/cluster-and-sentinel.md")]
     mod cluster_and_sentinel {}
     #[doc = include_str!("../docs/near-cache.md")]
