@@ -274,7 +274,7 @@ impl RedisCluster {
 
     /// Waits until every live node says `cluster_state:ok` and `port` says
     /// it is a primary (after a failover, the promoted replica). A node
-    /// that does not answer within [`LIVE_WITHIN`] (killed, or frozen) is
+    /// that does not answer within 300 ms (killed, or frozen) is
     /// not live.
     pub async fn wait_until_primary(&self, port: u16) {
         let start = Instant::now();
