@@ -345,7 +345,7 @@ impl CacheConfig {
     /// Checks every setting; [`CacheManager::new`](crate::CacheManager::new)
     /// calls it.
     pub(crate) fn validate(&self) -> CacheResult<()> {
-        crate::cache::key::validate_prefix("global prefix", &self.global_prefix)?;
+        crate::keys::validate_prefix("global prefix", &self.global_prefix)?;
         in_range("pool size", self.pool_size as u64, 1, 1024, "")?;
         in_range("timeout", self.timeout_ms, 1, ONE_DAY_MS, " ms")?;
         in_range("retry attempts", u64::from(self.retry_attempts), 0, 100, "")?;

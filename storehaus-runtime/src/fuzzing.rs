@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::glob;
 use crate::cache::codec::{self, Entry};
-use crate::cache::key;
+use crate::keys;
 use crate::{CacheConfig, CacheManager};
 
 // ----- allocation bound -----
@@ -131,7 +131,7 @@ pub fn codec_decode(data: &[u8]) {
 
 // ----- key escaping -----
 
-/// Undoes `cache::key::push_escaped`: `%XX` back to the byte. `None` if `s`
+/// Undoes `keys::push_escaped`: `%XX` back to the byte. `None` if `s`
 /// holds a `%` not followed by two upper-case hex digits.
 pub fn unescape(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
@@ -170,22 +170,22 @@ pub fn key_escaping(data: &[u8]) {
     };
     let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
     let head = "g:p:";
-    let (ka, kb) = (key::record_key("g", "p", &*a), key::record_key("g", "p", &*b));
+    let (ka, kb) = (keys::record_key("g", "p", &*a), keys::record_key("g", "p", &*b));
     for (id, k) in [(&a, &ka), (&b, &kb)] {
         let seg = k.strip_prefix(head).expect("a record key starts with its scope");
         assert!(in_key_charset(seg), "id {id:?} gave segment {seg:?}");
         assert_eq!(unescape(seg).as_deref(), Some(id.as_bytes()), "round trip of {id:?}");
-        assert_eq!(key::str_key("g", "p", id), *k, "str_key and record_key agree");
+        assert_eq!(keys::str_key("g", "p", id), *k, "str_key and record_key agree");
     }
     assert_eq!(a == b, ka == kb, "ids {a:?} and {b:?} gave keys {ka:?} and {kb:?}");
 
-    let (ta, tb) = (key::tag_key("g", &a), key::tag_key("g", &b));
+    let (ta, tb) = (keys::tag_key("g", &a), keys::tag_key("g", &b));
     let tseg = ta.strip_prefix("g:__tag:").expect("a tag key");
     assert!(in_key_charset(tseg) && !tseg.contains(':'), "tag {a:?} gave {ta:?}");
     assert_eq!(unescape(tseg).as_deref(), Some(a.as_bytes()));
     assert_eq!(a == b, ta == tb);
 
-    let (pa, pb) = (key::escape_store_prefix(&a), key::escape_store_prefix(&b));
+    let (pa, pb) = (keys::escape_store_prefix(&a), keys::escape_store_prefix(&b));
     assert!(in_key_charset(&pa), "store prefix {a:?} gave {pa:?}");
     assert!(
         !pa.starts_with("__"),
@@ -367,12 +367,12 @@ pub fn glob(data: &[u8]) {
 pub fn delete_pattern(data: &[u8]) {
     let (head, rest) = split_pattern_key(data);
     let prefix = match std::str::from_utf8(head) {
-        Ok(p) if key::validate_prefix("global prefix", p).is_ok() => p,
+        Ok(p) if keys::validate_prefix("global prefix", p).is_ok() => p,
         _ => "g",
     };
     let (pattern, key) = split_pattern_key(rest);
     let pattern = String::from_utf8_lossy(pattern);
-    let confined = key::confined_pattern(prefix, &pattern);
+    let confined = keys::confined_pattern(prefix, &pattern);
     assert!(confined.starts_with(&format!("{prefix}:")));
     let scope = format!("{prefix}:");
     if !key.starts_with(scope.as_bytes()) && star_runs(confined.as_bytes()) <= 1000 {

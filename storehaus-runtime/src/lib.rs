@@ -28,6 +28,7 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod keys;
 mod outbox;
 #[doc(hidden)]
 pub mod private;
@@ -36,11 +37,12 @@ mod store;
 #[cfg(feature = "wal")]
 mod wal;
 
+pub use backend::ServerStats;
 pub use cache::codec;
 #[cfg(feature = "test-hooks")]
 pub use cache::hooks as test_hooks;
 pub use cache::markers::REPLICA_LAG_BUDGET;
-pub use cache::server::{Health, HealthWarning, ServerStats};
+pub use cache::server::{Health, HealthWarning};
 pub use cache::stats::{CacheStats, LatencySummary};
 pub use cache::{CacheManager, MAX_TTL_SECS};
 pub use config::CacheConfig;

@@ -36,8 +36,8 @@ use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache;
 use moka::Expiry;
 
+use crate::backend::ServerStats;
 use crate::backend::{counter_seed, glob, Invalidated, Invalidation, ScanStep, TagAdd};
-use crate::cache::server::ServerStats;
 use crate::error::{CacheError, CacheResult};
 
 /// Entries kept when the URL names no `max_capacity`.

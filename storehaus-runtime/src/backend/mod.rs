@@ -25,7 +25,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::server::ServerStats;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
@@ -33,11 +32,15 @@ use crate::error::{CacheError, CacheResult};
 pub(crate) mod cluster;
 pub(crate) mod contact;
 pub(crate) mod glob;
+pub(crate) mod listener;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "redis")]
 pub(crate) mod sentinel;
+pub(crate) mod server;
+
+pub use server::ServerStats;
 
 use self::contact::Contact;
 use self::memory::MemoryBackend;
@@ -259,7 +262,7 @@ pub(crate) struct Invalidation<'a> {
 /// position never replaces a higher one, whatever order two writers' markers
 /// arrive in) and `PEXPIRE key ttl_ms`. `lsn` is a write-ahead log position
 /// (`u64::MAX`: "read the primary", sent as `+inf`). A marker shares its
-/// record's slot (`{home}` hash tag, see `cache::key::record_marker_key`)
+/// record's slot (`{home}` hash tag, see `keys::record_marker_key`)
 /// and is sent before the record's `DEL` in one pipeline: a reader that
 /// finds the key deleted finds the marker. On a cluster, the slots holding
 /// markers are sent before the others.

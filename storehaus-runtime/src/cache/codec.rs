@@ -184,7 +184,7 @@ pub fn decode_any<T: DeserializeOwned>(expected_fingerprint: u64, bytes: &[u8]) 
 /// The name of the value layout a reader of `fingerprint` writes: the
 /// envelope version and the fingerprint, `2-0123456789abcdef`. Another
 /// version's entries live beside this layout's under keys ending in
-/// `:v{tag}` (see `cache::key::side_key`).
+/// `:v{tag}` (see `keys::side_key`).
 pub fn layout_tag(fingerprint: u64) -> String {
     format!("{VERSION}-{fingerprint:016x}")
 }

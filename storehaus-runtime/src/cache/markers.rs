@@ -36,8 +36,8 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use crate::backend::Marker;
-use crate::cache::key;
 use crate::cache::CacheManager;
+use crate::keys;
 
 /// How long a replica marker lives, and the most a replica may lag behind
 /// the primary and still serve reads: 5 s. A replica further behind is
@@ -127,15 +127,15 @@ impl CacheManager {
         let mut stores = HashSet::new();
         let mut out = Vec::new();
         for k in keys {
-            let Some(prefix) = key::prefix_of(global, k).filter(|p| self.replica_scopes.has(p)) else {
+            let Some(prefix) = keys::prefix_of(global, k).filter(|p| self.replica_scopes.has(p)) else {
                 continue;
             };
             let rest = &k[global.len() + prefix.len() + 2..];
-            if !rest.contains([':', key::SIDE_MARK]) {
-                out.push(raise(key::record_marker_key(global, k)));
+            if !rest.contains([':', keys::SIDE_MARK]) {
+                out.push(raise(keys::record_marker_key(global, k)));
             }
             if stores.insert(prefix) {
-                out.push(raise(key::store_marker_key(global, prefix)));
+                out.push(raise(keys::store_marker_key(global, prefix)));
             }
         }
         out

@@ -25,7 +25,6 @@ mod guard;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 mod invalidate;
-pub(crate) mod key;
 pub(crate) mod markers;
 // Fed by Redis client tracking: without the `redis` feature it is never
 // built (its tracking half is not compiled).
@@ -63,6 +62,7 @@ use crate::backend::contact::Contact;
 use crate::backend::{Backend, Invalidation, Options};
 use crate::config::CacheConfig;
 use crate::error::{CacheError, CacheResult};
+use crate::keys;
 
 pub(crate) use self::invalidate::Change;
 
@@ -331,7 +331,7 @@ impl CacheManager {
         let mut keys = vec![key];
         self.flights.detach(&keys);
         self.recent
-            .record(&key::store_scope(self.global_prefix(), prefix), &keys, &[]);
+            .record(&keys::store_scope(self.global_prefix(), prefix), &keys, &[]);
         let deadline = self.deadline();
         let sides = self.side_keys(&keys, deadline).await;
         let home = self
@@ -396,9 +396,9 @@ impl CacheManager {
     /// removed; a walk cut short leaves the rest of the records in place).
     #[tracing::instrument(target = "storehaus", skip(self))]
     pub async fn invalidate_queries(&self, prefix: &str) -> CacheResult<u64> {
-        key::validate_prefix("prefix", prefix).map_err(into_input)?;
-        let scope = key::store_scope(self.global_prefix(), prefix);
-        let counters = [key::generation_key(self.global_prefix(), prefix)];
+        keys::validate_prefix("prefix", prefix).map_err(into_input)?;
+        let scope = keys::store_scope(self.global_prefix(), prefix);
+        let counters = [keys::generation_key(self.global_prefix(), prefix)];
         self.recent.record(&scope, &[], &counters);
         // A change made behind the stores' back: replicas are skipped for
         // the store's lookups and queries for a while.
@@ -456,7 +456,7 @@ impl CacheManager {
         if pattern.is_empty() {
             return Err(CacheError::InvalidInput("pattern must not be empty".into()));
         }
-        let glob = key::confined_pattern(self.global_prefix(), pattern);
+        let glob = keys::confined_pattern(self.global_prefix(), pattern);
         self.clear_glob(&glob).await
     }
 
@@ -475,7 +475,7 @@ impl CacheManager {
         let mut cursor = 0;
         // Replica markers stay: without one, a reader could fill from a
         // replica behind a write it has not replayed (see `markers`).
-        let spare = format!("{}:{}:", self.global_prefix(), key::MARKER_SEGMENT);
+        let spare = format!("{}:{}:", self.global_prefix(), keys::MARKER_SEGMENT);
         loop {
             let step = self
                 .guarded(deadline, "delete_pattern", || {
@@ -536,8 +536,8 @@ impl CacheManager {
         if tag.is_empty() {
             return Err(CacheError::InvalidInput("tag must not be empty".into()));
         }
-        let set = key::tag_key(self.global_prefix(), tag);
-        let draining = key::tag_draining_key(&set);
+        let set = keys::tag_key(self.global_prefix(), tag);
+        let draining = keys::tag_draining_key(&set);
         let deadline = self.long_deadline();
         let size = self
             .guarded(deadline, "invalidate_tag", || self.backend.drain_tag(&set, &draining))
@@ -590,7 +590,8 @@ impl CacheManager {
             return;
         }
         let prefix = format!("{}:", self.global_prefix());
-        crate::backend::redis::tracking::spawn(source, prefix, near, self.timeout);
+        let listener: Arc<dyn crate::backend::listener::KeyListener> = near.clone();
+        crate::backend::redis::tracking::spawn(source, prefix, &listener, self.timeout);
     }
 
     /// `keys` changed (this process's write reached Redis, or may have):
@@ -638,8 +639,8 @@ impl CacheManager {
     }
 
     fn manual_key(&self, prefix: &str, id: &str) -> CacheResult<String> {
-        key::validate_prefix("prefix", prefix).map_err(into_input)?;
-        Ok(key::str_key(self.global_prefix(), prefix, id))
+        keys::validate_prefix("prefix", prefix).map_err(into_input)?;
+        Ok(keys::str_key(self.global_prefix(), prefix, id))
     }
 }
 

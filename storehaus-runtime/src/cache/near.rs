@@ -213,6 +213,25 @@ impl Near {
     }
 }
 
+/// The near cache hears a tracking connection's news through this.
+impl crate::backend::listener::KeyListener for Near {
+    fn invalidate(&self, key: &str) {
+        Near::invalidate(self, key);
+    }
+
+    fn flush(&self) {
+        Near::flush(self);
+    }
+
+    fn set_live(&self, live: bool) {
+        Near::set_live(self, live);
+    }
+
+    fn is_live(&self) -> bool {
+        Near::is_live(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -284,7 +284,7 @@ async fn register_for_sides(
     lease: &Lease,
     deadline: tokio::time::Instant,
 ) {
-    let is_side = |k: &String| k.contains(crate::cache::key::SIDE_MARK);
+    let is_side = |k: &String| k.contains(crate::keys::SIDE_MARK);
     let leased_sides = keys.iter().zip(granted.iter()).any(|(k, g)| *g && is_side(k));
     if !leased_sides || mgr.register_layout(layout, deadline).await {
         return;

@@ -45,9 +45,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::cache::codec;
-use crate::cache::key;
 use crate::cache::CacheManager;
 use crate::error::CacheResult;
+use crate::keys;
 
 /// Added to a registration's time so that a fill's value never outlives it.
 const REGISTRATION_MARGIN_MS: u64 = 1_000;
@@ -70,7 +70,7 @@ impl Layout {
         Layout {
             fingerprint,
             tag: codec::layout_tag(fingerprint),
-            registry: key::versions_key(global, prefix),
+            registry: keys::versions_key(global, prefix),
             register_ms: longest_ttl_secs
                 .saturating_mul(1000)
                 .saturating_add(lease_ms)
@@ -80,7 +80,7 @@ impl Layout {
 
     /// This layout's side key of `home`.
     pub fn side(&self, home: &str) -> String {
-        key::side_key(home, &self.tag)
+        keys::side_key(home, &self.tag)
     }
 }
 
@@ -121,8 +121,8 @@ fn is_tag(member: &str) -> bool {
 /// already (found by a walk) have none.
 pub(crate) fn sides(homes: &[String], tags: &[String]) -> Vec<String> {
     let mut out = Vec::with_capacity(homes.len() * tags.len());
-    for home in homes.iter().filter(|h| !h.contains(key::SIDE_MARK)) {
-        out.extend(tags.iter().map(|t| key::side_key(home, t)));
+    for home in homes.iter().filter(|h| !h.contains(keys::SIDE_MARK)) {
+        out.extend(tags.iter().map(|t| keys::side_key(home, t)));
     }
     out
 }
@@ -166,8 +166,8 @@ impl CacheManager {
 
     /// The registry of the store whose key space is `scope` (`{global}:{prefix}:`).
     pub(crate) fn registry_of_scope(&self, scope: &str) -> Option<String> {
-        let prefix = key::prefix_of(self.global_prefix(), scope)?;
-        Some(key::versions_key(self.global_prefix(), prefix))
+        let prefix = keys::prefix_of(self.global_prefix(), scope)?;
+        Some(keys::versions_key(self.global_prefix(), prefix))
     }
 
     /// The side keys of every registered version for `homes` (record keys
@@ -179,10 +179,10 @@ impl CacheManager {
     /// invalidation as undelivered).
     pub(crate) async fn side_keys(&self, homes: &[String], deadline: tokio::time::Instant) -> CacheResult<Vec<String>> {
         let mut by_registry: HashMap<String, Vec<String>> = HashMap::new();
-        for home in homes.iter().filter(|h| !h.contains(key::SIDE_MARK)) {
-            if let Some(prefix) = key::prefix_of(self.global_prefix(), home) {
+        for home in homes.iter().filter(|h| !h.contains(keys::SIDE_MARK)) {
+            if let Some(prefix) = keys::prefix_of(self.global_prefix(), home) {
                 by_registry
-                    .entry(key::versions_key(self.global_prefix(), prefix))
+                    .entry(keys::versions_key(self.global_prefix(), prefix))
                     .or_default()
                     .push(home.clone());
             }
@@ -205,9 +205,9 @@ impl CacheManager {
     pub(crate) async fn record_keys_to_delete(&self, prefix: &str, ids: &[String]) -> CacheResult<Vec<String>> {
         let mut keys: Vec<String> = ids
             .iter()
-            .map(|id| key::record_key(self.global_prefix(), prefix, id.as_str()))
+            .map(|id| keys::record_key(self.global_prefix(), prefix, id.as_str()))
             .collect();
-        let registry = key::versions_key(self.global_prefix(), prefix);
+        let registry = keys::versions_key(self.global_prefix(), prefix);
         let tags = self.live_tags(&registry, self.deadline()).await?;
         let sides = sides(&keys, &tags);
         keys.extend(sides);
@@ -230,8 +230,8 @@ impl CacheManager {
         if dropped.is_err() {
             let mut by_scope: HashMap<String, Vec<String>> = Default::default();
             for home in homes {
-                if let Some(prefix) = key::prefix_of(self.global_prefix(), home) {
-                    let scope = key::store_scope(self.global_prefix(), prefix);
+                if let Some(prefix) = keys::prefix_of(self.global_prefix(), home) {
+                    let scope = keys::store_scope(self.global_prefix(), prefix);
                     by_scope.entry(scope).or_default().push(home.clone());
                 }
             }

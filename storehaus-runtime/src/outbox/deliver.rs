@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 
 use sqlx::Row;
 
-use crate::cache::key;
 use crate::cache::CacheManager;
 use crate::error::{Result, StorehausError};
+use crate::keys;
 
 /// One logged change: a table and the id's text (`None`: the whole table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,12 +88,12 @@ pub(crate) async fn deliver(
                 .map_err(StorehausError::Cache)?
         };
         if touched.whole_table {
-            cleared.insert(key::store_scope(global, prefix) + "*");
+            cleared.insert(keys::store_scope(global, prefix) + "*");
         }
         changes.push(crate::cache::Change {
-            scope: key::store_scope(global, prefix),
+            scope: keys::store_scope(global, prefix),
             keys,
-            counters: vec![key::generation_key(global, prefix)],
+            counters: vec![keys::generation_key(global, prefix)],
         });
     }
     manager

@@ -26,9 +26,9 @@ use super::install::{current_end, restart_at, watched};
 use super::maintain;
 use super::pass::{self, Pass, Round};
 use super::registry::{lock, Deployment, WorkerState};
-use crate::cache::key;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result, StorehausError};
+use crate::keys;
 use crate::store::pool::DbPool;
 
 /// Prune batches per maintenance at most (each of `maintain::PRUNE_BATCH` entries).
@@ -202,7 +202,7 @@ impl Worker {
 /// entries, query results and generations) from the cache.
 pub(crate) async fn clear_prefixes(manager: &CacheManager, prefixes: &BTreeSet<String>) -> Result<()> {
     for prefix in prefixes {
-        let glob = key::store_scope(manager.global_prefix(), prefix) + "*";
+        let glob = keys::store_scope(manager.global_prefix(), prefix) + "*";
         manager.clear_glob(&glob).await.map_err(StorehausError::Cache)?;
     }
     Ok(())

@@ -100,13 +100,13 @@ pub trait AssertCacheId<M> {
     /// Compiles only when the trait is implemented.
     fn check() {}
 
-    /// [`record_key`](crate::cache::key::record_key) for this id type.
+    /// [`record_key`](crate::keys::record_key) for this id type.
     fn record_key(global_prefix: &str, prefix: &str, id: &Self) -> String;
 }
 impl<T: CacheId> AssertCacheId<Implemented> for T {
     #[inline]
     fn record_key(global_prefix: &str, prefix: &str, id: &Self) -> String {
-        crate::cache::key::record_key(global_prefix, prefix, id)
+        crate::keys::record_key(global_prefix, prefix, id)
     }
 }
 impl<T: sealed::Never> AssertCacheId<NotImplemented> for T {

@@ -9,9 +9,9 @@ pub use assert::{
     ColumnBounds,
 };
 
-pub use crate::cache::key::record_key;
 /// Implements the SQLite value binder of a record (see the derive).
 pub use crate::impl_bind_sqlite;
+pub use crate::keys::record_key;
 pub use crate::store::query::{Column, Indexed, Plain};
 
 /// Renders an index column's value for its key and for the check of a hint

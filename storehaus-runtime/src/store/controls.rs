@@ -2,8 +2,8 @@
 //! read it fresh from the database, or prime the cache with it.
 
 use crate::cache::controls::{prime, refresh_through};
-use crate::cache::key;
 use crate::error::Result;
+use crate::keys;
 use crate::record::Cached;
 use crate::store::signals::ChangeOp;
 use crate::store::{Change, GenericStore};
@@ -68,7 +68,7 @@ impl<T: Cached> GenericStore<T> {
         let Some(cache) = self.cache_settings() else {
             return self.load_one_fresh(id).await;
         };
-        let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+        let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
         self.scoped(refresh_through(
             &cache.manager,
             key,
@@ -101,7 +101,7 @@ impl<T: Cached> GenericStore<T> {
         let Some(bytes) = cache.manager.encode_fill(T::FINGERPRINT, Some(record)) else {
             return false;
         };
-        let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, record.id());
+        let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, record.id());
         self.scoped(prime(&cache.manager, key, &cache.layout, bytes, cache.ttl))
             .await
     }

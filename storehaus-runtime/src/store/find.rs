@@ -10,10 +10,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::field::Empty;
 
-use crate::cache::key;
 use crate::cache::query::{read_query, QuerySpace};
 use crate::cache::telemetry::Outcome;
 use crate::error::Result;
+use crate::keys;
 use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::store::query::{Dialect, Query, Rendered, Select};
@@ -94,7 +94,7 @@ impl<T: Cached> GenericStore<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V>>,
     {
-        let mut key = key::query_namespace(cache.manager.global_prefix(), &cache.prefix);
+        let mut key = keys::query_namespace(cache.manager.global_prefix(), &cache.prefix);
         // Each version of the record type caches its own results (their
         // rows differ); the generation they are checked against is shared.
         key.push_str(&rendered.hash(&cache.layout.tag));

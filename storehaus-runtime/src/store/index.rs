@@ -21,11 +21,11 @@ use std::sync::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::key;
 use crate::cache::query::read_generation;
 use crate::cache::read::read_through;
 use crate::cache::read_many::read_many;
 use crate::error::Result;
+use crate::keys;
 use crate::private::index_value;
 use crate::record::Cached;
 use crate::store::query::{IndexColumn, Query};
@@ -87,7 +87,7 @@ where
             return self.load_by(column, value).await;
         };
         let rendered = index_value(&value);
-        let key = key::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), &rendered);
+        let key = keys::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), &rendered);
         // A miss loads the row: it is the answer, and its id fills the entry.
         let loaded: Mutex<Option<Option<T>>> = Mutex::new(None);
         let hint = self
@@ -167,7 +167,7 @@ where
         };
         let keys: Vec<String> = rendered
             .iter()
-            .map(|r| key::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), r))
+            .map(|r| keys::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), r))
             .collect();
         let by_rendered: HashMap<&str, &C::Value> = rendered.iter().map(String::as_str).zip(&typed).collect();
         let loaded: Mutex<HashMap<String, T>> = Mutex::new(HashMap::new());

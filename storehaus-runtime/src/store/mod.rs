@@ -27,12 +27,12 @@ use tracing::field::Empty;
 
 use crate::cache::adapt::ReadMode;
 use crate::cache::fill::Ttls;
-use crate::cache::key;
 use crate::cache::read::read_through;
 use crate::cache::read_many::{read_many, ManyOutcome};
 use crate::cache::telemetry::{Outcome, StoreMetrics};
 use crate::cache::{CacheManager, MAX_TTL_SECS};
 use crate::error::{Result, StorehausError};
+use crate::keys;
 use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::store::signals::SignalManager;
@@ -231,7 +231,7 @@ impl<T: Cached> GenericStore<T> {
     pub fn new(pool: impl Into<DbPool>, signals: Option<Arc<SignalManager>>, cache: Option<CacheParams>) -> Self {
         let cache = cache.map(|params| {
             let prefix = params.prefix.unwrap_or_else(|| T::PREFIX.to_string());
-            let escaped = key::escape_store_prefix(&prefix);
+            let escaped = keys::escape_store_prefix(&prefix);
             if escaped != prefix {
                 tracing::warn!(target: "storehaus", prefix = %prefix, escaped = %escaped, "store prefix holds characters outside [A-Za-z0-9_.-] or starts with the reserved \"__\"; it is escaped in keys");
             }
@@ -244,7 +244,7 @@ impl<T: Cached> GenericStore<T> {
                 .negative_ttl
                 .unwrap_or(DEFAULT_NEGATIVE_TTL_SECS.min(ttl))
                 .clamp(1, MAX_TTL_SECS);
-            let generation_key = key::generation_key(params.manager.global_prefix(), &escaped);
+            let generation_key = keys::generation_key(params.manager.global_prefix(), &escaped);
             let layout = crate::cache::versions::Layout::new(
                 params.manager.global_prefix(),
                 &escaped,
@@ -252,7 +252,7 @@ impl<T: Cached> GenericStore<T> {
                 ttl.max(negative_ttl),
                 params.manager.lease_ms(),
             );
-            let scope = key::store_scope(params.manager.global_prefix(), &escaped);
+            let scope = keys::store_scope(params.manager.global_prefix(), &escaped);
             Arc::new(StoreCache {
                 manager: params.manager,
                 prefix: escaped,
@@ -297,7 +297,7 @@ impl<T: Cached> GenericStore<T> {
     ) -> Result<Self> {
         if let Some(params) = &cache {
             if let Some(prefix) = &params.prefix {
-                key::validate_prefix("store prefix", prefix)?;
+                keys::validate_prefix("store prefix", prefix)?;
             }
             if let Some(beta) = params.early_refresh {
                 if !(beta.is_finite() && beta > 0.0) {
@@ -385,8 +385,8 @@ impl<T: Cached> GenericStore<T> {
     /// key the record type would use with an empty global prefix.
     pub fn cache_key(&self, id: &T::Id) -> String {
         match &self.cache {
-            Some(c) => key::record_key(c.manager.global_prefix(), &c.prefix, id),
-            None => key::record_key("", T::PREFIX, id),
+            Some(c) => keys::record_key(c.manager.global_prefix(), &c.prefix, id),
+            None => keys::record_key("", T::PREFIX, id),
         }
     }
 
@@ -402,7 +402,7 @@ impl<T: Cached> GenericStore<T> {
         let (found, outcome) = match &self.cache {
             None => (self.load_one(id).await, Outcome::Uncached),
             Some(cache) => {
-                let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
                 self.scoped(read_through(
                     &cache.manager,
                     key,
@@ -457,7 +457,7 @@ impl<T: Cached> GenericStore<T> {
         };
         let keys: Vec<String> = ids
             .iter()
-            .map(|id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id))
+            .map(|id| keys::record_key(cache.manager.global_prefix(), &cache.prefix, id))
             .collect();
         let read = self
             .scoped(read_many(

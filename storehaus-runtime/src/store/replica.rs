@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::cache::key;
 use crate::cache::markers::REPLICA_LAG_BUDGET;
 use crate::cache::CacheManager;
 use crate::error::Result;
+use crate::keys;
 use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::store::sql::Pooled;
@@ -495,9 +495,9 @@ impl<T: Cached> GenericStore<T> {
                 let marker_keys = || match markers {
                     Some(ids) => ids
                         .iter()
-                        .map(|id| key::record_marker_key(global, &key::record_key(global, &cache.prefix, id)))
+                        .map(|id| keys::record_marker_key(global, &keys::record_key(global, &cache.prefix, id)))
                         .collect(),
-                    None => vec![key::store_marker_key(global, &cache.prefix)],
+                    None => vec![keys::store_marker_key(global, &cache.prefix)],
                 };
                 replicas.load(mgr, &self.pool, marker_keys, load).await
             }

@@ -8,9 +8,9 @@ use std::time::Instant;
 use crate::backend::TagAdd;
 use crate::cache::controls::write_lease;
 use crate::cache::flight::Lease;
-use crate::cache::key;
 use crate::cache::stats::{Op, Timing};
 use crate::error::{Result, StorehausError};
+use crate::keys;
 use crate::record::Cached;
 use crate::store::signals::{ChangeEvent, ChangeOp};
 use crate::store::sql::{self, DbTx, Pooled};
@@ -217,7 +217,7 @@ impl<T: Cached> GenericStore<T> {
             let _timing = store.cache.as_ref().map(|c| Timing::start(&c.manager, Op::Write));
             let lease = match (&store.cache, row_of, ids.as_slice()) {
                 (Some(cache), Some(_), [id]) if cache.fill_on_write => {
-                    let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                    let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
                     write_lease(&cache.manager, &key).await
                 }
                 _ => None,
@@ -250,7 +250,7 @@ impl<T: Cached> GenericStore<T> {
                 store.invalidate_changes(std::slice::from_ref(&change)).await;
             } else if let (Some(lease), Some(cache), [id]) = (lease, &store.cache, ids.as_slice()) {
                 // Nothing written (no such row, a refused insert): give the lease back.
-                let key = key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+                let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
                 let mgr = &cache.manager;
                 let _ = mgr
                     .guarded(mgr.deadline(), "release_lease", || {
@@ -283,7 +283,7 @@ impl<T: Cached> GenericStore<T> {
             return;
         };
         let mgr = &cache.manager;
-        let key = key::record_key(mgr.global_prefix(), &cache.prefix, row.id());
+        let key = keys::record_key(mgr.global_prefix(), &cache.prefix, row.id());
         match mgr.encode_fill(T::FINGERPRINT, Some(row)) {
             Some(bytes) => {
                 let tags = self.tag_adds(std::slice::from_ref(change));
@@ -322,7 +322,7 @@ impl<T: Cached> GenericStore<T> {
     /// commit) for the replica markers.
     pub(crate) async fn invalidate_changes(&self, changes: &[Change<T::Id>]) {
         if let Some(cache) = &self.cache {
-            let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+            let key_of = |id: &T::Id| keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
             let mut keys: Vec<String> = changes.iter().flat_map(|c| c.ids.iter()).map(key_of).collect();
             keys.extend(self.index_keys(changes));
             let tags = self.tag_adds(changes);
@@ -345,7 +345,7 @@ impl<T: Cached> GenericStore<T> {
         changes
             .iter()
             .flat_map(|c| c.index.iter())
-            .map(|(column, value)| key::index_key(cache.manager.global_prefix(), &cache.prefix, column, value))
+            .map(|(column, value)| keys::index_key(cache.manager.global_prefix(), &cache.prefix, column, value))
             .collect()
     }
 
@@ -355,12 +355,12 @@ impl<T: Cached> GenericStore<T> {
         let Some(cache) = &self.cache else {
             return tags;
         };
-        let key_of = |id: &T::Id| key::record_key(cache.manager.global_prefix(), &cache.prefix, id);
+        let key_of = |id: &T::Id| keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
         for c in changes.iter().filter(|c| !c.tags.is_empty()) {
             let members: Vec<String> = c.ids.iter().map(key_of).collect();
             for tag in c.tags.iter().filter(|t| !t.is_empty()) {
                 tags.push(TagAdd {
-                    set: key::tag_key(cache.manager.global_prefix(), tag),
+                    set: keys::tag_key(cache.manager.global_prefix(), tag),
                     members: members.clone(),
                     // Records are filled after the write, by reads: the
                     // set outlives the members cached within one TTL.

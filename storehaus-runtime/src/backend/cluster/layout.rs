@@ -25,7 +25,7 @@
 
 use std::borrow::Cow;
 
-use crate::cache::key::TAG_SEGMENT;
+use crate::keys::TAG_SEGMENT;
 
 /// The key a logical key is stored under on a cluster.
 pub(crate) fn physical(key: &str) -> Cow<'_, str> {

@@ -9,7 +9,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use super::ClusterBackend;
 use crate::backend::ScanStep;
-use crate::cache::server::ServerStats;
+use crate::backend::ServerStats;
 use crate::error::{CacheError, CacheResult};
 
 /// Bits of a combined cursor left for a node's own cursor.

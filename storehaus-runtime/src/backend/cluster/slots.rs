@@ -83,25 +83,25 @@ pub(super) fn scatter<T: Default + Clone>(len: usize, groups: &[Vec<usize>], ans
 mod tests {
     use super::*;
     use crate::backend::Marker;
-    use crate::cache::key;
+    use crate::keys;
 
     #[test]
     fn a_marker_goes_with_its_record_and_a_store_marker_with_the_query_keys() {
-        let home = key::record_key("app", "users", &7);
+        let home = keys::record_key("app", "users", &7);
         let markers = [
             Marker {
-                key: key::record_marker_key("app", &home),
+                key: keys::record_marker_key("app", &home),
                 lsn: 9,
                 ttl_ms: 5_000,
             },
             Marker {
-                key: key::store_marker_key("app", "users"),
+                key: keys::store_marker_key("app", "users"),
                 lsn: 9,
                 ttl_ms: 5_000,
             },
         ];
         let keys = [home.clone()];
-        let counters = [key::generation_key("app", "users")];
+        let counters = [keys::generation_key("app", "users")];
         let inv = Invalidation {
             markers: &markers,
             keys: &keys,

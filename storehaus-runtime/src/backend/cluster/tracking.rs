@@ -18,12 +18,12 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 
 use super::topology::{Node, Snapshot, Topology};
+use crate::backend::listener::KeyListener;
 use crate::backend::redis::pool::open_client;
 use crate::backend::redis::tracking::{connect, heartbeat, subscribe, Round, HEARTBEAT};
-use crate::cache::near::Near;
 
 /// Follows the cluster's primaries for `near` until `near` is dropped.
-pub(crate) async fn follow(topology: Arc<Topology>, prefix: String, near: Weak<Near>, timeout: Duration) {
+pub(crate) async fn follow(topology: Arc<Topology>, prefix: String, near: Weak<dyn KeyListener>, timeout: Duration) {
     let mut changes = topology.subscribe();
     let mut backoff = Duration::from_millis(20);
     loop {
@@ -67,7 +67,7 @@ async fn subscribe_all(
     topology: &Topology,
     primaries: &[Node],
     prefix: &str,
-    near: &Weak<Near>,
+    near: &Weak<dyn KeyListener>,
     round: &Arc<Round>,
     timeout: Duration,
 ) -> Result<Vec<MultiplexedConnection>, String> {
@@ -96,7 +96,7 @@ async fn watch(
     conns: &mut [MultiplexedConnection],
     changes: &mut tokio::sync::watch::Receiver<Snapshot>,
     round: &Round,
-    near: &Weak<Near>,
+    near: &Weak<dyn KeyListener>,
     timeout: Duration,
 ) -> String {
     loop {

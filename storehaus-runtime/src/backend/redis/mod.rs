@@ -48,8 +48,8 @@ use self::scripts::Scripts;
 pub use self::scripts::FILL_SCRIPT;
 use crate::backend::contact::Contact;
 use crate::backend::sentinel::SentinelUrl;
+use crate::backend::ServerStats;
 use crate::backend::{Invalidated, Invalidation, ScanStep};
-use crate::cache::server::ServerStats;
 use crate::config::{redact_url, TlsCerts};
 use crate::error::{CacheError, CacheResult};
 

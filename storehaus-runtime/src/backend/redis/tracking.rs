@@ -36,7 +36,7 @@ use tokio::sync::{watch, Notify};
 
 use super::failover::Failovers;
 use super::pool::Connector;
-use crate::cache::near::Near;
+use crate::backend::listener::KeyListener;
 
 /// How often the tracking connection is pinged.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(200);
@@ -81,7 +81,7 @@ pub(crate) struct Source {
 
 /// Starts the tracking task of `near` for keys under `prefix`
 /// (`{global}:`). It stops once `near` is dropped.
-pub(crate) fn spawn(source: Source, prefix: String, near: &Arc<Near>, timeout: Duration) {
+pub(crate) fn spawn(source: Source, prefix: String, near: &Arc<dyn KeyListener>, timeout: Duration) {
     let near = Arc::downgrade(near);
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(20);
@@ -133,14 +133,20 @@ async fn found_cluster(source: &Source) -> Option<Arc<crate::backend::cluster::t
 }
 
 /// One subscription, from connect to loss.
-async fn track(source: &Source, prefix: &str, near: &Weak<Near>, timeout: Duration) -> Ended {
+async fn track(source: &Source, prefix: &str, near: &Weak<dyn KeyListener>, timeout: Duration) -> Ended {
     let round = Arc::new(Round::default());
     let ended = track_round(source, prefix, near, &round, timeout).await;
     round.end();
     ended
 }
 
-async fn track_round(source: &Source, prefix: &str, near: &Weak<Near>, round: &Arc<Round>, timeout: Duration) -> Ended {
+async fn track_round(
+    source: &Source,
+    prefix: &str,
+    near: &Weak<dyn KeyListener>,
+    round: &Arc<Round>,
+    timeout: Duration,
+) -> Ended {
     // Before the primary is asked for: a switch from then on ends it.
     let mut switched = source.failovers.as_ref().map(|f| {
         f.start();
@@ -236,7 +242,7 @@ pub(crate) async fn heartbeat(
 /// round is told.
 pub(crate) async fn connect(
     client: &Client,
-    near: &Weak<Near>,
+    near: &Weak<dyn KeyListener>,
     round: &Arc<Round>,
     timeout: Duration,
 ) -> redis::RedisResult<MultiplexedConnection> {
@@ -249,7 +255,7 @@ pub(crate) async fn connect(
             return Err(());
         };
         match push.kind {
-            PushKind::Invalidate => invalidate(&near, push.data),
+            PushKind::Invalidate => invalidate(&*near, push.data),
             PushKind::Disconnection if !round.over.load(Ordering::Acquire) => {
                 near.set_live(false);
                 round.lost.notify_one();
@@ -267,7 +273,7 @@ pub(crate) async fn connect(
 
 /// An `invalidate` push: the keys that changed, or nil for "everything"
 /// (`FLUSHALL`, `FLUSHDB`).
-fn invalidate(near: &Near, data: Vec<Value>) {
+fn invalidate(near: &dyn KeyListener, data: Vec<Value>) {
     for item in data {
         match item {
             Value::Array(keys) | Value::Set(keys) => {

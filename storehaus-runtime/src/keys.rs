@@ -1,4 +1,6 @@
-//! Cache key grammar: `{global_prefix}:{store_prefix}:{id}`.
+//! Cache key grammar: `{global_prefix}:{store_prefix}:{id}`. It sits below
+//! every layer: the configuration checks prefixes with it, backends take the
+//! hash-tag segments from it, the cache and the stores build keys with it.
 //!
 //! Prefixes are restricted to `[A-Za-z0-9_.-]` (checked by the derive and by
 //! [`CacheManager::new`](crate::CacheManager::new)). Ids are rendered with
