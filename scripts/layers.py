@@ -28,8 +28,8 @@ from collections import defaultdict
 MAX_LINES = 500
 BELOW_CACHE = {"backend"}
 ABOVE_BACKEND = {"cache", "store", "outbox", "wal"}
-PATH = re.compile(r"\bcrate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)")
-USE_GROUP = re.compile(r"\bcrate::((?:[a-z_][a-z0-9_]*::)*)\{([^}]*)\}", re.S)
+PATH = re.compile(r"(?<!\$)\bcrate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)")
+USE_GROUP = re.compile(r"(?<!\$)\bcrate::((?:[a-z_][a-z0-9_]*::)*)\{([^}]*)\}", re.S)
 
 
 def module_of(rel):

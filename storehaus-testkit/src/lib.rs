@@ -67,7 +67,7 @@ pub use postgres::{PgServer, LOGICAL_SETTINGS};
 pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
 pub use sentinels::Sentinels;
 pub use server::{free_port, RedisServer};
-pub use wait::{eventually, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
+pub use wait::{eventually, eventually_within, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};
 
 /// A random lowercase name with a prefix, e.g. `t_3f9a0c1b2d4e5f60`: the
 /// global key prefix of a test's manager, a schema, a file name.

@@ -19,13 +19,23 @@ use crate::raw_get;
 /// .await;
 /// # }
 /// ```
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(what, Duration::from_secs(5), check).await
+}
+
+/// As [`eventually`], for a condition a loaded machine may take up to
+/// `within` to reach (background work that walks the key space).
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(5) {
+    while start.elapsed() < within {
         if check().await {
             return;
         }

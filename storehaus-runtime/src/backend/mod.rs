@@ -32,6 +32,7 @@ use crate::error::{CacheError, CacheResult};
 pub(crate) mod cluster;
 pub(crate) mod contact;
 pub(crate) mod glob;
+#[cfg(feature = "redis")]
 pub(crate) mod listener;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]

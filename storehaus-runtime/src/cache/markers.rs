@@ -148,7 +148,7 @@ impl CacheManager {
     /// after the cache server's data was replaced.
     pub(crate) async fn marker_position(&self, keys: &[String]) -> Option<u64> {
         let moved = self.replica_scopes.recently_moved(self.contact.epoch());
-        if moved || self.pending.any() || self.contact_moved() || self.outbox.lagging() {
+        if moved || self.pending.any() || self.contact_moved() || self.watchers.lagging() {
             return None;
         }
         let read = self

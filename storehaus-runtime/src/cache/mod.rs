@@ -21,6 +21,7 @@ pub(crate) mod controls;
 pub(crate) mod early;
 pub(crate) mod fill;
 pub(crate) mod flight;
+pub(crate) mod gate;
 mod guard;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
@@ -114,7 +115,7 @@ pub struct CacheManager {
     pub(crate) known_versions: versions::Known,
     /// Keys an early refresh of this process is loading.
     pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
-    pub(crate) outbox: crate::outbox::Watchers,
+    watchers: gate::Watchers,
     /// The stores read from database replicas (see `markers`).
     replica_scopes: markers::ReplicaScopes,
     last_warning_ms: AtomicU64,
@@ -153,7 +154,7 @@ impl CacheManager {
         let contact = Arc::new(Contact::default());
         let backend = Backend::open(&config.url, &options, contact.clone())?;
         let in_process = backend.is_in_process();
-        let outbox = crate::outbox::Watchers::new(crate::outbox::Deployment {
+        let watchers = gate::Watchers::new(gate::Deployment {
             // An in-process cache is its own deployment: two of them with
             // one name must each get every entry.
             name: if in_process {
@@ -189,7 +190,7 @@ impl CacheManager {
             fill_epochs: Default::default(),
             known_versions: Default::default(),
             refreshing: Default::default(),
-            outbox,
+            watchers,
             replica_scopes: Default::default(),
             last_warning_ms: AtomicU64::new(0),
             suppressed_warnings: AtomicU64::new(0),
@@ -218,7 +219,14 @@ impl CacheManager {
     /// other process shares) that name followed by `~` and an id of this
     /// manager.
     pub fn deployment(&self) -> &str {
-        &self.outbox.deployment.name
+        &self.watchers.deployment.name
+    }
+
+    /// The read gate's view of the workers that deliver external writes to
+    /// this manager (the outbox's, the write-ahead log's); they register
+    /// and report through it.
+    pub(crate) fn watchers(&self) -> &gate::Watchers {
+        &self.watchers
     }
 
     /// A snapshot of the counters. `hit_rate()` on it is a fraction 0.0..=1.0.
@@ -240,7 +248,7 @@ impl CacheManager {
             stats.near_invalidations = load(&c.invalidations);
             stats.near_flushes = load(&c.flushes);
         }
-        (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.outbox.figures();
+        (stats.outbox_backlog, stats.outbox_lag_ms, stats.outbox_delivered) = self.watchers.figures();
         Ok(stats)
     }
 

@@ -214,6 +214,7 @@ impl Near {
 }
 
 /// The near cache hears a tracking connection's news through this.
+#[cfg(feature = "redis")]
 impl crate::backend::listener::KeyListener for Near {
     fn invalidate(&self, key: &str) {
         Near::invalidate(self, key);

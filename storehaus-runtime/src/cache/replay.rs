@@ -19,10 +19,10 @@ impl CacheManager {
     /// manager is behind. A few atomic loads when nothing is pending.
     pub(crate) async fn ready(&self, deadline: tokio::time::Instant) -> bool {
         if !self.pending.any() && !self.contact_moved() {
-            return !self.outbox.lagging();
+            return !self.watchers.lagging();
         }
         self.replay_step(deadline).await;
-        !self.pending.any() && !self.contact_moved() && !self.outbox.lagging()
+        !self.pending.any() && !self.contact_moved() && !self.watchers.lagging()
     }
 
     /// Whether the server's data may have been replaced by an older copy

@@ -186,7 +186,7 @@ impl CacheManager {
                 });
             }
         }
-        warnings.extend(self.outbox.warnings());
+        warnings.extend(self.watchers.warnings());
         Ok(Health { server, warnings })
     }
 }

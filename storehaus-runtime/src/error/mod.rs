@@ -2,11 +2,15 @@
 //! store operations.
 
 mod detail;
+#[cfg(feature = "wal")]
+mod wal;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use detail::{ErrorDetail, ServerErrorKind};
+#[cfg(feature = "wal")]
+pub use wal::WalError;
 
 /// An error of the cache layer.
 ///
@@ -187,7 +191,7 @@ pub enum StorehausError {
     /// ([`GenericStore::watch_wal`](crate::GenericStore::watch_wal)).
     #[cfg(feature = "wal")]
     #[error(transparent)]
-    Wal(#[from] crate::wal::WalError),
+    Wal(#[from] WalError),
 }
 
 /// A shorthand for results of store operations.

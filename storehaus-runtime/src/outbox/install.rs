@@ -4,7 +4,7 @@
 use sqlx::{PgPool, Row};
 
 use super::ddl;
-use super::registry::Deployment;
+use crate::cache::gate::Deployment;
 use crate::error::Result;
 use crate::store::pool::DbPool;
 

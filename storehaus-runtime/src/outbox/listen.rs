@@ -7,7 +7,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 use super::ddl;
-use super::registry::WorkerState;
+use crate::cache::gate::WorkerState;
 
 /// Forwards `pg_notify` wake-ups to the worker, on a connection of its own
 /// (application name `storehaus-outbox <deployment>`). A lost connection is

@@ -4,7 +4,7 @@
 //! their triggers.
 
 use super::install::missing_triggers;
-use super::registry::{lock, WorkerState};
+use crate::cache::gate::{lock, WorkerState};
 use crate::error::Result;
 use crate::store::pool::DbPool;
 

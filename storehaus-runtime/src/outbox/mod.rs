@@ -45,14 +45,12 @@ use crate::record::Cached;
 use crate::store::pool::DbPool;
 use crate::GenericStore;
 
-pub(crate) use registry::{Deployment, Watchers};
 // The write-ahead log's reader delivers as the outbox does.
 pub use status::DeploymentStatus;
 #[cfg(feature = "wal")]
 pub(crate) use {
     ddl::ident,
     deliver::{deliver, Entry},
-    registry::{lock, WorkerState},
     worker::clear_prefixes,
 };
 
@@ -107,10 +105,10 @@ impl<T: Cached> GenericStore<T> {
     pub async fn watch_external_writes(&self) -> Result<()> {
         let cache = self.cache_settings().ok_or(StorehausError::CacheDisabled)?;
         let location = install::install(self.pool(), T::TABLE, T::ID_COLUMN).await?;
-        let outbox = &cache.manager.outbox;
+        let outbox = cache.manager.watchers();
         // Registered before a worker can look for the position.
         let registered = install::register(self.pool(), &outbox.deployment, T::TABLE, &cache.prefix).await?;
-        let state = outbox.ensure(&cache.manager, self.pool().clone(), location);
+        let state = registry::ensure(outbox, &cache.manager, self.pool().clone(), location);
         state.watch(T::TABLE, &cache.prefix);
         if let install::Registered::Untrusted(reason) = registered {
             // The worker starts the deployment over on its next pass; no

@@ -25,7 +25,7 @@ use std::time::Duration;
 use super::install::{current_end, restart_at, watched};
 use super::maintain;
 use super::pass::{self, Pass, Round};
-use super::registry::{lock, Deployment, WorkerState};
+use crate::cache::gate::{lock, Deployment, WorkerState};
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result, StorehausError};
 use crate::keys;
@@ -81,8 +81,8 @@ impl Worker {
             };
             let wait = match self.pass(&manager).await {
                 Ok(more) => {
-                    manager.outbox.set_lagging(&self.state, more);
-                    manager.outbox.renewed(&self.state);
+                    manager.watchers().set_lagging(&self.state, more);
+                    manager.watchers().renewed(&self.state);
                     backoff = Duration::from_millis(50);
                     if more {
                         Duration::ZERO
@@ -91,7 +91,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    manager.outbox.set_lagging(&self.state, true);
+                    manager.watchers().set_lagging(&self.state, true);
                     manager.warn("outbox", &CacheError::ConnectionError(e.to_string().into()));
                     let wait = backoff;
                     backoff = (backoff * 2).min(self.poll.max(Duration::from_millis(50)));
@@ -129,7 +129,7 @@ impl Worker {
                 Ok(more)
             }
             Pass::Untrusted(reason) => {
-                manager.outbox.set_lagging(&self.state, true);
+                manager.watchers().set_lagging(&self.state, true);
                 self.start_over(manager, &reason).await?;
                 Ok(true)
             }

@@ -19,8 +19,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 
+use crate::record::sqlite::SqliteRecord;
 use crate::record::CacheId;
-use crate::store::sqlite::SqliteRecord;
 
 /// The marker of the real impl of an `Assert*` trait.
 #[doc(hidden)]

@@ -26,7 +26,7 @@ use crate::cache::read::read_through;
 use crate::cache::read_many::read_many;
 use crate::error::Result;
 use crate::keys;
-use crate::private::index_value;
+use crate::record::index_value;
 use crate::record::Cached;
 use crate::store::query::{IndexColumn, Query};
 use crate::GenericStore;

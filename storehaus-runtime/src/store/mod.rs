@@ -15,7 +15,6 @@ pub(crate) mod query;
 pub(crate) mod replica;
 pub(crate) mod signals;
 pub(crate) mod sql;
-pub(crate) mod sqlite;
 pub(crate) mod transaction;
 mod write;
 

@@ -22,7 +22,6 @@
 //! | misses | tables swapped or re-created without their triggers (reported by `health_check`) | tables that are not in the publication (a swapped or re-created table: call `watch_wal` again); SQLite |
 
 mod decode;
-mod error;
 mod ops;
 mod reader;
 mod setup;
@@ -33,7 +32,7 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::PgPool;
 
-pub use error::WalError;
+pub use crate::error::WalError;
 pub use ops::WalSlotStatus;
 
 use crate::error::{Result, StorehausError};
@@ -147,7 +146,7 @@ impl<T: Cached> GenericStore<T> {
         let pool = postgres(self.pool())?;
         let database = setup::preflight(pool).await?;
         let table = setup::resolve(pool, T::TABLE, T::ID_COLUMN).await?;
-        let outbox = &cache.manager.outbox;
+        let outbox = cache.manager.watchers();
         let deployment = outbox.deployment.clone();
         let slot = setup::SlotName::new(&database, &deployment.name);
         let known = setup::known(pool, &slot).await?;

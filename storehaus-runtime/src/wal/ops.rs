@@ -5,8 +5,8 @@
 use sqlx::{PgPool, Row};
 
 use super::setup::SlotName;
+use crate::cache::gate::{lock, WorkerState};
 use crate::error::Result;
-use crate::outbox::{lock, WorkerState};
 use crate::HealthWarning;
 
 /// One deployment's replication slot, as

@@ -33,12 +33,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::decode::{Batch, Needs};
-use super::error::WalError;
 use super::setup::{self, SlotName, Watched};
 use super::turn::{self, Bounds, Turn};
+use crate::cache::gate::{lock, Deployment, WorkerState};
 use crate::cache::CacheManager;
+use crate::error::WalError;
 use crate::error::{CacheError, Result, StorehausError};
-use crate::outbox::{clear_prefixes, deliver, lock, Deployment, WorkerState};
+use crate::outbox::{clear_prefixes, deliver};
 
 /// Entries delivered per round trip at most.
 const BATCH: usize = 5_000;
@@ -143,13 +144,13 @@ impl Reader {
 
     fn set_lagging(&self, lagging: bool) {
         if let Some(m) = self.manager.upgrade() {
-            m.outbox.set_lagging(&self.state, lagging);
+            m.watchers().set_lagging(&self.state, lagging);
         }
     }
 
     fn renewed(&self) {
         if let Some(m) = self.manager.upgrade() {
-            m.outbox.renewed(&self.state);
+            m.watchers().renewed(&self.state);
         }
     }
 
@@ -327,7 +328,7 @@ impl Reader {
             if let Err(e) = deliver(&manager, &batch.entries, &watched.pairs, lsn).await {
                 // Nothing is confirmed; the stream ends and the next one
                 // resumes from the slot's position.
-                manager.outbox.set_lagging(&self.state, true);
+                manager.watchers().set_lagging(&self.state, true);
                 let _ = turn::lagging(&self.pool, &self.slot).await;
                 return Err(e);
             }
@@ -350,8 +351,8 @@ impl Reader {
                 age = at.elapsed();
                 beats.outstanding.pop_front();
             }
-            manager.outbox.set_lagging(&self.state, false);
-            manager.outbox.renewed(&self.state);
+            manager.watchers().set_lagging(&self.state, false);
+            manager.watchers().renewed(&self.state);
             self.state
                 .lag_ms
                 .store(age.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
 
 use super::decode::{Relation, Relations};
-use super::error::WalError;
+use crate::cache::gate::Deployment;
 use crate::error::Result;
-use crate::outbox::Deployment;
+use crate::error::WalError;
 
 /// The bookkeeping: the deployment of each slot (with its expiry, its
 /// heartbeat and a note of its last start-over) and what it watches.

@@ -69,7 +69,7 @@ where
         + 'static
         + sqlx::Type<Postgres>
         + for<'q> sqlx::Encode<'q, Postgres>
-        + crate::store::sqlite::SqliteId,
+        + crate::record::sqlite::SqliteId,
 {
     fn bind_pg<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         query.bind(self)

@@ -13,7 +13,9 @@ use serde::Serialize;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::Postgres;
 
-pub use crate::store::sqlite::{SqliteId, SqliteRecord};
+pub(crate) mod sqlite;
+
+pub use self::sqlite::{SqliteId, SqliteRecord};
 
 /// A PostgreSQL query with positional arguments, as the binders receive it.
 pub type PgQuery<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
@@ -138,3 +140,19 @@ pub trait Cached:
         Vec::new()
     }
 }
+
+/// Renders an index column's value for its key and for the check of a hint
+/// against a record: its `Display` form.
+pub fn index_value<V: IndexValue + ?Sized>(value: &V) -> String {
+    value.to_string()
+}
+
+/// What an index column's type needs beyond a column's bounds.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an index column",
+    label = "an index column needs a `Display` form for its cache key",
+    note = "index a unique column of a type such as String, i64 or uuid::Uuid"
+)]
+pub trait IndexValue: std::fmt::Display {}
+
+impl<T: std::fmt::Display + ?Sized> IndexValue for T {}
