@@ -40,6 +40,8 @@ pub(crate) mod redis;
 #[cfg(feature = "redis")]
 pub(crate) mod sentinel;
 pub(crate) mod server;
+#[cfg(feature = "redis")]
+pub(crate) mod tls;
 
 pub use server::ServerStats;
 

@@ -114,26 +114,11 @@ impl SentinelUrl {
 }
 
 fn with_certs(builder: SentinelClientBuilder, tls: &TlsCerts) -> CacheResult<SentinelClientBuilder> {
-    if !tls.is_set() {
-        return Ok(builder);
-    }
-    #[cfg(feature = "tls")]
-    {
-        crate::backend::redis::pool::install_crypto_provider();
-        Ok(builder.set_client_to_redis_certificates(redis::TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-            root_cert: tls.root.clone(),
-        }))
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        Err(CacheError::InvalidConfig(
-            "TLS certificates need the `tls` feature of storehaus".into(),
-        ))
-    }
+    Ok(match crate::backend::tls::certificates(tls)? {
+        #[cfg(feature = "tls")]
+        Some(certs) => builder.set_client_to_redis_certificates(certs),
+        _ => builder,
+    })
 }
 
 #[cfg(test)]

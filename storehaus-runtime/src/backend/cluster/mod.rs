@@ -475,26 +475,11 @@ async fn every<T>(futures: impl IntoIterator<Item = impl Future<Output = CacheRe
 
 /// TLS certificates for every node, when configured.
 fn with_certs(builder: ClusterClientBuilder, tls: &TlsCerts) -> CacheResult<ClusterClientBuilder> {
-    if !tls.is_set() {
-        return Ok(builder);
-    }
-    #[cfg(feature = "tls")]
-    {
-        crate::backend::redis::pool::install_crypto_provider();
-        Ok(builder.certs(redis::TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-            root_cert: tls.root.clone(),
-        }))
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        Err(CacheError::InvalidConfig(
-            "TLS certificates need the `tls` feature of storehaus".into(),
-        ))
-    }
+    Ok(match crate::backend::tls::certificates(tls)? {
+        #[cfg(feature = "tls")]
+        Some(certs) => builder.certs(certs),
+        _ => builder,
+    })
 }
 
 /// A script invocation: `EVALSHA`, and on `NOSCRIPT` (a freshly promoted

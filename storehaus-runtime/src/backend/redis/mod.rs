@@ -110,7 +110,7 @@ impl RedisBackend {
         } else {
             #[cfg(feature = "tls")]
             if url.starts_with("rediss://") {
-                pool::install_crypto_provider();
+                crate::backend::tls::install_crypto_provider();
             }
             Connector::Direct(Box::new(pool::open_client(url, target.tls).map_err(|e| {
                 CacheError::InvalidConfig(format!(

@@ -144,38 +144,11 @@ pub(crate) fn map_connect_err(err: RedisError) -> CacheError {
 
 /// A client for `url`, with the configured certificates when there are any.
 pub(crate) fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
-    if !tls.is_set() {
-        return Client::open(url);
-    }
-    #[cfg(feature = "tls")]
-    {
-        let certs = redis::TlsCertificates {
-            client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                client_cert: cert.clone(),
-                client_key: key.clone(),
-            }),
-            root_cert: tls.root.clone(),
-        };
-        Client::build_with_tls(url, certs)
-    }
-    #[cfg(not(feature = "tls"))]
-    {
-        Err(RedisError::from((
-            ErrorKind::InvalidClientConfig,
-            "TLS certificates need the `tls` feature of storehaus",
-        )))
-    }
-}
-
-/// rustls needs a process-wide CryptoProvider. Applications that chose one
-/// (ring, aws-lc-rs, ...) keep theirs; otherwise ring's is installed, so that
-/// `rediss://` works even when several providers are compiled in (where
-/// rustls cannot pick one by itself and would panic).
-#[cfg(feature = "tls")]
-pub(crate) fn install_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+    match crate::backend::tls::certificates(tls) {
+        #[cfg(feature = "tls")]
+        Ok(Some(certs)) => Client::build_with_tls(url, certs),
+        Ok(_) => Client::open(url),
+        Err(e) => Err(RedisError::from((ErrorKind::InvalidClientConfig, "TLS", e.to_string()))),
     }
 }
 
