@@ -41,7 +41,11 @@ pub(crate) mod redis;
 pub(crate) mod sentinel;
 pub(crate) mod server;
 #[cfg(feature = "redis")]
+pub(crate) mod switch;
+#[cfg(feature = "redis")]
 pub(crate) mod tls;
+#[cfg(feature = "redis")]
+pub(crate) mod tracking;
 
 pub use server::ServerStats;
 
@@ -49,6 +53,8 @@ use self::contact::Contact;
 use self::memory::MemoryBackend;
 #[cfg(feature = "redis")]
 use self::redis::{RedisBackend, Target};
+#[cfg(feature = "redis")]
+use self::switch::Switch;
 
 /// A cache backend.
 // One per `CacheManager`, built once and never moved: its size is
@@ -57,7 +63,7 @@ use self::redis::{RedisBackend, Target};
 #[derive(Debug)]
 pub(crate) enum Backend {
     #[cfg(feature = "redis")]
-    Redis(RedisBackend),
+    Redis(RedisBackend, Switch),
     Memory(MemoryBackend),
 }
 
@@ -70,9 +76,9 @@ macro_rules! delegate {
             pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
                 match self {
                     #[cfg(feature = "redis")]
-                    Backend::Redis(b) => {
+                    Backend::Redis(b, _switch) => {
                         #[cfg(feature = "cluster")]
-                        if let Some(cluster) = b.cluster().await? {
+                        if let Some(cluster) = _switch.cluster(b).await? {
                             return cluster.$name($($arg),*).await;
                         }
                         b.$name($($arg),*).await
@@ -115,7 +121,7 @@ impl Backend {
         match scheme {
             #[cfg(feature = "redis")]
             "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel" => {
-                Ok(Backend::Redis(RedisBackend::new(Target {
+                let target = Target {
                     url,
                     pool_size: options.pool_size,
                     timeout: options.timeout,
@@ -123,7 +129,9 @@ impl Backend {
                     cluster_nodes: &options.cluster_nodes,
                     contact,
                     wait: options.wait_replicas,
-                })?))
+                };
+                let switch = Switch::new(&target, scheme.ends_with("+sentinel"))?;
+                Ok(Backend::Redis(RedisBackend::new(target)?, switch))
             }
             #[cfg(not(feature = "redis"))]
             "redis" | "rediss" | "redis+unix" | "unix" | "redis+sentinel" | "rediss+sentinel" => {
@@ -146,9 +154,9 @@ impl Backend {
     /// Where a Redis backend's near cache hears of changes (see
     /// `redis::tracking`); `None` for the in-process backend.
     #[cfg(feature = "redis")]
-    pub(crate) fn tracking_source(&self) -> Option<self::redis::tracking::Source> {
+    pub(crate) fn tracking_source(&self) -> Option<self::tracking::Source> {
         match self {
-            Backend::Redis(r) => Some(r.tracking_source()),
+            Backend::Redis(node, switch) => Some(switch.tracking_source(node)),
             Backend::Memory(_) => None,
         }
     }
@@ -370,10 +378,10 @@ mod tests {
         assert!(matches!(open("memory://?max_capacity=5"), Ok(Backend::Memory(_))));
         #[cfg(feature = "redis")]
         {
-            assert!(matches!(open("redis://127.0.0.1:1"), Ok(Backend::Redis(_))));
+            assert!(matches!(open("redis://127.0.0.1:1"), Ok(Backend::Redis(..))));
             assert!(matches!(
                 open("redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster"),
-                Ok(Backend::Redis(_))
+                Ok(Backend::Redis(..))
             ));
         }
         #[cfg(not(feature = "redis"))]

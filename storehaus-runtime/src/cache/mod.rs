@@ -599,7 +599,7 @@ impl CacheManager {
         }
         let prefix = format!("{}:", self.global_prefix());
         let listener: Arc<dyn crate::backend::listener::KeyListener> = near.clone();
-        crate::backend::redis::tracking::spawn(source, prefix, &listener, self.timeout);
+        crate::backend::tracking::spawn(source, prefix, &listener, self.timeout);
     }
 
     /// `keys` changed (this process's write reached Redis, or may have):

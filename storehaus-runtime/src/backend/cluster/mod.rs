@@ -25,6 +25,7 @@
 mod health;
 pub(crate) mod layout;
 mod scan;
+pub(crate) mod seeds;
 mod slots;
 pub(crate) mod topology;
 pub(crate) mod tracking;

@@ -32,9 +32,9 @@ use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
+use super::seeds::seed_url;
 use crate::backend::contact::Contact;
 use crate::backend::redis::pool::open_client;
-use crate::backend::redis::switch::seed_url;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 

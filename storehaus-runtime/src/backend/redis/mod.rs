@@ -32,8 +32,6 @@ pub(crate) mod invalidation;
 pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod scripts;
-#[cfg(feature = "cluster")]
-pub(crate) mod switch;
 pub(crate) mod tracking;
 
 use std::sync::Arc;
@@ -57,10 +55,6 @@ pub(crate) struct RedisBackend {
     pool: Pool,
     scripts: Scripts,
     wait: Option<(u32, u64)>,
-    /// Whether this node turned out to be part of a cluster (`None` for
-    /// Sentinel, which never is).
-    #[cfg(feature = "cluster")]
-    cluster: Option<switch::ClusterSwitch>,
 }
 
 /// How a `redis://` backend is reached and what it may turn out to be.
@@ -88,13 +82,15 @@ impl RedisBackend {
         tracking::Source {
             connector: self.pool.connector().clone(),
             failovers: self.pool.failovers().cloned(),
-            #[cfg(feature = "cluster")]
-            cluster: self
-                .cluster
-                .as_ref()
-                .map(|switch| switch.topology.clone())
-                .unwrap_or_default(),
         }
+    }
+
+    /// What the first connection found the node to be (connecting first,
+    /// within the budget): one node, or a node of a cluster.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn topology_found(&self) -> CacheResult<Option<&probe::Topology>> {
+        self.pool.connected().await?;
+        Ok(self.pool.topology())
     }
 
     /// A backend for a `redis://`, `rediss://`, `redis+unix://` or
@@ -120,20 +116,8 @@ impl RedisBackend {
                 ))
             })?))
         };
-        #[cfg(not(feature = "cluster"))]
-        if !target.cluster_nodes.is_empty() {
-            return Err(CacheError::InvalidConfig(
-                "cluster nodes need the `cluster` feature of storehaus".into(),
-            ));
-        }
         let watch = Arc::new(NodeWatch::new(target.contact.clone(), sentinel));
         Ok(RedisBackend {
-            #[cfg(feature = "cluster")]
-            cluster: if sentinel {
-                None
-            } else {
-                Some(switch::ClusterSwitch::new(&target)?)
-            },
             pool: Pool::new(connector, watch, failovers, target.pool_size, target.timeout),
             scripts: Scripts::new(),
             wait: target.wait,

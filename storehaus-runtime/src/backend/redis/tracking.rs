@@ -23,8 +23,9 @@
 //! within a heartbeat even when no announcement arrives.
 //!
 //! On a Redis Cluster a broadcast subscription on one node would hear of
-//! that node's keys only: the task finds the node is part of a cluster and
-//! hands over to `cluster::tracking`, which subscribes on every primary.
+//! that node's keys only: the subscription finds the node is part of a
+//! cluster and ends, and the task (`backend::tracking`) hands over to
+//! `cluster::tracking`, which subscribes on every primary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -61,79 +62,24 @@ impl Round {
 }
 
 /// Why a subscription ended or could not start.
-enum Ended {
+pub(crate) enum Ended {
     /// The connection failed; try again.
     Lost(String),
-    /// The node belongs to a cluster: the near cache stays off.
+    /// The node belongs to a cluster: one node's subscription cannot
+    /// follow it.
     Cluster,
 }
 
 /// Where the near cache's invalidations come from: the node (or the
-/// primary Sentinel names) and, behind Sentinel, its switches; on a
-/// cluster, the backend's view of it, once the backend has found it out.
+/// primary Sentinel names) and, behind Sentinel, its switches.
 #[derive(Clone)]
 pub(crate) struct Source {
     pub connector: Connector,
     pub failovers: Option<Arc<Failovers>>,
-    #[cfg(feature = "cluster")]
-    pub cluster: Arc<std::sync::OnceLock<Arc<crate::backend::cluster::topology::Topology>>>,
-}
-
-/// Starts the tracking task of `near` for keys under `prefix`
-/// (`{global}:`). It stops once `near` is dropped.
-pub(crate) fn spawn(source: Source, prefix: String, near: &Arc<dyn KeyListener>, timeout: Duration) {
-    let near = Arc::downgrade(near);
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            if near.strong_count() == 0 {
-                return;
-            }
-            match track(&source, &prefix, &near, timeout).await {
-                Ended::Cluster => {
-                    #[cfg(feature = "cluster")]
-                    if let Some(topology) = found_cluster(&source).await {
-                        crate::backend::cluster::tracking::follow(topology, prefix, near, timeout).await;
-                        return;
-                    }
-                    tracing::warn!(target: "storehaus", "the cache is a Redis Cluster the backend does not follow: the near cache stays off");
-                    return;
-                }
-                Ended::Lost(why) => {
-                    if let Some(n) = near.upgrade() {
-                        if n.is_live() {
-                            tracing::warn!(target: "storehaus", error = %why, "near cache: tracking connection lost; flushed, serving from Redis until it is back");
-                        } else {
-                            tracing::debug!(target: "storehaus", error = %why, "near cache: tracking connection not available");
-                        }
-                        n.set_live(false);
-                    }
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-        }
-    });
-}
-
-/// The cluster backend's view, once the backend has found the cluster out
-/// (it does on its first command; given 10 s).
-#[cfg(feature = "cluster")]
-async fn found_cluster(source: &Source) -> Option<Arc<crate::backend::cluster::topology::Topology>> {
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(topology) = source.cluster.get() {
-            return Some(topology.clone());
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// One subscription, from connect to loss.
-async fn track(source: &Source, prefix: &str, near: &Weak<dyn KeyListener>, timeout: Duration) -> Ended {
+pub(crate) async fn track(source: &Source, prefix: &str, near: &Weak<dyn KeyListener>, timeout: Duration) -> Ended {
     let round = Arc::new(Round::default());
     let ended = track_round(source, prefix, near, &round, timeout).await;
     round.end();
