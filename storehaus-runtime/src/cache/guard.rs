@@ -197,6 +197,22 @@ impl CacheManager {
     }
 
     /// Counts `n` corrupt entries met (and removed or replaced).
+    /// Gives `lease` on `key` back (a write that wrote nothing), within
+    /// the operation budget; a failure leaves the lease to expire.
+    pub(crate) async fn release_lease(&self, key: &str, lease: &[u8]) {
+        let _ = self
+            .guarded(self.deadline(), "release_lease", || {
+                self.backend.release_lease(key, lease)
+            })
+            .await;
+    }
+
+    /// Deletes `keys` (hints found stale), within the operation budget; a
+    /// failure leaves them to their TTL.
+    pub(crate) async fn drop_keys(&self, keys: &[String], op: &'static str) {
+        let _ = self.guarded(self.deadline(), op, || self.backend.delete(keys)).await;
+    }
+
     pub(crate) fn count_corrupt(&self, n: u64) {
         self.count_n(|c| &c.serialization_errors, n);
         self.metrics.cache_errors("corrupt", n);

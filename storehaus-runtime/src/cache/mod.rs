@@ -92,12 +92,12 @@ pub use storehaus_limits::MAX_TTL_SECS;
 #[derive(Debug)]
 pub struct CacheManager {
     config: CacheConfig,
-    pub(crate) backend: Backend,
-    pub(crate) counters: Counters,
+    backend: Backend,
+    counters: Counters,
     /// The same events, for a `metrics` recorder.
-    pub(crate) metrics: ManagerMetrics,
+    metrics: ManagerMetrics,
     /// Latencies of the stores' operations on this manager.
-    pub(crate) latencies: stats::Figures,
+    latencies: stats::Figures,
     breaker: Breaker,
     /// Whether the server answers, and why not (logged once per change).
     status: Status,
@@ -106,15 +106,15 @@ pub struct CacheManager {
     recent: Recent,
     /// Moves when the server's data may have been replaced by an older copy.
     contact: Arc<Contact>,
-    pub(crate) flights: Flights,
+    flights: Flights,
     /// The near cache (`CacheConfig::with_near_cache`), on Redis only.
     near: Option<Arc<Near>>,
     /// The background fills under way (see `flush_fills`).
-    pub(crate) fill_epochs: fill::FillEpochs,
+    fill_epochs: fill::FillEpochs,
     /// The live-version registries as last read (see `versions`).
-    pub(crate) known_versions: versions::Known,
+    known_versions: versions::Known,
     /// Keys an early refresh of this process is loading.
-    pub(crate) refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
+    refreshing: std::sync::Mutex<std::collections::HashSet<String>>,
     watchers: gate::Watchers,
     /// The stores read from database replicas (see `markers`).
     replica_scopes: markers::ReplicaScopes,
@@ -125,7 +125,7 @@ pub struct CacheManager {
     started: Instant,
     timeout: Duration,
     #[cfg(feature = "test-hooks")]
-    pub(crate) hooks: hooks::TestHooks,
+    hooks: hooks::TestHooks,
 }
 
 impl CacheManager {

@@ -298,9 +298,7 @@ where
             let mgr = &cache.manager;
             let mut keys: Vec<String> = homes.iter().map(|h| cache.layout.side(h)).collect();
             keys.extend(homes);
-            let _ = mgr
-                .guarded(mgr.deadline(), "drop_hint", || mgr.backend.delete(&keys))
-                .await;
+            mgr.drop_keys(&keys, "drop_hint").await;
         }
     }
 }

@@ -336,7 +336,7 @@ impl Reader {
                 .delivered
                 .fetch_add(batch.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             #[cfg(feature = "test-hooks")]
-            manager.hooks.before_wal_confirm().await;
+            manager.test_hooks().before_wal_confirm().await;
         }
         if let Some(position) = batch.confirm {
             feedback.update_applied_lsn(position);
