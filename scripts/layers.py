@@ -16,7 +16,9 @@ fails (exit 1) when
 - anything under `backend` uses `cache`, `store`, `outbox` or `wal`
   (backends sit below the cache: they report upward through what they
   own, and take the key grammar from below), or
-- a module is longer than 500 lines before its `#[cfg(test)]` part.
+- a module is longer than 500 lines before its `#[cfg(test)]` part, or
+- a function outside tests is longer than 80 lines (signature to closing
+  brace).
 
 `--graph` also prints every sibling edge with the files behind it.
 """
@@ -26,6 +28,8 @@ import sys
 from collections import defaultdict
 
 MAX_LINES = 500
+MAX_FN_LINES = 80
+FN = re.compile(r"^(\s*)(?:pub(?:\([a-z]+\))?\s+)?(?:const\s+)?(?:async\s+)?(?:unsafe\s+)?fn\s+([a-z_0-9]+)")
 BELOW_CACHE = {"backend"}
 ABOVE_BACKEND = {"cache", "store", "outbox", "wal"}
 PATH = re.compile(r"(?<!\$)\bcrate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)")
@@ -64,6 +68,26 @@ def code_lines(text):
     return body
 
 
+def long_functions(body):
+    """(name, first line, length) of each function longer than the limit:
+    from its `fn` line to the line that closes it at the same indentation."""
+    lines = body.split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        m = FN.match(line)
+        if not m or line.rstrip().endswith(";"):
+            continue
+        indent = m.group(1)
+        for j in range(i + 1, len(lines)):
+            if lines[j].startswith(indent + "}") and not lines[j].startswith(indent + "} else"):
+                if j - i + 1 > MAX_FN_LINES:
+                    out.append((m.group(2), i + 1, j - i + 1))
+                break
+            if lines[j].strip() and not lines[j].startswith(indent + " ") and not lines[j].startswith(indent + "}") and j > i + 1 and FN.match(lines[j]):
+                break  # a signature without a body (a trait method)
+    return out
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     show = "--graph" in sys.argv
@@ -84,6 +108,8 @@ def main():
             n = body.count("\n")
             if n > MAX_LINES:
                 problems.append(f"{rel}: {n} lines before its tests (limit {MAX_LINES})")
+            for name, first, length in long_functions(body):
+                problems.append(f"{rel}:{first}: fn {name} is {length} lines (limit {MAX_FN_LINES})")
             code = re.sub(r"//.*", "", body)  # doc links and comments say nothing of layering
             paths = set(PATH.findall(code))
             for prefix, group in USE_GROUP.findall(code):
