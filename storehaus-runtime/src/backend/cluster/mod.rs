@@ -22,6 +22,7 @@
 //! Connections are made in the background by redis-rs on first use; the
 //! callers' budget bounds only their own wait.
 
+mod client;
 mod health;
 pub(crate) mod layout;
 mod scan;
@@ -30,15 +31,14 @@ mod slots;
 pub(crate) mod topology;
 pub(crate) mod tracking;
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 
+use self::client::{client, every, RunOnCluster, Script};
 use self::health::{Health, Watched};
 use self::layout::{by_slot, physical, physical_all};
 use self::slots::{scatter, split_invalidation, SlotInvalidation};
@@ -453,59 +453,5 @@ impl ClusterBackend {
                 .to_owned(),
         )
         .await
-    }
-}
-
-/// A cluster client on `seeds`: no retries, `limit` to connect and to answer.
-fn client(seeds: &[String], limit: Duration, tls: &TlsCerts) -> CacheResult<ClusterClient> {
-    let builder = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-        .retries(0)
-        .connection_timeout(limit)
-        .response_timeout(limit);
-    with_certs(builder, tls)?
-        .build()
-        .map_err(|e| CacheError::InvalidConfig(format!("cannot use the cluster nodes: {e}")))
-}
-
-/// Runs every future to its end (one slot's failure does not abandon the
-/// others' commands, which would look unanswered) and returns the answers
-/// in order, or the first error.
-async fn every<T>(futures: impl IntoIterator<Item = impl Future<Output = CacheResult<T>>>) -> CacheResult<Vec<T>> {
-    join_all(futures).await.into_iter().collect()
-}
-
-/// TLS certificates for every node, when configured.
-fn with_certs(builder: ClusterClientBuilder, tls: &TlsCerts) -> CacheResult<ClusterClientBuilder> {
-    Ok(match crate::backend::tls::certificates(tls)? {
-        #[cfg(feature = "tls")]
-        Some(certs) => builder.certs(certs),
-        _ => builder,
-    })
-}
-
-/// A script invocation: `EVALSHA`, and on `NOSCRIPT` (a freshly promoted
-/// replica) `SCRIPT LOAD` on every node and `EVALSHA` again.
-struct Script<'a>(redis::ScriptInvocation<'a>);
-
-/// A command, a pipeline or a script invocation on a cluster connection.
-trait RunOnCluster {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T>;
-}
-
-impl RunOnCluster for redis::Cmd {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOnCluster for redis::Pipeline {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOnCluster for Script<'_> {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.0.invoke_async(conn).await
     }
 }
