@@ -63,61 +63,18 @@ impl CacheManager {
         F: Fn() -> Fut,
         Fut: Future<Output = CacheResult<R>>,
     {
-        if tokio::time::Instant::now() >= deadline {
-            // The budget went to earlier steps of this operation: the cache
-            // is not at fault, so neither the breaker nor the stats hear of it.
-            return Err(CacheError::Timeout {
-                budget_ms: self.config.timeout_ms,
-            });
-        }
-        let mut allowed = self.breaker.allow();
-        if allowed.is_err() && self.breaker.healed(self.contact.heals()) {
-            // The backend found the cache able to serve again: probe now.
-            allowed = self.breaker.allow();
-        }
-        match allowed {
-            Ok(false) => {}
-            Ok(true) => self.probe(deadline, op).await?,
-            Err(open) => {
-                self.count(|c| &c.breaker_skips);
-                return Err(CacheError::CircuitOpen {
-                    failures: open.failures,
-                    retry_in_ms: open.retry_in_ms,
-                    last_error: self.status.last_failure(),
-                });
-            }
-        }
+        self.admit(deadline, op).await?;
         let mut attempt = 0u32;
         loop {
             let err = match timeout_at(deadline, call()).await {
-                Ok(Ok(v)) => {
-                    self.breaker_success();
-                    if self.contact_moved() {
-                        // The answer may come from a node that lost recent
-                        // invalidations (a promoted replica, a restart):
-                        // not served until they are delivered again.
-                        self.hand_over_recent();
-                        return Err(CacheError::ConnectionError(
-                            "the cache's primary may have changed: recent invalidations are delivered first".into(),
-                        ));
-                    }
-                    return Ok(v);
-                }
+                Ok(Ok(v)) => return self.answered(v),
                 Ok(Err(e @ (CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)))) => {
                     self.count(|c| &c.connection_errors);
                     self.metrics.cache_errors("connection", 1);
                     self.status.failed(&e);
                     e
                 }
-                Ok(Err(e)) => {
-                    // The server answered: it is alive, the command was refused.
-                    self.status.answered();
-                    self.count(|c| &c.command_errors);
-                    self.metrics.cache_errors("command", 1);
-                    self.breaker.success();
-                    self.warn(op, &e);
-                    return Err(e);
-                }
+                Ok(Err(e)) => return Err(self.refused(op, e)),
                 Err(_elapsed) => {
                     self.count(|c| &c.timeouts);
                     self.metrics.cache_errors("timeout", 1);
@@ -137,27 +94,88 @@ impl CacheManager {
                     continue;
                 }
             }
-            if self.breaker.failure(false) == Transition::Opened {
-                self.count(|c| &c.breaker_opened);
-                self.metrics.breaker(true);
-                if matches!(err, CacheError::Timeout { .. }) {
-                    // No answer, again and again: unreachable, for the
-                    // operator as for the breaker.
-                    self.status.failed(&err);
-                }
-                tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
-            }
-            if matches!(
-                err,
-                CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)
-            ) {
-                // `status` logged it at WARN, once per state and cause.
-                tracing::debug!(target: "storehaus", op, error = %err, "cache operation failed; falling back to the database");
-            } else {
-                self.warn(op, &err);
-            }
-            return Err(err);
+            return Err(self.give_up(op, err));
         }
+    }
+
+    /// Whether a command may be sent within `deadline`: the budget is not
+    /// spent, and the breaker lets it through (probing first when it is
+    /// half open).
+    async fn admit(&self, deadline: tokio::time::Instant, op: &'static str) -> CacheResult<()> {
+        if tokio::time::Instant::now() >= deadline {
+            // The budget went to earlier steps of this operation: the cache
+            // is not at fault, so neither the breaker nor the stats hear of it.
+            return Err(CacheError::Timeout {
+                budget_ms: self.config.timeout_ms,
+            });
+        }
+        let mut allowed = self.breaker.allow();
+        if allowed.is_err() && self.breaker.healed(self.contact.heals()) {
+            // The backend found the cache able to serve again: probe now.
+            allowed = self.breaker.allow();
+        }
+        match allowed {
+            Ok(false) => Ok(()),
+            Ok(true) => self.probe(deadline, op).await,
+            Err(open) => {
+                self.count(|c| &c.breaker_skips);
+                Err(CacheError::CircuitOpen {
+                    failures: open.failures,
+                    retry_in_ms: open.retry_in_ms,
+                    last_error: self.status.last_failure(),
+                })
+            }
+        }
+    }
+
+    /// The server answered `v`: served, unless the server may have lost
+    /// recent invalidations.
+    fn answered<R>(&self, v: R) -> CacheResult<R> {
+        self.breaker_success();
+        if self.contact_moved() {
+            // The answer may come from a node that lost recent
+            // invalidations (a promoted replica, a restart): not served
+            // until they are delivered again.
+            self.hand_over_recent();
+            return Err(CacheError::ConnectionError(
+                "the cache's primary may have changed: recent invalidations are delivered first".into(),
+            ));
+        }
+        Ok(v)
+    }
+
+    /// The server answered, refusing the command: it is alive.
+    fn refused(&self, op: &'static str, e: CacheError) -> CacheError {
+        self.status.answered();
+        self.count(|c| &c.command_errors);
+        self.metrics.cache_errors("command", 1);
+        self.breaker.success();
+        self.warn(op, &e);
+        e
+    }
+
+    /// No more tries for `err`: the breaker hears of it, and it is logged.
+    fn give_up(&self, op: &'static str, err: CacheError) -> CacheError {
+        if self.breaker.failure(false) == Transition::Opened {
+            self.count(|c| &c.breaker_opened);
+            self.metrics.breaker(true);
+            if matches!(err, CacheError::Timeout { .. }) {
+                // No answer, again and again: unreachable, for the
+                // operator as for the breaker.
+                self.status.failed(&err);
+            }
+            tracing::warn!(target: "storehaus", error = %err, "cache unavailable: circuit breaker opened; store operations go straight to the database");
+        }
+        if matches!(
+            err,
+            CacheError::ConnectionError(_) | CacheError::AuthenticationFailed(_)
+        ) {
+            // `status` logged it at WARN, once per state and cause.
+            tracing::debug!(target: "storehaus", op, error = %err, "cache operation failed; falling back to the database");
+        } else {
+            self.warn(op, &err);
+        }
+        err
     }
 
     /// The breaker's half-open probe (see the module above): the backend's
