@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::cache::codec::{self, Found};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
-use crate::cache::read::{load_and_fill, new_lease};
+use crate::cache::read::{load_and_fill, new_lease, Held};
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
 use crate::error::Result;
@@ -59,7 +59,7 @@ where
         Err(_) => false,
     };
     if leased {
-        load_and_fill(mgr, key, lease, layout.fingerprint, ttls, deadline, load).await
+        load_and_fill(mgr, Held { key, lease, deadline }, layout.fingerprint, ttls, load).await
     } else {
         load().await
     }

@@ -214,14 +214,11 @@ impl CacheManager {
         }
     }
 
-    /// Counts `n` corrupt entries met (and removed or replaced).
-    /// Gives `lease` on `key` back (a write that wrote nothing), within
-    /// the operation budget; a failure leaves the lease to expire.
-    pub(crate) async fn release_lease(&self, key: &str, lease: &[u8]) {
+    /// Gives `lease` on `key` back (a load that failed, a write that wrote
+    /// nothing) within `deadline`; a failure leaves the lease to expire.
+    pub(crate) async fn release_lease(&self, key: &str, lease: &[u8], deadline: tokio::time::Instant) {
         let _ = self
-            .guarded(self.deadline(), "release_lease", || {
-                self.backend.release_lease(key, lease)
-            })
+            .guarded(deadline, "release_lease", || self.backend.release_lease(key, lease))
             .await;
     }
 
@@ -231,6 +228,7 @@ impl CacheManager {
         let _ = self.guarded(self.deadline(), op, || self.backend.delete(keys)).await;
     }
 
+    /// Counts `n` corrupt entries met (and removed or replaced).
     pub(crate) fn count_corrupt(&self, n: u64) {
         self.count_n(|c| &c.serialization_errors, n);
         self.metrics.cache_errors("corrupt", n);

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::query::read_generation;
-use crate::cache::read::read_through;
+use crate::cache::read::{read_through, RecordRead};
 use crate::cache::read_many::read_many;
 use crate::error::Result;
 use crate::keys;
@@ -94,10 +94,13 @@ where
             .scoped(read_through(
                 &cache.manager,
                 key.clone(),
-                &cache.layout,
-                cache.ttls(),
-                None,
-                (false, &cache.index_reads),
+                RecordRead {
+                    layout: &cache.layout,
+                    ttls: cache.ttls(),
+                    early: None,
+                    near: false,
+                    mode: &cache.index_reads,
+                },
                 || async {
                     let generation = read_generation(&cache.manager, &cache.generation_key).await;
                     let row = self.load_by(column, value.clone()).await?;

@@ -26,7 +26,7 @@ use tracing::field::Empty;
 
 use crate::cache::adapt::ReadMode;
 use crate::cache::fill::Ttls;
-use crate::cache::read::read_through;
+use crate::cache::read::{read_through, RecordRead};
 use crate::cache::read_many::{read_many, ManyOutcome};
 use crate::cache::telemetry::{Outcome, StoreMetrics};
 use crate::cache::{CacheManager, MAX_TTL_SECS};
@@ -174,6 +174,17 @@ pub(crate) struct StoreCache {
 }
 
 impl StoreCache {
+    /// How `get_by_id` reads a record through the cache.
+    pub(crate) fn record_read(&self) -> RecordRead<'_> {
+        RecordRead {
+            layout: &self.layout,
+            ttls: self.ttls(),
+            early: self.early.as_ref(),
+            near: self.near,
+            mode: &self.reads,
+        }
+    }
+
     pub(crate) fn ttls(&self) -> Ttls {
         Ttls {
             record: self.ttl,
@@ -402,15 +413,9 @@ impl<T: Cached> GenericStore<T> {
             None => (self.load_one(id).await, Outcome::Uncached),
             Some(cache) => {
                 let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-                self.scoped(read_through(
-                    &cache.manager,
-                    key,
-                    &cache.layout,
-                    cache.ttls(),
-                    cache.early.as_ref(),
-                    (cache.near, &cache.reads),
-                    || self.load_one(id),
-                ))
+                self.scoped(read_through(&cache.manager, key, cache.record_read(), || {
+                    self.load_one(id)
+                }))
                 .await
             }
         };

@@ -251,7 +251,10 @@ impl<T: Cached> GenericStore<T> {
             } else if let (Some(lease), Some(cache), [id]) = (lease, &store.cache, ids.as_slice()) {
                 // Nothing written (no such row, a refused insert): give the lease back.
                 let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
-                cache.manager.release_lease(&key, &lease).await;
+                cache
+                    .manager
+                    .release_lease(&key, &lease, cache.manager.deadline())
+                    .await;
             }
             store.store_metrics().write(name, result.is_ok(), started);
             result.map(|written| written.value)

@@ -52,12 +52,17 @@ use crate::cache::adapt::ReadMode;
 use crate::cache::codec::{self, Entry, Found};
 use crate::cache::early::{refresh_early, Early};
 use crate::cache::fill::{Fill, Guard, Ttls};
-use crate::cache::flight::{follow, Lease};
+use crate::cache::flight::Lease;
+use crate::cache::near::{Near, Ticket};
 use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, Result, ServerErrorKind};
+use crate::error::{CacheError, CacheResult, Result, ServerErrorKind};
+
+mod wait;
+
+use self::wait::{behind_another_reader, Behind};
 
 /// A fresh lease token: `0xC1` and 16 random bytes.
 pub(crate) fn new_lease() -> Lease {
@@ -99,17 +104,33 @@ enum Step<V> {
     Bypass,
 }
 
+/// How a store reads one record through the cache: this version's layout
+/// (fingerprint, side keys), the TTLs, early refresh, whether the store
+/// uses the manager's near cache, and which command its reads start with
+/// (see `adapt`).
+#[derive(Clone, Copy)]
+pub(crate) struct RecordRead<'a> {
+    pub layout: &'a Layout,
+    pub ttls: Ttls,
+    pub early: Option<&'a Early>,
+    pub near: bool,
+    pub mode: &'a ReadMode,
+}
+
+/// A fill lease this reader holds on `key`, and the operation's budget.
+pub(crate) struct Held {
+    pub key: String,
+    pub lease: Lease,
+    pub deadline: tokio::time::Instant,
+}
+
 /// Reads `key` through the cache: a near-cache hit or a Redis hit is
 /// returned; a miss runs `load` (the database) and fills the cache behind a
-/// lease. `near`: whether the store uses the manager's near cache; `mode`:
-/// which command its reads start with. Also says how the cache took part.
+/// lease. Also says how the cache took part.
 pub(crate) async fn read_through<V, F, Fut>(
     mgr: &Arc<CacheManager>,
     key: String,
-    layout: &Layout,
-    ttls: Ttls,
-    early: Option<&Early>,
-    (near, mode): (bool, &ReadMode),
+    read: RecordRead<'_>,
     load: F,
 ) -> (Result<Option<V>>, Outcome)
 where
@@ -118,6 +139,7 @@ where
     Fut: Future<Output = Result<Option<V>>>,
 {
     // With early refresh, every load of the store measures δ.
+    let early = read.early;
     let load = move || {
         let start = std::time::Instant::now();
         let loading = load();
@@ -135,88 +157,86 @@ where
         mgr.count(|c| &c.misses);
         return (load().await, Outcome::Bypass);
     }
-    let near = if near { mgr.near() } else { None };
-    if let Some(n) = near {
-        // The home key, or this version's side key (a rollout).
-        if let Some(v) = n.get::<V>(&key).or_else(|| n.get::<V>(&layout.side(&key))) {
-            mgr.count(|c| &c.hits);
-            timing.op = Op::Hit;
-            // Always ready: without a share of tokio's budget, a loop of near
-            // hits would never yield, and the runtime's other tasks (writes,
-            // the tracking connection's pushes) would wait for it to end.
-            tokio::task::consume_budget().await;
-            return (Ok(v), Outcome::NearHit);
-        }
+    let near = if read.near { mgr.near() } else { None };
+    if let Some(v) = near.and_then(|n| near_hit::<V>(n, &key, read.layout)) {
+        mgr.count(|c| &c.hits);
+        timing.op = Op::Hit;
+        // Always ready: without a share of tokio's budget, a loop of near
+        // hits would never yield, and the runtime's other tasks (writes,
+        // the tracking connection's pushes) would wait for it to end.
+        tokio::task::consume_budget().await;
+        return (Ok(v), Outcome::NearHit);
     }
     // Taken before the GET is sent: an invalidation of the key that arrives
     // after this point, whenever, keeps the answer out of the near cache.
-    let ticket = near.and_then(|n| n.ticket());
+    let near = near.and_then(|n| Some((&**n, n.ticket()?)));
     let lease = new_lease();
+    let look = Look {
+        mgr,
+        key,
+        version: (read.layout.fingerprint, false),
+        lease: &lease,
+        early,
+        deadline,
+        want_ttl: near.is_some(),
+        mode: read.mode,
+    };
+    through_redis(look, &read, near, &mut timing, load).await
+}
+
+/// The read after the near cache: looks at the key (at this version's side
+/// key after another version's entry), and serves a hit, refreshes a hit
+/// that is due, loads and fills behind its own lease, or waits behind
+/// another reader's; anything else reads the database without filling.
+async fn through_redis<V, F, Fut>(
+    mut look: Look<'_>,
+    read: &RecordRead<'_>,
+    near: Option<(&Near, Ticket)>,
+    timing: &mut Timing<'_>,
+    load: F,
+) -> (Result<Option<V>>, Outcome)
+where
+    V: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    let mgr = look.mgr;
     let mut retried = false;
-    let mut key = key;
-    let mut on_side = false;
-    let fingerprint = layout.fingerprint;
     loop {
-        match lookup::<V>(
-            mgr,
-            &key,
-            (fingerprint, on_side),
-            &lease,
-            early,
-            deadline,
-            (ticket.is_some(), mode),
-        )
-        .await
-        {
-            Step::Foreign => {
-                mgr.count(|c| &c.foreign_entries);
-                key = layout.side(&key);
-                on_side = true;
-            }
+        match lookup::<V>(&look).await {
+            Step::Foreign => look.to_side(read.layout),
             Step::Hit(v, pttl) => {
                 mgr.count(|c| &c.hits);
-                mode.saw(false);
+                read.mode.saw(false);
                 timing.op = Op::Hit;
-                if let (Some(n), Some(t), Some(left)) = (near, ticket, near_ttl(pttl, ttls.of(v.as_ref()))) {
+                if let (Some((n, t)), Some(left)) = (near, near_ttl(pttl, read.ttls.of(v.as_ref()))) {
                     #[cfg(feature = "test-hooks")]
-                    mgr.hooks.before_near_insert(&key).await;
-                    n.insert(&key, v.clone(), left, t);
+                    mgr.test_hooks().before_near_insert(&look.key).await;
+                    n.insert(&look.key, v.clone(), left, t);
                 }
                 return (Ok(v), Outcome::Hit);
             }
             Step::Due(v, bytes) => {
                 mgr.count(|c| &c.hits);
-                mode.saw(false);
-                let side = on_side.then_some(layout);
-                let refreshed = refresh_early(mgr, key, (v, bytes), (fingerprint, side), ttls, load).await;
+                read.mode.saw(false);
+                let version = (read.layout.fingerprint, look.version.1.then_some(read.layout));
+                let refreshed = refresh_early(mgr, look.key, (v, bytes), version, read.ttls, load).await;
                 return (Ok(refreshed), Outcome::Hit);
             }
             Step::Lead => {
                 mgr.count(|c| &c.misses);
-                mode.saw(true);
-                // A side key is filled only once this version is registered,
-                // and registered before the database is read.
-                if on_side && !mgr.register_layout(layout, deadline).await {
-                    let _ = mgr
-                        .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
-                        .await;
-                    return (load().await, Outcome::Bypass);
-                }
-                let loaded = load_and_fill(mgr, key, lease, fingerprint, ttls, deadline, load).await;
-                return (loaded, Outcome::Miss);
+                read.mode.saw(true);
+                let on_side = look.version.1;
+                return lead(mgr, look.held(), on_side, read, load).await;
             }
             Step::Busy(found) => {
-                match behind_another_reader::<V>(mgr, &key, &found, (fingerprint, on_side), deadline).await {
+                match behind_another_reader::<V>(mgr, &look.key, &found, look.version, look.deadline).await {
                     Behind::Served(v) => {
                         mgr.count(|c| &c.hits);
                         timing.op = Op::Hit;
                         return (Ok(v), Outcome::Hit);
                     }
-                    Behind::Foreign => {
-                        mgr.count(|c| &c.foreign_entries);
-                        key = layout.side(&key);
-                        on_side = true;
-                    }
+                    Behind::Foreign => look.to_side(read.layout),
                     Behind::LookAgain if !retried => retried = true,
                     Behind::LookAgain | Behind::Load => {
                         mgr.count(|c| &c.misses);
@@ -233,16 +253,43 @@ where
     }
 }
 
+/// What the near cache holds for `key`: the home key, or this version's
+/// side key (a rollout).
+#[inline]
+fn near_hit<V: Clone + Send + Sync + 'static>(near: &Near, key: &str, layout: &Layout) -> Option<Option<V>> {
+    near.get::<V>(key).or_else(|| near.get::<V>(&layout.side(key)))
+}
+
+/// The lease is ours. A side key is filled only once this version is
+/// registered, and registered before the database is read.
+async fn lead<V, F, Fut>(
+    mgr: &Arc<CacheManager>,
+    held: Held,
+    on_side: bool,
+    read: &RecordRead<'_>,
+    load: F,
+) -> (Result<Option<V>>, Outcome)
+where
+    V: Serialize + Clone + Send + Sync + 'static,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Option<V>>>,
+{
+    if on_side && !mgr.register_layout(read.layout, held.deadline).await {
+        mgr.release_lease(&held.key, &held.lease, held.deadline).await;
+        return (load().await, Outcome::Bypass);
+    }
+    let loaded = load_and_fill(mgr, held, read.layout.fingerprint, read.ttls, load).await;
+    (loaded, Outcome::Miss)
+}
+
 /// The lease is ours: loads, lets the readers of this process share the
 /// load, and fills the cache behind the lease. A load that fails gives the
 /// lease back, so that other readers need not wait for it to expire.
 pub(crate) async fn load_and_fill<V, F, Fut>(
     mgr: &Arc<CacheManager>,
-    key: String,
-    lease: Lease,
+    held: Held,
     fingerprint: u64,
     ttls: Ttls,
-    deadline: tokio::time::Instant,
     load: F,
 ) -> Result<Option<V>>
 where
@@ -250,13 +297,12 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<Option<V>>>,
 {
+    let Held { key, lease, deadline } = held;
     let lead = mgr.flights.lead(&key, lease);
     let value = match load().await {
         Ok(value) => value,
         Err(e) => {
-            let _ = mgr
-                .guarded(deadline, "release_lease", || mgr.backend.release_lease(&key, &lease))
-                .await;
+            mgr.release_lease(&key, &lease, deadline).await;
             return Err(e);
         }
     };
@@ -273,116 +319,57 @@ where
     Ok(value)
 }
 
-/// What a reader that found someone else's lease ends up with.
-enum Behind<V> {
-    /// The other reader's value (`None`: a cached "no such row").
-    Served(Option<V>),
-    /// The "lease" was a corrupt entry and is gone: look again.
-    LookAgain,
-    /// The fill that landed is another version's: look at the side key.
-    Foreign,
-    /// Nothing came in time: read the database, don't fill.
-    Load,
+/// One look at the cache: the key (the home key, or this version's side
+/// key), the reader's version (its fingerprint, and whether `key` is its
+/// side key, where another version's entry is corrupt, not foreign), its
+/// lease, and how to look.
+struct Look<'a> {
+    mgr: &'a Arc<CacheManager>,
+    key: String,
+    version: (u64, bool),
+    lease: &'a Lease,
+    early: Option<&'a Early>,
+    deadline: tokio::time::Instant,
+    /// The near cache is on: a `GET` also reads the key's `PTTL`, so that a
+    /// hit can be kept near.
+    want_ttl: bool,
+    mode: &'a ReadMode,
 }
 
-/// Another reader holds the key's lease `found`: join its load when it is a
-/// load of this process under that very lease, else wait for its fill.
-async fn behind_another_reader<V: DeserializeOwned + Clone + Send + Sync + 'static>(
-    mgr: &CacheManager,
-    key: &str,
-    found: &[u8],
-    version: (u64, bool),
-    deadline: tokio::time::Instant,
-) -> Behind<V> {
-    if let Some(rx) = mgr.flights.join(key, found) {
-        return match follow::<Option<V>>(rx).await {
-            Some(v) => {
-                mgr.count(|c| &c.coalesced);
-                tracing::Span::current().record("coalesced", true);
-                Behind::Served(v)
-            }
-            None => Behind::Load,
-        };
+impl Look<'_> {
+    /// Another version's entry is at the key: look at this version's side
+    /// key instead.
+    fn to_side(&mut self, layout: &Layout) {
+        self.mgr.count(|c| &c.foreign_entries);
+        self.key = layout.side(&self.key);
+        self.version.1 = true;
     }
-    match wait_for_fill::<V>(mgr, key, found, version, deadline).await {
-        Waited::Filled(v) => {
-            mgr.count(|c| &c.lease_waits);
-            tracing::Span::current().record("lease_waited", true);
-            Behind::Served(v)
+
+    /// The lease this look took.
+    fn held(self) -> Held {
+        Held {
+            key: self.key,
+            lease: *self.lease,
+            deadline: self.deadline,
         }
-        Waited::NotALease => Behind::LookAgain,
-        Waited::Foreign => Behind::Foreign,
-        Waited::GaveUp => Behind::Load,
     }
 }
 
 /// One look at the cache. With early refresh, a `GET` + `PTTL` first; else
 /// a `GET` first, or the lease command first when the store's reads mostly
-/// miss (see `adapt`). With `want_ttl` (the near cache is on) the `GET` also
-/// reads the key's `PTTL`, so that a hit can be kept near. `version`: the
-/// reader's fingerprint, and whether `key` is its side key (where another
-/// version's entry is corrupt, not foreign).
-async fn lookup<V: DeserializeOwned>(
-    mgr: &CacheManager,
-    key: &str,
-    version: (u64, bool),
-    lease: &[u8],
-    early: Option<&Early>,
-    deadline: tokio::time::Instant,
-    (want_ttl, mode): (bool, &ReadMode),
-) -> Step<V> {
-    let lease_read = || mgr.backend.get_or_lease(key, lease, mgr.lease_ms());
-    if let Some(early) = early {
-        // GET + PTTL in one round trip; a miss then takes the lease.
-        match mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key)).await {
-            Ok((Some(bytes), pttl)) if !codec::is_lease(&bytes) => {
-                return match judge::<V>(version, &bytes) {
-                    // Without a fill token (a version-1 entry) the refresh
-                    // could not tell this fill from a later one: no refresh.
-                    Ok(Found::Own(entry, token)) => {
-                        let v = into_option(entry);
-                        if token.is_some() && early.due(pttl) {
-                            Step::Due(v, bytes)
-                        } else {
-                            Step::Hit(v, Some(pttl))
-                        }
-                    }
-                    Ok(Found::Foreign) => Step::Foreign,
-                    Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
-                };
-            }
-            Ok(_) => {}
-            Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => {
-                return discard_corrupt(mgr, key, &e, deadline).await
-            }
-            Err(_) => return Step::Bypass,
+/// miss (see `adapt`).
+async fn lookup<V: DeserializeOwned>(look: &Look<'_>) -> Step<V> {
+    if let Some(early) = look.early {
+        if let Some(step) = look_early(look, early).await {
+            return step;
         }
     }
-    let mut pttl = None;
-    let found = if mgr.config().single_command_reads || early.is_some() || mode.lease_first() {
-        mgr.guarded(deadline, "get", lease_read).await
-    } else {
-        // A plain GET first: a hit costs what a raw GET does; only a miss
-        // sends the lease command.
-        let first = if want_ttl {
-            mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key))
-                .await
-                .map(|(bytes, ms)| {
-                    pttl = Some(ms);
-                    bytes
-                })
-        } else {
-            mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
-        };
-        match first {
-            Ok(None) => mgr.guarded(deadline, "lease", lease_read).await,
-            other => other,
-        }
-    };
+    let (found, pttl) = first_look(look).await;
+    let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
     match found {
         Ok(None) => Step::Lead,
         Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy(bytes),
-        Ok(Some(bytes)) => match judge::<V>(version, &bytes) {
+        Ok(Some(bytes)) => match judge::<V>(look.version, &bytes) {
             Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), pttl),
             Ok(Found::Foreign) => Step::Foreign,
             Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
@@ -393,7 +380,7 @@ async fn lookup<V: DeserializeOwned>(
         // without a lease and without a fill.
         Err(e) if e.server_error_kind() == Some(&ServerErrorKind::OutOfMemory) => {
             match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
-                Ok(Some(bytes)) if !codec::is_lease(&bytes) => match judge::<V>(version, &bytes) {
+                Ok(Some(bytes)) if !codec::is_lease(&bytes) => match judge::<V>(look.version, &bytes) {
                     Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), None),
                     _ => Step::Bypass,
                 },
@@ -401,6 +388,58 @@ async fn lookup<V: DeserializeOwned>(
             }
         }
         Err(_) => Step::Bypass,
+    }
+}
+
+/// With early refresh: `GET` + `PTTL` in one round trip, deciding a hit
+/// (due for a refresh or not); `None` on a miss, which then takes the lease.
+async fn look_early<V: DeserializeOwned>(look: &Look<'_>, early: &Early) -> Option<Step<V>> {
+    let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
+    match mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key)).await {
+        Ok((Some(bytes), pttl)) if !codec::is_lease(&bytes) => Some(match judge::<V>(look.version, &bytes) {
+            // Without a fill token (a version-1 entry) the refresh could
+            // not tell this fill from a later one: no refresh.
+            Ok(Found::Own(entry, token)) => {
+                let v = into_option(entry);
+                if token.is_some() && early.due(pttl) {
+                    Step::Due(v, bytes)
+                } else {
+                    Step::Hit(v, Some(pttl))
+                }
+            }
+            Ok(Found::Foreign) => Step::Foreign,
+            Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
+        }),
+        Ok(_) => None,
+        Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => Some(discard_corrupt(mgr, key, &e, deadline).await),
+        Err(_) => Some(Step::Bypass),
+    }
+}
+
+/// The first command of a look, and the key's `PTTL` when it was read: the
+/// lease command (`SET NX GET`) when reads start with it, else a plain
+/// `GET` (a hit costs what a raw GET does) and, on a miss, the lease
+/// command.
+async fn first_look(look: &Look<'_>) -> (CacheResult<Option<Vec<u8>>>, Option<i64>) {
+    let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
+    let lease_read = || mgr.backend.get_or_lease(key, look.lease, mgr.lease_ms());
+    if mgr.config().single_command_reads || look.early.is_some() || look.mode.lease_first() {
+        return (mgr.guarded(deadline, "get", lease_read).await, None);
+    }
+    let mut pttl = None;
+    let first = if look.want_ttl {
+        mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key))
+            .await
+            .map(|(bytes, ms)| {
+                pttl = Some(ms);
+                bytes
+            })
+    } else {
+        mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
+    };
+    match first {
+        Ok(None) => (mgr.guarded(deadline, "lease", lease_read).await, pttl),
+        other => (other, pttl),
     }
 }
 
@@ -440,75 +479,5 @@ async fn discard_corrupt<V>(
     match mgr.guarded(deadline, "discard", || mgr.backend.delete(&keys)).await {
         Ok(_) => Step::Retry,
         Err(_) => Step::Bypass,
-    }
-}
-
-/// How a wait for another reader's fill ended.
-enum Waited<V> {
-    /// The fill landed (`None`: a cached "no such row").
-    Filled(Option<V>),
-    /// What looked like a lease has no expiry: it was removed as corrupt.
-    NotALease,
-    /// The fill that landed is another version's.
-    Foreign,
-    /// No value appeared in time, or the lease went away.
-    GaveUp,
-}
-
-/// Polls `key` until another reader's fill lands, its lease disappears, or
-/// the lease wait (bounded by the budget) runs out. The first look also
-/// checks that `found` is a live lease: a lease always has an expiry, so a
-/// lease-shaped value without one can never be filled by anybody, and is
-/// removed (compare-and-delete) instead of being waited on forever.
-async fn wait_for_fill<V: DeserializeOwned>(
-    mgr: &CacheManager,
-    key: &str,
-    found: &[u8],
-    version: (u64, bool),
-    deadline: tokio::time::Instant,
-) -> Waited<V> {
-    let until = (tokio::time::Instant::now() + mgr.lease_wait()).min(deadline);
-    match mgr
-        .guarded(until, "lease_wait", || mgr.backend.get_with_pttl(key))
-        .await
-    {
-        Ok((Some(bytes), -1)) if bytes == found => {
-            mgr.count_corrupt(1);
-            mgr.warn(
-                "lease_wait",
-                &CacheError::SerializationError("a fill lease without expiry: removed".into()),
-            );
-            return match mgr
-                .guarded(deadline, "discard", || mgr.backend.release_lease(key, found))
-                .await
-            {
-                Ok(()) => Waited::NotALease,
-                Err(_) => Waited::GaveUp,
-            };
-        }
-        Ok((Some(bytes), _)) if !codec::is_lease(&bytes) => return decoded(version, &bytes),
-        Ok((Some(_), _)) => {}
-        Ok((None, _)) | Err(_) => return Waited::GaveUp,
-    }
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if tokio::time::Instant::now() + pause >= until {
-            return Waited::GaveUp;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(16));
-        match mgr.guarded(until, "lease_wait", || mgr.backend.get(key)).await {
-            Ok(Some(bytes)) if codec::is_lease(&bytes) => continue,
-            Ok(Some(bytes)) => return decoded(version, &bytes),
-            Ok(None) | Err(_) => return Waited::GaveUp,
-        }
-    }
-}
-
-fn decoded<V: DeserializeOwned>(version: (u64, bool), bytes: &[u8]) -> Waited<V> {
-    match judge::<V>(version, bytes) {
-        Ok(Found::Own(entry, _)) => Waited::Filled(into_option(entry)),
-        Ok(Found::Foreign) => Waited::Foreign,
-        Err(_) => Waited::GaveUp,
     }
 }
