@@ -257,38 +257,7 @@ fn stringmatch_impl(mut pat: &[u8], mut s: &[u8], skip_longer: &mut bool, nestin
                 if not {
                     pat = &pat[1..];
                 }
-                let mut matched = false;
-                // `pat` may run empty: C then reads its NUL and steps back.
-                let mut i = 0usize; // offset into `pat`, may equal its length
-                loop {
-                    let left = pat.len() - i;
-                    if at(pat, i) == b'\\' && left >= 2 {
-                        i += 1;
-                        if pat[i] == s[0] {
-                            matched = true;
-                        }
-                    } else if at(pat, i) == b']' && left > 0 {
-                        break;
-                    } else if left == 0 {
-                        // C steps back onto the last byte, which the step
-                        // below then consumes: the set ran to the end.
-                        i = pat.len();
-                        break;
-                    } else if left >= 3 && pat[i + 1] == b'-' {
-                        let (mut start, mut end) = (pat[i] as i8 as i32, pat[i + 2] as i8 as i32);
-                        let c = s[0] as i8 as i32;
-                        if start > end {
-                            std::mem::swap(&mut start, &mut end);
-                        }
-                        i += 2;
-                        if c >= start && c <= end {
-                            matched = true;
-                        }
-                    } else if pat[i] == s[0] {
-                        matched = true;
-                    }
-                    i += 1;
-                }
+                let (mut matched, i) = in_class(pat, s[0]);
                 pat = &pat[i..];
                 if not {
                     matched = !matched;
@@ -323,6 +292,47 @@ fn stringmatch_impl(mut pat: &[u8], mut s: &[u8], skip_longer: &mut bool, nestin
         }
     }
     pat.is_empty() && s.is_empty()
+}
+
+/// A `[...]` set at the start of `pat` (after its `[` and `^`): whether
+/// `c` is in it, and the offset of the set's `]` in `pat` (or of its last
+/// byte, when the set runs to the end).
+fn in_class(pat: &[u8], c: u8) -> (bool, usize) {
+    // `pattern[i]` past the end reads the string's NUL terminator in C.
+    let at = |p: &[u8], i: usize| p.get(i).copied().unwrap_or(0);
+    let mut matched = false;
+    // `pat` may run empty: C then reads its NUL and steps back.
+    let mut i = 0usize; // offset into `pat`, may equal its length
+    loop {
+        let left = pat.len() - i;
+        if at(pat, i) == b'\\' && left >= 2 {
+            i += 1;
+            if pat[i] == c {
+                matched = true;
+            }
+        } else if at(pat, i) == b']' && left > 0 {
+            break;
+        } else if left == 0 {
+            // C steps back onto the last byte, which the step
+            // below then consumes: the set ran to the end.
+            i = pat.len();
+            break;
+        } else if left >= 3 && pat[i + 1] == b'-' {
+            let (mut start, mut end) = (pat[i] as i8 as i32, pat[i + 2] as i8 as i32);
+            let c = c as i8 as i32;
+            if start > end {
+                std::mem::swap(&mut start, &mut end);
+            }
+            i += 2;
+            if c >= start && c <= end {
+                matched = true;
+            }
+        } else if pat[i] == c {
+            matched = true;
+        }
+        i += 1;
+    }
+    (matched, i)
 }
 
 /// The in-process backend's matcher (`backend::glob`), the one

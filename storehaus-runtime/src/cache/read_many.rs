@@ -138,30 +138,15 @@ where
     };
 
     let fingerprint = layout.fingerprint;
+    let mut decoded = decode_all::<V>(mgr, keys, cached, (fingerprint, false));
+    let mut keys = keys.to_vec();
+    read_sides(mgr, layout, &mut keys, &mut decoded, deadline).await;
     let Decoded {
         mut out,
-        mut missing,
-        mut corrupt,
+        missing,
+        corrupt,
         foreign,
-    } = decode_all::<V>(mgr, keys, cached, (fingerprint, false));
-    // Another version holds these keys: read this version's side keys.
-    let mut keys = keys.to_vec();
-    if !foreign.is_empty() {
-        mgr.count_n(|c| &c.foreign_entries, foreign.len() as u64);
-        let sides: Vec<String> = foreign.iter().map(|&i| layout.side(&keys[i])).collect();
-        let found = mgr.guarded(deadline, "mget", || mgr.backend.mget(&sides)).await;
-        let found = found.unwrap_or_else(|_| vec![None; sides.len()]);
-        let side = decode_all::<V>(mgr, &sides, found, (fingerprint, true));
-        for (n, &i) in foreign.iter().enumerate() {
-            keys[i] = sides[n].clone();
-        }
-        for (n, v) in side.out.into_iter().enumerate() {
-            out[foreign[n]] = v;
-        }
-        missing.extend(side.missing.iter().map(|&n| foreign[n]));
-        missing.sort_unstable();
-        corrupt.extend(side.corrupt);
-    }
+    } = decoded;
     let hits = (ids.len() - missing.len()) as u64;
     mgr.count_n(|c| &c.hits, hits);
     mgr.count_n(|c| &c.misses, missing.len() as u64);
@@ -188,21 +173,87 @@ where
         Ok(rows) => rows,
         Err(e) => return (Err(e), outcome),
     };
-    // Rows and "no such row" entries have their own TTLs: one fill each.
+    let leased = Leased {
+        keys: &keys,
+        at: &missing,
+        granted: &granted,
+        lease,
+    };
+    fill_loaded(mgr, &leased, (fingerprint, ttls), ids, &rows, &mut out);
+    (Ok(out), outcome)
+}
+
+/// Another version holds the keys at `decoded.foreign`: reads this
+/// version's side keys there, which replace them in `keys`.
+async fn read_sides<V: DeserializeOwned>(
+    mgr: &CacheManager,
+    layout: &Layout,
+    keys: &mut [String],
+    decoded: &mut Decoded<V>,
+    deadline: tokio::time::Instant,
+) {
+    let Decoded {
+        out,
+        missing,
+        corrupt,
+        foreign,
+    } = decoded;
+    if foreign.is_empty() {
+        return;
+    }
+    mgr.count_n(|c| &c.foreign_entries, foreign.len() as u64);
+    let sides: Vec<String> = foreign.iter().map(|&i| layout.side(&keys[i])).collect();
+    let found = mgr.guarded(deadline, "mget", || mgr.backend.mget(&sides)).await;
+    let found = found.unwrap_or_else(|_| vec![None; sides.len()]);
+    let side = decode_all::<V>(mgr, &sides, found, (layout.fingerprint, true));
+    for (n, &i) in foreign.iter().enumerate() {
+        keys[i] = sides[n].clone();
+    }
+    for (n, v) in side.out.into_iter().enumerate() {
+        out[foreign[n]] = v;
+    }
+    missing.extend(side.missing.iter().map(|&n| foreign[n]));
+    missing.sort_unstable();
+    corrupt.extend(side.corrupt);
+}
+
+/// The keys a batch read missed (`keys[at[n]]`), whether each one's lease
+/// was granted, and the lease.
+struct Leased<'a> {
+    keys: &'a [String],
+    at: &'a [usize],
+    granted: &'a [bool],
+    lease: Lease,
+}
+
+/// Puts what the database said for the missed ids into `out`, and fills
+/// the keys whose lease was granted. Rows and "no such row" entries have
+/// their own TTLs: one fill each.
+fn fill_loaded<V, Id>(
+    mgr: &Arc<CacheManager>,
+    leased: &Leased<'_>,
+    (fingerprint, ttls): (u64, Ttls),
+    ids: &[Id],
+    rows: &HashMap<Id, V>,
+    out: &mut [Option<V>],
+) where
+    V: Serialize + Clone + Send + Sync + 'static,
+    Id: Eq + Hash,
+{
     let fill_of = |ttl_secs| Fill {
         keys: Vec::new(),
         values: Vec::new(),
-        guard: Guard::Lease(lease),
+        guard: Guard::Lease(leased.lease),
         ttl_secs,
     };
     let (mut found, mut absent) = (fill_of(ttls.record), fill_of(ttls.absent));
-    for (n, &i) in missing.iter().enumerate() {
+    for (n, &i) in leased.at.iter().enumerate() {
         // `get`, not `remove`: an id may be asked for twice.
         let row = rows.get(&ids[i]).cloned();
-        if granted.get(n).copied().unwrap_or(false) {
+        if leased.granted.get(n).copied().unwrap_or(false) {
             if let Some(bytes) = mgr.encode_fill(fingerprint, row.as_ref()) {
                 let fill = if row.is_some() { &mut found } else { &mut absent };
-                fill.keys.push(keys[i].clone());
+                fill.keys.push(leased.keys[i].clone());
                 fill.values.push(bytes);
             }
         }
@@ -210,7 +261,6 @@ where
     }
     mgr.spawn_fill(found, None);
     mgr.spawn_fill(absent, None);
-    (Ok(out), outcome)
 }
 
 /// What one MGET answered, decoded.

@@ -56,45 +56,9 @@ pub(super) async fn postgres(
     state: &WorkerState,
     round: &mut Option<Round>,
 ) -> Result<Pass> {
-    let row = sqlx::query(&format!(
-        "SELECT xid, seq, seen_xmax, seen_xip, expired, db_identity, {PG_IDENTITY}, pg_current_snapshot()::text \
-         FROM storehaus_outbox_positions WHERE deployment = $1"
-    ))
-    .bind(deployment)
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else {
-        *round = None;
-        return Ok(Pass::Untrusted(
-            "its position is gone (an in-process deployment that expired, or a deleted one)".into(),
-        ));
-    };
-    let snapshot: Snapshot = row
-        .try_get::<String, _>(7)?
-        .parse()
-        .map_err(|e: super::snapshot::BadSnapshot| StorehausError::Database(sqlx::Error::Protocol(e.to_string())))?;
-    let position: Position = (row.try_get(0)?, row.try_get(1)?);
-    let check = PositionCheck {
-        expired: row.try_get(4)?,
-        identity: row.try_get(5)?,
-        xid: position.0,
-        server_identity: row.try_get(6)?,
-        next_xid: snapshot.xmax,
-    };
-    if let Some(reason) = check.distrust() {
-        *round = None;
-        return Ok(Pass::Untrusted(reason));
-    }
-    let mut this = match round.take() {
-        Some(r) => Round {
-            cursor: r.cursor.max(position),
-            ..r
-        },
-        None => Round {
-            seen: Seen::from_columns(row.try_get(2)?, row.try_get(3)?),
-            snapshot,
-            cursor: position,
-        },
+    let (mut this, identity) = match resume(pool, deployment, round.take()).await? {
+        Ok(resumed) => resumed,
+        Err(reason) => return Ok(Pass::Untrusted(reason)),
     };
     let (xmax, xip) = this.seen.pending_filter();
     let rows = sqlx::query(PENDING)
@@ -126,7 +90,7 @@ pub(super) async fn postgres(
         // The round is over: everything visible in its snapshot is delivered.
         _ => (settled(&this.snapshot), Some(Seen::from(&this.snapshot))),
     };
-    advance(pool, deployment, next, seen.as_ref(), &check.server_identity).await?;
+    advance(pool, deployment, next, seen.as_ref(), &identity).await?;
     let (backlog, lag) = if more {
         let figures = backlog(pool, &this).await?;
         *round = Some(this);
@@ -139,6 +103,56 @@ pub(super) async fn postgres(
         rows: entries.len() as u64,
         more,
     })
+}
+
+/// Reads the deployment's position and checks it: the round to go on
+/// with (`round`, the one under way, or a new one from the position and
+/// the server's snapshot now) and the server's identity; or why the
+/// position cannot be trusted.
+async fn resume(
+    pool: &PgPool,
+    deployment: &str,
+    round: Option<Round>,
+) -> Result<std::result::Result<(Round, String), String>> {
+    let row = sqlx::query(&format!(
+        "SELECT xid, seq, seen_xmax, seen_xip, expired, db_identity, {PG_IDENTITY}, pg_current_snapshot()::text \
+         FROM storehaus_outbox_positions WHERE deployment = $1"
+    ))
+    .bind(deployment)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(Err(
+            "its position is gone (an in-process deployment that expired, or a deleted one)".into(),
+        ));
+    };
+    let snapshot: Snapshot = row
+        .try_get::<String, _>(7)?
+        .parse()
+        .map_err(|e: super::snapshot::BadSnapshot| StorehausError::Database(sqlx::Error::Protocol(e.to_string())))?;
+    let position: Position = (row.try_get(0)?, row.try_get(1)?);
+    let check = PositionCheck {
+        expired: row.try_get(4)?,
+        identity: row.try_get(5)?,
+        xid: position.0,
+        server_identity: row.try_get(6)?,
+        next_xid: snapshot.xmax,
+    };
+    if let Some(reason) = check.distrust() {
+        return Ok(Err(reason));
+    }
+    let this = match round {
+        Some(r) => Round {
+            cursor: r.cursor.max(position),
+            ..r
+        },
+        None => Round {
+            seen: Seen::from_columns(row.try_get(2)?, row.try_get(3)?),
+            snapshot,
+            cursor: position,
+        },
+    };
+    Ok(Ok((this, check.server_identity)))
 }
 
 /// Moves the position to `next` unless it is further already, takes

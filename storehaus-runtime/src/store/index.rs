@@ -211,7 +211,26 @@ where
             .await
             .0?;
         let loaded = loaded.into_inner().unwrap_or_default();
+        let asked = Asked {
+            rendered: &rendered,
+            typed: &typed,
+            keys: &keys,
+        };
+        self.resolve_hints(column, &asked, hints, loaded).await
+    }
 
+    /// Turns what an index read found into records: the rows loaded for
+    /// the misses as they are; hints read by id and checked against their
+    /// record; cached "no such value" entries checked against the query
+    /// generation. Stale hints are removed and their values read again.
+    async fn resolve_hints<V: crate::SqlValue + Clone>(
+        &self,
+        column: crate::Column<T, V, crate::Indexed>,
+        asked: &Asked<'_, V>,
+        hints: Vec<Option<Hint<T::Id>>>,
+        loaded: HashMap<String, T>,
+    ) -> Result<Vec<Option<T>>> {
+        let Asked { rendered, typed, keys } = *asked;
         // Hints the cache answered: read their records by id and check them;
         // check cached "no such value" entries against the generation.
         let mut out: Vec<Option<T>> = rendered.iter().map(|r| loaded.get(r).cloned()).collect();
@@ -229,7 +248,7 @@ where
                 None => {}
             }
         }
-        if !absent.is_empty() {
+        if let (false, Some(cache)) = (absent.is_empty(), self.cache_settings()) {
             let now = read_generation(&cache.manager, &cache.generation_key).await;
             stale.extend(
                 absent
@@ -309,4 +328,12 @@ where
 /// Whether `record` holds `value` (rendered) in the index column `column`.
 fn holds<T: Cached>(record: &T, column: &str, value: &str) -> bool {
     record.index_values().iter().any(|(c, v)| *c == column && v == value)
+}
+
+/// What an index read asked for: each value rendered, typed, and its
+/// index entry's key (same order).
+struct Asked<'a, V> {
+    rendered: &'a [String],
+    typed: &'a [V],
+    keys: &'a [String],
 }
