@@ -204,7 +204,7 @@ where
     let mut retried = false;
     loop {
         match lookup::<V>(&look).await {
-            Step::Foreign => look.to_side(read.layout),
+            Step::Foreign => look.move_to_side(read.layout),
             Step::Hit(v, pttl) => {
                 mgr.count(|c| &c.hits);
                 read.mode.saw(false);
@@ -236,7 +236,7 @@ where
                         timing.op = Op::Hit;
                         return (Ok(v), Outcome::Hit);
                     }
-                    Behind::Foreign => look.to_side(read.layout),
+                    Behind::Foreign => look.move_to_side(read.layout),
                     Behind::LookAgain if !retried => retried = true,
                     Behind::LookAgain | Behind::Load => {
                         mgr.count(|c| &c.misses);
@@ -339,7 +339,7 @@ struct Look<'a> {
 impl Look<'_> {
     /// Another version's entry is at the key: look at this version's side
     /// key instead.
-    fn to_side(&mut self, layout: &Layout) {
+    fn move_to_side(&mut self, layout: &Layout) {
         self.mgr.count(|c| &c.foreign_entries);
         self.key = layout.side(&self.key);
         self.version.1 = true;
