@@ -302,14 +302,31 @@ async fn a_transaction_and_update_many_clear_the_entries_of_their_new_values(sta
     tx.update(&9, g2.clone(), None).await.unwrap();
     let h = tx.create(account(10, "gi3"), None).await.unwrap();
     tx.commit().await.unwrap();
+    // The commit removed the cached "no such value" entries of the values
+    // it wrote: these reads find nothing in the cache (misses), rather than
+    // an entry that the query generation alone would have to unmask.
+    let before = env.manager.get_stats().await.unwrap();
     assert_eq!(store.get_by(c.handle, "@gi2").await.unwrap(), Some(g2.clone()));
     assert_eq!(store.get_by(c.handle, "@gi3").await.unwrap(), Some(h));
+    let after = env.manager.get_stats().await.unwrap();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (0, 2),
+        "the transaction cleared the entries of its new values"
+    );
     let g4 = Account {
         handle: "@gi4".into(),
         ..g2
     };
     store.update_many(vec![(9, g4.clone())]).await.unwrap();
+    let before = env.manager.get_stats().await.unwrap();
     assert_eq!(store.get_by(c.handle, "@gi4").await.unwrap(), Some(g4));
+    let after = env.manager.get_stats().await.unwrap();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (0, 1),
+        "update_many cleared the entry of its new value"
+    );
     assert_eq!(store.get_by(c.handle, "@gi2").await.unwrap(), None);
     env.teardown().await;
 }
