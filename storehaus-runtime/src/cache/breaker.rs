@@ -10,6 +10,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::clock::Clock;
+
 /// Why a call was refused.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Open {
@@ -22,6 +24,7 @@ pub(crate) struct Breaker {
     threshold: u32,
     cooldown_ms: u64,
     base: Instant,
+    clock: Clock,
     failures: AtomicU32,
     /// Milliseconds since `base` (+1) when the breaker opened; 0 = closed.
     opened_at: AtomicU64,
@@ -47,6 +50,7 @@ impl Breaker {
             threshold: threshold.max(1),
             cooldown_ms,
             base: Instant::now(),
+            clock: Clock::default(),
             failures: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probe_at: AtomicU64::new(0),
@@ -56,7 +60,7 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        self.base.elapsed().as_millis() as u64 + 1
+        self.clock.now().duration_since(self.base).as_millis() as u64 + 1
     }
 
     /// Whether the breaker is open now (a probe may still be allowed).
@@ -173,20 +177,22 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_and_probes_after_cooldown() {
-        let b = Breaker::new(3, 30);
+        let b = Breaker::new(3, 60_000);
         assert!(b.allow().is_ok());
         assert_eq!(b.failure(false), Transition::None);
         assert_eq!(b.failure(false), Transition::None);
         assert_eq!(b.failure(false), Transition::Opened);
         assert!(b.allow().is_err());
-        std::thread::sleep(std::time::Duration::from_millis(40));
+        b.clock.advance(std::time::Duration::from_secs(59));
+        assert!(b.allow().is_err(), "not before the cooldown");
+        b.clock.advance(std::time::Duration::from_secs(2));
         assert!(matches!(b.allow(), Ok(true)), "one probe after the cooldown");
         assert!(b.allow().is_err(), "only one probe at a time");
         assert_eq!(b.failure(false), Transition::None, "a late ordinary failure");
         assert!(b.allow().is_err(), "...neither frees the probe slot nor re-opens");
         assert_eq!(b.failure(true), Transition::None);
         assert!(b.allow().is_err(), "a failed probe re-opens");
-        std::thread::sleep(std::time::Duration::from_millis(40));
+        b.clock.advance(std::time::Duration::from_secs(61));
         assert!(matches!(b.allow(), Ok(true)));
         assert_eq!(b.success(), Transition::Closed);
         assert!(matches!(b.allow(), Ok(false)));

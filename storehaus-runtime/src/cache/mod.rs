@@ -20,6 +20,7 @@
 
 pub(crate) mod adapt;
 pub(crate) mod breaker;
+mod clock;
 pub mod codec;
 pub(crate) mod controls;
 pub(crate) mod early;

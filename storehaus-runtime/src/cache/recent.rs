@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::clock::Clock;
+
 #[derive(Debug, Default)]
 struct Log {
     /// Each key once: when it was last recorded, and its store's scope.
@@ -47,6 +49,7 @@ pub(crate) struct Recent {
     /// When the last overflow was logged (ms since `born`), to log one a minute.
     warned_ms: AtomicU64,
     born: Instant,
+    clock: Clock,
 }
 
 impl Recent {
@@ -61,6 +64,7 @@ impl Recent {
             handovers: AtomicU64::new(0),
             warned_ms: AtomicU64::new(0),
             born: Instant::now(),
+            clock: Clock::default(),
         }
     }
 
@@ -97,7 +101,7 @@ impl Recent {
         if self.window.is_zero() || (keys.is_empty() && counters.is_empty()) {
             return;
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let scope: Arc<str> = Arc::from(scope);
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         for key in keys.iter().chain(counters) {
@@ -150,7 +154,7 @@ impl Recent {
     /// What the log holds now, by scope: the keys to delete again.
     pub fn snapshot(&self) -> Vec<(String, Vec<String>)> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        self.prune(&mut log, Instant::now());
+        self.prune(&mut log, self.clock.now());
         let mut by_scope: HashMap<Arc<str>, Vec<String>> = HashMap::new();
         for (key, (_, scope)) in &log.keys {
             by_scope.entry(scope.clone()).or_default().push(key.clone());
@@ -189,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_log_is_bounded_in_time_and_size() {
-        let r = Recent::new(Duration::from_millis(30), 5);
+        let r = Recent::new(Duration::from_secs(60), 5);
         r.record("a:u:", &keys(0..3), &[]);
         r.record("a:u:", &keys(3..6), &[]);
         assert_eq!(r.snapshot()[0].1, keys(1..6), "the oldest key went: 6 > 5 keys");
@@ -199,7 +203,9 @@ mod tests {
         }
         assert_eq!(r.snapshot()[0].1, keys(1..6), "a key recorded again is kept once");
         assert_eq!(r.overflows(), 1);
-        std::thread::sleep(Duration::from_millis(40));
+        r.clock.advance(Duration::from_secs(59));
+        assert_eq!(r.snapshot()[0].1, keys(1..6), "within the window");
+        r.clock.advance(Duration::from_secs(2));
         assert!(r.snapshot().is_empty(), "older than the window");
         let off = Recent::new(Duration::ZERO, 5);
         off.record("a:u:", &keys(0..1), &[]);
