@@ -1,7 +1,7 @@
 //! The cluster key layout: which keys must share a slot, and the hash tags
 //! that make them.
 //!
-//! The read-through protocol names keys as on one node (see `cache::key`).
+//! The read-through protocol names keys as on one node (see `crate::keys`).
 //! On a cluster, two families of keys are used together by one script or
 //! pipeline and must therefore land in one slot; the cluster backend gives
 //! them a hash tag (`{...}`: only what is inside is hashed):
