@@ -134,7 +134,7 @@ impl CacheManager {
     /// connected yet: the first cache operation connects, within its budget.
     ///
     /// # Errors
-    /// [`CacheError::InvalidConfig`], naming the setting and its allowed
+    /// [`CacheError::InvalidConfig`](crate::CacheError::InvalidConfig), naming the setting and its allowed
     /// range, for a URL that does not parse or has an unsupported scheme, a
     /// global prefix that is empty, starts with `__` or holds characters
     /// outside `[A-Za-z0-9_.-]`, a pool size outside 1..=1024, a default TTL
@@ -333,9 +333,11 @@ impl CacheManager {
         stats::with_store(|store| Counters::add(field(&store.counters), n));
     }
 
-    /// Records how long a store operation took, here and for its store.
-    pub(crate) fn record(&self, op: stats::Op, took: Duration) {
+    /// Records how long an operation of the store whose figures are
+    /// `store` took, here and for the store: the one measurement of the
+    /// operation, which its metrics get too.
+    pub(crate) fn record(&self, op: stats::Op, took: Duration, store: &stats::Figures) {
         self.latencies.latency(op).record(took);
-        stats::with_store(|store| store.latency(op).record(took));
+        store.latency(op).record(took);
     }
 }

@@ -26,7 +26,6 @@ use serde::Serialize;
 use crate::backend::{counter_seed, Invalidation};
 use crate::cache::codec::{self, Entry};
 use crate::cache::fill::{Fill, Guard};
-use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::CacheManager;
 use crate::error::{Result, ServerErrorKind};
@@ -54,7 +53,6 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<V>>,
 {
-    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
         mgr.count(|c| &c.misses);
@@ -75,7 +73,6 @@ where
         match codec::decode::<(u64, V)>(space.fingerprint, &bytes) {
             Ok(Entry::Record((g, value))) if g == generation => {
                 mgr.count(|c| &c.hits);
-                timing.op = Op::Hit;
                 return (Ok(value), Outcome::Hit);
             }
             Ok(_) => {}

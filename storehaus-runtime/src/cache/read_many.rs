@@ -18,7 +18,6 @@ use crate::cache::codec::{self, Entry, Found};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::read::new_lease;
-use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
@@ -52,10 +51,8 @@ where
     let Some(near) = near else {
         return read_redis(mgr, keys, ids, layout, ttls, load).await;
     };
-    let mut timing = Timing::start(mgr, Op::Hit);
     if !mgr.ready(mgr.deadline()).await {
         // Pending invalidations: the Redis path reads the database.
-        timing.op = Op::Miss;
         return read_redis(mgr, keys, ids, layout, ttls, load).await;
     }
     let mut out: Vec<Option<V>> = Vec::with_capacity(keys.len());
@@ -84,8 +81,6 @@ where
             },
         );
     }
-    timing.op = Op::Miss;
-    drop(timing);
     let rest_keys: Vec<String> = rest.iter().map(|&i| keys[i].clone()).collect();
     let rest_ids: Vec<Id> = rest.iter().map(|&i| ids[i].clone()).collect();
     let (found, outcome) = read_redis(mgr, &rest_keys, &rest_ids, layout, ttls, load).await;
@@ -117,7 +112,6 @@ where
     F: FnOnce(Vec<Id>) -> Fut,
     Fut: Future<Output = Result<HashMap<Id, V>>>,
 {
-    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     let cached = if mgr.ready(deadline).await {
         mgr.guarded(deadline, "mget", || mgr.backend.mget(keys)).await.ok()
@@ -155,7 +149,6 @@ where
         rest: Outcome::Miss,
     };
     if missing.is_empty() {
-        timing.op = Op::Hit;
         return (Ok(out), outcome);
     }
 

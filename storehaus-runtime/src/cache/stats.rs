@@ -234,30 +234,6 @@ impl Figures {
     }
 }
 
-/// Records how long an operation took when dropped (whichever way it
-/// ended), as a miss unless `op` was changed.
-pub(crate) struct Timing<'a> {
-    mgr: &'a crate::cache::CacheManager,
-    start: std::time::Instant,
-    pub op: Op,
-}
-
-impl<'a> Timing<'a> {
-    pub fn start(mgr: &'a crate::cache::CacheManager, op: Op) -> Self {
-        Timing {
-            mgr,
-            start: std::time::Instant::now(),
-            op,
-        }
-    }
-}
-
-impl Drop for Timing<'_> {
-    fn drop(&mut self) {
-        self.mgr.record(self.op, self.start.elapsed());
-    }
-}
-
 tokio::task_local! {
     /// The figures of the store whose operation the current task runs, so
     /// the manager's counting sites count for it too.

@@ -78,8 +78,9 @@ impl<T: Cached> GenericStore<T> {
             None => (load().await, Outcome::Uncached),
             Some(cache) => self.read_cached_query(cache, rendered, load).await,
         };
-        self.store_metrics()
-            .read(op, found.is_ok().then_some(outcome), 1, started);
+        let took = started.elapsed();
+        self.record_latency(outcome.op(), took);
+        self.store_metrics().read(op, found.is_ok().then_some(outcome), 1, took);
         found
     }
 

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -28,6 +29,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::record::index_value;
 use crate::record::Cached;
+use crate::store::many_op;
 use crate::store::query::{IndexColumn, Query};
 use crate::GenericStore;
 
@@ -90,7 +92,8 @@ where
         let key = keys::index_key(cache.manager.global_prefix(), &cache.prefix, column.name(), &rendered);
         // A miss loads the row: it is the answer, and its id fills the entry.
         let loaded: Mutex<Option<Option<T>>> = Mutex::new(None);
-        let hint = self
+        let started = Instant::now();
+        let (hint, outcome) = self
             .scoped(read_through(
                 &cache.manager,
                 key.clone(),
@@ -114,8 +117,9 @@ where
                     Ok(Some(hint))
                 },
             ))
-            .await
-            .0?;
+            .await;
+        self.record_latency(outcome.op(), started.elapsed());
+        let hint = hint?;
         if let Some(row) = loaded.lock().ok().and_then(|mut slot| slot.take()) {
             return Ok(row);
         }
@@ -174,7 +178,8 @@ where
             .collect();
         let by_rendered: HashMap<&str, &C::Value> = rendered.iter().map(String::as_str).zip(&typed).collect();
         let loaded: Mutex<HashMap<String, T>> = Mutex::new(HashMap::new());
-        let hints: Vec<Option<Hint<T::Id>>> = self
+        let started = Instant::now();
+        let (hints, outcome) = self
             .scoped(read_many(
                 &cache.manager,
                 &keys,
@@ -208,8 +213,9 @@ where
                     }
                 },
             ))
-            .await
-            .0?;
+            .await;
+        self.record_latency(many_op(outcome.hits, keys.len()), started.elapsed());
+        let hints: Vec<Option<Hint<T::Id>>> = hints?;
         let loaded = loaded.into_inner().unwrap_or_default();
         let asked = Asked {
             rendered: &rendered,

@@ -29,6 +29,7 @@ use crate::cache::adapt::ReadMode;
 use crate::cache::fill::Ttls;
 use crate::cache::read::{read_through, RecordRead};
 use crate::cache::read_many::{read_many, ManyOutcome};
+use crate::cache::stats::Op;
 use crate::cache::telemetry::{Outcome, StoreMetrics};
 use crate::cache::{CacheManager, MAX_TTL_SECS};
 use crate::error::{Result, StorehausError};
@@ -236,6 +237,14 @@ impl<T: Cached> GenericStore<T> {
         self.cache.as_deref()
     }
 
+    /// Records how long an operation of this store took under `op` (the
+    /// manager's figures and the store's), for a store with a cache.
+    pub(crate) fn record_latency(&self, op: Op, took: std::time::Duration) {
+        if let Some(cache) = &self.cache {
+            cache.manager.record(op, took, &cache.figures);
+        }
+    }
+
     /// Runs `fut` as an operation of this store: the manager's counters and
     /// latencies it moves count for the store too ([`stats`](Self::stats)).
     pub(crate) fn scoped<F: std::future::Future>(&self, fut: F) -> impl std::future::Future<Output = F::Output> {
@@ -312,8 +321,10 @@ impl<T: Cached> GenericStore<T> {
                 .await
             }
         };
+        let took = started.elapsed();
+        self.record_latency(outcome.op(), took);
         self.metrics
-            .read("get_by_id", found.is_ok().then_some(outcome), 1, started);
+            .read("get_by_id", found.is_ok().then_some(outcome), 1, took);
         found
     }
 
@@ -348,7 +359,7 @@ impl<T: Cached> GenericStore<T> {
         let Some(cache) = &self.cache else {
             let rows = self.load_many(ids).await;
             let outcome = rows.is_ok().then_some(Outcome::Uncached);
-            self.metrics.read_many(0, ids.len() as u64, outcome, started);
+            self.metrics.read_many(0, ids.len() as u64, outcome, started.elapsed());
             let rows = rows?;
             return Ok(ids.iter().map(|id| rows.get(id).cloned()).collect());
         };
@@ -369,7 +380,9 @@ impl<T: Cached> GenericStore<T> {
             .await;
         let (found, ManyOutcome { hits, rest }) = read;
         let outcome = found.is_ok().then_some(rest);
-        self.metrics.read_many(hits, ids.len() as u64 - hits, outcome, started);
+        let took = started.elapsed();
+        self.record_latency(many_op(hits, ids.len()), took);
+        self.metrics.read_many(hits, ids.len() as u64 - hits, outcome, took);
         found
     }
 
@@ -379,6 +392,16 @@ impl<T: Cached> GenericStore<T> {
             sql::select_many(conn.conn(), ids).await
         })
         .await
+    }
+}
+
+/// The latency figure of a batch read of `n` ids of which the cache
+/// answered `hits`: a hit's when it answered them all.
+pub(crate) fn many_op(hits: u64, n: usize) -> Op {
+    if hits == n as u64 {
+        Op::Hit
+    } else {
+        Op::Miss
     }
 }
 

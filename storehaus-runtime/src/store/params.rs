@@ -50,7 +50,7 @@ impl CacheParams {
     /// read, so a write that lands meanwhile wins. `beta` scales how early
     /// (1.0 is the paper's choice; larger refreshes earlier); a value that
     /// is not positive and finite turns it off
-    /// ([`GenericStore::try_new`] rejects it). Each hit pays the `PTTL`.
+    /// ([`GenericStore::try_new`](crate::GenericStore::try_new) rejects it). Each hit pays the `PTTL`.
     pub fn with_early_refresh(mut self, beta: f64) -> Self {
         self.early_refresh = Some(beta);
         self
@@ -59,12 +59,12 @@ impl CacheParams {
     /// TTL in seconds of a cached "no such row" (a read of an id that has
     /// no row caches that answer too). Default: 60 s
     /// ([`DEFAULT_NEGATIVE_TTL_SECS`]), or the store's TTL when that is
-    /// shorter; clamped to 1..=31 536 000 ([`GenericStore::try_new`]
+    /// shorter; clamped to 1..=31 536 000 ([`GenericStore::try_new`](crate::GenericStore::try_new)
     /// rejects a value outside it).
     ///
     /// Short, because such an entry that outlives an invalidation it missed
     /// (a raw-SQL insert without
-    /// [`watch_external_writes`](GenericStore::watch_external_writes)) hides
+    /// [`watch_external_writes`](crate::GenericStore::watch_external_writes)) hides
     /// a real row, which is worse than serving an old version of one.
     pub fn with_negative_ttl(mut self, secs: u64) -> Self {
         self.negative_ttl = Some(secs);
@@ -106,7 +106,7 @@ impl CacheParams {
     }
 
     /// Key prefix for this store. Characters outside `[A-Za-z0-9_.-]` are
-    /// percent-escaped in keys (use [`GenericStore::try_new`] to reject them).
+    /// percent-escaped in keys (use [`GenericStore::try_new`](crate::GenericStore::try_new) to reject them).
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = Some(prefix.into());
         self

@@ -189,7 +189,7 @@ impl<'s, T: Cached> StoreTransaction<'s, T> {
             for store in stores {
                 store.finish(committed.is_ok()).await;
             }
-            metrics.write("commit", committed.is_ok(), started);
+            metrics.write("commit", committed.is_ok(), started.elapsed());
             committed
         });
         joined(task).await

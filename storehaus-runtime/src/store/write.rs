@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::backend::TagAdd;
 use crate::cache::controls::write_lease;
 use crate::cache::flight::Lease;
-use crate::cache::stats::{Op, Timing};
+use crate::cache::stats::Op;
 use crate::error::{Result, StorehausError};
 use crate::keys;
 use crate::record::Cached;
@@ -214,7 +214,6 @@ impl<T: Cached> GenericStore<T> {
         let started = Instant::now();
         let scope = self.cache.as_ref().map(|c| c.figures.clone());
         let task = tokio::spawn(crate::cache::stats::STORE.scope(scope, async move {
-            let _timing = store.cache.as_ref().map(|c| Timing::start(&c.manager, Op::Write));
             let lease = match (&store.cache, row_of, ids.as_slice()) {
                 (Some(cache), Some(_), [id]) if cache.fill_on_write => {
                     let key = keys::record_key(cache.manager.global_prefix(), &cache.prefix, id);
@@ -256,7 +255,9 @@ impl<T: Cached> GenericStore<T> {
                     .release_lease(&key, &lease, cache.manager.deadline())
                     .await;
             }
-            store.store_metrics().write(name, result.is_ok(), started);
+            let took = started.elapsed();
+            store.record_latency(Op::Write, took);
+            store.store_metrics().write(name, result.is_ok(), took);
             result.map(|written| written.value)
         }));
         joined(task).await

@@ -54,7 +54,6 @@ use crate::cache::early::{refresh_early, Early};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::near::{Near, Ticket};
-use crate::cache::stats::{Op, Timing};
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
@@ -151,7 +150,6 @@ where
             loaded
         }
     };
-    let mut timing = Timing::start(mgr, Op::Miss);
     let deadline = mgr.deadline();
     if !mgr.ready(deadline).await {
         mgr.count(|c| &c.misses);
@@ -160,7 +158,6 @@ where
     let near = if read.near { mgr.near() } else { None };
     if let Some(v) = near.and_then(|n| near_hit::<V>(n, &key, read.layout)) {
         mgr.count(|c| &c.hits);
-        timing.op = Op::Hit;
         // Always ready: without a share of tokio's budget, a loop of near
         // hits would never yield, and the runtime's other tasks (writes,
         // the tracking connection's pushes) would wait for it to end.
@@ -181,7 +178,7 @@ where
         want_ttl: near.is_some(),
         mode: read.mode,
     };
-    through_redis(look, &read, near, &mut timing, load).await
+    through_redis(look, &read, near, load).await
 }
 
 /// The read after the near cache: looks at the key (at this version's side
@@ -192,7 +189,6 @@ async fn through_redis<V, F, Fut>(
     mut look: Look<'_>,
     read: &RecordRead<'_>,
     near: Option<(&Near, Ticket)>,
-    timing: &mut Timing<'_>,
     load: F,
 ) -> (Result<Option<V>>, Outcome)
 where
@@ -208,7 +204,6 @@ where
             Step::Hit(v, pttl) => {
                 mgr.count(|c| &c.hits);
                 read.mode.saw(false);
-                timing.op = Op::Hit;
                 if let (Some((n, t)), Some(left)) = (near, near_ttl(pttl, read.ttls.of(v.as_ref()))) {
                     #[cfg(feature = "test-hooks")]
                     mgr.test_hooks().before_near_insert(&look.key).await;
@@ -221,7 +216,7 @@ where
                 read.mode.saw(false);
                 let version = (read.layout.fingerprint, look.version.1.then_some(read.layout));
                 let refreshed = refresh_early(mgr, look.key, (v, bytes), version, read.ttls, load).await;
-                return (Ok(refreshed), Outcome::Hit);
+                return (Ok(refreshed), Outcome::Refreshed);
             }
             Step::Lead => {
                 mgr.count(|c| &c.misses);
@@ -233,7 +228,6 @@ where
                 match behind_another_reader::<V>(mgr, &look.key, &found, look.version, look.deadline).await {
                     Behind::Served(v) => {
                         mgr.count(|c| &c.hits);
-                        timing.op = Op::Hit;
                         return (Ok(v), Outcome::Hit);
                     }
                     Behind::Foreign => look.move_to_side(read.layout),

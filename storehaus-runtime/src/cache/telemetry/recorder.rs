@@ -2,7 +2,7 @@
 //! `metrics`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{Counter, Histogram, Label, SharedString};
 
@@ -141,21 +141,21 @@ impl StoreMetrics {
         }
     }
 
-    /// One read of `n` records started at `started` that ended with
-    /// `outcome` (`None`: the database failed). Also records the outcome on
-    /// the current span and in a DEBUG event.
-    pub fn read(&self, op: &'static str, outcome: Option<Outcome>, n: u64, started: Instant) {
-        let (outcome, elapsed) = super::trace_read(op, outcome, started);
-        self.count_read(op, outcome, n, Some(elapsed));
+    /// One read of `n` records that took `took` and ended with `outcome`
+    /// (`None`: the database failed). Also records the outcome on the
+    /// current span and in a DEBUG event.
+    pub fn read(&self, op: &'static str, outcome: Option<Outcome>, n: u64, took: Duration) {
+        let outcome = super::trace_read(op, outcome, took);
+        self.count_read(op, outcome, n, Some(took));
     }
 
-    /// A `get_many` of `hits + rest` ids started at `started`: `hits`
+    /// A `get_many` of `hits + rest` ids that took `took`: `hits`
     /// answered by the cache, the `rest` by the database with `outcome`
     /// (`None`: the database failed, and no id was served).
-    pub fn read_many(&self, hits: u64, rest: u64, outcome: Option<Outcome>, started: Instant) {
+    pub fn read_many(&self, hits: u64, rest: u64, outcome: Option<Outcome>, took: Duration) {
         let op = "get_many";
         if outcome.is_none() {
-            return self.read(op, None, hits + rest, started);
+            return self.read(op, None, hits + rest, took);
         }
         if hits > 0 {
             self.count_read(op, "hit", hits, None);
@@ -166,14 +166,14 @@ impl StoreMetrics {
             Some(o) if rest > 0 => (Some(o), rest),
             _ => (Some(Outcome::Hit), 0),
         };
-        self.read(op, main, n, started);
+        self.read(op, main, n, took);
     }
 
-    /// One write started at `started`, which the database did or did not
+    /// One write that took `took`, which the database did or did not
     /// (`ok == false`) carry out.
-    pub fn write(&self, op: &'static str, ok: bool, started: Instant) {
+    pub fn write(&self, op: &'static str, ok: bool, took: Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        let elapsed = started.elapsed();
+        let elapsed = took;
         match self.registered() {
             Some(r) => {
                 let s = &r.writes[index(&WRITE_OPS, op) * WRITE_OUTCOMES.len() + index(&WRITE_OUTCOMES, outcome)];

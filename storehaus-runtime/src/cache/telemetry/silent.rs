@@ -1,7 +1,7 @@
 //! The metrics of [`super`] without the `metrics` cargo feature: the same
 //! calls, nothing recorded (the read's outcome still goes on its span).
 
-use std::time::Instant;
+use std::time::Duration;
 
 use super::Outcome;
 
@@ -15,21 +15,21 @@ impl StoreMetrics {
     }
 
     /// One read: its outcome on the current span and in a DEBUG event.
-    pub fn read(&self, op: &'static str, outcome: Option<Outcome>, _n: u64, started: Instant) {
-        super::trace_read(op, outcome, started);
+    pub fn read(&self, op: &'static str, outcome: Option<Outcome>, _n: u64, took: Duration) {
+        super::trace_read(op, outcome, took);
     }
 
     /// A `get_many`: its outcome on the current span, as with the recorder.
-    pub fn read_many(&self, _hits: u64, rest: u64, outcome: Option<Outcome>, started: Instant) {
+    pub fn read_many(&self, _hits: u64, rest: u64, outcome: Option<Outcome>, took: Duration) {
         let main = match outcome {
             Some(o) if rest > 0 => Some(o),
             Some(_) => Some(Outcome::Hit),
             None => None,
         };
-        self.read("get_many", main, 0, started);
+        self.read("get_many", main, 0, took);
     }
 
-    pub fn write(&self, _op: &'static str, _ok: bool, _started: Instant) {}
+    pub fn write(&self, _op: &'static str, _ok: bool, _took: Duration) {}
 }
 
 /// The manager-wide metrics: nothing to keep.
