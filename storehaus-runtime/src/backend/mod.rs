@@ -46,6 +46,8 @@ pub(crate) mod switch;
 pub(crate) mod tls;
 #[cfg(feature = "redis")]
 pub(crate) mod tracking;
+#[cfg(feature = "redis")]
+pub(crate) mod wire;
 
 pub use server::ServerStats;
 

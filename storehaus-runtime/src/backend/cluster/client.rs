@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
 
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
@@ -38,31 +37,4 @@ fn with_certs(builder: ClusterClientBuilder, tls: &TlsCerts) -> CacheResult<Clus
         Some(certs) => builder.certs(certs),
         _ => builder,
     })
-}
-
-/// A script invocation: `EVALSHA`, and on `NOSCRIPT` (a freshly promoted
-/// replica) `SCRIPT LOAD` on every node and `EVALSHA` again.
-pub(super) struct Script<'a>(pub redis::ScriptInvocation<'a>);
-
-/// A command, a pipeline or a script invocation on a cluster connection.
-pub(super) trait RunOnCluster {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T>;
-}
-
-impl RunOnCluster for redis::Cmd {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOnCluster for redis::Pipeline {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOnCluster for Script<'_> {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut ClusterConnection) -> redis::RedisResult<T> {
-        self.0.invoke_async(conn).await
-    }
 }

@@ -38,14 +38,14 @@ use std::time::Duration;
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 
-use self::client::{client, every, RunOnCluster, Script};
+use self::client::{client, every};
 use self::health::{Health, Watched};
 use self::layout::{by_slot, physical, physical_all};
 use self::slots::{scatter, split_invalidation, SlotInvalidation};
 use self::topology::Topology;
 use crate::backend::contact::Contact;
-use crate::backend::redis::invalidation;
-use crate::backend::redis::scripts::Scripts;
+use crate::backend::wire::scripts::Scripts;
+use crate::backend::wire::{invalidation, RunOn};
 use crate::backend::{Invalidated, Invalidation, ScanStep};
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
@@ -162,7 +162,7 @@ impl ClusterBackend {
     }
 
     /// Runs one command, pipeline or script, routed by its first key.
-    async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOnCluster) -> CacheResult<T> {
+    async fn run<T: redis::FromRedisValue>(&self, cmd: impl RunOn) -> CacheResult<T> {
         let mut conn = self.conn();
         let mut watched = Watched {
             contact: &self.contact,
@@ -188,7 +188,7 @@ impl ClusterBackend {
             err.code(),
             Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING" | "READONLY")
         );
-        let mapped = crate::backend::redis::map_err(err);
+        let mapped = crate::backend::wire::map_err(err);
         match mapped {
             CacheError::Command(m) if moved => {
                 self.contact.bump("a slot moved or the cluster is down");
@@ -245,7 +245,7 @@ impl ClusterBackend {
                 inv.key(&keys[i]);
             }
             inv.arg(lease).arg(lease_ms);
-            async move { self.run::<Vec<u8>>(Script(inv)).await }
+            async move { self.run::<Vec<u8>>(inv).await }
         }))
         .await?;
         let codes = scatter(keys.len(), &groups, answers);
@@ -256,7 +256,7 @@ impl ClusterBackend {
     pub async fn release_lease(&self, key: &str, lease: &[u8]) -> CacheResult<()> {
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(physical(key).as_ref()).arg(lease);
-        let _: u64 = self.run(Script(inv)).await?;
+        let _: u64 = self.run(inv).await?;
         Ok(())
     }
 
@@ -273,7 +273,7 @@ impl ClusterBackend {
             for &i in group {
                 inv.arg(values[i]);
             }
-            async move { self.run::<u64>(Script(inv)).await }
+            async move { self.run::<u64>(inv).await }
         }))
         .await?;
         Ok(filled.into_iter().sum())
@@ -344,18 +344,7 @@ impl ClusterBackend {
             counters: &part.counters,
             tags: &part.tags,
         };
-        let Some(pipe) = invalidation::pipeline(&inv, self.wait) else {
-            return Ok(Invalidated::default());
-        };
-        let replies: Vec<redis::Value> = self.run(pipe).await?;
-        let (mut out, reset) = invalidation::read_replies(&inv, replies)?;
-        if let Some(reset) = reset {
-            let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
-            let (tags_refused, markers_refused) = reset.read_replies(replies)?;
-            out.tags_refused |= tags_refused;
-            out.markers_refused |= markers_refused;
-        }
-        Ok(out)
+        invalidation::send(&inv, self.wait, |pipe| self.run(pipe)).await
     }
 
     /// One pipeline of `ZSCORE` per slot, concurrently.
@@ -403,14 +392,14 @@ impl ClusterBackend {
             .arg(value)
             .arg(ttl_ms)
             .arg(expected);
-        let filled: u64 = self.run(Script(inv)).await?;
+        let filled: u64 = self.run(inv).await?;
         Ok(filled == 1)
     }
 
     pub async fn drain_tag(&self, set: &str, draining: &str) -> CacheResult<u64> {
         let mut inv = self.scripts.drain_tag.prepare_invoke();
         inv.key(physical(set).as_ref()).key(physical(draining).as_ref());
-        self.run(Script(inv)).await
+        self.run(inv).await
     }
 
     // SSCAN of the draining set, then UNLINK of the members (per slot), then
@@ -423,7 +412,7 @@ impl ClusterBackend {
                     .arg(draining.as_ref())
                     .arg(cursor)
                     .arg("COUNT")
-                    .arg(crate::backend::redis::SCAN_COUNT)
+                    .arg(crate::backend::wire::SCAN_COUNT)
                     .to_owned(),
             )
             .await?;
@@ -440,7 +429,7 @@ impl ClusterBackend {
     pub async fn register_version(&self, key: &str, tag: &str, ttl_ms: u64) -> CacheResult<()> {
         let mut inv = self.scripts.register_version.prepare_invoke();
         inv.key(physical(key).as_ref()).arg(tag).arg(ttl_ms);
-        let _: u64 = self.run(Script(inv)).await?;
+        let _: u64 = self.run(inv).await?;
         Ok(())
     }
 

@@ -30,7 +30,7 @@ impl ClusterBackend {
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(crate::backend::redis::SCAN_COUNT);
+            .arg(crate::backend::wire::SCAN_COUNT);
         let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
             host: host.clone(),
             port: *port,

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use super::seeds::seed_url;
 use crate::backend::contact::Contact;
-use crate::backend::redis::pool::open_client;
+use crate::backend::wire::open_client;
 use crate::config::TlsCerts;
 use crate::error::{CacheError, CacheResult};
 
@@ -361,7 +361,7 @@ impl Topology {
             .arg("SLOTS")
             .query_async(&mut conn)
             .await
-            .map_err(crate::backend::redis::map_err)?;
+            .map_err(crate::backend::wire::map_err)?;
         View::parse(reply, &node.0).ok_or_else(|| CacheError::Command("CLUSTER SLOTS: unexpected reply".into()))
     }
 
@@ -370,14 +370,14 @@ impl Topology {
         if let Some(conn) = self.links.lock().unwrap_or_else(|p| p.into_inner()).get(node) {
             return Ok(conn.clone());
         }
-        let client = open_client(&self.url_of(node)?, &self.tls).map_err(crate::backend::redis::map_err)?;
+        let client = open_client(&self.url_of(node)?, &self.tls).map_err(crate::backend::wire::map_err)?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.ask_timeout))
             .set_response_timeout(Some(self.ask_timeout));
         let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(crate::backend::redis::map_err)?;
+            .map_err(crate::backend::wire::map_err)?;
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -19,8 +19,8 @@ use redis::aio::MultiplexedConnection;
 
 use super::topology::{Node, Snapshot, Topology};
 use crate::backend::listener::KeyListener;
-use crate::backend::redis::pool::open_client;
 use crate::backend::redis::tracking::{connect, heartbeat, subscribe, Round, HEARTBEAT};
+use crate::backend::wire::open_client;
 
 /// Follows the cluster's primaries for `near` until `near` is dropped.
 pub(crate) async fn follow(topology: Arc<Topology>, prefix: String, near: Weak<dyn KeyListener>, timeout: Duration) {

@@ -28,24 +28,22 @@
 //! one function per primitive of the backend contract (see `backend`).
 
 pub(crate) mod failover;
-pub(crate) mod invalidation;
 pub(crate) mod pool;
 pub(crate) mod probe;
-pub(crate) mod scripts;
 pub(crate) mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use self::failover::Failovers;
-pub(crate) use self::pool::map_err;
-use self::pool::{Connector, Pool, RunOn};
+use self::pool::{Connector, Pool};
 use self::probe::NodeWatch;
-use self::scripts::Scripts;
-#[cfg(feature = "test-hooks")]
-pub use self::scripts::FILL_SCRIPT;
 use crate::backend::contact::Contact;
 use crate::backend::sentinel::SentinelUrl;
+use crate::backend::wire::scripts::Scripts;
+#[cfg(feature = "test-hooks")]
+pub use crate::backend::wire::scripts::FILL_SCRIPT;
+use crate::backend::wire::{invalidation, RunOn, SCAN_COUNT};
 use crate::backend::ServerStats;
 use crate::backend::{Invalidated, Invalidation, ScanStep};
 use crate::config::{redact_url, TlsCerts};
@@ -108,13 +106,15 @@ impl RedisBackend {
             if url.starts_with("rediss://") {
                 crate::backend::tls::install_crypto_provider();
             }
-            Connector::Direct(Box::new(pool::open_client(url, target.tls).map_err(|e| {
-                CacheError::InvalidConfig(format!(
-                    "cannot use cache URL {}: {}",
-                    redact_url(url),
-                    crate::config::url_error(url, &e)
-                ))
-            })?))
+            Connector::Direct(Box::new(crate::backend::wire::open_client(url, target.tls).map_err(
+                |e| {
+                    CacheError::InvalidConfig(format!(
+                        "cannot use cache URL {}: {}",
+                        redact_url(url),
+                        crate::config::url_error(url, &e)
+                    ))
+                },
+            )?))
         };
         let watch = Arc::new(NodeWatch::new(target.contact.clone(), sentinel));
         Ok(RedisBackend {
@@ -201,18 +201,7 @@ impl RedisBackend {
 
     // One pipeline (errors kept per command), and a second one only when a counter or a tag set must be reset.
     pub async fn invalidate(&self, inv: &Invalidation<'_>) -> CacheResult<Invalidated> {
-        let Some(pipe) = invalidation::pipeline(inv, self.wait) else {
-            return Ok(Invalidated::default());
-        };
-        let replies: Vec<redis::Value> = self.run(pipe).await?;
-        let (mut out, reset) = invalidation::read_replies(inv, replies)?;
-        if let Some(reset) = reset {
-            let replies: Vec<redis::Value> = self.run(reset.pipeline()).await?;
-            let (tags_refused, markers_refused) = reset.read_replies(replies)?;
-            out.tags_refused |= tags_refused;
-            out.markers_refused |= markers_refused;
-        }
-        Ok(out)
+        invalidation::send(inv, self.wait, |pipe| self.run(pipe)).await
     }
 
     pub async fn markers(&self, keys: &[String]) -> CacheResult<Vec<Option<u64>>> {
@@ -262,9 +251,6 @@ impl RedisBackend {
         Ok(ScanStep { next, removed, keys })
     }
 }
-
-/// Keys asked for per `SCAN` / `SSCAN` step.
-pub(crate) const SCAN_COUNT: usize = 500;
 
 /// Query generations and tag sets.
 impl RedisBackend {

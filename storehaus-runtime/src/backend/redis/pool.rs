@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError};
+use redis::{AsyncConnectionConfig, Client};
 use tokio::sync::watch;
 
 use super::failover::Failovers;
 use super::probe::NodeWatch;
-use crate::config::TlsCerts;
-use crate::error::{CacheError, CacheResult, ErrorDetail};
+use crate::backend::wire::{map_connect_err, map_err, RunOn};
+use crate::error::{CacheError, CacheResult};
 
 /// Commands in flight on one connection beyond which new commands go to the
 /// next connection of the pool.
@@ -103,52 +103,6 @@ pub(super) struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool").field("connections", &self.slots.len()).finish()
-    }
-}
-
-/// Whether redis-rs says the server refused our credentials.
-fn is_auth_failure(err: &RedisError) -> bool {
-    matches!(err.kind(), ErrorKind::AuthenticationFailed) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS"))
-}
-
-/// Maps a redis-rs error to ours, keeping it as the source and its server
-/// code as a typed kind. The URL (and so any password) is never part of
-/// redis-rs error messages; we add none.
-pub(crate) fn map_err(err: RedisError) -> CacheError {
-    if is_auth_failure(&err) {
-        CacheError::AuthenticationFailed(ErrorDetail::redis(err))
-    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout() {
-        CacheError::ConnectionError(ErrorDetail::redis(err))
-    } else {
-        CacheError::Command(ErrorDetail::redis(err))
-    }
-}
-
-/// Maps an error of opening a connection (connect, `AUTH`, `SELECT`, the
-/// handshake): whatever the server said, the connection is not usable, so
-/// it is a connection error (retried, counted, and it opens the breaker),
-/// not a refused command. A refused database index (`redis://host/99`)
-/// keeps the server's words and its kind.
-pub(crate) fn map_connect_err(err: RedisError) -> CacheError {
-    if is_auth_failure(&err) {
-        return CacheError::AuthenticationFailed(ErrorDetail::redis(err));
-    }
-    let answered = err.code().is_some();
-    let detail = ErrorDetail::redis(err);
-    CacheError::ConnectionError(if answered {
-        detail.context("the server refused to set up the connection")
-    } else {
-        detail
-    })
-}
-
-/// A client for `url`, with the configured certificates when there are any.
-pub(crate) fn open_client(url: &str, tls: &TlsCerts) -> redis::RedisResult<Client> {
-    match crate::backend::tls::certificates(tls) {
-        #[cfg(feature = "tls")]
-        Ok(Some(certs)) => Client::build_with_tls(url, certs),
-        Ok(_) => Client::open(url),
-        Err(e) => Err(RedisError::from((ErrorKind::InvalidClientConfig, "TLS", e.to_string()))),
     }
 }
 
@@ -406,28 +360,5 @@ impl Pool {
                 Err(e)
             }
         }
-    }
-}
-
-/// A command, a pipeline or a script invocation.
-pub(super) trait RunOn {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T>;
-}
-
-impl RunOn for redis::Cmd {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOn for redis::Pipeline {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
-        self.query_async(conn).await
-    }
-}
-
-impl RunOn for redis::ScriptInvocation<'_> {
-    async fn run<T: redis::FromRedisValue>(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<T> {
-        self.invoke_async(conn).await
     }
 }

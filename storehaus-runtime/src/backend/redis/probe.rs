@@ -87,7 +87,7 @@ impl NodeWatch {
             Ok(info) => NodeInfo::parse(&info),
             // An ACL user without INFO: nothing to learn, nothing to compare.
             Err(e) if e.code() == Some("NOPERM") => NodeInfo::default(),
-            Err(e) => return Err(crate::backend::redis::map_err(e)),
+            Err(e) => return Err(crate::backend::wire::map_err(e)),
         };
         if self.want_primary && node.role.as_deref().is_some_and(|r| r != "master") {
             return Err(CacheError::ConnectionError(
@@ -128,7 +128,7 @@ async fn cluster_nodes(conn: &mut MultiplexedConnection) -> CacheResult<Vec<(Str
         .arg("SLOTS")
         .query_async(conn)
         .await
-        .map_err(crate::backend::redis::map_err)?;
+        .map_err(crate::backend::wire::map_err)?;
     let mut nodes = Vec::new();
     for range in slots {
         let redis::Value::Array(parts) = range else { continue };

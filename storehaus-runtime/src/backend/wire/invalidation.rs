@@ -1,8 +1,29 @@
 //! The pipelines of a committed write's invalidation, shared by the
 //! single-node and the cluster backends (the cluster runs one per slot).
 
+use std::future::Future;
+
 use crate::backend::{counter_seed, Invalidated, Invalidation, Marker, TagAdd};
 use crate::error::{CacheError, CacheResult, ErrorDetail, ServerErrorKind};
+
+/// Sends `inv`: one pipeline (errors kept per command) through `run`, and
+/// a second one only when a counter or a tag set must be reset.
+pub(crate) async fn send<F, Fut>(inv: &Invalidation<'_>, wait: Option<(u32, u64)>, run: F) -> CacheResult<Invalidated>
+where
+    F: Fn(redis::Pipeline) -> Fut,
+    Fut: Future<Output = CacheResult<Vec<redis::Value>>>,
+{
+    let Some(pipe) = pipeline(inv, wait) else {
+        return Ok(Invalidated::default());
+    };
+    let (mut out, reset) = read_replies(inv, run(pipe).await?)?;
+    if let Some(reset) = reset {
+        let (tags_refused, markers_refused) = reset.read_replies(run(reset.pipeline()).await?)?;
+        out.tags_refused |= tags_refused;
+        out.markers_refused |= markers_refused;
+    }
+    Ok(out)
+}
 
 /// The one pipeline of an invalidation (errors kept per command): `ZADD GT`
 /// and `PEXPIRE` of each replica marker (first: a reader that finds a key
