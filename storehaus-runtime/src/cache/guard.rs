@@ -63,7 +63,9 @@ impl CacheManager {
         F: Fn() -> Fut,
         Fut: Future<Output = CacheResult<R>>,
     {
-        self.admit(deadline, op).await?;
+        if self.admit(deadline)? {
+            self.probe(deadline, op).await?;
+        }
         let mut attempt = 0u32;
         loop {
             let err = match timeout_at(deadline, call()).await {
@@ -99,9 +101,11 @@ impl CacheManager {
     }
 
     /// Whether a command may be sent within `deadline`: the budget is not
-    /// spent, and the breaker lets it through (probing first when it is
-    /// half open).
-    async fn admit(&self, deadline: tokio::time::Instant, op: &'static str) -> CacheResult<()> {
+    /// spent, and the breaker lets it through; `true` when it is half open
+    /// and the caller must probe first. No await: the hot path stays one
+    /// future.
+    #[inline]
+    fn admit(&self, deadline: tokio::time::Instant) -> CacheResult<bool> {
         if tokio::time::Instant::now() >= deadline {
             // The budget went to earlier steps of this operation: the cache
             // is not at fault, so neither the breaker nor the stats hear of it.
@@ -115,8 +119,7 @@ impl CacheManager {
             allowed = self.breaker.allow();
         }
         match allowed {
-            Ok(false) => Ok(()),
-            Ok(true) => self.probe(deadline, op).await,
+            Ok(probe) => Ok(probe),
             Err(open) => {
                 self.count(|c| &c.breaker_skips);
                 Err(CacheError::CircuitOpen {

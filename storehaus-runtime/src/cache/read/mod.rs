@@ -57,7 +57,7 @@ use crate::cache::near::{Near, Ticket};
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
-use crate::error::{CacheError, CacheResult, Result, ServerErrorKind};
+use crate::error::{CacheError, Result, ServerErrorKind};
 
 mod wait;
 
@@ -350,16 +350,37 @@ impl Look<'_> {
 }
 
 /// One look at the cache. With early refresh, a `GET` + `PTTL` first; else
-/// a `GET` first, or the lease command first when the store's reads mostly
-/// miss (see `adapt`).
+/// the lease command (`SET NX GET`) first when reads start with it (see
+/// `adapt`), or a plain `GET` (a hit costs what a raw GET does) and, on a
+/// miss, the lease command. The first look stays in this one future: a
+/// hit awaits nothing else.
 async fn lookup<V: DeserializeOwned>(look: &Look<'_>) -> Step<V> {
     if let Some(early) = look.early {
         if let Some(step) = look_early(look, early).await {
             return step;
         }
     }
-    let (found, pttl) = first_look(look).await;
     let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
+    let lease_read = || mgr.backend.get_or_lease(key, look.lease, mgr.lease_ms());
+    let mut pttl = None;
+    let found = if mgr.config().single_command_reads || look.early.is_some() || look.mode.lease_first() {
+        mgr.guarded(deadline, "get", lease_read).await
+    } else {
+        let first = if look.want_ttl {
+            mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key))
+                .await
+                .map(|(bytes, ms)| {
+                    pttl = Some(ms);
+                    bytes
+                })
+        } else {
+            mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
+        };
+        match first {
+            Ok(None) => mgr.guarded(deadline, "lease", lease_read).await,
+            other => other,
+        }
+    };
     match found {
         Ok(None) => Step::Lead,
         Ok(Some(bytes)) if codec::is_lease(&bytes) => Step::Busy(bytes),
@@ -368,11 +389,19 @@ async fn lookup<V: DeserializeOwned>(look: &Look<'_>) -> Step<V> {
             Ok(Found::Foreign) => Step::Foreign,
             Err(e) => discard_corrupt(mgr, key, &e, deadline).await,
         },
-        Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
-        // Out of memory (noeviction): the lease write is refused, but reads
-        // still work. Serve a cached value; otherwise go to the database
-        // without a lease and without a fill.
-        Err(e) if e.server_error_kind() == Some(&ServerErrorKind::OutOfMemory) => {
+        Err(e) => refused_look(look, e).await,
+    }
+}
+
+/// The first look failed with `e`: a key of another type is corrupt
+/// (removed); out of memory (noeviction) refuses the lease write but
+/// reads still work, so a cached value is served, else the database
+/// answers without a lease and without a fill; anything else bypasses.
+async fn refused_look<V: DeserializeOwned>(look: &Look<'_>, e: CacheError) -> Step<V> {
+    let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
+    match e {
+        e @ CacheError::Command(_) if is_wrong_type(&e) => discard_corrupt(mgr, key, &e, deadline).await,
+        e if e.server_error_kind() == Some(&ServerErrorKind::OutOfMemory) => {
             match mgr.guarded(deadline, "get", || mgr.backend.get(key)).await {
                 Ok(Some(bytes)) if !codec::is_lease(&bytes) => match judge::<V>(look.version, &bytes) {
                     Ok(Found::Own(entry, _)) => Step::Hit(into_option(entry), None),
@@ -381,7 +410,7 @@ async fn lookup<V: DeserializeOwned>(look: &Look<'_>) -> Step<V> {
                 _ => Step::Bypass,
             }
         }
-        Err(_) => Step::Bypass,
+        _ => Step::Bypass,
     }
 }
 
@@ -407,33 +436,6 @@ async fn look_early<V: DeserializeOwned>(look: &Look<'_>, early: &Early) -> Opti
         Ok(_) => None,
         Err(e @ CacheError::Command(_)) if is_wrong_type(&e) => Some(discard_corrupt(mgr, key, &e, deadline).await),
         Err(_) => Some(Step::Bypass),
-    }
-}
-
-/// The first command of a look, and the key's `PTTL` when it was read: the
-/// lease command (`SET NX GET`) when reads start with it, else a plain
-/// `GET` (a hit costs what a raw GET does) and, on a miss, the lease
-/// command.
-async fn first_look(look: &Look<'_>) -> (CacheResult<Option<Vec<u8>>>, Option<i64>) {
-    let (mgr, key, deadline) = (look.mgr, look.key.as_str(), look.deadline);
-    let lease_read = || mgr.backend.get_or_lease(key, look.lease, mgr.lease_ms());
-    if mgr.config().single_command_reads || look.early.is_some() || look.mode.lease_first() {
-        return (mgr.guarded(deadline, "get", lease_read).await, None);
-    }
-    let mut pttl = None;
-    let first = if look.want_ttl {
-        mgr.guarded(deadline, "get", || mgr.backend.get_with_pttl(key))
-            .await
-            .map(|(bytes, ms)| {
-                pttl = Some(ms);
-                bytes
-            })
-    } else {
-        mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
-    };
-    match first {
-        Ok(None) => (mgr.guarded(deadline, "lease", lease_read).await, pttl),
-        other => (other, pttl),
     }
 }
 
