@@ -26,6 +26,21 @@ fn store(pool: impl Into<storehaus::DbPool>, manager: &Arc<CacheManager>) -> Gen
     GenericStore::<Account>::new(pool, None, Some(CacheParams::new(manager.clone())))
 }
 
+/// A store on `rows` accounts in a schema of its own, watching external
+/// writes through the outbox polled every `poll_ms` (the default when
+/// `None`), and another service's pool on the same schema.
+async fn watched(rows: i64, poll_ms: Option<u64>) -> (Db, Arc<CacheManager>, GenericStore<Account>, PgPool) {
+    let db = accounts_db(rows).await;
+    let manager = match poll_ms {
+        Some(ms) => manager_on(&redis_url(), |c| c.with_outbox_poll_interval(ms)),
+        None => manager(),
+    };
+    let accounts = store(db.pool.clone(), &manager);
+    accounts.watch_external_writes().await.unwrap();
+    let other = other_service(&db).await;
+    (db, manager, accounts, other)
+}
+
 /// A transaction left open on its own connection, as psql would leave it.
 async fn open_transaction(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = pool.begin().await.unwrap();
@@ -43,11 +58,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_transaction_elsewhere_holds_back_no_invalidation() {
-    let db = accounts_db(20).await;
-    let manager = manager();
-    let accounts = store(db.pool.clone(), &manager);
-    accounts.watch_external_writes().await.unwrap();
-    let other = other_service(&db).await;
+    let (db, manager, accounts, other) = watched(20, None).await;
     // A report, a job holding FOR UPDATE, an idle-in-transaction session.
     let long = open_transaction(&other).await;
 
@@ -87,11 +98,7 @@ async fn a_long_transaction_elsewhere_holds_back_no_invalidation() {
 async fn transactions_committing_out_of_xid_order_are_both_delivered() {
     // More rows than one page of the worker (1 000 entries): the position
     // moves in the middle of a round too.
-    let db = accounts_db(1_600).await;
-    let manager = manager_on(&redis_url(), |c| c.with_outbox_poll_interval(50));
-    let accounts = store(db.pool.clone(), &manager);
-    accounts.watch_external_writes().await.unwrap();
-    let other = other_service(&db).await;
+    let (db, manager, accounts, other) = watched(1_600, Some(50)).await;
     cached(&accounts, &redis_url(), 1).await;
     cached(&accounts, &redis_url(), 2).await;
 
@@ -125,11 +132,7 @@ async fn transactions_committing_out_of_xid_order_are_both_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_holding_the_position_row_does_not_stop_delivery() {
-    let db = accounts_db(2).await;
-    let manager = manager_on(&redis_url(), |c| c.with_outbox_poll_interval(100));
-    let accounts = store(db.pool.clone(), &manager);
-    accounts.watch_external_writes().await.unwrap();
-    let other = other_service(&db).await;
+    let (db, manager, accounts, other) = watched(2, Some(100)).await;
 
     // A stalled worker of the same deployment holds its position row.
     let mut peer = other.begin().await.unwrap();
@@ -349,11 +352,7 @@ async fn admin_in(db: &Db) -> PgPool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_ahead_of_the_server_starts_the_deployment_over() {
-    let db = accounts_db(1).await;
-    let manager = manager_on(&redis_url(), |c| c.with_outbox_poll_interval(100));
-    let accounts = store(db.pool.clone(), &manager);
-    accounts.watch_external_writes().await.unwrap();
-    let other = other_service(&db).await;
+    let (db, manager, accounts, other) = watched(1, Some(100)).await;
     cached(&accounts, &redis_url(), 1).await;
     // Positions copied from a server whose transaction ids are far ahead.
     raw(&other, "UPDATE storehaus_outbox_positions SET xid = xid + 1000000000").await;
@@ -431,11 +430,7 @@ async fn an_invalidation_that_could_not_reach_redis_is_delivered_when_it_returns
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_applied_as_a_replica_reach_the_cache() {
-    let db = accounts_db(1).await;
-    let manager = manager_on(&redis_url(), |c| c.with_outbox_poll_interval(100));
-    let accounts = store(db.pool.clone(), &manager);
-    accounts.watch_external_writes().await.unwrap();
-    let other = other_service(&db).await;
+    let (db, manager, accounts, other) = watched(1, Some(100)).await;
     cached(&accounts, &redis_url(), 1).await;
     // How logical replication applies a row, and how pg_restore
     // --disable-triggers loads one: ordinary triggers do not fire.
