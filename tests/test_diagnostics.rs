@@ -9,56 +9,11 @@
 //! 1 000), so that every operation really tries the server: the log stays
 //! at one line because of the deduplication, not because calls were skipped.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use storehaus::{CacheError, CacheManager, ServerErrorKind};
+use storehaus_testkit::logs::{capture_logs, LevelFilter};
 use storehaus_testkit::*;
-
-/// A log sink the test reads back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// The WARN lines that contain `needle`.
-    fn warnings(&self, needle: &str) -> Vec<String> {
-        self.text()
-            .lines()
-            .filter(|l| l.contains(" WARN ") && l.contains(needle))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures this test's logs (a `#[tokio::test]` runs on one thread, and
-/// the manager's background connects with it). The second value is the
-/// guard that keeps the subscriber installed.
-fn capture_logs() -> (Captured, impl Sized) {
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish()
-        .set_default();
-    (captured, guard)
-}
 
 /// A manager whose breaker never opens in these tests.
 fn manager_always_trying(url: &str) -> Arc<CacheManager> {
@@ -97,7 +52,7 @@ fn redis_source(err: &CacheError) -> Option<&redis::RedisError> {
 
 #[tokio::test]
 async fn a_wrong_password_is_one_warning_naming_the_cause_and_a_health_error() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(LevelFilter::DEBUG);
     let server = RedisServer::start_with(&["--requirepass", "the-right-one"]).await;
     let url = format!("redis://:not-the-password@127.0.0.1:{}", server.port);
     let manager = manager_always_trying(&url);
@@ -125,7 +80,7 @@ async fn a_wrong_password_is_one_warning_naming_the_cause_and_a_health_error() {
 
 #[tokio::test]
 async fn a_wrong_database_index_is_one_warning_naming_the_cause_and_a_health_error() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(LevelFilter::DEBUG);
     let server = RedisServer::start().await;
     // redis-server has 16 databases by default: 0..=15.
     let manager = manager_always_trying(&format!("{}/99", server.url()));
@@ -153,7 +108,7 @@ async fn a_wrong_database_index_is_one_warning_naming_the_cause_and_a_health_err
 
 #[tokio::test]
 async fn a_dead_redis_is_one_warning_naming_the_cause_then_one_recovery() {
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(LevelFilter::DEBUG);
     let mut server = RedisServer::start().await;
     let manager = manager_always_trying(&server.url());
     manager.set_record("diag", "up", &1i64, 60).await.unwrap();

@@ -9,11 +9,11 @@
 //! redis-server that cannot start with TLS options fails them: they never
 //! skip.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
+use storehaus_testkit::logs::{capture_logs, LevelFilter};
 use storehaus_testkit::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
@@ -102,42 +102,6 @@ async fn exercise(db: &Db, store: &GenericStore<Item>) {
     assert_eq!(store.delete_many(&[100]).await.unwrap(), 1);
 }
 
-/// A `tracing` subscriber for the current thread that records everything,
-/// down to TRACE, into a buffer. Tests using it run on the current-thread
-/// runtime, so spawned tasks log into it too.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The second value is the guard that keeps the subscriber installed.
-fn capture_logs() -> (Captured, impl Sized) {
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish()
-        .set_default();
-    (captured, guard)
-}
-
 fn assert_no_secret(secret: &str, what: &str, text: &str) {
     assert!(!text.contains(secret), "{what} shows the password:\n{text}");
 }
@@ -147,7 +111,7 @@ fn assert_no_secret(secret: &str, what: &str, text: &str) {
 #[tokio::test]
 async fn wrong_password_falls_back_to_the_database_and_never_shows_the_password() {
     const SECRET: &str = "Wr0ng-Pa55-7f3a";
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(LevelFilter::TRACE);
     let server = RedisServer::start_with(&["--requirepass", "the-right-one"]).await;
     let db = items_db().await;
     let url = format!("redis://:{SECRET}@127.0.0.1:{}", server.port);
@@ -191,7 +155,7 @@ async fn wrong_password_falls_back_to_the_database_and_never_shows_the_password(
 #[tokio::test]
 async fn right_password_serves_hits() {
     const SECRET: &str = "R1ght-Pa55-c0ffee";
-    let (logs, _guard) = capture_logs();
+    let (logs, _guard) = capture_logs(LevelFilter::TRACE);
     let server = RedisServer::start_with(&["--requirepass", SECRET]).await;
     let db = items_db().await;
     let url = format!("redis://:{SECRET}@127.0.0.1:{}", server.port);

@@ -51,6 +51,7 @@ mod cache;
 mod cluster;
 mod db;
 pub mod faults;
+pub mod logs;
 mod netns;
 mod postgres;
 mod raw;
