@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use storehaus::prelude::*;
 #[cfg(feature = "cluster")]
+use storehaus_testkit::bench::median;
+#[cfg(feature = "cluster")]
 use storehaus_testkit::records::items::item;
 use storehaus_testkit::records::items::{self, Item};
-#[cfg(feature = "cluster")]
 use storehaus_testkit::{raw_cluster, RedisCluster};
 use storehaus_testkit::{Db, RedisServer};
 
@@ -38,11 +39,6 @@ const ROWS: i64 = 2_000;
 
 fn main() {
     storehaus_testkit::bench::section_main("cluster", "--cluster", run);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// The medians over [`ROUNDS`] alternate runs of `base` and `subject`
@@ -63,7 +59,7 @@ where
         s.push(y);
         r.push(y / x);
     }
-    (median(b), median(s), median(r))
+    (median(&b), median(&s), median(&r))
 }
 
 /// Calls per second of `op` run by [`TASKS`] tasks for [`SECONDS`] s.
@@ -400,8 +396,8 @@ async fn layout(raw: &redis::cluster_async::ClusterConnection, out: &mut String)
         "| query hit's cache work, one task | µs per read (median of {ROUNDS}) |\n|---|---:|\n\
          | hash tag: `MGET [generation, entry]` in one slot (chosen) | {:.1} |\n\
          | generation in the entry's name: `GET generation`, then `GET entry` | {:.1} |\n",
-        median(tagged),
-        median(named)
+        median(&tagged),
+        median(&named)
     );
 }
 
@@ -447,6 +443,6 @@ async fn wait_cost(db: &Db, url: &str, out: &mut String) {
         .into_iter()
         .zip(rows)
     {
-        let _ = writeln!(out, "| {label} | {:.1} | {:.1} |", median(inval), median(update));
+        let _ = writeln!(out, "| {label} | {:.1} | {:.1} |", median(&inval), median(&update));
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use storehaus::prelude::*;
+use storehaus_testkit::bench::median;
 use storehaus_testkit::{random_name, raw_redis, redis_url, Db};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
@@ -37,11 +38,6 @@ const DELIVERIES: usize = 1_000;
 
 fn main() {
     storehaus_testkit::bench::section_main("near", "--near", run);
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Nanoseconds per `get_by_id` over the hot ids, one task.
@@ -195,8 +191,8 @@ async fn run() -> String {
         redis_32.push(per_get_parallel(&plain, REDIS_OPS * 4 / TASKS).await);
         raw_32.push(per_raw_parallel(&raw, &raw_keys, REDIS_OPS * 4 / TASKS).await);
     }
-    let (l1, redis_hit, raw_hit) = (median(l1), median(redis_hit), median(raw_hit));
-    let (l1_32, redis_32, raw_32) = (median(l1_32), median(redis_32), median(raw_32));
+    let (l1, redis_hit, raw_hit) = (median(&l1), median(&redis_hit), median(&raw_hit));
+    let (l1_32, redis_32, raw_32) = (median(&l1_32), median(&redis_32), median(&raw_32));
 
     eprintln!("bench: rows written as often as read");
     let (mut with_l1, mut without) = (Vec::new(), Vec::new());
@@ -210,7 +206,7 @@ async fn run() -> String {
             with_l1.push(per_pair(&near, base + 500).await);
         }
     }
-    let (with_l1, without) = (median(with_l1), median(without));
+    let (with_l1, without) = (median(&with_l1), median(&without));
 
     eprintln!("bench: delivery delay of another process's write");
     let key = near.cache_key(&1);

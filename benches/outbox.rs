@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use storehaus::prelude::*;
+use storehaus_testkit::bench::{median, percentile};
 use storehaus_testkit::{database_url, manager, redis_url, Db};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, Cached)]
@@ -111,9 +112,9 @@ async fn run() -> String {
         let _ = writeln!(
             out,
             "| external UPDATE on another pool → first fresh `get_by_id`, {LAG_WRITES} writes (NOTIFY){what} | p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms |",
-            pct(lag, 0.50),
-            pct(lag, 0.99),
-            pct(lag, 1.0)
+            percentile(lag, 0.50),
+            percentile(lag, 0.99),
+            percentile(lag, 1.0)
         );
     }
     let ratio = |a: &[f64]| median(&a.iter().zip(&without).map(|(a, b)| a / b).collect::<Vec<_>>());
@@ -286,15 +287,4 @@ async fn drain_rate(manager: &Arc<CacheManager>, other: &PgPool) -> (i64, Durati
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     (BACKLOG, start.elapsed())
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use storehaus::prelude::*;
+use storehaus_testkit::bench::{median, percentile};
 use storehaus_testkit::{manager, redis_url, PgServer};
 
 macro_rules! record {
@@ -128,10 +129,10 @@ async fn run() -> String {
     let _ = writeln!(
         out,
         "| external UPDATE → first fresh `get_by_id`, {LAG_WRITES} writes | — | p50 {:.2} ms, p99 {:.2} ms | p50 {:.2} ms, p99 {:.2} ms |",
-        pct(&trigger_lag, 0.50),
-        pct(&trigger_lag, 0.99),
-        pct(&wal_lag, 0.50),
-        pct(&wal_lag, 0.99)
+        percentile(&trigger_lag, 0.50),
+        percentile(&trigger_lag, 0.99),
+        percentile(&wal_lag, 0.50),
+        percentile(&wal_lag, 0.99)
     );
     let _ = writeln!(
         out,
@@ -223,15 +224,4 @@ async fn drain(manager: &Arc<CacheManager>, other: &PgPool, table: &str) -> Dura
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     start.elapsed()
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }

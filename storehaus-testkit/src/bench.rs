@@ -42,3 +42,22 @@ pub fn print_and_append(name: &str, report: &str) {
         eprintln!("bench: appended the {name} section to {path}");
     }
 }
+
+/// The median of `values` (the upper one of an even count).
+///
+/// # Panics
+/// When `values` is empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The `p` quantile (0.0..=1.0) of `sorted`, the nearest rank.
+///
+/// # Panics
+/// When `sorted` is empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
