@@ -152,6 +152,14 @@ async fn until_standby_serves(store: &GenericStore<Note>) {
 /// What the cache holds for row `id` (waiting for a fill to land): read
 /// through a store on the paused standby that can only agree with the
 /// primary by hitting the cache.
+/// What the cache holds for each row (`None`: "no such row"), read
+/// through a fresh manager on the same key space.
+async fn assert_cached(pair: &Pair, manager: &CacheManager, expected: &[(i64, Option<&str>)]) {
+    for &(id, want) in expected {
+        assert_eq!(cached_body(pair, manager, id).await.as_deref(), want, "row {id} cached");
+    }
+}
+
 async fn cached_body(pair: &Pair, manager: &CacheManager, id: i64) -> Option<String> {
     let store = GenericStore::<Note>::new(
         pair.replica.clone(),
@@ -230,20 +238,19 @@ async fn a_create_an_update_and_a_delete_are_never_read_back_old_by_either_proce
     assert!(stats_of(&reader).primary_loads > primary_before);
 
     // Never filled old: what the cache holds is the new row.
-    for (id, expected) in [
-        (1, Some("v1")),
-        (41, Some("born")),
-        (2, None),
-        (5, Some("v1")),
-        (42, Some("born")),
-        (7, None),
-    ] {
-        assert_eq!(
-            cached_body(&pair, &reader_mgr, id).await.as_deref(),
-            expected,
-            "row {id} cached"
-        );
-    }
+    assert_cached(
+        &pair,
+        &reader_mgr,
+        &[
+            (1, Some("v1")),
+            (41, Some("born")),
+            (2, None),
+            (5, Some("v1")),
+            (42, Some("born")),
+            (7, None),
+        ],
+    )
+    .await;
     pair.resume().await;
     clear_prefix(&writer_mgr).await;
 }
@@ -309,13 +316,12 @@ async fn update_many_a_transaction_lookups_and_queries_are_never_read_back_old()
         );
         assert_eq!(store.get_by_id(&9).await.unwrap(), None, "{name}: transaction delete");
     }
-    for (id, expected) in [(3, Some("renamed")), (8, Some("in-tx")), (9, None)] {
-        assert_eq!(
-            cached_body(&pair, &reader_mgr, id).await.as_deref(),
-            expected,
-            "row {id} cached"
-        );
-    }
+    assert_cached(
+        &pair,
+        &reader_mgr,
+        &[(3, Some("renamed")), (8, Some("in-tx")), (9, None)],
+    )
+    .await;
     pair.resume().await;
     clear_prefix(&writer_mgr).await;
 }
