@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use storehaus::prelude::*;
 use storehaus::{CacheParams, GenericStore, HealthWarning};
 use storehaus_testkit::records::accounts::{
-    account, accounts_db, balance, cached, fresh_within, other_service, raw, Account,
+    account, accounts_db, balance, cached, fresh_within, other_service, raw, serves_hits, Account,
 };
 use storehaus_testkit::*;
 
@@ -277,6 +277,7 @@ async fn a_deployment_that_stops_renewing_expires_unpins_the_outbox_and_starts_o
         !status.expired && status.note.as_deref().is_some_and(|n| n.contains("expired")),
         "{status:?}"
     );
+    serves_hits(&back_store, &redis_url(), 1).await;
     other.close().await;
     clear_prefix(&back).await;
     clear_prefix(&live).await;
@@ -340,6 +341,8 @@ async fn a_database_restored_from_a_dump_starts_the_deployment_over() {
         },
     )
     .await;
+    // Started over, the cache serves again.
+    serves_hits(&accounts, &redis_url(), 1).await;
     admin.close().await;
     clear_prefix(&manager).await;
     db.cleanup().await;
@@ -370,6 +373,7 @@ async fn a_position_ahead_of_the_server_starts_the_deployment_over() {
         },
     )
     .await;
+    serves_hits(&accounts, &redis_url(), 1).await;
     other.close().await;
     clear_prefix(&manager).await;
     db.cleanup().await;

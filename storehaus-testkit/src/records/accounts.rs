@@ -95,6 +95,17 @@ pub async fn cached(store: &GenericStore<Account>, url: &str, id: i64) {
     wait_for_value(&mut redis, &key).await;
 }
 
+/// Asserts that the cache serves account `id` again: it is filled, and the
+/// next read is a hit (the manager's hit count moves), not a bypass.
+pub async fn serves_hits(store: &GenericStore<Account>, url: &str, id: i64) {
+    cached(store, url, id).await;
+    let manager = store.cache_manager().expect("a cached store");
+    let before = manager.get_stats().await.expect("stats").hits;
+    store.get_by_id(&id).await.expect("read");
+    let after = manager.get_stats().await.expect("stats").hits;
+    assert!(after > before, "the cache serves hits again ({before} -> {after} hits)");
+}
+
 /// The `balance` of account `id` as the database holds it.
 pub async fn balance(pool: &PgPool, id: i64) -> Option<i64> {
     sqlx::query_scalar("SELECT balance FROM accounts WHERE id = $1")
