@@ -1,6 +1,11 @@
 //! Logs a test reads back: a `tracing` subscriber for the current thread
 //! that writes into a buffer. Tests using it run on the current-thread
 //! runtime, so the manager's spawned tasks log into it too.
+//!
+//! And logs a person reads after a run that failed: with
+//! `STOREHAUS_TEST_LOG=FILE`, [`log_to_file_from_env`] writes the
+//! library's log into FILE (`STOREHAUS_TEST_LOG_FILTER`, default
+//! `storehaus=debug`; `storehaus=debug,redis=debug` adds redis-rs' own).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -51,4 +56,27 @@ pub fn capture_logs(level: LevelFilter) -> (Captured, impl Sized) {
         .finish()
         .set_default();
     (captured, guard)
+}
+
+/// With `STOREHAUS_TEST_LOG=FILE`, installs a process-wide subscriber that
+/// writes into FILE, filtered by `STOREHAUS_TEST_LOG_FILTER` (default
+/// `storehaus=debug`). Without it, or when a subscriber is already
+/// installed, does nothing.
+pub fn log_to_file_from_env() {
+    let Ok(path) = std::env::var("STOREHAUS_TEST_LOG") else {
+        return;
+    };
+    let file = match std::fs::File::create(&path) {
+        Ok(file) => Mutex::new(file),
+        Err(e) => {
+            eprintln!("STOREHAUS_TEST_LOG={path}: {e}; not logging");
+            return;
+        }
+    };
+    let filter = std::env::var("STOREHAUS_TEST_LOG_FILTER").unwrap_or_else(|_| "storehaus=debug".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(file)
+        .try_init();
 }

@@ -22,7 +22,9 @@
 //! (default [`DEFAULT_RUNS`]; `STOREHAUS_FAILOVER_RUNS=10 cargo test --test
 //! test_failover recovery -- --nocapture` for the full series); the figures
 //! (time from the kill and from the healthy deployment to the first hit,
-//! p50 and max) are printed.
+//! p50 and max) are printed. `STOREHAUS_FAILOVER_DEATH=freeze` (or `kill`)
+//! makes every run die that way; `STOREHAUS_TEST_LOG=FILE` writes the
+//! library's debug log there (see `storehaus_testkit::logs`).
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,16 @@ fn runs() -> usize {
         .and_then(|n| n.parse().ok())
         .unwrap_or(DEFAULT_RUNS)
         .max(1)
+}
+
+/// `STOREHAUS_FAILOVER_DEATH=kill` or `freeze`: every run dies that way
+/// (by default they alternate).
+fn deaths() -> Option<Death> {
+    match std::env::var("STOREHAUS_FAILOVER_DEATH").ok()?.as_str() {
+        "kill" => Some(Death::Kill),
+        "freeze" => Some(Death::Freeze),
+        _ => None,
+    }
 }
 
 /// How the primary dies.
@@ -197,7 +209,11 @@ async fn recovers_every_time(deployment: Deployment, topology: &str) {
     for n in 0..runs() {
         // Another row each time: over the runs, each primary goes down,
         // killed or frozen in turn.
-        let death = if n % 2 == 0 { Death::Kill } else { Death::Freeze };
+        let death = match deaths() {
+            Some(only) => only,
+            None if n % 2 == 0 => Death::Kill,
+            None => Death::Freeze,
+        };
         let run = kill_a_primary(&deployment, 1 + n as i64 * 7, death).await;
         eprintln!("{topology} run {n}: {run:?}");
         assert!(run.reads > 100 && run.writes > 20, "run {n}: {run:?}");
@@ -238,11 +254,13 @@ async fn recovers_every_time(deployment: Deployment, topology: &str) {
 #[cfg(feature = "cluster")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_cluster_failover_the_cache_serves_hits_again() {
+    storehaus_testkit::logs::log_to_file_from_env();
     let cluster = RedisCluster::start_with_node_timeout(500);
     recovers_every_time(Deployment::Cluster(cluster), "cluster").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_sentinel_failover_the_cache_serves_hits_again() {
+    storehaus_testkit::logs::log_to_file_from_env();
     recovers_every_time(Deployment::Sentinel(Sentinels::start()), "sentinel").await;
 }

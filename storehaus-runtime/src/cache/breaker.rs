@@ -6,11 +6,25 @@
 //! (half-open); the probe's success closes it, its failure re-opens it for
 //! another cooldown. A probe whose caller vanished (a cancelled future) is
 //! presumed lost after one more cooldown, so the breaker can never stick.
+//!
+//! When the backend finds the deployment able to serve again (a failover
+//! completed), the next call probes at once, and for [`HEALING`] a failed
+//! probe is tried again after [`HEALING_RETRY`] rather than a whole
+//! cooldown: a deployment that has just healed often needs a moment more
+//! before every connection follows it (a new cluster connection learning
+//! the slot map), and a cooldown lost to that moment would keep the cache
+//! off long after it could serve.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::clock::Clock;
+
+/// How long after a heal failed probes are retried quickly.
+pub(crate) const HEALING: Duration = Duration::from_secs(10);
+
+/// How soon a failed probe is tried again while healing.
+pub(crate) const HEALING_RETRY: Duration = Duration::from_millis(100);
 
 /// Why a call was refused.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +48,9 @@ pub(crate) struct Breaker {
     heals_seen: AtomicU64,
     /// The next probe need not wait for the cool-down.
     expedited: AtomicBool,
+    /// Milliseconds since `base` (+1) until which a failed probe waits only
+    /// [`HEALING_RETRY`]; 0 = not healing.
+    healing_until: AtomicU64,
 }
 
 /// What a state change means, for the caller to log and count.
@@ -56,6 +73,7 @@ impl Breaker {
             probe_at: AtomicU64::new(0),
             heals_seen: AtomicU64::new(0),
             expedited: AtomicBool::new(false),
+            healing_until: AtomicU64::new(0),
         }
     }
 
@@ -80,7 +98,12 @@ impl Breaker {
             failures: self.failures.load(Ordering::Relaxed),
             retry_in_ms: until.saturating_sub(now),
         };
-        let reopens_at = opened.saturating_add(self.cooldown_ms);
+        let cooldown = if now < self.healing_until.load(Ordering::Acquire) {
+            self.cooldown_ms.min(HEALING_RETRY.as_millis() as u64)
+        } else {
+            self.cooldown_ms
+        };
+        let reopens_at = opened.saturating_add(cooldown);
         if now < reopens_at && !self.expedited.load(Ordering::Acquire) {
             return Err(refuse(reopens_at));
         }
@@ -103,11 +126,14 @@ impl Breaker {
 
     /// Given the backend's count of heals (`Contact::heals`): when it moved
     /// since last seen, lets the next call probe at once ([`expedite`]
-    /// (Self::expedite)) and returns `true`.
+    /// (Self::expedite)), retries failed probes quickly for [`HEALING`], and
+    /// returns `true`.
     pub fn healed(&self, heals: u64) -> bool {
         if self.heals_seen.swap(heals, Ordering::AcqRel) == heals {
             return false;
         }
+        let until = self.now_ms().saturating_add(HEALING.as_millis() as u64);
+        self.healing_until.store(until, Ordering::Release);
         self.expedite();
         true
     }
@@ -128,6 +154,7 @@ impl Breaker {
         self.failures.store(0, Ordering::Relaxed);
         self.probe_at.store(0, Ordering::Release);
         self.expedited.store(false, Ordering::Release);
+        self.healing_until.store(0, Ordering::Release);
         if self.opened_at.swap(0, Ordering::AcqRel) != 0 {
             Transition::Closed
         } else {
@@ -234,6 +261,32 @@ mod tests {
         assert!(b.allow().is_err(), "one probe at a time");
         assert_eq!(b.failure(true), Transition::None);
         assert!(b.allow().is_err(), "a failed probe waits a cool-down again");
+    }
+
+    #[test]
+    fn after_a_heal_failed_probes_are_retried_quickly() {
+        let b = Breaker::new(1, 60_000);
+        assert_eq!(b.failure(false), Transition::Opened);
+        assert!(!b.healed(0), "no heal yet");
+        assert!(b.healed(1));
+        assert!(!b.healed(1), "each heal acts once");
+        assert!(matches!(b.allow(), Ok(true)), "the probe comes at once");
+        assert_eq!(b.failure(true), Transition::None);
+        assert!(b.allow().is_err(), "not before the healing retry");
+        b.clock.advance(HEALING_RETRY + Duration::from_millis(5));
+        assert!(
+            matches!(b.allow(), Ok(true)),
+            "a failed probe is retried soon while healing"
+        );
+        assert_eq!(b.failure(true), Transition::None);
+        b.clock.advance(HEALING);
+        assert!(b.allow().is_err(), "after the healing window, the whole cooldown again");
+        b.clock.advance(Duration::from_secs(60));
+        assert!(matches!(b.allow(), Ok(true)));
+        assert_eq!(b.success(), Transition::Closed);
+        assert_eq!(b.failure(false), Transition::Opened);
+        b.clock.advance(HEALING_RETRY + Duration::from_millis(5));
+        assert!(b.allow().is_err(), "a close ends the healing");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! at the operation's deadline, however many commands the operation sends.
 //!
 //! The breaker's half-open probe is the backend's own check (`probe`: a
-//! `PING`, or on a cluster a fresh look at the slot map that must reach a
-//! live node), not the call that happens to come first: that call may go to
+//! `PING`, or on a cluster a `PING` of every primary of the slot map it
+//! trusts), not the call that happens to come first: that call may go to
 //! the one node that is gone (a replay of keys on every node of a cluster
 //! does), and would keep the breaker open while the rest of the cache, or
 //! the replica that replaced the node, is there to serve.

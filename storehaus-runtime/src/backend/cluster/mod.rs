@@ -149,15 +149,29 @@ impl ClusterBackend {
             .get_pending_async_connection_with_config(self.config.clone())
     }
 
-    /// Whether a cluster node answers (a fresh look at the slot map, which
-    /// the next command follows if it changed).
+    /// Whether the cluster can serve: every primary of the trusted slot map
+    /// answers a `PING`. Before any map was learned, a fresh look at it
+    /// that some node answers. It never waits on a node the map no longer
+    /// names (a frozen primary that was replaced stays known, and a look at
+    /// every node would wait its whole timeout for it).
     ///
     /// # Errors
-    /// `ConnectionError` when no node answers.
+    /// `ConnectionError` when the map cannot be trusted (a primary does not
+    /// answer; the refreshes go on in the background) or no node answers.
     pub async fn probe(&self) -> CacheResult<()> {
-        match self.topology.refresh().await {
-            0 => Err(CacheError::ConnectionError("no cluster node answers".into())),
-            _ => Ok(()),
+        match self.topology.primaries_answer().await {
+            Some(true) => Ok(()),
+            Some(false) => Err(CacheError::ConnectionError("a cluster primary does not answer".into())),
+            None if self.topology.snapshot().view.is_some() => {
+                self.topology.suspect("no slot map to trust");
+                Err(CacheError::ConnectionError(
+                    "no slot map to trust yet: a cluster primary does not answer".into(),
+                ))
+            }
+            None => match self.topology.refresh().await {
+                0 => Err(CacheError::ConnectionError("no cluster node answers".into())),
+                _ => Ok(()),
+            },
         }
     }
 

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 
@@ -166,7 +167,8 @@ fn node(value: redis::Value, answering_host: &str) -> Option<Node> {
 pub(crate) struct Snapshot {
     pub version: u64,
     pub view: Option<Arc<View>>,
-    /// URLs of the nodes that answered the refresh that found the view.
+    /// URLs of the nodes that answered the refresh that found the view
+    /// with this view.
     pub seeds: Vec<String>,
 }
 
@@ -271,34 +273,47 @@ impl Topology {
 
     /// Asks every known node for its view and publishes the trusted one
     /// if its owners changed. Returns how many nodes answered.
+    ///
+    /// It stops waiting as soon as a view can be trusted and every node that
+    /// view names has answered: a node outside it (a frozen primary that
+    /// was replaced stays known) would otherwise hold every refresh for its
+    /// whole ask timeout.
     pub async fn refresh(&self) -> usize {
         let nodes = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let answers = join_all(nodes.iter().map(|n| async move {
-            let answer = tokio::time::timeout(self.ask_timeout, self.ask(n)).await;
-            (n, answer.ok().and_then(Result::ok))
-        }))
-        .await;
+        let mut asks: FuturesUnordered<_> = nodes
+            .iter()
+            .map(|n| async move {
+                let answer = tokio::time::timeout(self.ask_timeout, self.ask(n)).await;
+                (n, answer.ok().and_then(Result::ok))
+            })
+            .collect();
         let mut answered = HashSet::new();
-        let mut views = Vec::new();
-        for (node, view) in answers {
+        let mut views: Vec<(&Node, View)> = Vec::new();
+        while let Some((node, view)) = asks.next().await {
             match view {
                 Some(view) => {
                     answered.insert(node.clone());
-                    views.push(view);
+                    views.push((node, view));
                 }
                 None => self.forget_link(node),
             }
+            if best(&views, &answered).is_some_and(|v| v.nodes().iter().all(|n| answered.contains(n))) {
+                break;
+            }
         }
-        let trusted: Vec<&View> = views
-            .iter()
-            .filter(|v| v.covers_all() && v.primaries().iter().all(|p| answered.contains(p)))
-            .collect();
-        let best = trusted
-            .iter()
-            .max_by_key(|v| trusted.iter().filter(|w| w.same_owners(v)).count());
+        drop(asks);
+        let best = best(&views, &answered);
         match best {
             Some(view) => {
-                let changed = self.publish(view, &answered);
+                // Only nodes that already see this view seed a connection:
+                // one that has not heard of the failover yet would hand it
+                // a slot map naming the primary that is gone.
+                let agreeing: HashSet<Node> = views
+                    .iter()
+                    .filter(|(_, v)| v.same_owners(view))
+                    .map(|(n, _)| (*n).clone())
+                    .collect();
+                let changed = self.publish(view, &agreeing);
                 if self.degraded.swap(false, Ordering::AcqRel) || changed {
                     self.contact.healed();
                 }
@@ -315,10 +330,10 @@ impl Topology {
         answered.len()
     }
 
-    /// Publishes `view` when its owners differ from the last trusted one,
-    /// learns its nodes, and moves the contact epoch on a change (which it
-    /// returns).
-    fn publish(&self, view: &View, answered: &HashSet<Node>) -> bool {
+    /// Publishes `view` when its owners differ from the last trusted one
+    /// (with the nodes in `agreeing` as seeds), learns its nodes, and moves
+    /// the contact epoch on a change (which it returns).
+    fn publish(&self, view: &View, agreeing: &HashSet<Node>) -> bool {
         {
             let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
             for n in view.nodes() {
@@ -330,7 +345,7 @@ impl Topology {
         let seeds: Vec<String> = view
             .nodes()
             .iter()
-            .filter(|n| answered.contains(*n))
+            .filter(|n| agreeing.contains(*n))
             .filter_map(|n| self.url_of(n).ok())
             .collect();
         let mut changed = false;
@@ -352,6 +367,37 @@ impl Topology {
             self.contact.bump("the cluster's slot map changed");
         }
         changed
+    }
+
+    /// Whether every primary of the trusted view answers a `PING` within
+    /// the ask timeout, all asked at once: `None` when there is no trusted
+    /// view (none yet, or the last refresh found none). A primary that does
+    /// not answer has the slot map checked again.
+    pub async fn primaries_answer(self: &Arc<Self>) -> Option<bool> {
+        let view = self.current.borrow().view.clone()?;
+        if self.degraded() {
+            return None;
+        }
+        let answers = join_all(view.primaries().into_iter().map(|node| async move {
+            let ping = async {
+                let mut conn = self.link(&node).await?;
+                redis::cmd("PING")
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(crate::backend::wire::map_err)
+            };
+            let answered = matches!(tokio::time::timeout(self.ask_timeout, ping).await, Ok(Ok(())));
+            if !answered {
+                self.forget_link(&node);
+            }
+            answered
+        }))
+        .await;
+        let all = answers.into_iter().all(|a| a);
+        if !all {
+            self.suspect("a primary did not answer a ping");
+        }
+        Some(all)
     }
 
     /// One node's view.
@@ -388,6 +434,20 @@ impl Topology {
     fn forget_link(&self, node: &Node) {
         self.links.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
     }
+}
+
+/// The trusted view most answering nodes agree on: it covers every slot and
+/// each of its primaries answered.
+fn best<'a>(views: &'a [(&Node, View)], answered: &HashSet<Node>) -> Option<&'a View> {
+    let trusted: Vec<&View> = views
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v.covers_all() && v.primaries().iter().all(|p| answered.contains(p)))
+        .collect();
+    trusted
+        .iter()
+        .max_by_key(|v| trusted.iter().filter(|w| w.same_owners(v)).count())
+        .copied()
 }
 
 /// Refreshes until a view can be trusted and no suspicion came meanwhile:
