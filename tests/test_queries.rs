@@ -246,31 +246,22 @@ async fn invalidate_queries_bumps_once_however_many_results_are_cached() {
     .await;
 
     let mut redis = raw_redis(&server.url()).await;
-    let calls = |stats: &str, cmd: &str| -> u64 {
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    reset_command_calls(&mut redis).await;
     // No record is cached: only the results, which the bump reaches at once.
     assert_eq!(manager.invalidate_queries("items").await.unwrap(), 0);
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(calls(&stats, "incr"), 1, "one bump (SET NX seed + INCR): {stats}");
-    assert_eq!(calls(&stats, "unlink"), 0, "the results are left to expire: {stats}");
-    assert!(!stats.contains("cmdstat_keys"), "no KEYS");
+    assert_eq!(
+        command_calls(&mut redis, "incr").await,
+        1,
+        "one bump (SET NX seed + INCR)"
+    );
+    assert_eq!(
+        command_calls(&mut redis, "unlink").await,
+        0,
+        "the results are left to expire"
+    );
+    assert_eq!(command_calls(&mut redis, "keys").await, 0, "no KEYS");
     // The records are walked with SCAN, in as few steps as the keyspace needs.
-    assert!(calls(&stats, "scan") >= 1);
+    assert!(command_calls(&mut redis, "scan").await >= 1);
     for p in 0..50 {
         store
             .find(Query::new().filter(Item::columns().price.ge(p)))

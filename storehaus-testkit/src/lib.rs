@@ -65,7 +65,10 @@ pub use cluster::{cluster_url, cut_replication, key_slot, raw_cluster, raw_node,
 pub use db::{database_url, sqlite_memory, Db};
 pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
 pub use postgres::{PgServer, LOGICAL_SETTINGS};
-pub use raw::{config_set, raw_get, raw_redis, raw_redis_without_timeout, set_raw, starve, RawConn};
+pub use raw::{
+    command_calls, config_set, raw_get, raw_redis, raw_redis_without_timeout, reset_command_calls, set_raw, starve,
+    RawConn,
+};
 pub use sentinels::Sentinels;
 pub use server::{free_port, RedisServer};
 pub use wait::{eventually, eventually_within, reached, wait_for_fills, wait_for_value, PAUSE_PATIENCE};

@@ -96,3 +96,28 @@ pub async fn starve(redis: &mut MultiplexedConnection) {
     config_set(redis, "maxmemory-policy", "noeviction").await;
     config_set(redis, "maxmemory", "1mb").await;
 }
+
+/// How many times the server ran `command` (lower case, as `INFO
+/// commandstats` names it) since its statistics were last reset.
+pub async fn command_calls(redis: &mut MultiplexedConnection, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .expect("INFO commandstats");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets the server's command statistics (`CONFIG RESETSTAT`).
+pub async fn reset_command_calls(redis: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(redis)
+        .await
+        .expect("CONFIG RESETSTAT");
+}

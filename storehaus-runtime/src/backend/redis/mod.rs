@@ -27,6 +27,7 @@
 //! `pool` holds the connections, `scripts` the Lua scripts; this file holds
 //! one function per primitive of the backend contract (see `backend`).
 
+mod batch;
 pub(crate) mod failover;
 pub(crate) mod pool;
 pub(crate) mod probe;
@@ -35,6 +36,7 @@ pub(crate) mod tracking;
 use std::sync::Arc;
 use std::time::Duration;
 
+use self::batch::{Batcher, Entry};
 use self::failover::Failovers;
 use self::pool::{Connector, Pool};
 use self::probe::NodeWatch;
@@ -50,7 +52,8 @@ use crate::config::{redact_url, TlsCerts};
 use crate::error::{CacheError, CacheResult};
 
 pub(crate) struct RedisBackend {
-    pool: Pool,
+    pool: Arc<Pool>,
+    batcher: Arc<Batcher>,
     scripts: Scripts,
     wait: Option<(u32, u64)>,
 }
@@ -118,7 +121,8 @@ impl RedisBackend {
         };
         let watch = Arc::new(NodeWatch::new(target.contact.clone(), sentinel));
         Ok(RedisBackend {
-            pool: Pool::new(connector, watch, failovers, target.pool_size, target.timeout),
+            pool: Arc::new(Pool::new(connector, watch, failovers, target.pool_size, target.timeout)),
+            batcher: Arc::default(),
             scripts: Scripts::new(),
             wait: target.wait,
         })
@@ -133,10 +137,19 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// A `GET`, sent at once, or batched with other concurrent ones into
+    /// one `MGET` while earlier reads are on the wire (see `batch`).
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(key);
-        self.run(cmd).await
+        match self.batcher.enter(&self.pool, key) {
+            Entry::Send(_ticket) => {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(key);
+                self.run(cmd).await
+            }
+            Entry::Queued(answer) => answer
+                .await
+                .unwrap_or_else(|_| Err(CacheError::ConnectionError("the batch was abandoned".into()))),
+        }
     }
 
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
