@@ -9,6 +9,12 @@
 #
 #   bash scripts/load.sh                  print the Markdown section
 #   bash scripts/load.sh --append FILE    and append it to FILE
+#   bash scripts/load.sh --compare [--append FILE]
+#       the same route served six ways (examples/web/user_service.rs):
+#       StoreHaus on Redis, with the near cache, the `cached` crate with and
+#       without its client-side caching, the database alone and a HashMap
+#       (the ceiling of the web stack), in interleaved rounds (ROUNDS,
+#       default 3); medians and same-run ratios.
 #
 # Needs wrk (apt-get install wrk / brew install wrk). Not run by CI: the
 # machine's load decides the figures; bash scripts/bench.sh runs it in the
@@ -18,10 +24,12 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 append=""
+compare=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --append) append="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --compare) compare=1; shift ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "load.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -34,8 +42,13 @@ bash scripts/services.sh >/dev/null
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/storehaus/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 SECONDS_PER_ROUND="${LOAD_SECONDS:-5}"
-cargo build --release --quiet --example axum_service
-service="$CARGO_TARGET_DIR/release/examples/axum_service"
+if [ -n "$compare" ]; then
+  cargo build --release --quiet -p storehaus-example-web --example user_service
+  service="$CARGO_TARGET_DIR/release/examples/user_service"
+else
+  cargo build --release --quiet --example axum_service
+  service="$CARGO_TARGET_DIR/release/examples/axum_service"
+fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d)
@@ -115,7 +128,76 @@ row() {
   printf '| %s | %s | %s ms | %s ms | %s ms | %s |\n' "$1" "$rps" "$p50" "$p90" "$p99" "$errors"
 }
 
+finish() {
+  cat "$out"
+  if [ -n "$append" ]; then
+    { echo; cat "$out"; } >>"$append"
+    echo "load.sh: appended to $append" >&2
+  fi
+}
+
 out="$work/section.md"
+if [ -n "$compare" ]; then
+  rounds="${ROUNDS:-3}"
+  modes="storehaus near cached cached-csc db memory"
+  start_redis
+  : >"$work/results"
+  for round in $(seq 1 "$rounds"); do
+    for mode in $modes; do
+      REDIS_URL="redis://127.0.0.1:$redis_port" start_service --mode "$mode"
+      echo "$round $mode $(measure)" >>"$work/results"
+      stop_service
+      echo "load.sh: round $round, $mode: $(tail -1 "$work/results" | cut -d' ' -f3-)" >&2
+    done
+  done
+  python3 - "$work/results" "$rounds" "$SECONDS_PER_ROUND" "$(cpu_count)" >"$out" <<'PY'
+import statistics, sys
+path, rounds, seconds, cpus = sys.argv[1:5]
+runs = {}
+for line in open(path):
+    r, mode, rps, p50, p90, p99, errors = line.split()
+    runs.setdefault(mode, []).append((int(r), float(rps), float(p99), int(errors)))
+def med(mode, i):
+    return statistics.median(x[i] for x in runs[mode])
+def ratio(a, b):
+    # The median of the per-round ratios, as the scenario bench reports.
+    by_round = {r: rps for r, rps, _, _ in runs[b]}
+    return statistics.median(rps / by_round[r] for r, rps, _, _ in runs[a] if r in by_round)
+names = {
+    "storehaus": "StoreHaus on Redis",
+    "near": "StoreHaus with the near cache",
+    "cached": "`cached` crate AsyncRedisCache (cache-aside by hand)",
+    "cached-csc": "`cached` crate with `client_side_caching(true)`",
+    "db": "the database alone",
+    "memory": "a HashMap filled at start (the ceiling of the web stack)",
+}
+print("## The web service against other caches")
+print()
+print("Written by `bash scripts/load.sh --compare`: examples/web/user_service.rs (release), GET /users/{random id of 1000},")
+print(f"wrk -t1 -c16 for {seconds} s after a 2 s warm-up, {rounds} interleaved rounds, loopback, on {cpus} cores shared")
+print("with wrk, PostgreSQL and a private redis-server. Medians over the rounds; ratios are medians of per-round ratios.")
+print()
+print("| service | requests/s | p99 | errors |")
+print("|---|---:|---:|---:|")
+for mode in runs:
+    errors = sum(x[3] for x in runs[mode])
+    print(f"| {names.get(mode, mode)} | {med(mode, 1):.0f} | {med(mode, 2):.2f} ms | {errors} |")
+print()
+print("| comparison | ratio (requests/s) | target |")
+print("|---|---:|---:|")
+for a, b, target in [
+    ("storehaus", "cached", "≥ 1.1×"),
+    ("near", "memory", "≥ 0.95×"),
+    ("near", "cached-csc", "≥ 1.1×"),
+    ("storehaus", "db", ""),
+]:
+    if a in runs and b in runs:
+        print(f"| {names[a]} / {names[b]} | {ratio(a, b):.2f}× | {target} |")
+PY
+  finish
+  exit 0
+fi
+
 {
   echo "## A web service under load"
   echo
@@ -142,8 +224,4 @@ row "Redis killed halfway through the round" "$(measure)" >>"$out"
 stop_service
 redis_pid=""
 
-cat "$out"
-if [ -n "$append" ]; then
-  { echo; cat "$out"; } >>"$append"
-  echo "load.sh: appended to $append" >&2
-fi
+finish

@@ -20,7 +20,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use super::pool::Pool;
@@ -134,7 +133,12 @@ async fn send(batcher: Arc<Batcher>, pool: Arc<Pool>, mut batch: Vec<Waiting>) {
         for w in &batch {
             cmd.arg(&w.key);
         }
-        let all_gone = join_all(batch.iter_mut().map(|w| w.tx.closed()));
+        // Every caller gone: each in turn (the last to go ends the wait).
+        let all_gone = async {
+            for w in batch.iter_mut() {
+                w.tx.closed().await;
+            }
+        };
         let answers: Option<CacheResult<Vec<Option<Vec<u8>>>>> = tokio::select! {
             answers = async {
                 if n == 1 {
