@@ -1,4 +1,4 @@
-//! One route, `GET /users/{id}`, served six ways, for `scripts/load.sh`
+//! One route, `GET /users/{id}`, served five ways, for `scripts/load.sh`
 //! to compare with wrk under the same web stack (axum, one JSON body per
 //! request):
 //!
@@ -7,8 +7,6 @@
 //!   Redis tracking);
 //! - `cached`: the `cached` crate's `AsyncRedisCache` in front of the same
 //!   `SELECT` (cache-aside by hand: get, else select and set);
-//! - `cached-csc`: the same with its client-side caching on (redis-rs'
-//!   tracking cache, RESP3);
 //! - `db`: the database alone;
 //! - `memory`: a `HashMap` filled at start, the ceiling of the web stack.
 //!
@@ -116,11 +114,10 @@ async fn source(mode: &str, pool: sqlx::PgPool, redis_url: &str) -> Result<Sourc
                 Some(CacheParams::new(manager)),
             ))
         }
-        "cached" | "cached-csc" => {
+        "cached" => {
             let cache = AsyncRedisCache::builder(prefix)
                 .ttl_secs(3600)
                 .connection_string(redis_url)
-                .client_side_caching(mode == "cached-csc")
                 .build()
                 .await?;
             Source::Cached(cache, pool)
@@ -132,7 +129,7 @@ async fn source(mode: &str, pool: sqlx::PgPool, redis_url: &str) -> Result<Sourc
                 .await?;
             Source::Memory(users.into_iter().map(|u| (u.id, u)).collect())
         }
-        other => return Err(format!("unknown --mode {other}: storehaus, near, cached, cached-csc, db, memory").into()),
+        other => return Err(format!("unknown --mode {other}: storehaus, near, cached, db, memory").into()),
     })
 }
 
