@@ -66,8 +66,8 @@ pub use db::{database_url, sqlite_memory, Db};
 pub use netns::{require as require_netns, DelayProxy, NetFault, NetnsRedis, SKIP_NETNS_VAR};
 pub use postgres::{PgServer, LOGICAL_SETTINGS};
 pub use raw::{
-    command_calls, config_set, raw_get, raw_redis, raw_redis_without_timeout, reset_command_calls, set_raw, starve,
-    RawConn,
+    command_calls, command_stat, config_set, raw_get, raw_redis, raw_redis_without_timeout, reset_command_calls,
+    set_raw, starve, RawConn,
 };
 pub use sentinels::Sentinels;
 pub use server::{free_port, RedisServer};

@@ -267,13 +267,25 @@ pub async fn require() -> Option<NetnsRedis> {
 /// A TCP proxy on a free loopback port that holds every chunk the client
 /// sends for a delay ([`set_delay`](Self::set_delay), none at first) before
 /// passing it on (the round trip grows by as much); replies pass at once.
-/// Stands in for `tc netem delay` where the kernel lacks it. Stops
+/// Stands in for `tc netem delay` where the kernel lacks it. It can also
+/// freeze connections ([`freeze`](Self::freeze)): they stay open and pass
+/// nothing, for good (a half-open connection, a stalled middlebox). Stops
 /// accepting on drop; open pairs end with their sockets.
 pub struct DelayProxy {
     /// The loopback port it listens on.
     pub port: u16,
     delay_ms: Arc<AtomicU64>,
+    frost: Arc<Frost>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// Which connections of a [`DelayProxy`] are frozen.
+#[derive(Default)]
+struct Frost {
+    /// New connections are frozen from the start.
+    freezing: std::sync::atomic::AtomicBool,
+    /// Each connection's flag.
+    connections: std::sync::Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
 }
 
 impl DelayProxy {
@@ -285,9 +297,18 @@ impl DelayProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let delay_ms = Arc::new(AtomicU64::new(0));
         let delay = delay_ms.clone();
+        let frost = Arc::new(Frost::default());
+        let frosts = frost.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let delay = delay.clone();
+                let frozen = Arc::new(std::sync::atomic::AtomicBool::new(
+                    frosts.freezing.load(Ordering::SeqCst),
+                ));
+                let mut connections = frosts.connections.lock().unwrap_or_else(|p| p.into_inner());
+                connections.retain(|c| c.strong_count() > 0);
+                connections.push(Arc::downgrade(&frozen));
+                drop(connections);
                 tokio::spawn(async move {
                     let Ok(server) = tokio::net::TcpStream::connect(target).await else {
                         return;
@@ -296,13 +317,35 @@ impl DelayProxy {
                     let _ = server.set_nodelay(true);
                     let (client_rx, mut client_tx) = client.into_split();
                     let (mut server_rx, server_tx) = server.into_split();
-                    let upstream = delayed_copy(client_rx, server_tx, delay);
+                    let upstream = delayed_copy(client_rx, server_tx, delay, frozen);
                     let downstream = tokio::io::copy(&mut server_rx, &mut client_tx);
                     let _ = tokio::join!(upstream, downstream);
                 });
             }
         });
-        DelayProxy { port, delay_ms, accept }
+        DelayProxy {
+            port,
+            delay_ms,
+            frost,
+            accept,
+        }
+    }
+
+    /// Freezes every connection open now, and every one accepted until
+    /// [`thaw`](Self::thaw): from now on they pass nothing the client
+    /// sends, and stay open.
+    pub fn freeze(&self) {
+        self.frost.freezing.store(true, Ordering::SeqCst);
+        let connections = self.frost.connections.lock().unwrap_or_else(|p| p.into_inner());
+        for c in connections.iter().filter_map(std::sync::Weak::upgrade) {
+            c.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Connections accepted from now on pass data again; the frozen ones
+    /// stay frozen.
+    pub fn thaw(&self) {
+        self.frost.freezing.store(false, Ordering::SeqCst);
     }
 
     /// Every chunk read from now on waits `delay` before it is passed on.
@@ -323,17 +366,25 @@ impl Drop for DelayProxy {
 }
 
 /// Copies `rx` to `tx`, every chunk `delay_ms` after it was read, in order
-/// (chunks in flight overlap: a pipelined stream is delayed, not throttled).
+/// (chunks in flight overlap: a pipelined stream is delayed, not throttled);
+/// nothing once `frozen`.
 async fn delayed_copy(
     mut rx: tokio::net::tcp::OwnedReadHalf,
     mut tx: tokio::net::tcp::OwnedWriteHalf,
     delay_ms: Arc<AtomicU64>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (queue, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let writer = tokio::spawn(async move {
         while let Some((at, chunk)) = due.recv().await {
             tokio::time::sleep_until(at).await;
+            if frozen.load(Ordering::SeqCst) {
+                // Frozen: nothing passes; the connection stays open until
+                // the client closes it.
+                while due.recv().await.is_some() {}
+                return;
+            }
             if tx.write_all(&chunk).await.is_err() {
                 return;
             }

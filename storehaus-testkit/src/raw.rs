@@ -100,16 +100,24 @@ pub async fn starve(redis: &mut MultiplexedConnection) {
 /// How many times the server ran `command` (lower case, as `INFO
 /// commandstats` names it) since its statistics were last reset.
 pub async fn command_calls(redis: &mut MultiplexedConnection, command: &str) -> u64 {
+    command_stat(redis, command, "calls").await
+}
+
+/// One figure of `command`'s line in `INFO commandstats` (`calls`,
+/// `failed_calls`, `rejected_calls`, ...; 0 when the command has no line).
+pub async fn command_stat(redis: &mut MultiplexedConnection, command: &str, figure: &str) -> u64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(redis)
         .await
         .expect("INFO commandstats");
-    stats
+    let line = stats
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")))
+        .unwrap_or("");
+    line.split(',')
+        .find_map(|kv| kv.strip_prefix(figure)?.strip_prefix('='))
+        .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
 

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub(crate) struct Contact {
     epoch: AtomicU64,
     heals: AtomicU64,
+    /// When the last heal was recorded.
+    healed_at: std::sync::Mutex<Option<std::time::Instant>>,
     healing: tokio::sync::Notify,
 }
 
@@ -49,8 +51,17 @@ impl Contact {
     /// Records that the deployment can serve again (after a failover).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))] // only Redis backends fail over
     pub fn healed(&self) {
+        *self.healed_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         self.heals.fetch_add(1, Ordering::AcqRel);
         self.healing.notify_waiters();
+    }
+
+    /// How long ago the last heal was recorded (`Duration::MAX`: never).
+    pub fn heal_age(&self) -> std::time::Duration {
+        self.healed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(std::time::Duration::MAX, |at| at.elapsed())
     }
 
     /// Waits for the next [`healed`](Self::healed).

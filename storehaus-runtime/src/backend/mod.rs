@@ -187,6 +187,10 @@ impl Backend {
         /// `GET key`: the bytes, or `None` for a missing key. A key of
         /// another type is a `WRONGTYPE` command error.
         pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;
+        /// The read path's `GET key`: on one Redis node it may go out in
+        /// one `MGET` with concurrent reads (`redis::batch`), where a key
+        /// of another type reads as `None` instead of failing.
+        pub async fn read(&self, key: &str) -> CacheResult<Option<Vec<u8>>>;
         /// `GET key` + `PTTL key`: the bytes and the milliseconds left
         /// (-1: no expiry, -2: no such key). Not atomic; used only to tell a
         /// live lease from a leftover one.

@@ -124,17 +124,23 @@ impl Breaker {
         }
     }
 
-    /// Given the backend's count of heals (`Contact::heals`): when it moved
-    /// since last seen, lets the next call probe at once ([`expedite`]
-    /// (Self::expedite)), retries failed probes quickly for [`HEALING`], and
-    /// returns `true`.
-    pub fn healed(&self, heals: u64) -> bool {
-        if self.heals_seen.swap(heals, Ordering::AcqRel) == heals {
+    /// Given the backend's count of heals (`Contact::heals`) and how long
+    /// ago the last one was: when the count moved since last seen, lets the
+    /// next call probe at once ([`expedite`](Self::expedite)), retries
+    /// failed probes quickly for what is left of [`HEALING`] after the
+    /// heal, and returns `true`. A heal older than that (one recorded while
+    /// the breaker was closed, long before this outage) is only marked seen.
+    pub fn healed(&self, heals: u64, age: Duration) -> bool {
+        if self.heals_seen.swap(heals, Ordering::AcqRel) == heals || age >= HEALING {
             return false;
         }
-        let until = self.now_ms().saturating_add(HEALING.as_millis() as u64);
+        let until = self.now_ms().saturating_add((HEALING - age).as_millis() as u64);
         self.healing_until.store(until, Ordering::Release);
         self.expedite();
+        if !self.is_open() {
+            // A probe closed the breaker meanwhile: nothing to heal.
+            self.healing_until.store(0, Ordering::Release);
+        }
         true
     }
 
@@ -267,9 +273,9 @@ mod tests {
     fn after_a_heal_failed_probes_are_retried_quickly() {
         let b = Breaker::new(1, 60_000);
         assert_eq!(b.failure(false), Transition::Opened);
-        assert!(!b.healed(0), "no heal yet");
-        assert!(b.healed(1));
-        assert!(!b.healed(1), "each heal acts once");
+        assert!(!b.healed(0, Duration::ZERO), "no heal yet");
+        assert!(b.healed(1, Duration::ZERO));
+        assert!(!b.healed(1, Duration::ZERO), "each heal acts once");
         assert!(matches!(b.allow(), Ok(true)), "the probe comes at once");
         assert_eq!(b.failure(true), Transition::None);
         assert!(b.allow().is_err(), "not before the healing retry");
@@ -287,6 +293,27 @@ mod tests {
         assert_eq!(b.failure(false), Transition::Opened);
         b.clock.advance(HEALING_RETRY + Duration::from_millis(5));
         assert!(b.allow().is_err(), "a close ends the healing");
+    }
+
+    #[test]
+    fn a_heal_from_before_the_outage_is_only_marked_seen() {
+        let b = Breaker::new(1, 60_000);
+        assert_eq!(b.failure(false), Transition::Opened);
+        assert!(
+            !b.healed(1, HEALING + Duration::from_secs(3600)),
+            "a heal an hour old does not expedite the probe"
+        );
+        assert!(b.allow().is_err(), "the cool-down holds");
+        assert!(!b.healed(1, Duration::ZERO), "and it is not acted on later");
+        assert!(b.allow().is_err());
+        assert!(b.healed(2, HEALING - Duration::from_secs(1)), "a recent heal does");
+        assert!(matches!(b.allow(), Ok(true)));
+        assert_eq!(b.failure(true), Transition::None);
+        b.clock.advance(Duration::from_millis(1_000) + HEALING_RETRY);
+        assert!(
+            b.allow().is_err(),
+            "quick retries only for what is left of the healing window"
+        );
     }
 
     #[test]

@@ -114,7 +114,7 @@ impl CacheManager {
             });
         }
         let mut allowed = self.breaker.allow();
-        if allowed.is_err() && self.breaker.healed(self.contact.heals()) {
+        if allowed.is_err() && self.breaker.healed(self.contact.heals(), self.contact.heal_age()) {
             // The backend found the cache able to serve again: probe now.
             allowed = self.breaker.allow();
         }

@@ -163,7 +163,7 @@ impl ClusterBackend {
             Some(true) => Ok(()),
             Some(false) => Err(CacheError::ConnectionError("a cluster primary does not answer".into())),
             None if self.topology.snapshot().view.is_some() => {
-                self.topology.suspect("no slot map to trust");
+                self.topology.ensure_refreshing("no slot map to trust");
                 Err(CacheError::ConnectionError(
                     "no slot map to trust yet: a cluster primary does not answer".into(),
                 ))
@@ -221,6 +221,11 @@ impl ClusterBackend {
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
         self.run(redis::cmd("GET").arg(physical(key).as_ref()).to_owned()).await
+    }
+
+    /// Not batched on a cluster (yet): a `get`.
+    pub async fn read(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        self.get(key).await
     }
 
     /// One `MGET` per slot, concurrently.

@@ -260,6 +260,12 @@ impl Topology {
     /// outside one, nothing happens.
     pub fn suspect(self: &Arc<Self>, why: &'static str) {
         self.again.store(true, Ordering::Release);
+        self.ensure_refreshing(why);
+    }
+
+    /// Starts the refresh loop unless it runs, without resetting its
+    /// back-off (a probe while degraded: the loop is what finds the map).
+    pub fn ensure_refreshing(self: &Arc<Self>, why: &'static str) {
         if self.running.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -450,14 +456,37 @@ fn best<'a>(views: &'a [(&Node, View)], answered: &HashSet<Node>) -> Option<&'a 
         .copied()
 }
 
+/// Clears `running` when the refresh loop is dropped before it ended.
+struct Running {
+    topology: Weak<Topology>,
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let (true, Some(topology)) = (self.armed, self.topology.upgrade()) {
+            topology.running.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// Refreshes until a view can be trusted and no suspicion came meanwhile:
 /// every [`RETRY`], backing off to 1 s once degraded for [`PATIENT`] with
 /// nothing else suggesting a change; ends when the backend is gone.
 async fn refresh_loop(topology: Weak<Topology>) {
+    // Stopped half way (its runtime shut down), the loop says so: the next
+    // suspicion or probe starts another.
+    let mut running = Running {
+        topology: topology.clone(),
+        armed: true,
+    };
     let mut since = std::time::Instant::now();
     let mut pause = RETRY;
     loop {
-        let Some(this) = topology.upgrade() else { return };
+        let Some(this) = topology.upgrade() else {
+            running.armed = false;
+            return;
+        };
         if this.again.swap(false, Ordering::AcqRel) {
             since = std::time::Instant::now();
             pause = RETRY;
@@ -468,6 +497,7 @@ async fn refresh_loop(topology: Weak<Topology>) {
             // A suspicion between the check and the store started no
             // loop: go round once more.
             if !this.again.load(Ordering::Acquire) || this.running.swap(true, Ordering::AcqRel) {
+                running.armed = false;
                 return;
             }
         }

@@ -197,7 +197,7 @@ impl MemoryBackend {
     }
 
     /// A key's bytes as `GET` returns them: a value, or a counter in decimal.
-    fn read(&self, key: &str) -> Option<Vec<u8>> {
+    fn value(&self, key: &str) -> Option<Vec<u8>> {
         match self.values.get(key) {
             Some(item) => Some(item.bytes.to_vec()),
             None => self.counter(key).map(|n| n.to_string().into_bytes()),
@@ -247,7 +247,12 @@ impl MemoryBackend {
     }
 
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
-        Ok(self.read(key))
+        Ok(self.value(key))
+    }
+
+    /// No batching in process: a `get`.
+    pub async fn read(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        self.get(key).await
     }
 
     pub async fn get_with_pttl(&self, key: &str) -> CacheResult<(Option<Vec<u8>>, i64)> {
@@ -256,17 +261,17 @@ impl MemoryBackend {
             Some(None) => -1,
             Some(Some(left)) => i64::try_from(left.as_millis()).unwrap_or(i64::MAX),
         };
-        Ok((self.read(key), pttl))
+        Ok((self.value(key), pttl))
     }
 
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
-        Ok(keys.iter().map(|k| self.read(k)).collect())
+        Ok(keys.iter().map(|k| self.value(k)).collect())
     }
 
     pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
         // A hit needs no lock: reading an existing value is all `SET NX GET`
         // does to it.
-        if let Some(bytes) = self.read(key) {
+        if let Some(bytes) = self.value(key) {
             return Ok(Some(bytes));
         }
         let expires_at = deadline_in(lease_ms, "set")?;

@@ -137,15 +137,17 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// A `GET`, sent at once, or batched with other concurrent ones into
-    /// one `MGET` while earlier reads are on the wire (see `batch`).
     pub async fn get(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        self.run(cmd).await
+    }
+
+    /// A `GET`, sent at once, or batched with other concurrent ones into
+    /// one `MGET` while an earlier read is on the wire (see `batch`).
+    pub async fn read(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
         match self.batcher.enter(&self.pool, key) {
-            Entry::Send(_ticket) => {
-                let mut cmd = redis::cmd("GET");
-                cmd.arg(key);
-                self.run(cmd).await
-            }
+            Entry::Send(_ticket) => self.get(key).await,
             Entry::Queued(answer) => answer
                 .await
                 .unwrap_or_else(|_| Err(CacheError::ConnectionError("the batch was abandoned".into()))),

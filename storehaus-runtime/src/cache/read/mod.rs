@@ -374,7 +374,7 @@ async fn lookup<V: DeserializeOwned>(look: &Look<'_>) -> Step<V> {
                     bytes
                 })
         } else {
-            mgr.guarded(deadline, "get", || mgr.backend.get(key)).await
+            mgr.guarded(deadline, "get", || mgr.backend.read(key)).await
         };
         match first {
             Ok(None) => mgr.guarded(deadline, "lease", lease_read).await,
