@@ -63,6 +63,13 @@ pub fn capture_logs(level: LevelFilter) -> (Captured, impl Sized) {
 /// `storehaus=debug`). Without it, or when a subscriber is already
 /// installed, does nothing.
 pub fn log_to_file_from_env() {
+    // Once per process: a second test of the binary must not truncate the
+    // file the first one's subscriber writes to.
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(install_file_log);
+}
+
+fn install_file_log() {
     let Ok(path) = std::env::var("STOREHAUS_TEST_LOG") else {
         return;
     };
