@@ -455,7 +455,8 @@ async fn hits(s: &Shared, plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<Stri
         us(raw.ours),
         us(raw.base),
         raw.ratio,
-        Goal::AtMost(1.10),
+        // Issue 26: a lone reader must not wait for a batch.
+        Goal::AtMost(1.05),
     ));
     rows.push(Row::compare(
         "get_by_id hit, 1 task (latency)",
@@ -502,20 +503,16 @@ async fn hits(s: &Shared, plan: &Plan, rows: &mut Vec<Row>, notes: &mut Vec<Stri
         ops(raw32.ours),
         ops(raw32.base),
         raw32.ratio,
-        Goal::AtLeast(0.95),
+        Goal::AtLeast(1.2),
     ));
-    // For throughput "faster" means a ratio above 1: express it as base/ours below 1.
-    let mut row = Row::compare(
+    rows.push(Row::compare(
         &label,
         "`cached` crate AsyncRedisCache get",
         ops(cached32.ours),
         ops(cached32.base),
         cached32.ratio,
-        Goal::AtLeast(1.0),
-    );
-    row.target = "> 1.00×".to_string();
-    row.met = Some(cached32.ratio > 1.0);
-    rows.push(row);
+        Goal::AtLeast(1.2),
+    ));
     notes.push(format!(
         "Reference, same runs: the `cached` crate relative to raw redis-rs GET + decode is {:.2}× latency at 1 task \
          and {:.2}× throughput at {tasks} tasks (orientation figures: 1.00–1.14× and 0.83–1.02×).",
@@ -595,7 +592,7 @@ async fn spread_hits(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
             ops(p.ours),
             ops(p.base),
             p.ratio,
-            Goal::AtLeast(0.95),
+            Goal::AtLeast(1.2),
         ));
     }
     for (mgr, _) in &stores {
@@ -683,14 +680,14 @@ async fn miss_fill(s: &Shared, plan: &Plan, rows: &mut Vec<Row>) {
         "get_by_id miss + fill (latency)",
         "raw GET (miss) + sqlx SELECT by pk: the floor",
         &p,
-        Goal::AtMost(1.05),
+        Goal::AtMost(1.2),
     ));
     let q = pair(&m[2], &m[1]);
     rows.push(latency_row(
         "miss + fill, `with_single_command_reads(true)`",
         "raw GET (miss) + sqlx SELECT by pk: the floor",
         &q,
-        Goal::AtMost(1.05),
+        Goal::AtMost(1.2),
     ));
     let _ = single_mgr.delete_pattern("*").await;
 }

@@ -10,9 +10,9 @@
 #   bash scripts/load.sh                  print the Markdown section
 #   bash scripts/load.sh --append FILE    and append it to FILE
 #   bash scripts/load.sh --compare [--append FILE]
-#       the same route served five ways (examples/web/user_service.rs):
-#       StoreHaus on Redis, with the near cache, the `cached` crate, the
-#       database alone and a HashMap
+#       the same route served six ways (examples/web/user_service.rs):
+#       StoreHaus on Redis, with the near cache, the `cached` crate with and
+#       without its client-side caching, the database alone and a HashMap
 #       (the ceiling of the web stack), in interleaved rounds (ROUNDS,
 #       default 3); medians and same-run ratios.
 #
@@ -43,7 +43,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/storehaus/target}"
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
 SECONDS_PER_ROUND="${LOAD_SECONDS:-5}"
 if [ -n "$compare" ]; then
-  cargo build --release --quiet -p storehaus-example-web --example user_service
+  cargo build --release --quiet -p storehaus-example-web --features csc --example user_service
   service="$CARGO_TARGET_DIR/release/examples/user_service"
 else
   cargo build --release --quiet --example axum_service
@@ -139,7 +139,7 @@ finish() {
 out="$work/section.md"
 if [ -n "$compare" ]; then
   rounds="${ROUNDS:-3}"
-  modes="storehaus near cached db memory"
+  modes="storehaus near cached cached-csc db memory"
   start_redis
   : >"$work/results"
   for round in $(seq 1 "$rounds"); do
@@ -167,6 +167,7 @@ names = {
     "storehaus": "StoreHaus on Redis",
     "near": "StoreHaus with the near cache",
     "cached": "`cached` crate AsyncRedisCache (cache-aside by hand)",
+    "cached-csc": "`cached` crate with `client_side_caching(true)`",
     "db": "the database alone",
     "memory": "a HashMap filled at start (the ceiling of the web stack)",
 }
@@ -187,6 +188,7 @@ print("|---|---:|---:|")
 for a, b, target in [
     ("storehaus", "cached", "≥ 1.1×"),
     ("near", "memory", "≥ 0.95×"),
+    ("near", "cached-csc", "≥ 1.1×"),
     ("storehaus", "db", ""),
 ]:
     if a in runs and b in runs:

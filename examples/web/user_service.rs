@@ -1,4 +1,4 @@
-//! One route, `GET /users/{id}`, served five ways, for `scripts/load.sh`
+//! One route, `GET /users/{id}`, served six ways, for `scripts/load.sh`
 //! to compare with wrk under the same web stack (axum, one JSON body per
 //! request):
 //!
@@ -7,6 +7,8 @@
 //!   Redis tracking);
 //! - `cached`: the `cached` crate's `AsyncRedisCache` in front of the same
 //!   `SELECT` (cache-aside by hand: get, else select and set);
+//! - `cached-csc`: the same with its client-side caching on (redis-rs'
+//!   tracking cache, RESP3; needs this package's feature `csc`);
 //! - `db`: the database alone;
 //! - `memory`: a `HashMap` filled at start, the ceiling of the web stack.
 //!
@@ -122,6 +124,18 @@ async fn source(mode: &str, pool: sqlx::PgPool, redis_url: &str) -> Result<Sourc
                 .await?;
             Source::Cached(cache, pool)
         }
+        #[cfg(feature = "csc")]
+        "cached-csc" => {
+            let cache = AsyncRedisCache::builder(prefix)
+                .ttl_secs(3600)
+                .connection_string(redis_url)
+                .client_side_caching(true)
+                .build()
+                .await?;
+            Source::Cached(cache, pool)
+        }
+        #[cfg(not(feature = "csc"))]
+        "cached-csc" => return Err("--mode cached-csc needs this package's feature `csc`".into()),
         "db" => Source::Db(pool),
         "memory" => {
             let users = sqlx::query_as::<_, User>("SELECT id, name, email FROM bench_service_users")
@@ -129,7 +143,7 @@ async fn source(mode: &str, pool: sqlx::PgPool, redis_url: &str) -> Result<Sourc
                 .await?;
             Source::Memory(users.into_iter().map(|u| (u.id, u)).collect())
         }
-        other => return Err(format!("unknown --mode {other}: storehaus, near, cached, db, memory").into()),
+        other => return Err(format!("unknown --mode {other}: storehaus, near, cached, cached-csc, db, memory").into()),
     })
 }
 
