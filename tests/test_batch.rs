@@ -4,8 +4,9 @@
 //! answers; each caller gets what its own `GET` would have given it, falls
 //! back to the database when its budget runs out while it waits, a batch on
 //! a connection gone silent is given up (the cache serves again on a new
-//! one), and a key holding another type met inside a batch is still found
-//! corrupt and replaced.
+//! one), a key holding another type met inside a batch is still found
+//! corrupt and replaced, and the misses of a batch take their leases in one
+//! pipeline.
 //!
 //! The batches are made deterministic by pausing a private redis-server
 //! (SIGSTOP) while the reads are issued: the first reads go out and hang,
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use storehaus::prelude::*;
 use storehaus_testkit::faults::{store_on, warm};
+use storehaus_testkit::logs::{capture_logs, LevelFilter};
 use storehaus_testkit::records::items::{item, items_db, Item};
 use storehaus_testkit::*;
 
@@ -290,5 +292,55 @@ async fn a_batch_whose_runtime_shut_down_gives_the_wire_back() {
         stats(&manager).await.hits >= hits + ROWS as u64
     })
     .await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_misses_of_a_batch_take_their_leases_in_one_pipeline() {
+    // One thread: the batch tasks log into this thread's subscriber.
+    let (logs, _guard) = capture_logs(LevelFilter::TRACE);
+    let server = RedisServer::start().await;
+    let (db, manager, store, mut redis) = warmed(&server, 5_000).await;
+    // Nothing cached: every read misses and takes a lease; row 7's key
+    // holds a list, which fails its own lease command only.
+    let key = store.cache_key(&7);
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut redis).await.unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&key)
+        .arg("not a record")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    reset_command_calls(&mut redis).await;
+    let before = stats(&manager).await;
+    let reads = read_while_paused(&server, &store, 0..ROWS, Duration::from_millis(300)).await;
+    for (id, found, _) in &reads {
+        assert_eq!(found.as_ref(), Some(&item(*id, 0)), "row {id}");
+    }
+    let after = stats(&manager).await;
+    assert_eq!(after.misses - before.misses, ROWS as u64, "every read missed");
+    assert_eq!(
+        after.serialization_errors - before.serialization_errors,
+        1,
+        "the list was found corrupt"
+    );
+    assert_eq!(
+        command_stat(&mut redis, "set", "failed_calls").await,
+        1,
+        "the list failed its own lease command, no other"
+    );
+    wait_for_value(&mut redis, &key).await;
+    let text = logs.text();
+    let lease_batches: Vec<u64> = text
+        .lines()
+        .filter(|l| l.contains("sending a batch") && l.contains("kind=Leases"))
+        .filter_map(|l| l.split("n=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    // The first misses take theirs alone while nothing else is on the wire;
+    // the rest, which came back together from the MGET, queue behind them.
+    assert!(
+        lease_batches.iter().any(|n| *n >= ROWS as u64 / 2),
+        "the leases of the batch's misses went out together: batches of {lease_batches:?}"
+    );
     db.cleanup().await;
 }

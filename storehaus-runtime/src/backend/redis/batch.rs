@@ -23,6 +23,14 @@
 //! the read path's first look (`Backend::read`) is batched; `Backend::get`
 //! is always a `GET` of its own.
 //!
+//! The lease commands of the misses (`SET key lease NX PX ms GET`) are
+//! batched the same way, by a batcher of their own: while one is on the
+//! wire, those that come meanwhile go out together as one pipeline, each
+//! keeping its own answer and its own error (a key of another type fails
+//! its own command, not its neighbours'). A `READONLY` in the pipeline (the
+//! node was demoted) fails the whole batch as it fails a lone command, so
+//! that the pool drops the connection.
+//!
 //! A batch is sent by a task of its own, which gives up on it, as a caller
 //! gives up on its own command, once every caller waiting on it is gone
 //! (their budgets ran out): the pool then sees the command abandoned and
@@ -36,6 +44,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::pool::Pool;
+use crate::backend::wire::{map_err, RunOn};
 use crate::error::{CacheError, CacheResult};
 
 /// Reads on the wire (a lone `GET` or a batch) beyond which new `GET`s
@@ -47,9 +56,21 @@ const MAX_BATCH: usize = 512;
 
 type Answer = CacheResult<Option<Vec<u8>>>;
 
-/// A `GET` waiting for the next batch.
+/// What a batcher's requests are.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kind {
+    /// `GET`s, sent together as one `MGET`.
+    Reads,
+    /// Lease commands, `SET key lease NX PX ms GET`, sent together as one
+    /// pipeline.
+    Leases,
+}
+
+/// A request waiting for the next batch.
 struct Waiting {
     key: String,
+    /// The lease and its time to live in ms (lease commands only).
+    lease: Option<(Vec<u8>, u64)>,
     tx: oneshot::Sender<Answer>,
 }
 
@@ -60,14 +81,15 @@ struct State {
     queue: Vec<Waiting>,
 }
 
-/// The queue of `GET`s of one backend (see the module above).
-#[derive(Default)]
+/// The queue of `GET`s, or of lease commands, of one backend (see the
+/// module above).
 pub(super) struct Batcher {
+    kind: Kind,
     state: Mutex<State>,
 }
 
-/// What [`Batcher::enter`] decided for one `GET`.
-pub(super) enum Entry<'a> {
+/// What [`Batcher::enter`] decided for one request.
+enum Entry<'a> {
     /// Send it now; the ticket, dropped when the answer came (or the
     /// caller gave up), lets the queue go out.
     Send(Ticket<'a>),
@@ -75,8 +97,8 @@ pub(super) enum Entry<'a> {
     Queued(oneshot::Receiver<Answer>),
 }
 
-/// A lone `GET` on the wire.
-pub(super) struct Ticket<'a> {
+/// A lone command on the wire.
+struct Ticket<'a> {
     batcher: &'a Arc<Batcher>,
     pool: &'a Arc<Pool>,
 }
@@ -88,8 +110,37 @@ impl Drop for Ticket<'_> {
 }
 
 impl Batcher {
-    /// Sends `key`'s `GET` now, or queues it while enough reads are out.
-    pub fn enter<'a>(self: &'a Arc<Self>, pool: &'a Arc<Pool>, key: &str) -> Entry<'a> {
+    pub fn new(kind: Kind) -> Self {
+        Batcher {
+            kind,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Runs `key`'s command: `alone` now, or queued for the next batch
+    /// while enough are out; a lease command carries its lease and its time
+    /// to live in ms.
+    pub async fn call<F>(
+        self: &Arc<Self>,
+        pool: &Arc<Pool>,
+        key: &str,
+        lease: Option<(&[u8], u64)>,
+        alone: impl FnOnce() -> F,
+    ) -> Answer
+    where
+        F: std::future::Future<Output = Answer>,
+    {
+        match self.enter(pool, key, lease) {
+            Entry::Send(_ticket) => alone().await,
+            Entry::Queued(answer) => answer
+                .await
+                .unwrap_or_else(|_| Err(CacheError::ConnectionError("the batch was abandoned".into()))),
+        }
+    }
+
+    /// Sends `key`'s command now, or queues it while enough are out; a
+    /// lease command carries its lease and its time to live in ms.
+    fn enter<'a>(self: &'a Arc<Self>, pool: &'a Arc<Pool>, key: &str, lease: Option<(&[u8], u64)>) -> Entry<'a> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.in_flight < IN_FLIGHT {
             state.in_flight += 1;
@@ -103,6 +154,7 @@ impl Batcher {
         let (tx, rx) = oneshot::channel();
         state.queue.push(Waiting {
             key: key.to_owned(),
+            lease: lease.map(|(l, ms)| (l.to_vec(), ms)),
             tx,
         });
         Entry::Queued(rx)
@@ -147,6 +199,90 @@ fn fail(batch: Vec<Waiting>, why: &str) {
     }
 }
 
+/// One batch on the wire: a `GET` (one key), an `MGET`, or a pipeline of
+/// lease commands.
+enum Request {
+    Get(redis::Cmd),
+    Mget(redis::Cmd),
+    Leases(Leases),
+}
+
+fn request(kind: Kind, batch: &[Waiting]) -> Request {
+    match kind {
+        Kind::Reads => {
+            let mut cmd = redis::cmd(if batch.len() == 1 { "GET" } else { "MGET" });
+            for w in batch {
+                cmd.arg(&w.key);
+            }
+            if batch.len() == 1 {
+                Request::Get(cmd)
+            } else {
+                Request::Mget(cmd)
+            }
+        }
+        Kind::Leases => {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for w in batch {
+                let (lease, ms) = w.lease.as_ref().map_or((&[][..], 0), |(l, ms)| (&l[..], *ms));
+                pipe.cmd("SET")
+                    .arg(&w.key)
+                    .arg(lease)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .arg("GET");
+            }
+            Request::Leases(Leases(pipe))
+        }
+    }
+}
+
+/// Sends one batch; one answer per request, in order.
+async fn answer(pool: &Pool, request: Request) -> CacheResult<Vec<Answer>> {
+    Ok(match request {
+        Request::Get(cmd) => vec![Ok(pool.run::<Option<Vec<u8>>>(cmd).await?)],
+        Request::Mget(cmd) => {
+            let values: Vec<Option<Vec<u8>>> = pool.run(cmd).await?;
+            values.into_iter().map(Ok).collect()
+        }
+        Request::Leases(pipe) => {
+            let replies: Vec<redis::Value> = pool.run(pipe).await?;
+            replies.into_iter().map(lease_answer).collect()
+        }
+    })
+}
+
+/// A pipeline of lease commands run with its errors kept per command,
+/// except `READONLY` (a demoted node), which fails the whole pipeline as it
+/// fails a lone command, so that the pool drops the connection.
+struct Leases(redis::Pipeline);
+
+impl RunOn for Leases {
+    async fn run<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+    ) -> redis::RedisResult<T> {
+        let replies: Vec<redis::Value> = self.0.query_async(conn).await?;
+        if let Some(redis::Value::ServerError(e)) = replies
+            .iter()
+            .find(|v| matches!(v, redis::Value::ServerError(e) if e.code() == "READONLY"))
+        {
+            return Err(e.clone().into());
+        }
+        Ok(redis::from_redis_value(redis::Value::Array(replies))?)
+    }
+}
+
+/// One lease command's answer in a pipeline: what the key held, or the
+/// error the server gave that command.
+fn lease_answer(reply: redis::Value) -> Answer {
+    match reply {
+        redis::Value::ServerError(e) => Err(map_err(e.into())),
+        other => redis::from_redis_value(other).map_err(|e| map_err(e.into())),
+    }
+}
+
 /// The read on the wire a batch task holds. Dropped before the task
 /// ended (a task that never ran, or stopped half way, because its runtime
 /// shut down), it gives the wire back and tells the callers queued behind
@@ -177,33 +313,25 @@ async fn send(mut wire: Wire, mut batch: Vec<Waiting>) {
     let pool = wire.pool.clone();
     loop {
         let n = batch.len();
-        let mut cmd = redis::cmd(if n == 1 { "GET" } else { "MGET" });
-        for w in &batch {
-            cmd.arg(&w.key);
-        }
+        let request = request(wire.batcher.kind, &batch);
+        tracing::trace!(target: "storehaus", kind = ?wire.batcher.kind, n, "sending a batch");
         // Every caller gone: each in turn (the last to go ends the wait).
         let all_gone = async {
             for w in batch.iter_mut() {
                 w.tx.closed().await;
             }
         };
-        let answers: Option<CacheResult<Vec<Option<Vec<u8>>>>> = tokio::select! {
-            answers = async {
-                if n == 1 {
-                    pool.run::<Option<Vec<u8>>>(cmd).await.map(|v| vec![v])
-                } else {
-                    pool.run(cmd).await
-                }
-            } => Some(answers),
+        let answers: Option<CacheResult<Vec<Answer>>> = tokio::select! {
+            answers = answer(&pool, request) => Some(answers),
             _ = all_gone => None,
         };
         match answers {
             Some(Ok(values)) if values.len() == n => {
                 for (w, v) in batch.into_iter().zip(values) {
-                    let _ = w.tx.send(Ok(v));
+                    let _ = w.tx.send(v);
                 }
             }
-            Some(Ok(values)) => fail(batch, &format!("MGET answered {} values for {n} keys", values.len())),
+            Some(Ok(values)) => fail(batch, &format!("a batch of {n} got {} answers", values.len())),
             Some(Err(e)) => {
                 for w in batch {
                     let _ = w.tx.send(Err(e.clone()));

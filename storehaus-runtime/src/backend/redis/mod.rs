@@ -36,7 +36,7 @@ pub(crate) mod tracking;
 use std::sync::Arc;
 use std::time::Duration;
 
-use self::batch::{Batcher, Entry};
+use self::batch::{Batcher, Kind};
 use self::failover::Failovers;
 use self::pool::{Connector, Pool};
 use self::probe::NodeWatch;
@@ -53,7 +53,10 @@ use crate::error::{CacheError, CacheResult};
 
 pub(crate) struct RedisBackend {
     pool: Arc<Pool>,
-    batcher: Arc<Batcher>,
+    /// Concurrent `GET`s of the read path, batched into `MGET`s.
+    reads: Arc<Batcher>,
+    /// Concurrent lease commands, batched into pipelines.
+    leases: Arc<Batcher>,
     scripts: Scripts,
     wait: Option<(u32, u64)>,
 }
@@ -122,7 +125,8 @@ impl RedisBackend {
         let watch = Arc::new(NodeWatch::new(target.contact.clone(), sentinel));
         Ok(RedisBackend {
             pool: Arc::new(Pool::new(connector, watch, failovers, target.pool_size, target.timeout)),
-            batcher: Arc::default(),
+            reads: Arc::new(Batcher::new(Kind::Reads)),
+            leases: Arc::new(Batcher::new(Kind::Leases)),
             scripts: Scripts::new(),
             wait: target.wait,
         })
@@ -146,12 +150,7 @@ impl RedisBackend {
     /// A `GET`, sent at once, or batched with other concurrent ones into
     /// one `MGET` while an earlier read is on the wire (see `batch`).
     pub async fn read(&self, key: &str) -> CacheResult<Option<Vec<u8>>> {
-        match self.batcher.enter(&self.pool, key) {
-            Entry::Send(_ticket) => self.get(key).await,
-            Entry::Queued(answer) => answer
-                .await
-                .unwrap_or_else(|_| Err(CacheError::ConnectionError("the batch was abandoned".into()))),
-        }
+        self.reads.call(&self.pool, key, None, || self.get(key)).await
     }
 
     pub async fn mget(&self, keys: &[String]) -> CacheResult<Vec<Option<Vec<u8>>>> {
@@ -160,10 +159,15 @@ impl RedisBackend {
         self.run(cmd).await
     }
 
+    /// The lease command, sent at once, or with other concurrent ones in
+    /// one pipeline while an earlier one is on the wire (see `batch`).
     pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(lease).arg("NX").arg("PX").arg(lease_ms).arg("GET");
-        self.run(cmd).await
+        let alone = || {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(lease).arg("NX").arg("PX").arg(lease_ms).arg("GET");
+            self.run(cmd)
+        };
+        self.leases.call(&self.pool, key, Some((lease, lease_ms)), alone).await
     }
 
     pub async fn lease_many(&self, keys: &[String], lease: &[u8], lease_ms: u64) -> CacheResult<(Vec<bool>, u64)> {
