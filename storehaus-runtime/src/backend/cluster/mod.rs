@@ -30,6 +30,7 @@ pub(crate) mod seeds;
 mod slots;
 pub(crate) mod topology;
 pub(crate) mod tracking;
+mod view;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
