@@ -119,6 +119,7 @@ case "$mode" in
     cargo bench --bench cluster --no-default-features --features sqlite -- --append "$PWD/BENCHMARKS.md"
     if command -v wrk >/dev/null 2>&1; then
       bash scripts/load.sh --append "$PWD/BENCHMARKS.md"
+      bash scripts/load.sh --compare --append "$PWD/BENCHMARKS.md"
     else
       echo "bench: wrk is not installed: the web service section is left out (apt-get install wrk)" >&2
     fi
