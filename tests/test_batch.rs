@@ -67,6 +67,40 @@ async fn warmed_through(
     (db, manager, store)
 }
 
+/// Reads `ids`, each in a task of its own.
+fn spawn_reads(
+    store: &Arc<GenericStore<Item>>,
+    ids: impl IntoIterator<Item = i64>,
+) -> Vec<tokio::task::JoinHandle<(i64, storehaus::Result<Option<Item>>)>> {
+    ids.into_iter()
+        .map(|id| {
+            let store = store.clone();
+            tokio::spawn(async move { (id, store.get_by_id(&id).await) })
+        })
+        .collect()
+}
+
+/// Waits for `reads` (of [`spawn_reads`]): each found its row, though the
+/// cache could not serve it.
+async fn each_from_the_database(reads: Vec<tokio::task::JoinHandle<(i64, storehaus::Result<Option<Item>>)>>) {
+    for read in reads {
+        let (id, found) = read.await.unwrap();
+        assert_eq!(found.unwrap(), Some(item(id, 0)), "row {id} from the database");
+    }
+}
+
+/// Reads every row until they all come from the cache, within `within`.
+async fn serves_again(what: &str, manager: &Arc<CacheManager>, store: &Arc<GenericStore<Item>>, within: Duration) {
+    let hits = stats(manager).await.hits;
+    eventually_within(what, within, || async {
+        for id in 0..ROWS {
+            store.get_by_id(&id).await.unwrap();
+        }
+        stats(manager).await.hits >= hits + ROWS as u64
+    })
+    .await;
+}
+
 /// Reads `ids` concurrently while the server is paused for `pause`.
 async fn read_while_paused(
     server: &RedisServer,
@@ -157,14 +191,7 @@ async fn queued_reads_that_run_out_of_budget_fall_back_and_the_cache_serves_agai
     assert_eq!(after.misses - before.misses, ROWS as u64, "every read fell back");
     assert!(after.timeouts > before.timeouts);
     // The batch given up on holds nothing up: hits again.
-    let hits = stats(&manager).await.hits;
-    eventually_within("hits again after the pause", Duration::from_secs(5), || async {
-        for id in 0..ROWS {
-            store.get_by_id(&id).await.unwrap();
-        }
-        stats(&manager).await.hits >= hits + ROWS as u64
-    })
-    .await;
+    serves_again("hits again after the pause", &manager, &store, Duration::from_secs(5)).await;
     db.cleanup().await;
 }
 
@@ -221,27 +248,18 @@ async fn a_batch_on_a_connection_gone_silent_is_given_up_and_the_cache_serves_ag
         tokio::spawn(async move { store.get_by_id(&0).await })
     };
     tokio::time::sleep(budget / 2).await;
-    let queued: Vec<_> = (1..ROWS)
-        .map(|id| {
-            let store = store.clone();
-            tokio::spawn(async move { (id, store.get_by_id(&id).await) })
-        })
-        .collect();
+    let queued = spawn_reads(&store, 1..ROWS);
     assert_eq!(lone.await.unwrap().unwrap(), Some(item(0, 0)), "from the database");
-    for read in queued {
-        let (id, found) = read.await.unwrap();
-        assert_eq!(found.unwrap(), Some(item(id, 0)), "row {id} from the database");
-    }
+    each_from_the_database(queued).await;
     // New connections pass again; the frozen ones never will. A batch still
     // waiting on one would hold every later read in its queue.
     proxy.thaw();
-    let hits = stats(&manager).await.hits;
-    eventually_within("hits again on a new connection", Duration::from_secs(8), || async {
-        for id in 0..ROWS {
-            store.get_by_id(&id).await.unwrap();
-        }
-        stats(&manager).await.hits >= hits + ROWS as u64
-    })
+    serves_again(
+        "hits again on a new connection",
+        &manager,
+        &store,
+        Duration::from_secs(8),
+    )
     .await;
     db.cleanup().await;
 }
@@ -262,12 +280,7 @@ async fn a_batch_whose_runtime_shut_down_gives_the_wire_back() {
     let lone = doomed.spawn(async move { lone.get_by_id(&0).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // ... the reads of this runtime queue behind it ...
-    let queued: Vec<_> = (1..ROWS)
-        .map(|id| {
-            let store = store.clone();
-            tokio::spawn(async move { (id, store.get_by_id(&id).await) })
-        })
-        .collect();
+    let queued = spawn_reads(&store, 1..ROWS);
     tokio::time::sleep(Duration::from_millis(100)).await;
     // ... its caller goes, and the batch goes out from that runtime ...
     lone.abort();
@@ -278,19 +291,15 @@ async fn a_batch_whose_runtime_shut_down_gives_the_wire_back() {
         .await
         .unwrap()
         .unwrap();
-    for read in queued {
-        let (id, found) = read.await.unwrap();
-        assert_eq!(found.unwrap(), Some(item(id, 0)), "row {id} from the database");
-    }
+    each_from_the_database(queued).await;
     server.resume();
     // A wire still counted as taken would queue every later read for good.
-    let hits = stats(&manager).await.hits;
-    eventually_within("hits again after the shutdown", Duration::from_secs(5), || async {
-        for id in 0..ROWS {
-            store.get_by_id(&id).await.unwrap();
-        }
-        stats(&manager).await.hits >= hits + ROWS as u64
-    })
+    serves_again(
+        "hits again after the shutdown",
+        &manager,
+        &store,
+        Duration::from_secs(5),
+    )
     .await;
     db.cleanup().await;
 }
