@@ -433,12 +433,42 @@ pub(crate) async fn profile_op(s: &Shared, kind: &str, n: usize) {
     } else {
         None
     };
+    // The near cache's hits, and the ceiling they are held to: the same
+    // rows in a HashMap.
+    let near = if kind == "near_ours" {
+        let mgr = sibling(s, |c| c.with_near_cache(10_000));
+        let store = GenericStore::<BenchUser>::new(s.pool.clone(), None, Some(CacheParams::new(mgr.clone())));
+        for id in s.hot_ids.iter().chain(s.hot_ids.iter()) {
+            store.get_by_id(id).await.expect("fill");
+        }
+        while mgr.get_stats().await.expect("stats").near_hits < s.hot_ids.len() as u64 {
+            for id in s.hot_ids.iter() {
+                store.get_by_id(id).await.expect("near");
+            }
+        }
+        Some(store)
+    } else {
+        None
+    };
+    let memory: std::collections::HashMap<_, BenchUser> = s.hot.iter().map(|u| (u.id, u.clone())).collect();
     eprintln!("profile: {n} × {kind}");
     let start = Instant::now();
     // µs per operation, or operations per second for the 32-task kinds.
     let value = match kind {
         "hit_ours" => {
             latency_us!(n, |i| hit_ours(s, i).await)
+        }
+        "near_ours" => {
+            let store = near.as_ref().expect("near store");
+            latency_us!(n, |i| {
+                let got = store.get_by_id(&s.hot_ids[s.pick(i)]).await.expect("get_by_id");
+                black_box(got.expect("hot row"));
+            })
+        }
+        "memory_raw" => {
+            latency_us!(n, |i| {
+                black_box(memory.get(&s.hot_ids[s.pick(i)]).cloned().expect("hot row"));
+            })
         }
         "hit_raw" => {
             latency_us!(n, |i| hit_raw(s, i).await)

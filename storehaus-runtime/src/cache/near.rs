@@ -37,6 +37,12 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
+/// The hasher of the entries and the stripes: foldhash's quality variant,
+/// seeded at random per process (a fraction of SipHash's cost on keys of
+/// 50–80 bytes; the stripe index takes the low bits, hence the quality
+/// variant).
+type Hasher = foldhash::quality::RandomState;
+
 /// How many invalidation stripes: keys share a stripe's sequence number.
 pub(crate) const STRIPES: usize = 4096;
 
@@ -82,7 +88,7 @@ pub(crate) struct NearCounters {
 
 /// The L1: decoded entries, the invalidation sequence and its stripes.
 pub(crate) struct Near {
-    entries: Cache<String, Entry>,
+    entries: Cache<String, Entry, Hasher>,
     /// The last invalidation sequence number handed out.
     seq: AtomicU64,
     /// Per stripe, the sequence number of its last invalidation.
@@ -90,7 +96,7 @@ pub(crate) struct Near {
     /// The sequence number of the last flush.
     flushed: AtomicU64,
     live: AtomicBool,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: Hasher,
     pub counters: NearCounters,
     /// Set once the tracking task has been started.
     pub(crate) started: AtomicBool,
@@ -109,7 +115,10 @@ impl Near {
     /// An empty, not yet live near cache of at most `max_entries` values.
     pub fn new(max_entries: u64) -> Self {
         Near {
-            entries: Cache::builder().max_capacity(max_entries).expire_after(ByTtl).build(),
+            entries: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(ByTtl)
+                .build_with_hasher(Hasher::default()),
             seq: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             flushed: AtomicU64::new(0),
