@@ -20,9 +20,14 @@ async fn near_hits_and_another_processs_write_reaches_them() {
     let (sa, sb) = (store(&db, &a), store(&db, &b));
     until_near(&sa, &a, 1).await;
     let before = a.get_stats().await.unwrap();
+    let store_before = sa.stats().unwrap();
     assert_eq!(version(&sa, 1).await, 0);
     let after = a.get_stats().await.unwrap();
     assert_eq!(after.near_hits, before.near_hits + 1, "{after:?}");
+    assert_eq!(after.hits, before.hits + 1, "a near hit is a hit of the manager");
+    let store_after = sa.stats().unwrap();
+    assert_eq!(store_after.hits, store_before.hits + 1, "and of its store");
+    assert_eq!(store_after.hit_latency.count, store_before.hit_latency.count + 1);
 
     // B's write reaches A's L1 by Redis's invalidation.
     sb.update(&1, Row { id: 1, version: 1 }, None).await.unwrap();

@@ -333,6 +333,14 @@ impl CacheManager {
         stats::with_store(|store| Counters::add(field(&store.counters), n));
     }
 
+    /// Bumps a counter of this manager and of `store` (outside the
+    /// store's scope).
+    #[inline]
+    pub(crate) fn count_in(&self, store: &stats::Figures, field: impl Fn(&Counters) -> &AtomicU64) {
+        Counters::add(field(&self.counters), 1);
+        Counters::add(field(&store.counters), 1);
+    }
+
     /// Records how long an operation of the store whose figures are
     /// `store` took, here and for the store: the one measurement of the
     /// operation, which its metrics get too.

@@ -25,6 +25,14 @@ impl CacheManager {
         !self.pending.any() && !self.contact_moved() && !self.watchers.lagging()
     }
 
+    /// Whether cached reads may proceed without a replay step: nothing
+    /// waits for replay, the server's data was not replaced, and no outbox
+    /// worker is behind ([`ready`](Self::ready) without its replay step).
+    #[inline]
+    pub(crate) fn ready_now(&self) -> bool {
+        !self.pending.any() && !self.contact_moved() && !self.watchers.lagging()
+    }
+
     /// Whether the server's data may have been replaced by an older copy
     /// since the recent invalidations were last handed to replay. Two
     /// atomic loads.

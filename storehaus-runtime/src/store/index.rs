@@ -104,6 +104,7 @@ where
                     near: false,
                     mode: &cache.index_reads,
                 },
+                false,
                 || async {
                     let generation = read_generation(&cache.manager, &cache.generation_key).await;
                     let row = self.load_by(column, value.clone()).await?;
