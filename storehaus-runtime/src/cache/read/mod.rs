@@ -54,13 +54,16 @@ use crate::cache::early::{refresh_early, Early};
 use crate::cache::fill::{Fill, Guard, Ttls};
 use crate::cache::flight::Lease;
 use crate::cache::near::{Near, Ticket};
-use crate::cache::stats::Figures;
 use crate::cache::telemetry::Outcome;
 use crate::cache::versions::Layout;
 use crate::cache::CacheManager;
 use crate::error::{CacheError, Result, ServerErrorKind};
 
+mod near_first;
 mod wait;
+
+use self::near_first::near_hit;
+pub(crate) use self::near_first::{near_first, NearFirst};
 
 use self::wait::{behind_another_reader, Behind};
 
@@ -115,41 +118,6 @@ pub(crate) struct RecordRead<'a> {
     pub early: Option<&'a Early>,
     pub near: bool,
     pub mode: &'a ReadMode,
-}
-
-/// What [`near_first`] found.
-pub(crate) enum NearFirst<V> {
-    /// A near hit, counted.
-    Hit(Option<V>),
-    /// The near cache was asked and has nothing: the read goes on in Redis.
-    Missed,
-    /// Not asked (no near cache for this store, or the cache may not serve
-    /// before a replay step): the read decides.
-    NotAsked,
-}
-
-/// The near cache, asked before the read's future is built: that future is
-/// large, and moving it into place cost a near hit more than its lookup
-/// (callgrind). Counts the hit for the manager and for `store`.
-pub(crate) fn near_first<V: Clone + Send + Sync + 'static>(
-    mgr: &CacheManager,
-    key: &str,
-    read: &RecordRead<'_>,
-    store: &Figures,
-) -> NearFirst<V> {
-    let Some(near) = read.near.then(|| mgr.near()).flatten() else {
-        return NearFirst::NotAsked;
-    };
-    if !mgr.ready_now() {
-        return NearFirst::NotAsked;
-    }
-    match near_hit::<V>(near, key, read.layout) {
-        Some(v) => {
-            mgr.count_in(store, |c| &c.hits);
-            NearFirst::Hit(v)
-        }
-        None => NearFirst::Missed,
-    }
 }
 
 /// A fill lease this reader holds on `key`, and the operation's budget.
@@ -285,13 +253,6 @@ where
             }
         }
     }
-}
-
-/// What the near cache holds for `key`: the home key, or this version's
-/// side key (a rollout).
-#[inline]
-fn near_hit<V: Clone + Send + Sync + 'static>(near: &Near, key: &str, layout: &Layout) -> Option<Option<V>> {
-    near.get::<V>(key).or_else(|| near.get::<V>(&layout.side(key)))
 }
 
 /// The lease is ours. A side key is filled only once this version is
