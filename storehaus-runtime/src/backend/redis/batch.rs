@@ -69,8 +69,8 @@ pub(super) enum Kind {
 /// A request waiting for the next batch.
 struct Waiting {
     key: String,
-    /// The lease and its time to live in ms (lease commands only).
-    lease: Option<(Vec<u8>, u64)>,
+    /// Its lease command (lease batches only), taken when the batch goes out.
+    command: Option<redis::Cmd>,
     tx: oneshot::Sender<Answer>,
 }
 
@@ -154,7 +154,7 @@ impl Batcher {
         let (tx, rx) = oneshot::channel();
         state.queue.push(Waiting {
             key: key.to_owned(),
-            lease: lease.map(|(l, ms)| (l.to_vec(), ms)),
+            command: lease.map(|(l, ms)| lease_cmd(key, l, ms)),
             tx,
         });
         Entry::Queued(rx)
@@ -207,11 +207,19 @@ enum Request {
     Leases(Leases),
 }
 
-fn request(kind: Kind, batch: &[Waiting]) -> Request {
+/// `SET key lease NX PX ms GET`: takes the lease when the key is free,
+/// and answers what it held.
+pub(super) fn lease_cmd(key: &str, lease: &[u8], lease_ms: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(lease).arg("NX").arg("PX").arg(lease_ms).arg("GET");
+    cmd
+}
+
+fn request(kind: Kind, batch: &mut [Waiting]) -> Request {
     match kind {
         Kind::Reads => {
             let mut cmd = redis::cmd(if batch.len() == 1 { "GET" } else { "MGET" });
-            for w in batch {
+            for w in batch.iter() {
                 cmd.arg(&w.key);
             }
             if batch.len() == 1 {
@@ -223,15 +231,10 @@ fn request(kind: Kind, batch: &[Waiting]) -> Request {
         Kind::Leases => {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for w in batch {
-                let (lease, ms) = w.lease.as_ref().map_or((&[][..], 0), |(l, ms)| (&l[..], *ms));
-                pipe.cmd("SET")
-                    .arg(&w.key)
-                    .arg(lease)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms)
-                    .arg("GET");
+            // Each waiting lease has its command (`enter`); one missing
+            // would show as a batch short of answers, failed as a whole.
+            for cmd in batch.iter_mut().filter_map(|w| w.command.take()) {
+                pipe.add_command(cmd);
             }
             Request::Leases(Leases(pipe))
         }
@@ -313,7 +316,7 @@ async fn send(mut wire: Wire, mut batch: Vec<Waiting>) {
     let pool = wire.pool.clone();
     loop {
         let n = batch.len();
-        let request = request(wire.batcher.kind, &batch);
+        let request = request(wire.batcher.kind, &mut batch);
         tracing::trace!(target: "storehaus", kind = ?wire.batcher.kind, n, "sending a batch");
         // Every caller gone: each in turn (the last to go ends the wait).
         let all_gone = async {

@@ -162,11 +162,7 @@ impl RedisBackend {
     /// The lease command, sent at once, or with other concurrent ones in
     /// one pipeline while an earlier one is on the wire (see `batch`).
     pub async fn get_or_lease(&self, key: &str, lease: &[u8], lease_ms: u64) -> CacheResult<Option<Vec<u8>>> {
-        let alone = || {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(lease).arg("NX").arg("PX").arg(lease_ms).arg("GET");
-            self.run(cmd)
-        };
+        let alone = || self.run(batch::lease_cmd(key, lease, lease_ms));
         self.leases.call(&self.pool, key, Some((lease, lease_ms)), alone).await
     }
 
