@@ -22,7 +22,7 @@ impl CacheManager {
             return !self.watchers.lagging();
         }
         self.replay_step(deadline).await;
-        !self.pending.any() && !self.contact_moved() && !self.watchers.lagging()
+        self.ready_now()
     }
 
     /// Whether cached reads may proceed without a replay step: nothing
