@@ -450,7 +450,11 @@ pub(crate) async fn profile_op(s: &Shared, kind: &str, n: usize) {
     } else {
         None
     };
-    let memory: std::collections::HashMap<_, BenchUser> = s.hot.iter().map(|u| (u.id, u.clone())).collect();
+    let memory: std::collections::HashMap<_, BenchUser> = if kind == "memory_raw" {
+        s.hot.iter().map(|u| (u.id, u.clone())).collect()
+    } else {
+        Default::default()
+    };
     eprintln!("profile: {n} × {kind}");
     let start = Instant::now();
     // µs per operation, or operations per second for the 32-task kinds.
